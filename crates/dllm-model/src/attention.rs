@@ -1,0 +1,93 @@
+//! Bidirectional multi-head attention with grouped-query support (spec §1).
+
+use burn::module::Module;
+use burn::tensor::{
+    backend::Backend, module::attention, ops::AttentionModuleOptions, Bool, Tensor,
+};
+
+use crate::cache::{splice, CacheUse, LayerKv};
+use crate::linear::Linear;
+use crate::rope::RopeTables;
+
+/// LLaDA's attention: `attn_out(softmax(q k^T / sqrt(hd)) v)` with RoPE on `q` and `k`,
+/// no causal mask, and `n_heads / n_kv_heads` query heads sharing each key/value head.
+#[derive(Module, Debug)]
+pub struct Attention<B: Backend> {
+    /// Query projection `[d, n_heads * hd]`.
+    pub q_proj: Linear<B>,
+    /// Key projection `[d, n_kv_heads * hd]`.
+    pub k_proj: Linear<B>,
+    /// Value projection `[d, n_kv_heads * hd]`.
+    pub v_proj: Linear<B>,
+    /// Output projection `[n_heads * hd, d]`.
+    pub attn_out: Linear<B>,
+    /// Number of query heads.
+    pub n_heads: usize,
+    /// Number of key/value heads.
+    pub n_kv_heads: usize,
+    /// Channels per head.
+    pub head_dim: usize,
+}
+
+impl<B: Backend> Attention<B> {
+    /// Attends from the tokens of `x` (`[batch, len, d]`) to every key position.
+    ///
+    /// `key_padding` (`[batch, total_len]`, true = padding) hides keys; `None` reproduces the
+    /// reference, which attends to padding.
+    pub(crate) fn forward(
+        &self,
+        x: Tensor<B, 3>,
+        rope: &RopeTables<B>,
+        key_padding: Option<&Tensor<B, 2, Bool>>,
+        cache: &mut CacheUse<'_, B>,
+        layer: usize,
+        adapter: bool,
+    ) -> Tensor<B, 3> {
+        let [batch, len, _] = x.dims();
+        let heads = |t: Tensor<B, 3>, n: usize| {
+            t.reshape([batch, len, n, self.head_dim]).swap_dims(1, 2)
+        };
+        let q = rope.apply(heads(self.q_proj.forward(x.clone(), adapter), self.n_heads));
+        let k = rope.apply(heads(self.k_proj.forward(x.clone(), adapter), self.n_kv_heads));
+        let v = heads(self.v_proj.forward(x, adapter), self.n_kv_heads);
+
+        let (k, v) = match cache {
+            CacheUse::None => (k, v),
+            CacheUse::Fill(c) => {
+                c.layers.push(LayerKv {
+                    k: k.clone(),
+                    v: v.clone(),
+                });
+                (k, v)
+            }
+            CacheUse::Read(c, start) => {
+                let entry = &c.layers[layer];
+                (splice(&entry.k, k, *start), splice(&entry.v, v, *start))
+            }
+        };
+        let k = self.repeat_kv(k);
+        let v = self.repeat_kv(v);
+        let total = k.dims()[2];
+
+        let mask = key_padding.map(|m| {
+            m.clone()
+                .reshape([batch, 1, 1, total])
+                .expand([batch, self.n_heads, len, total])
+        });
+        let out = attention(q, k, v, mask, None, AttentionModuleOptions::default());
+        let out = out.swap_dims(1, 2).reshape([batch, len, self.n_heads * self.head_dim]);
+        self.attn_out.forward(out, adapter)
+    }
+
+    /// Repeats each key/value head for its group of query heads (`repeat_interleave`).
+    fn repeat_kv(&self, t: Tensor<B, 4>) -> Tensor<B, 4> {
+        let groups = self.n_heads / self.n_kv_heads;
+        if groups == 1 {
+            return t;
+        }
+        let [b, kv, len, hd] = t.dims();
+        t.unsqueeze_dim::<5>(2)
+            .expand([b, kv, groups, len, hd])
+            .reshape([b, kv * groups, len, hd])
+    }
+}

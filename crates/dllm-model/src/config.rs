@@ -1,0 +1,317 @@
+//! `LladaConfig`: the Hugging Face `config.json` of a LLaDA checkpoint (spec §1).
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{ModelError, Result};
+
+/// The architecture of a LLaDA model, read from the real keys of `GSAI-ML/LLaDA-8B-Instruct`'s
+/// `config.json`. Keys we do not use are kept in `extra` and written back on save.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LladaConfig {
+    /// Hidden size.
+    pub d_model: usize,
+    /// Number of attention (query) heads.
+    pub n_heads: usize,
+    /// Number of key/value heads (`null` means `n_heads`); fewer gives grouped-query attention.
+    #[serde(default)]
+    pub n_kv_heads: Option<usize>,
+    /// Number of transformer blocks.
+    pub n_layers: usize,
+    /// Inner size of the SwiGLU MLP (`null` means `mlp_ratio * d_model`).
+    #[serde(default)]
+    pub mlp_hidden_size: Option<usize>,
+    /// MLP ratio used when `mlp_hidden_size` is absent.
+    #[serde(default = "default_mlp_ratio")]
+    pub mlp_ratio: usize,
+    /// Size of the tokenizer's vocabulary.
+    pub vocab_size: usize,
+    /// Rows of the embedding matrix and columns of the LM head (`null` means `vocab_size`).
+    #[serde(default)]
+    pub embedding_size: Option<usize>,
+    /// RoPE base frequency.
+    #[serde(default = "default_rope_theta")]
+    pub rope_theta: f64,
+    /// Id of the `[MASK]` token the diffusion model denoises.
+    pub mask_token_id: u32,
+    /// Id of the end-of-sequence token.
+    pub eos_token_id: u32,
+    /// Id of the padding token.
+    pub pad_token_id: u32,
+    /// Id of the beginning-of-sequence token, when the config states it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bos_token_id: Option<u32>,
+    /// RMSNorm epsilon.
+    #[serde(default = "default_eps")]
+    pub rms_norm_eps: f64,
+    /// Whether the LM head shares the input embedding matrix.
+    #[serde(default)]
+    pub weight_tying: bool,
+    /// Longest sequence the model was trained for.
+    #[serde(default = "default_max_seq")]
+    pub max_sequence_length: usize,
+    /// Block architecture; only `llama` is supported.
+    #[serde(default = "default_block_type")]
+    pub block_type: String,
+    /// Normalisation; only `rms` is supported.
+    #[serde(default = "default_norm")]
+    pub layer_norm_type: String,
+    /// MLP activation; only `silu` is supported.
+    #[serde(default = "default_act")]
+    pub activation_type: String,
+    /// Rotary position embeddings; must be `true`.
+    #[serde(default = "default_true")]
+    pub rope: bool,
+    /// ALiBi biases; must be `false`.
+    #[serde(default)]
+    pub alibi: bool,
+    /// Biases in linear layers; must be `false`.
+    #[serde(default)]
+    pub include_bias: bool,
+    /// Biases in the q/k/v projections; must be `false`.
+    #[serde(default)]
+    pub include_qkv_bias: bool,
+    /// Norms on q and k; must be `false`.
+    #[serde(default)]
+    pub attention_layer_norm: bool,
+    /// Logit scaling; must be `false`.
+    #[serde(default)]
+    pub scale_logits: bool,
+    /// Norm on the input embeddings; must be `false`.
+    #[serde(default)]
+    pub input_emb_norm: bool,
+    /// Multi-query attention flag of the OLMo lineage (`true` means one KV head).
+    #[serde(default)]
+    pub multi_query_attention: Option<bool>,
+    /// Every other key of the file, kept so that a saved config round-trips.
+    #[serde(flatten)]
+    pub extra: serde_json::Map<String, serde_json::Value>,
+}
+
+fn default_mlp_ratio() -> usize {
+    4
+}
+fn default_rope_theta() -> f64 {
+    10_000.0
+}
+fn default_eps() -> f64 {
+    1e-5
+}
+fn default_max_seq() -> usize {
+    4096
+}
+fn default_block_type() -> String {
+    "llama".into()
+}
+fn default_norm() -> String {
+    "rms".into()
+}
+fn default_act() -> String {
+    "silu".into()
+}
+fn default_true() -> bool {
+    true
+}
+
+impl LladaConfig {
+    /// Reads and validates `config.json`.
+    pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|e| ModelError::io(path, e))?;
+        Self::from_json_str(&text, path)
+    }
+
+    /// Parses and validates a config from JSON text; `path` only names the source in errors.
+    pub fn from_json_str(text: &str, path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let config: Self = serde_json::from_str(text).map_err(|source| ModelError::Json {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        config.validate(path)?;
+        Ok(config)
+    }
+
+    /// A small LLaDA-layout config, used for built-in demos and tests.
+    #[allow(clippy::too_many_arguments)]
+    pub fn tiny(
+        d_model: usize,
+        n_layers: usize,
+        n_heads: usize,
+        mlp_hidden_size: usize,
+        vocab_size: usize,
+        mask_token_id: u32,
+        eos_token_id: u32,
+    ) -> Self {
+        let mut extra = serde_json::Map::new();
+        extra.insert("model_type".into(), "llada".into());
+        extra.insert("architectures".into(), serde_json::json!(["LLaDAModelLM"]));
+        Self {
+            d_model,
+            n_heads,
+            n_kv_heads: Some(n_heads),
+            n_layers,
+            mlp_hidden_size: Some(mlp_hidden_size),
+            mlp_ratio: 4,
+            vocab_size,
+            embedding_size: Some(vocab_size),
+            rope_theta: 500_000.0,
+            mask_token_id,
+            eos_token_id,
+            pad_token_id: eos_token_id,
+            bos_token_id: None,
+            rms_norm_eps: 1e-5,
+            weight_tying: false,
+            max_sequence_length: 4096,
+            block_type: default_block_type(),
+            layer_norm_type: default_norm(),
+            activation_type: default_act(),
+            rope: true,
+            alibi: false,
+            include_bias: false,
+            include_qkv_bias: false,
+            attention_layer_norm: false,
+            scale_logits: false,
+            input_emb_norm: false,
+            multi_query_attention: None,
+            extra,
+        }
+    }
+
+    /// Refuses configurations this implementation does not compute exactly.
+    pub fn validate(&self, path: &Path) -> Result<()> {
+        let bad = |field: &str, message: String| Err(ModelError::config(path, field, message));
+        let must_be = |field: &str, value: &str, want: &str| -> Result<()> {
+            if value == want {
+                Ok(())
+            } else {
+                Err(ModelError::config(
+                    path,
+                    field,
+                    format!("unsupported value `{value}` (only `{want}` is supported)"),
+                ))
+            }
+        };
+        must_be("block_type", &self.block_type, "llama")?;
+        must_be("layer_norm_type", &self.layer_norm_type, "rms")?;
+        must_be("activation_type", &self.activation_type, "silu")?;
+        for (field, on) in [
+            ("alibi", self.alibi),
+            ("include_bias", self.include_bias),
+            ("include_qkv_bias", self.include_qkv_bias),
+            ("attention_layer_norm", self.attention_layer_norm),
+            ("scale_logits", self.scale_logits),
+            ("input_emb_norm", self.input_emb_norm),
+        ] {
+            if on {
+                return bad(field, "`true` is not supported".into());
+            }
+        }
+        if !self.rope {
+            return bad("rope", "models without rotary embeddings are not supported".into());
+        }
+        for (field, v) in [
+            ("d_model", self.d_model),
+            ("n_heads", self.n_heads),
+            ("n_layers", self.n_layers),
+            ("vocab_size", self.vocab_size),
+        ] {
+            if v == 0 {
+                return bad(field, "must be positive".into());
+            }
+        }
+        if self.d_model % self.n_heads != 0 {
+            return bad(
+                "n_heads",
+                format!("d_model {} is not divisible by n_heads {}", self.d_model, self.n_heads),
+            );
+        }
+        if self.head_dim() % 2 != 0 {
+            return bad("n_heads", format!("head dim {} must be even for RoPE", self.head_dim()));
+        }
+        let kv = self.num_kv_heads();
+        if kv == 0 || self.n_heads % kv != 0 {
+            return bad(
+                "n_kv_heads",
+                format!("{kv} does not divide n_heads {}", self.n_heads),
+            );
+        }
+        if self.mlp_hidden() == 0 {
+            return bad("mlp_hidden_size", "must be positive".into());
+        }
+        if self.embed_size() < self.vocab_size {
+            return bad(
+                "embedding_size",
+                format!("{} is smaller than vocab_size {}", self.embed_size(), self.vocab_size),
+            );
+        }
+        for (field, id) in [
+            ("mask_token_id", self.mask_token_id),
+            ("eos_token_id", self.eos_token_id),
+            ("pad_token_id", self.pad_token_id),
+        ] {
+            if id as usize >= self.embed_size() {
+                return bad(
+                    field,
+                    format!("id {id} is outside the embedding table ({})", self.embed_size()),
+                );
+            }
+        }
+        if !(self.rope_theta > 0.0) {
+            return bad("rope_theta", "must be positive".into());
+        }
+        if !(self.rms_norm_eps > 0.0) {
+            return bad("rms_norm_eps", "must be positive".into());
+        }
+        Ok(())
+    }
+
+    /// Dimension of one attention head.
+    pub fn head_dim(&self) -> usize {
+        self.d_model / self.n_heads
+    }
+
+    /// Number of key/value heads actually used.
+    pub fn num_kv_heads(&self) -> usize {
+        match (self.multi_query_attention, self.n_kv_heads) {
+            (Some(true), _) => 1,
+            (_, Some(n)) => n,
+            _ => self.n_heads,
+        }
+    }
+
+    /// Inner MLP size actually used.
+    pub fn mlp_hidden(&self) -> usize {
+        self.mlp_hidden_size.unwrap_or(self.mlp_ratio * self.d_model)
+    }
+
+    /// Rows of the embedding table (and columns of the logits).
+    pub fn embed_size(&self) -> usize {
+        self.embedding_size.unwrap_or(self.vocab_size)
+    }
+
+    /// Number of parameters of the base model.
+    pub fn num_params(&self) -> usize {
+        let d = self.d_model;
+        let kv = self.num_kv_heads() * self.head_dim();
+        let per_block = 2 * d + d * d * 2 + 2 * d * kv + 3 * d * self.mlp_hidden();
+        let head = if self.weight_tying { 0 } else { self.embed_size() * d };
+        self.embed_size() * d + self.n_layers * per_block + d + head
+    }
+
+    /// Writes the config as pretty JSON.
+    pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
+        let path = path.as_ref();
+        let text = serde_json::to_string_pretty(self).map_err(|source| ModelError::Json {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        std::fs::write(path, text).map_err(|e| ModelError::io(path, e))
+    }
+}
+
+/// The path of `config.json` in a model directory.
+pub fn config_path(dir: &Path) -> PathBuf {
+    dir.join("config.json")
+}

@@ -1,0 +1,96 @@
+//! A bias-free linear layer with an optional LoRA adapter (spec §5: LoRA on LLaDA's linears).
+
+use burn::module::{Module, Param};
+use burn::nn::Dropout;
+use burn::tensor::{backend::Backend, module::linear, Distribution, Tensor};
+
+/// `y = x W` with `W` stored `[in, out]` (burn's layout; Hugging Face stores `[out, in]` and the
+/// loader transposes), plus `scale * dropout(x) A B` when an adapter is attached and enabled.
+#[derive(Module, Debug)]
+pub struct Linear<B: Backend> {
+    /// Base weight, `[in, out]`.
+    pub weight: Param<Tensor<B, 2>>,
+    /// LoRA adapter, if one is attached.
+    pub lora: Option<Lora<B>>,
+}
+
+/// A low-rank update `scale * A B` (PEFT's `lora_A`, `lora_B`, `scaling = alpha / r`).
+#[derive(Module, Debug)]
+pub struct Lora<B: Backend> {
+    /// Down projection, `[in, r]` (PEFT `lora_A.weight` is its transpose).
+    pub a: Param<Tensor<B, 2>>,
+    /// Up projection, `[r, out]` (PEFT `lora_B.weight` is its transpose).
+    pub b: Param<Tensor<B, 2>>,
+    /// `alpha / r`.
+    pub scale: f64,
+    /// Dropout on the adapter's input (active only under autodiff).
+    pub dropout: Dropout,
+}
+
+impl<B: Backend> Linear<B> {
+    /// A linear layer from a `[in, out]` weight.
+    pub fn from_weight(weight: Tensor<B, 2>) -> Self {
+        Self {
+            weight: Param::from_tensor(weight),
+            lora: None,
+        }
+    }
+
+    /// A randomly initialised layer, `N(0, std)`.
+    pub fn init(d_in: usize, d_out: usize, std: f64, device: &B::Device) -> Self {
+        Self::from_weight(Tensor::random(
+            [d_in, d_out],
+            Distribution::Normal(0.0, std),
+            device,
+        ))
+    }
+
+    /// Input and output sizes.
+    pub fn dims(&self) -> [usize; 2] {
+        self.weight.val().dims()
+    }
+
+    /// Applies the layer; the adapter contributes only when `adapter` is true.
+    pub fn forward(&self, x: Tensor<B, 3>, adapter: bool) -> Tensor<B, 3> {
+        let y = linear(x.clone(), self.weight.val(), None);
+        match (&self.lora, adapter) {
+            (Some(lora), true) => y + lora.forward(x),
+            _ => y,
+        }
+    }
+}
+
+impl<B: Backend> Lora<B> {
+    /// PEFT's default initialisation: `A ~ U(-1/sqrt(in), 1/sqrt(in))` (kaiming-uniform with
+    /// `a = sqrt(5)`), `B = 0`, so a fresh adapter leaves the model unchanged.
+    pub fn init(d_in: usize, d_out: usize, rank: usize, alpha: f64, dropout: f64, device: &B::Device) -> Self {
+        let bound = 1.0 / (d_in as f64).sqrt();
+        Self {
+            a: Param::from_tensor(Tensor::random(
+                [d_in, rank],
+                Distribution::Uniform(-bound, bound),
+                device,
+            )),
+            b: Param::from_tensor(Tensor::zeros([rank, d_out], device)),
+            scale: alpha / rank as f64,
+            dropout: Dropout { prob: dropout },
+        }
+    }
+
+    /// Rank of the update.
+    pub fn rank(&self) -> usize {
+        self.a.val().dims()[1]
+    }
+
+    /// `scale * dropout(x) A B`.
+    pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        let x = self.dropout.forward(x);
+        let h = linear(x, self.a.val(), None);
+        linear(h, self.b.val(), None) * self.scale
+    }
+
+    /// The dense update `scale * A B`, `[in, out]`.
+    pub fn delta(&self) -> Tensor<B, 2> {
+        self.a.val().matmul(self.b.val()) * self.scale
+    }
+}

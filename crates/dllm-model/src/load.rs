@@ -1,0 +1,242 @@
+//! Building a [`Llada`] from a Hugging Face model directory, and writing one back.
+
+use std::path::{Path, PathBuf};
+
+use burn::module::Param;
+use burn::tensor::{backend::Backend, DType, Tensor};
+use safetensors::{Dtype, View};
+
+use crate::attention::Attention;
+use crate::block::Block;
+use crate::config::{config_path, LladaConfig};
+use crate::error::{ModelError, Result};
+use crate::linear::Linear;
+use crate::model::Llada;
+use crate::norm::RmsNorm;
+use crate::weights::{HostTensor, WeightDType, WeightFiles};
+
+/// Prefix of every tensor name in a LLaDA checkpoint.
+pub const PREFIX: &str = "model.transformer";
+
+/// Options for [`load_model`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LoadOptions {
+    /// Element type of the loaded weights (checkpoints in bf16 are upcast to f32 by default).
+    pub dtype: WeightDType,
+}
+
+fn burn_dtype(d: WeightDType) -> DType {
+    match d {
+        WeightDType::F32 => DType::F32,
+        WeightDType::BF16 => DType::BF16,
+        WeightDType::F16 => DType::F16,
+    }
+}
+
+/// Loads `config.json` and the weights of a model directory.
+pub fn load_model<B: Backend>(
+    dir: impl AsRef<Path>,
+    options: LoadOptions,
+    device: &B::Device,
+) -> Result<Llada<B>> {
+    let dir = dir.as_ref();
+    let config = LladaConfig::from_file(config_path(dir))?;
+    let weights = WeightFiles::open_dir(dir)?;
+    from_weights(&config, &weights, options, device)
+}
+
+/// Builds the model from opened weight files; every tensor's presence and shape is checked
+/// against the config, and tensors the config does not account for are refused.
+pub fn from_weights<B: Backend>(
+    config: &LladaConfig,
+    weights: &WeightFiles,
+    options: LoadOptions,
+    device: &B::Device,
+) -> Result<Llada<B>> {
+    let dtype = burn_dtype(options.dtype);
+    let d = config.d_model;
+    let hd = config.head_dim();
+    let kv = config.num_kv_heads() * hd;
+    let hidden = config.mlp_hidden();
+    let e = config.embed_size();
+
+    let tensor = |host: HostTensor| Tensor::<B, 2>::from_data(host.into_data(), (device, dtype));
+    let matrix = |name: String, shape: [usize; 2]| -> Result<Param<Tensor<B, 2>>> {
+        Ok(Param::from_tensor(tensor(weights.read(&name, &shape, options.dtype)?)))
+    };
+    // Hugging Face stores linear weights `[out, in]`; burn's linear wants `[in, out]`.
+    let linear = |name: String, d_in: usize, d_out: usize| -> Result<Linear<B>> {
+        let host = weights.read(&name, &[d_out, d_in], options.dtype)?;
+        Ok(Linear::from_weight(tensor(host.transposed())))
+    };
+    let norm = |name: String| -> Result<RmsNorm<B>> {
+        let host = weights.read(&name, &[d], options.dtype)?;
+        Ok(RmsNorm {
+            weight: Param::from_tensor(Tensor::<B, 1>::from_data(host.into_data(), (device, dtype))),
+            eps: config.rms_norm_eps,
+        })
+    };
+
+    let mut blocks = Vec::with_capacity(config.n_layers);
+    for i in 0..config.n_layers {
+        let p = format!("{PREFIX}.blocks.{i}");
+        blocks.push(Block {
+            attn_norm: norm(format!("{p}.attn_norm.weight"))?,
+            attn: Attention {
+                q_proj: linear(format!("{p}.q_proj.weight"), d, d)?,
+                k_proj: linear(format!("{p}.k_proj.weight"), d, kv)?,
+                v_proj: linear(format!("{p}.v_proj.weight"), d, kv)?,
+                attn_out: linear(format!("{p}.attn_out.weight"), d, d)?,
+                n_heads: config.n_heads,
+                n_kv_heads: config.num_kv_heads(),
+                head_dim: hd,
+            },
+            ff_norm: norm(format!("{p}.ff_norm.weight"))?,
+            ff_proj: linear(format!("{p}.ff_proj.weight"), d, hidden)?,
+            up_proj: linear(format!("{p}.up_proj.weight"), d, hidden)?,
+            ff_out: linear(format!("{p}.ff_out.weight"), hidden, d)?,
+        });
+    }
+    let model = Llada {
+        wte: matrix(format!("{PREFIX}.wte.weight"), [e, d])?,
+        blocks,
+        ln_f: norm(format!("{PREFIX}.ln_f.weight"))?,
+        head: if config.weight_tying {
+            None
+        } else {
+            Some(linear(format!("{PREFIX}.ff_out.weight"), d, e)?)
+        },
+        config: config.clone(),
+    };
+    let unused = weights.unused();
+    if let Some(first) = unused.first() {
+        return Err(ModelError::Safetensors {
+            path: weights.file_of(first),
+            message: format!(
+                "config/weights mismatch: {} tensor(s) not used by the config ({}), e.g. `{first}`",
+                unused.len(),
+                describe(config)
+            ),
+        });
+    }
+    Ok(model)
+}
+
+fn describe(c: &LladaConfig) -> String {
+    format!(
+        "n_layers {}, d_model {}, weight_tying {}",
+        c.n_layers, c.d_model, c.weight_tying
+    )
+}
+
+/// A named tensor on the host, ready to be written to safetensors.
+pub(crate) struct NamedTensor {
+    pub name: String,
+    pub dtype: Dtype,
+    pub shape: Vec<usize>,
+    pub bytes: Vec<u8>,
+}
+
+impl View for &NamedTensor {
+    fn dtype(&self) -> Dtype {
+        self.dtype
+    }
+    fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+    fn data(&self) -> std::borrow::Cow<'_, [u8]> {
+        std::borrow::Cow::Borrowed(&self.bytes)
+    }
+    fn data_len(&self) -> usize {
+        self.bytes.len()
+    }
+}
+
+/// Reads a tensor to the host in its own dtype (f32, bf16 or f16), optionally transposing a
+/// matrix back to the Hugging Face `[out, in]` layout.
+pub(crate) fn to_named<B: Backend, const D: usize>(
+    name: String,
+    tensor: Tensor<B, D>,
+    transpose: bool,
+) -> NamedTensor {
+    let tensor = if transpose {
+        tensor.transpose()
+    } else {
+        tensor
+    };
+    let shape = tensor.dims().to_vec();
+    let data = tensor.into_data();
+    let (dtype, bytes) = match data.dtype {
+        DType::BF16 => (Dtype::BF16, data.as_bytes().to_vec()),
+        DType::F16 => (Dtype::F16, data.as_bytes().to_vec()),
+        DType::F32 => (Dtype::F32, data.as_bytes().to_vec()),
+        _ => {
+            let v: Vec<f32> = data.convert::<f32>().to_vec().unwrap_or_default();
+            (Dtype::F32, v.iter().flat_map(|x| x.to_le_bytes()).collect())
+        }
+    };
+    NamedTensor {
+        name,
+        dtype,
+        shape,
+        bytes,
+    }
+}
+
+/// Writes named tensors to a safetensors file atomically (temporary file, then rename).
+pub(crate) fn write_safetensors(
+    path: &Path,
+    tensors: &[NamedTensor],
+    metadata: Option<std::collections::HashMap<String, String>>,
+) -> Result<()> {
+    let views: Vec<(&str, &NamedTensor)> = tensors.iter().map(|t| (t.name.as_str(), t)).collect();
+    let bytes = safetensors::serialize(views, metadata).map_err(|e| ModelError::Safetensors {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    write_atomic(path, &bytes)
+}
+
+/// Writes `bytes` to `path` through a temporary file in the same directory and a rename, so
+/// a crash never leaves a half-written file under the final name.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp: PathBuf = path.with_extension(format!(
+        "{}.tmp",
+        path.extension().and_then(|e| e.to_str()).unwrap_or("")
+    ));
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&tmp).map_err(|e| ModelError::io(&tmp, e))?;
+        f.write_all(bytes).map_err(|e| ModelError::io(&tmp, e))?;
+        f.sync_all().map_err(|e| ModelError::io(&tmp, e))?;
+    }
+    std::fs::rename(&tmp, path).map_err(|e| ModelError::io(path, e))
+}
+
+/// Saves the model in the Hugging Face layout: `config.json` and `model.safetensors`.
+/// Adapters are not included (merge them first with [`Llada::merge_adapters`] to bake them in).
+pub fn save_model<B: Backend>(model: &Llada<B>, dir: impl AsRef<Path>) -> Result<()> {
+    let dir = dir.as_ref();
+    std::fs::create_dir_all(dir).map_err(|e| ModelError::io(dir, e))?;
+    let mut out = vec![to_named(format!("{PREFIX}.wte.weight"), model.wte.val(), false)];
+    for (i, block) in model.blocks.iter().enumerate() {
+        let p = format!("{PREFIX}.blocks.{i}");
+        out.push(to_named(
+            format!("{p}.attn_norm.weight"),
+            block.attn_norm.weight.val(),
+            false,
+        ));
+        out.push(to_named(format!("{p}.ff_norm.weight"), block.ff_norm.weight.val(), false));
+        for (name, lin) in block.linears() {
+            out.push(to_named(format!("{p}.{name}.weight"), lin.weight.val(), true));
+        }
+    }
+    out.push(to_named(format!("{PREFIX}.ln_f.weight"), model.ln_f.weight.val(), false));
+    if let Some(head) = &model.head {
+        out.push(to_named(format!("{PREFIX}.ff_out.weight"), head.weight.val(), true));
+    }
+    let mut meta = std::collections::HashMap::new();
+    meta.insert("format".to_string(), "pt".to_string());
+    write_safetensors(&dir.join("model.safetensors"), &out, Some(meta))?;
+    model.config.save(config_path(dir))
+}

@@ -1,0 +1,221 @@
+//! `Llada`: the masked-diffusion transformer (spec §1).
+//!
+//! `logits = ff_out(ln_f(blocks(wte[ids])))`, bidirectional attention, untied head (or tied
+//! when `weight_tying`). Forward passes can return logits for a subset of positions only, keep
+//! or skip the LoRA adapter, hide padded keys, and fill or read a [`KvCache`].
+
+use std::ops::Range;
+
+use burn::module::{Module, Param};
+use burn::tensor::{backend::Backend, module::embedding, Bool, Distribution, Int, Tensor};
+
+use crate::attention::Attention;
+use crate::block::Block;
+use crate::cache::{CacheUse, KvCache};
+use crate::config::LladaConfig;
+use crate::linear::Linear;
+use crate::norm::RmsNorm;
+use crate::rope::RopeTables;
+
+/// The LLaDA model: embeddings, blocks, final norm and LM head.
+#[derive(Module, Debug)]
+pub struct Llada<B: Backend> {
+    /// Token embeddings `[embedding_size, d_model]` (`model.transformer.wte.weight`).
+    pub wte: Param<Tensor<B, 2>>,
+    /// Transformer blocks.
+    pub blocks: Vec<Block<B>>,
+    /// Final norm (`model.transformer.ln_f`).
+    pub ln_f: RmsNorm<B>,
+    /// LM head `[d_model, embedding_size]` (`model.transformer.ff_out`); `None` when tied.
+    pub head: Option<Linear<B>>,
+    /// The architecture.
+    #[module(skip)]
+    pub config: LladaConfig,
+}
+
+/// Which positions of the input get logits.
+#[derive(Debug, Clone)]
+pub enum LogitPositions<B: Backend> {
+    /// Every position (the reference behaviour).
+    All,
+    /// A contiguous range of input positions, the same for every row.
+    Range(Range<usize>),
+    /// Per-row positions `[batch, n]`.
+    Gather(Tensor<B, 2, Int>),
+}
+
+/// Options of a forward pass beyond the token ids.
+#[derive(Debug, Clone)]
+pub struct ForwardOptions<B: Backend> {
+    /// `[batch, total_len]`, true where the token is padding and must not be attended to.
+    /// `None` reproduces the reference, which attends to padding.
+    pub key_padding: Option<Tensor<B, 2, Bool>>,
+    /// Whether LoRA adapters contribute; `false` runs the base (reference) model.
+    pub adapter: bool,
+}
+
+impl<B: Backend> Default for ForwardOptions<B> {
+    fn default() -> Self {
+        Self {
+            key_padding: None,
+            adapter: true,
+        }
+    }
+}
+
+impl<B: Backend> ForwardOptions<B> {
+    /// Options that run the base model with every adapter disabled (DMPO's reference policy).
+    pub fn reference() -> Self {
+        Self {
+            key_padding: None,
+            adapter: false,
+        }
+    }
+}
+
+impl<B: Backend> Llada<B> {
+    /// A randomly initialised model (`N(0, 0.02)` weights, unit norms), for pretraining.
+    pub fn init(config: &LladaConfig, device: &B::Device) -> Self {
+        let std = 0.02;
+        let d = config.d_model;
+        let hd = config.head_dim();
+        let kv = config.num_kv_heads() * hd;
+        let hidden = config.mlp_hidden();
+        let blocks = (0..config.n_layers)
+            .map(|_| Block {
+                attn_norm: RmsNorm::init(d, config.rms_norm_eps, device),
+                attn: Attention {
+                    q_proj: Linear::init(d, d, std, device),
+                    k_proj: Linear::init(d, kv, std, device),
+                    v_proj: Linear::init(d, kv, std, device),
+                    attn_out: Linear::init(d, d, std, device),
+                    n_heads: config.n_heads,
+                    n_kv_heads: config.num_kv_heads(),
+                    head_dim: hd,
+                },
+                ff_norm: RmsNorm::init(d, config.rms_norm_eps, device),
+                ff_proj: Linear::init(d, hidden, std, device),
+                up_proj: Linear::init(d, hidden, std, device),
+                ff_out: Linear::init(hidden, d, std, device),
+            })
+            .collect();
+        Self {
+            wte: Param::from_tensor(Tensor::random(
+                [config.embed_size(), d],
+                Distribution::Normal(0.0, std),
+                device,
+            )),
+            blocks,
+            ln_f: RmsNorm::init(d, config.rms_norm_eps, device),
+            head: (!config.weight_tying).then(|| Linear::init(d, config.embed_size(), std, device)),
+            config: config.clone(),
+        }
+    }
+
+    /// Logits for every position of `input_ids` `[batch, len]`: `[batch, len, embedding_size]`.
+    /// Exactly the reference forward.
+    pub fn forward(&self, input_ids: Tensor<B, 2, Int>) -> Tensor<B, 3> {
+        self.forward_with(input_ids, &ForwardOptions::default(), &LogitPositions::All)
+    }
+
+    /// Logits at the chosen positions, `[batch, n_positions, embedding_size]`.
+    pub fn forward_with(
+        &self,
+        input_ids: Tensor<B, 2, Int>,
+        options: &ForwardOptions<B>,
+        positions: &LogitPositions<B>,
+    ) -> Tensor<B, 3> {
+        let hidden = self.hidden(input_ids, 0, options, CacheUse::None);
+        self.logits(hidden, positions)
+    }
+
+    /// A full forward pass that also records every layer's keys and values into `cache`
+    /// (which is cleared first).
+    pub fn forward_fill_cache(
+        &self,
+        input_ids: Tensor<B, 2, Int>,
+        options: &ForwardOptions<B>,
+        positions: &LogitPositions<B>,
+        cache: &mut KvCache<B>,
+    ) -> Tensor<B, 3> {
+        cache.layers.clear();
+        let hidden = self.hidden(input_ids, 0, options, CacheUse::Fill(cache));
+        self.logits(hidden, positions)
+    }
+
+    /// A forward pass over the span `span_ids` `[batch, span]` placed at position `start` of a
+    /// sequence whose other positions' keys and values come from `cache`. `positions` index
+    /// into the span. `options.key_padding` covers the whole sequence.
+    pub fn forward_cached(
+        &self,
+        span_ids: Tensor<B, 2, Int>,
+        start: usize,
+        options: &ForwardOptions<B>,
+        positions: &LogitPositions<B>,
+        cache: &KvCache<B>,
+    ) -> Tensor<B, 3> {
+        let hidden = self.hidden(span_ids, start, options, CacheUse::Read(cache, start));
+        self.logits(hidden, positions)
+    }
+
+    /// Final hidden states (after `ln_f`) of the tokens in `input_ids`, placed at `start`.
+    fn hidden(
+        &self,
+        input_ids: Tensor<B, 2, Int>,
+        start: usize,
+        options: &ForwardOptions<B>,
+        mut cache: CacheUse<'_, B>,
+    ) -> Tensor<B, 3> {
+        let [_, len] = input_ids.dims();
+        let device = input_ids.device();
+        let rope = RopeTables::new(
+            self.config.rope_theta,
+            self.config.head_dim(),
+            start,
+            len,
+            &device,
+        );
+        let mut x = embedding(self.wte.val(), input_ids);
+        for (layer, block) in self.blocks.iter().enumerate() {
+            x = block.forward(
+                x,
+                &rope,
+                options.key_padding.as_ref(),
+                &mut cache,
+                layer,
+                options.adapter,
+            );
+        }
+        self.ln_f.forward(x)
+    }
+
+    /// Applies the LM head at the chosen positions of `hidden` `[batch, len, d]`.
+    pub fn logits(&self, hidden: Tensor<B, 3>, positions: &LogitPositions<B>) -> Tensor<B, 3> {
+        let selected = match positions {
+            LogitPositions::All => hidden,
+            LogitPositions::Range(r) => hidden.narrow(1, r.start, r.end - r.start),
+            LogitPositions::Gather(idx) => {
+                let [b, n] = idx.dims();
+                let d = hidden.dims()[2];
+                let idx = idx.clone().reshape([b, n, 1]).expand([b, n, d]);
+                hidden.gather(1, idx)
+            }
+        };
+        match &self.head {
+            Some(head) => head.forward(selected, true),
+            None => burn::tensor::module::linear(selected, self.wte.val().transpose(), None),
+        }
+    }
+
+    /// Number of parameters (base model and adapters).
+    pub fn num_parameters(&self) -> usize {
+        self.num_params()
+    }
+
+    /// Whether any layer carries a LoRA adapter.
+    pub fn has_adapter(&self) -> bool {
+        self.blocks
+            .iter()
+            .any(|b| b.linears().iter().any(|(_, l)| l.lora.is_some()))
+    }
+}

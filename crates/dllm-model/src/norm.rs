@@ -1,0 +1,38 @@
+//! RMSNorm as LLaDA computes it: statistics in f32, weight only, no bias (spec §1).
+
+use burn::module::{Module, Param};
+use burn::tensor::{backend::Backend, DType, Tensor};
+
+/// Root-mean-square layer norm with a learned per-channel weight.
+#[derive(Module, Debug)]
+pub struct RmsNorm<B: Backend> {
+    /// Per-channel scale, `[d_model]`.
+    pub weight: Param<Tensor<B, 1>>,
+    /// Added to the mean square before the square root.
+    pub eps: f64,
+}
+
+impl<B: Backend> RmsNorm<B> {
+    /// A norm with unit weight.
+    pub fn init(d_model: usize, eps: f64, device: &B::Device) -> Self {
+        Self {
+            weight: Param::from_tensor(Tensor::ones([d_model], device)),
+            eps,
+        }
+    }
+
+    /// `weight * x / sqrt(mean(x^2) + eps)`, the statistics in f32 and cast back before the
+    /// weight multiply, as `modeling_llada.py` does.
+    pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        let dtype = x.dtype();
+        let x32 = if dtype == DType::F32 { x } else { x.cast(DType::F32) };
+        let inv_rms = (x32.clone().square().mean_dim(2) + self.eps).sqrt().recip();
+        let normed = x32 * inv_rms;
+        let normed = if dtype == DType::F32 {
+            normed
+        } else {
+            normed.cast(dtype)
+        };
+        normed * self.weight.val().unsqueeze::<3>()
+    }
+}

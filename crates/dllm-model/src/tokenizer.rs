@@ -1,0 +1,173 @@
+//! `tokenizer.json` loading and the LLaDA chat template (spec §1).
+
+use std::path::{Path, PathBuf};
+
+use tokenizers::Tokenizer;
+
+use crate::error::{ModelError, Result};
+
+/// A chat message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChatMessage {
+    /// `system`, `user` or `assistant`.
+    pub role: String,
+    /// The message text (stripped of surrounding whitespace when templated).
+    pub content: String,
+}
+
+impl ChatMessage {
+    /// A user message.
+    pub fn user(content: impl Into<String>) -> Self {
+        Self {
+            role: "user".into(),
+            content: content.into(),
+        }
+    }
+
+    /// A system message.
+    pub fn system(content: impl Into<String>) -> Self {
+        Self {
+            role: "system".into(),
+            content: content.into(),
+        }
+    }
+}
+
+/// A Hugging Face tokenizer plus the special tokens the chat template and sampler need,
+/// found by name in the tokenizer's vocabulary rather than hard-coded for one model.
+#[derive(Clone)]
+pub struct LladaTokenizer {
+    inner: Tokenizer,
+    /// Beginning-of-text token, e.g. `<|startoftext|>` (126080 for LLaDA-8B).
+    pub bos: String,
+    /// End-of-text token, e.g. `<|endoftext|>`.
+    pub eos: String,
+    /// Start of a role header.
+    pub start_header: String,
+    /// End of a role header.
+    pub end_header: String,
+    /// End of a turn.
+    pub eot: String,
+}
+
+impl std::fmt::Debug for LladaTokenizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LladaTokenizer")
+            .field("vocab_size", &self.inner.get_vocab_size(true))
+            .field("bos", &self.bos)
+            .field("eos", &self.eos)
+            .finish()
+    }
+}
+
+const BOS_NAMES: [&str; 3] = ["<|startoftext|>", "<|begin_of_text|>", "<s>"];
+const EOS_NAMES: [&str; 3] = ["<|endoftext|>", "<|end_of_text|>", "</s>"];
+
+impl LladaTokenizer {
+    /// Loads `tokenizer.json` (no network).
+    pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        if !path.is_file() {
+            return Err(ModelError::io(
+                path,
+                std::io::Error::new(std::io::ErrorKind::NotFound, "tokenizer.json not found"),
+            ));
+        }
+        let inner = Tokenizer::from_file(path).map_err(|e| ModelError::Tokenizer {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        Self::from_tokenizer(inner, path)
+    }
+
+    /// Wraps an in-memory tokenizer; `path` names it in errors.
+    pub fn from_tokenizer(inner: Tokenizer, path: impl AsRef<Path>) -> Result<Self> {
+        let path: PathBuf = path.as_ref().to_path_buf();
+        let find = |names: &[&str], what: &str| -> Result<String> {
+            names
+                .iter()
+                .find(|n| inner.token_to_id(n).is_some())
+                .map(|n| n.to_string())
+                .ok_or_else(|| ModelError::Tokenizer {
+                    path: path.clone(),
+                    message: format!("no {what} token (looked for {names:?})"),
+                })
+        };
+        Ok(Self {
+            bos: find(&BOS_NAMES, "beginning-of-text")?,
+            eos: find(&EOS_NAMES, "end-of-text")?,
+            start_header: find(&["<|start_header_id|>"], "start-header")?,
+            end_header: find(&["<|end_header_id|>"], "end-header")?,
+            eot: find(&["<|eot_id|>"], "end-of-turn")?,
+            inner,
+        })
+    }
+
+    /// The wrapped `tokenizers::Tokenizer`.
+    pub fn inner(&self) -> &Tokenizer {
+        &self.inner
+    }
+
+    /// Id of a token by its text.
+    pub fn token_id(&self, token: &str) -> Option<u32> {
+        self.inner.token_to_id(token)
+    }
+
+    /// Id of the end-of-text token.
+    pub fn eos_id(&self) -> u32 {
+        self.inner.token_to_id(&self.eos).expect("checked at load")
+    }
+
+    /// Renders LLaDA's chat template:
+    /// `<BOS>` then, per message, `<|start_header_id|>{role}<|end_header_id|>\n\n{content.strip()}<|eot_id|>`,
+    /// then `<|start_header_id|>assistant<|end_header_id|>\n\n` when `add_generation_prompt`.
+    pub fn chat_template(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> String {
+        let mut s = self.bos.clone();
+        for m in messages {
+            s.push_str(&format!(
+                "{}{}{}\n\n{}{}",
+                self.start_header,
+                m.role,
+                self.end_header,
+                m.content.trim(),
+                self.eot
+            ));
+        }
+        if add_generation_prompt {
+            s.push_str(&format!("{}assistant{}\n\n", self.start_header, self.end_header));
+        }
+        s
+    }
+
+    /// Token ids of `text`; special tokens written in the text are recognised, and no
+    /// post-processor tokens are added (the chat template already carries BOS).
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        self.inner
+            .encode(text, false)
+            .map(|e| e.get_ids().to_vec())
+            .map_err(|e| ModelError::Tokenizer {
+                path: PathBuf::from("<encode>"),
+                message: e.to_string(),
+            })
+    }
+
+    /// Ids of a templated chat prompt ready for generation.
+    pub fn encode_chat(&self, messages: &[ChatMessage]) -> Result<Vec<u32>> {
+        self.encode(&self.chat_template(messages, true))
+    }
+
+    /// Text of `ids`, special tokens removed when `skip_special` is true.
+    pub fn decode(&self, ids: &[u32], skip_special: bool) -> Result<String> {
+        self.inner
+            .decode(ids, skip_special)
+            .map_err(|e| ModelError::Tokenizer {
+                path: PathBuf::from("<decode>"),
+                message: e.to_string(),
+            })
+    }
+
+    /// Vocabulary size including added tokens.
+    pub fn vocab_size(&self) -> usize {
+        self.inner.get_vocab_size(true)
+    }
+}

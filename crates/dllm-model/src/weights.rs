@@ -1,0 +1,342 @@
+//! Reading Hugging Face safetensors checkpoints: one `model.safetensors` or shards listed by
+//! `model.safetensors.index.json`. Every failure names the file and the tensor.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use half::{bf16, f16};
+use memmap2::Mmap;
+use safetensors::{Dtype, SafeTensors};
+
+use crate::error::{ModelError, Result};
+
+/// The element type weights are converted to when loaded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WeightDType {
+    /// 32-bit float (default; what parity tests use).
+    #[default]
+    F32,
+    /// 16-bit brain float (LLaDA's storage type).
+    BF16,
+    /// 16-bit IEEE float.
+    F16,
+}
+
+impl std::str::FromStr for WeightDType {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "f32" | "float32" => Ok(Self::F32),
+            "bf16" | "bfloat16" => Ok(Self::BF16),
+            "f16" | "float16" => Ok(Self::F16),
+            other => Err(format!("unknown dtype `{other}` (use f32, bf16 or f16)")),
+        }
+    }
+}
+
+/// Host-side tensor values in the chosen element type.
+#[derive(Debug, Clone)]
+pub enum HostValues {
+    /// f32 values.
+    F32(Vec<f32>),
+    /// bf16 values.
+    BF16(Vec<bf16>),
+    /// f16 values.
+    F16(Vec<f16>),
+}
+
+/// A tensor read from a checkpoint: row-major values and shape.
+#[derive(Debug, Clone)]
+pub struct HostTensor {
+    /// Values.
+    pub values: HostValues,
+    /// Shape.
+    pub shape: Vec<usize>,
+}
+
+impl HostTensor {
+    /// Swaps the two axes of a matrix (Hugging Face `[out, in]` <-> burn `[in, out]`).
+    pub fn transposed(self) -> Self {
+        let [rows, cols] = [self.shape[0], self.shape[1]];
+        fn t<T: Copy>(v: &[T], rows: usize, cols: usize) -> Vec<T> {
+            let mut out = Vec::with_capacity(v.len());
+            for c in 0..cols {
+                for r in 0..rows {
+                    out.push(v[r * cols + c]);
+                }
+            }
+            out
+        }
+        let values = match &self.values {
+            HostValues::F32(v) => HostValues::F32(t(v, rows, cols)),
+            HostValues::BF16(v) => HostValues::BF16(t(v, rows, cols)),
+            HostValues::F16(v) => HostValues::F16(t(v, rows, cols)),
+        };
+        Self {
+            values,
+            shape: vec![cols, rows],
+        }
+    }
+
+    /// Converts to a burn `TensorData`.
+    pub fn into_data(self) -> burn::tensor::TensorData {
+        match self.values {
+            HostValues::F32(v) => burn::tensor::TensorData::new(v, self.shape),
+            HostValues::BF16(v) => burn::tensor::TensorData::new(v, self.shape),
+            HostValues::F16(v) => burn::tensor::TensorData::new(v, self.shape),
+        }
+    }
+}
+
+/// The weight files of a model directory, memory-mapped and validated.
+pub struct WeightFiles {
+    files: Vec<(PathBuf, Mmap)>,
+    /// Tensor name -> index into `files`.
+    location: HashMap<String, usize>,
+    /// Names read so far, to report tensors the config does not use.
+    used: std::cell::RefCell<HashSet<String>>,
+    /// The file or directory named in "missing tensor" errors.
+    origin: PathBuf,
+}
+
+impl WeightFiles {
+    /// Opens `model.safetensors` or the shards of `model.safetensors.index.json` in `dir`.
+    pub fn open_dir(dir: &Path) -> Result<Self> {
+        let single = dir.join("model.safetensors");
+        let index = dir.join("model.safetensors.index.json");
+        if index.is_file() {
+            Self::open_index(&index)
+        } else if single.is_file() {
+            Self::open_files(&[single.clone()], single)
+        } else if !dir.is_dir() {
+            Err(ModelError::io(
+                dir,
+                std::io::Error::new(std::io::ErrorKind::NotFound, "model directory not found"),
+            ))
+        } else {
+            Err(ModelError::NoWeights {
+                path: dir.to_path_buf(),
+            })
+        }
+    }
+
+    /// Opens the shards listed in a `model.safetensors.index.json` (`weight_map`).
+    pub fn open_index(index: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(index).map_err(|e| ModelError::io(index, e))?;
+        let json: serde_json::Value =
+            serde_json::from_str(&text).map_err(|source| ModelError::Json {
+                path: index.to_path_buf(),
+                source,
+            })?;
+        let map = json
+            .get("weight_map")
+            .and_then(|m| m.as_object())
+            .ok_or_else(|| ModelError::config(index, "weight_map", "missing or not an object"))?;
+        let dir = index.parent().unwrap_or(Path::new("."));
+        let mut shards: Vec<String> = Vec::new();
+        for (name, file) in map {
+            let file = file.as_str().ok_or_else(|| {
+                ModelError::config(index, format!("weight_map.{name}"), "not a string")
+            })?;
+            if !shards.iter().any(|s| s == file) {
+                shards.push(file.to_string());
+            }
+        }
+        let paths: Vec<PathBuf> = shards.iter().map(|s| dir.join(s)).collect();
+        let files = Self::open_files(&paths, index.to_path_buf())?;
+        // The index must agree with the shards' contents.
+        for (name, file) in map {
+            let want = dir.join(file.as_str().unwrap_or_default());
+            match files.location.get(name) {
+                Some(&i) if files.files[i].0 == want => {}
+                Some(&i) => {
+                    return Err(ModelError::Safetensors {
+                        path: index.to_path_buf(),
+                        message: format!(
+                            "index puts `{name}` in {} but it is in {}",
+                            want.display(),
+                            files.files[i].0.display()
+                        ),
+                    })
+                }
+                None => {
+                    return Err(ModelError::MissingTensor {
+                        path: want,
+                        tensor: name.clone(),
+                    })
+                }
+            }
+        }
+        Ok(files)
+    }
+
+    /// Opens one safetensors file.
+    pub fn open_file(path: &Path) -> Result<Self> {
+        Self::open_files(&[path.to_path_buf()], path.to_path_buf())
+    }
+
+    fn open_files(paths: &[PathBuf], origin: PathBuf) -> Result<Self> {
+        let mut files = Vec::with_capacity(paths.len());
+        let mut location = HashMap::new();
+        for (i, path) in paths.iter().enumerate() {
+            let file = File::open(path).map_err(|e| ModelError::io(path, e))?;
+            // SAFETY: the map is read-only and lives as long as `WeightFiles`; a checkpoint
+            // modified while loading is outside what any loader can guard against.
+            let mmap = unsafe { Mmap::map(&file) }.map_err(|e| ModelError::io(path, e))?;
+            let st = SafeTensors::deserialize(&mmap).map_err(|e| ModelError::Safetensors {
+                path: path.clone(),
+                message: e.to_string(),
+            })?;
+            for name in st.names() {
+                if let Some(&prev) = location.get(name) {
+                    let prev: &(PathBuf, Mmap) = &files[prev];
+                    return Err(ModelError::Safetensors {
+                        path: path.clone(),
+                        message: format!("tensor `{name}` also appears in {}", prev.0.display()),
+                    });
+                }
+                location.insert(name.to_string(), i);
+            }
+            files.push((path.clone(), mmap));
+        }
+        Ok(Self {
+            files,
+            location,
+            used: Default::default(),
+            origin,
+        })
+    }
+
+    /// Whether a tensor exists in any file.
+    pub fn contains(&self, name: &str) -> bool {
+        self.location.contains_key(name)
+    }
+
+    /// Every tensor name with its stored dtype and shape, sorted by name.
+    pub fn summary(&self) -> BTreeMap<String, (String, Vec<usize>)> {
+        let mut out = BTreeMap::new();
+        for (path, mmap) in &self.files {
+            if let Ok(st) = SafeTensors::deserialize(mmap) {
+                for (name, view) in st.tensors() {
+                    out.insert(name, (format!("{:?}", view.dtype()), view.shape().to_vec()));
+                    let _ = path;
+                }
+            }
+        }
+        out
+    }
+
+    /// Reads tensor `name`, checks its shape, converts it to `dtype`.
+    pub fn read(&self, name: &str, expected: &[usize], dtype: WeightDType) -> Result<HostTensor> {
+        let &i = self
+            .location
+            .get(name)
+            .ok_or_else(|| ModelError::MissingTensor {
+                path: self.origin.clone(),
+                tensor: name.to_string(),
+            })?;
+        let (path, mmap) = &self.files[i];
+        let st = SafeTensors::deserialize(mmap).map_err(|e| ModelError::Safetensors {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
+        let view = st.tensor(name).map_err(|e| ModelError::Safetensors {
+            path: path.clone(),
+            message: format!("tensor `{name}`: {e}"),
+        })?;
+        if view.shape() != expected {
+            return Err(ModelError::Shape {
+                path: path.clone(),
+                tensor: name.to_string(),
+                expected: expected.to_vec(),
+                found: view.shape().to_vec(),
+            });
+        }
+        self.used.borrow_mut().insert(name.to_string());
+        let values = convert(view.data(), view.dtype(), dtype).ok_or_else(|| ModelError::DType {
+            path: path.clone(),
+            tensor: name.to_string(),
+            dtype: format!("{:?}", view.dtype()),
+        })?;
+        Ok(HostTensor {
+            values,
+            shape: expected.to_vec(),
+        })
+    }
+
+    /// Names present in the files but never read, sorted.
+    pub fn unused(&self) -> Vec<String> {
+        let used = self.used.borrow();
+        let mut out: Vec<String> = self
+            .location
+            .keys()
+            .filter(|k| !used.contains(*k))
+            .cloned()
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// The file holding a tensor, for error messages.
+    pub fn file_of(&self, name: &str) -> PathBuf {
+        self.location
+            .get(name)
+            .map_or_else(|| self.origin.clone(), |&i| self.files[i].0.clone())
+    }
+
+    /// The file or index these weights were opened from.
+    pub fn origin(&self) -> &Path {
+        &self.origin
+    }
+}
+
+/// Decodes little-endian `bytes` of type `from` into `to`; `None` for unsupported dtypes.
+fn convert(bytes: &[u8], from: Dtype, to: WeightDType) -> Option<HostValues> {
+    let as_f32: Vec<f32> = match from {
+        Dtype::F32 => {
+            if to == WeightDType::F32 {
+                return Some(HostValues::F32(
+                    bytes
+                        .chunks_exact(4)
+                        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                        .collect(),
+                ));
+            }
+            bytes
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect()
+        }
+        Dtype::BF16 => {
+            let v: Vec<bf16> = bytes
+                .chunks_exact(2)
+                .map(|c| bf16::from_bits(u16::from_le_bytes([c[0], c[1]])))
+                .collect();
+            if to == WeightDType::BF16 {
+                return Some(HostValues::BF16(v));
+            }
+            v.into_iter().map(f32::from).collect()
+        }
+        Dtype::F16 => {
+            let v: Vec<f16> = bytes
+                .chunks_exact(2)
+                .map(|c| f16::from_bits(u16::from_le_bytes([c[0], c[1]])))
+                .collect();
+            if to == WeightDType::F16 {
+                return Some(HostValues::F16(v));
+            }
+            v.into_iter().map(f32::from).collect()
+        }
+        Dtype::F64 => bytes
+            .chunks_exact(8)
+            .map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")) as f32)
+            .collect(),
+        _ => return None,
+    };
+    Some(match to {
+        WeightDType::F32 => HostValues::F32(as_f32),
+        WeightDType::BF16 => HostValues::BF16(as_f32.into_iter().map(bf16::from_f32).collect()),
+        WeightDType::F16 => HostValues::F16(as_f32.into_iter().map(f16::from_f32).collect()),
+    })
+}
