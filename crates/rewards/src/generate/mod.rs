@@ -1,0 +1,18 @@
+//! Seedable generators of unlimited training data (spec §7 tasks): 4x4 Sudoku with a
+//! unique solution and a chosen number of blanks, and Countdown with 3–4 numbers and a
+//! guaranteed solution. Both use `ChaCha8Rng` seeded explicitly, so the same seed (and
+//! the same crate versions) gives the same data on every platform.
+
+mod countdown;
+mod sudoku;
+
+pub use countdown::{countdown_item, countdown_items, CountdownConfig};
+pub use sudoku::{random_solution, sudoku_items, sudoku_puzzle, MAX_UNIQUE_BLANKS};
+
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+
+/// The generators' random number generator, seeded explicitly.
+pub fn rng(seed: u64) -> ChaCha8Rng {
+    ChaCha8Rng::seed_from_u64(seed)
+}
