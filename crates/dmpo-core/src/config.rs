@@ -1,0 +1,165 @@
+//! `DmpoConfig` and `GrpoConfig`: the hyperparameters, with the reference defaults (spec §3–§6).
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{DmpoError, Result};
+
+/// Which baseline is subtracted from the positive weights `w+` (spec §4, "weight baseline").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Baseline {
+    /// `A_i = w+_i - strength * w-_i` (the paper's default).
+    NegativeCentering,
+    /// `A_i = w+_i - strength * mean_group(w+)`.
+    Mean,
+    /// `A_i = w+_i - strength * softmax_group(ell_theta(x_i) - ell_cur(x_i))`, `ell_theta`
+    /// recomputed (detached) on each step's masks.
+    Unbiased,
+    /// `A_i = w+_i`.
+    None,
+}
+
+/// Which DMPO loss is optimised (spec §4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DmpoLoss {
+    /// Weighted denoising cross-entropy.
+    Wdce,
+    /// Weighted direct discriminative optimisation.
+    Ddo,
+}
+
+/// DMPO hyperparameters (spec §3–§4). Defaults are the reference recipe's.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DmpoConfig {
+    /// Temperature of the reward tilt `exp(r / alpha)`; `0` uses `softmax(c r)`, `-1` uses the
+    /// raw reward as the weight.
+    pub alpha: f64,
+    /// Interpolation `c` toward the current policy (`p_cur^(1-c) p*^c`), in `[0, 1]`.
+    pub coeff: f64,
+    /// Choose `c` per group so that the ESS equals `ess_threshold`.
+    pub adaptive_coeff: bool,
+    /// Target effective sample size (fraction of `G`) of the adaptive coefficient.
+    pub ess_threshold: f64,
+    /// Number of mask replicates `K` of the ELBO estimator and of the losses.
+    pub num_replicates: usize,
+    /// Replicates `K/2..K` use the complements of the masks of `0..K/2`.
+    pub antithetic: bool,
+    /// Clamp the masking probability `lambda <- 0.1 + 0.9 lambda`.
+    pub clamp_mask_prob: bool,
+    /// Also mask completion positions after the first EOS (reference default); `false` never
+    /// masks them (they then carry no loss).
+    pub mask_after_eos: bool,
+    /// Weight baseline variant.
+    pub baseline: Baseline,
+    /// Strength `lambda_c` of the baseline subtraction.
+    pub centering_strength: f64,
+    /// The loss optimised.
+    pub loss: DmpoLoss,
+    /// DDO `beta` (scale of the log-likelihood gap).
+    pub ddo_beta: f64,
+    /// DDO `alpha` (weight of the fake term).
+    pub ddo_alpha: f64,
+    /// DDO: estimate the real and fake gaps on two independent halves of the replicates.
+    pub ddo_independent_sets: bool,
+    /// Memory budget (bytes) of the logits of one chunk of replicate rows in the ELBO estimator.
+    pub elbo_memory_budget_bytes: usize,
+}
+
+impl Default for DmpoConfig {
+    fn default() -> Self {
+        Self {
+            alpha: 0.04,
+            coeff: 1.0,
+            adaptive_coeff: false,
+            ess_threshold: 0.7,
+            num_replicates: 4,
+            antithetic: true,
+            clamp_mask_prob: true,
+            mask_after_eos: true,
+            baseline: Baseline::NegativeCentering,
+            centering_strength: 1.0,
+            loss: DmpoLoss::Wdce,
+            ddo_beta: 1.0,
+            ddo_alpha: 1.0,
+            ddo_independent_sets: false,
+            elbo_memory_budget_bytes: 2 << 30,
+        }
+    }
+}
+
+impl DmpoConfig {
+    /// Checks every field's range.
+    pub fn validate(&self) -> Result<()> {
+        if !(self.alpha == -1.0 || self.alpha >= 0.0) || !self.alpha.is_finite() {
+            return Err(DmpoError::config("alpha", "must be -1 or >= 0"));
+        }
+        if !(0.0..=1.0).contains(&self.coeff) {
+            return Err(DmpoError::config("coeff", "must be in [0, 1]"));
+        }
+        if !(self.ess_threshold > 0.0 && self.ess_threshold <= 1.0) {
+            return Err(DmpoError::config("ess_threshold", "must be in (0, 1]"));
+        }
+        if self.num_replicates == 0 {
+            return Err(DmpoError::config("num_replicates", "must be positive"));
+        }
+        if self.antithetic && self.num_replicates % 2 == 1 {
+            return Err(DmpoError::config(
+                "num_replicates",
+                "must be even when antithetic masks are on",
+            ));
+        }
+        if self.loss == DmpoLoss::Ddo && self.ddo_independent_sets && self.num_replicates < 2 {
+            return Err(DmpoError::config(
+                "num_replicates",
+                "DDO with independent sets needs at least 2 replicates",
+            ));
+        }
+        if self.elbo_memory_budget_bytes == 0 {
+            return Err(DmpoError::config("elbo_memory_budget_bytes", "must be positive"));
+        }
+        Ok(())
+    }
+}
+
+/// diffu-GRPO and wd1 hyperparameters (spec §6), d1's defaults.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GrpoConfig {
+    /// PPO clip `epsilon`: ratios are clipped to `[1 - eps, 1 + eps]`.
+    pub epsilon: f64,
+    /// KL penalty weight `beta` toward the reference (k3 estimator); `0` disables it.
+    pub beta: f64,
+    /// Probability of masking each prompt token in the one-step mean-field likelihood.
+    pub p_mask_prompt: f64,
+    /// Divide group-centred rewards by the group standard deviation (`+ 1e-4`).
+    pub scale_rewards: bool,
+}
+
+impl Default for GrpoConfig {
+    fn default() -> Self {
+        Self {
+            epsilon: 0.2,
+            beta: 0.04,
+            p_mask_prompt: 0.15,
+            scale_rewards: true,
+        }
+    }
+}
+
+impl GrpoConfig {
+    /// Checks every field's range.
+    pub fn validate(&self) -> Result<()> {
+        if !(self.epsilon >= 0.0 && self.epsilon.is_finite()) {
+            return Err(DmpoError::config("epsilon", "must be >= 0"));
+        }
+        if !(self.beta >= 0.0 && self.beta.is_finite()) {
+            return Err(DmpoError::config("beta", "must be >= 0"));
+        }
+        if !(0.0..=1.0).contains(&self.p_mask_prompt) {
+            return Err(DmpoError::config("p_mask_prompt", "must be in [0, 1]"));
+        }
+        Ok(())
+    }
+}

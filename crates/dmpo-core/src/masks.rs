@@ -1,0 +1,179 @@
+//! Mask sampling for the ELBO estimator and the losses (spec §3) and for diffu-GRPO's prompt
+//! masking (spec §6). All randomness comes from an explicit, seedable RNG so that training is
+//! deterministic (use `rand_chacha::ChaCha8Rng::seed_from_u64`).
+
+use burn::tensor::{backend::Backend, Bool, Tensor, TensorData};
+use rand::Rng;
+
+use crate::config::DmpoConfig;
+use crate::error::{DmpoError, Result};
+
+/// How replicate masks are drawn (spec §3).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MaskOptions {
+    /// Number of replicates `K`.
+    pub replicates: usize,
+    /// Replicates `K/2..K` are the complements of replicates `0..K/2`.
+    pub antithetic: bool,
+    /// `lambda <- 0.1 + 0.9 lambda`.
+    pub clamp: bool,
+    /// Whether positions after the first EOS may be masked.
+    pub mask_after_eos: bool,
+}
+
+impl From<&DmpoConfig> for MaskOptions {
+    fn from(c: &DmpoConfig) -> Self {
+        Self {
+            replicates: c.num_replicates,
+            antithetic: c.antithetic,
+            clamp: c.clamp_mask_prob,
+            mask_after_eos: c.mask_after_eos,
+        }
+    }
+}
+
+/// Masks of `K` replicates of a batch over its completion positions, replicate-major:
+/// row `r = k * batch + i` is replicate `k` of sample `i`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReplicateMasks {
+    /// Number of replicates `K`.
+    pub replicates: usize,
+    /// Number of samples.
+    pub batch: usize,
+    /// Completion length `L`.
+    pub gen_len: usize,
+    /// `[K * batch * L]`, true where the completion token is replaced by MASK.
+    pub masked: Vec<bool>,
+}
+
+/// The clamped masking probability `0.1 + 0.9 u` (spec §3).
+pub fn clamp_lambda(u: f64) -> f64 {
+    0.1 + 0.9 * u
+}
+
+impl ReplicateMasks {
+    /// Masks from explicit rows (`[K * batch * L]`, replicate-major).
+    pub fn from_rows(replicates: usize, batch: usize, gen_len: usize, masked: Vec<bool>) -> Result<Self> {
+        if masked.len() != replicates * batch * gen_len {
+            return Err(DmpoError::shape(format!(
+                "{} mask entries for {replicates} x {batch} x {gen_len}",
+                masked.len()
+            )));
+        }
+        if replicates == 0 {
+            return Err(DmpoError::shape("zero replicates"));
+        }
+        Ok(Self {
+            replicates,
+            batch,
+            gen_len,
+            masked,
+        })
+    }
+
+    /// Draws fresh masks: per replicate and sample `lambda ~ U(0,1)` (clamped to `[0.1, 1]` if
+    /// asked), each completion position masked independently with probability `lambda`;
+    /// antithetic replicates take the complement; positions after `eos_index[i]` are unmasked
+    /// when `mask_after_eos` is false (spec §3).
+    pub fn sample<R: Rng + ?Sized>(
+        rng: &mut R,
+        eos_index: &[usize],
+        gen_len: usize,
+        options: &MaskOptions,
+    ) -> Result<Self> {
+        let k = options.replicates;
+        if k == 0 {
+            return Err(DmpoError::config("num_replicates", "must be positive"));
+        }
+        if options.antithetic && k % 2 == 1 {
+            return Err(DmpoError::config(
+                "num_replicates",
+                "must be even when antithetic masks are on",
+            ));
+        }
+        let batch = eos_index.len();
+        let drawn = if options.antithetic { k / 2 } else { k };
+        let mut masked = Vec::with_capacity(k * batch * gen_len);
+        for _ in 0..drawn {
+            for _ in 0..batch {
+                let u: f64 = rng.random();
+                let lambda = if options.clamp { clamp_lambda(u) } else { u };
+                masked.extend((0..gen_len).map(|_| rng.random::<f64>() < lambda));
+            }
+        }
+        if options.antithetic {
+            // spec §3: replicates K/2..K-1 are the complements of replicates 0..K/2-1.
+            let first: Vec<bool> = masked.iter().map(|&m| !m).collect();
+            masked.extend(first);
+        }
+        if !options.mask_after_eos {
+            for r in 0..k * batch {
+                let e = eos_index[r % batch];
+                for m in &mut masked[r * gen_len..(r + 1) * gen_len][(e + 1).min(gen_len)..] {
+                    *m = false;
+                }
+            }
+        }
+        Self::from_rows(k, batch, gen_len, masked)
+    }
+
+    /// Number of rows `K * batch`.
+    pub fn rows(&self) -> usize {
+        self.replicates * self.batch
+    }
+
+    /// The mask of row `r = k * batch + i`.
+    pub fn row(&self, r: usize) -> &[bool] {
+        &self.masked[r * self.gen_len..(r + 1) * self.gen_len]
+    }
+
+    /// Number of masked positions of row `r`.
+    pub fn count(&self, r: usize) -> usize {
+        self.row(r).iter().filter(|&&m| m).count()
+    }
+
+    /// `m = max(1, #masked)` of row `r` (spec §3).
+    pub fn m_clamped(&self, r: usize) -> usize {
+        self.count(r).max(1)
+    }
+
+    /// The sample index of row `r`.
+    pub fn sample_of(&self, r: usize) -> usize {
+        r % self.batch
+    }
+
+    /// The rows `rows` over the whole sequence (prompt never masked) as a `[rows, prompt_len +
+    /// gen_len]` bool tensor.
+    pub fn full_mask_tensor<B: Backend>(
+        &self,
+        rows: std::ops::Range<usize>,
+        prompt_len: usize,
+        device: &B::Device,
+    ) -> Tensor<B, 2, Bool> {
+        let n = rows.len();
+        let seq = prompt_len + self.gen_len;
+        let mut data = Vec::with_capacity(n * seq);
+        for r in rows {
+            data.extend(std::iter::repeat_n(false, prompt_len));
+            data.extend_from_slice(self.row(r));
+        }
+        Tensor::from_bool(TensorData::new(data, [n, seq]), device)
+    }
+
+    /// The rows `rows` over the completion as a `[rows, gen_len]` float tensor of 0/1.
+    pub fn completion_mask_tensor<B: Backend>(
+        &self,
+        rows: std::ops::Range<usize>,
+        device: &B::Device,
+    ) -> Tensor<B, 2> {
+        let n = rows.len();
+        let data = self.masked[rows.start * self.gen_len..rows.end * self.gen_len].to_vec();
+        Tensor::<B, 2, Bool>::from_bool(TensorData::new(data, [n, self.gen_len]), device).float()
+    }
+}
+
+/// diffu-GRPO's prompt mask (spec §6): `[batch * prompt_len]`, each prompt position masked
+/// independently with probability `p` (the completion is always fully masked).
+pub fn sample_prompt_mask<R: Rng + ?Sized>(rng: &mut R, batch: usize, prompt_len: usize, p: f64) -> Vec<bool> {
+    (0..batch * prompt_len).map(|_| rng.random::<f64>() < p).collect()
+}
