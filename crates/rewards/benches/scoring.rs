@@ -24,21 +24,27 @@ fn items() -> Vec<(Task, TaskItem)> {
         (Task::Gsm8k, TaskItem::gsm8k("q", "42")),
         (Task::Math, TaskItem::math("q", "\\frac{1}{2}")),
         (Task::Countdown, TaskItem::countdown(vec![49, 55, 53], 51)),
-        (Task::Sudoku, TaskItem::sudoku("3102200002100320", "3142243142131324")),
+        (
+            Task::Sudoku,
+            TaskItem::sudoku("3102200002100320", "3142243142131324"),
+        ),
     ]
 }
 
 fn bench(c: &mut Criterion) {
     let inputs = inputs();
     for (task, item) in items() {
-        c.bench_function(&format!("{task}/training+eval, 9 adversarial 4 KiB inputs"), |b| {
-            b.iter(|| {
-                for s in &inputs {
-                    black_box(training_reward(task, black_box(s), &item).ok());
-                    black_box(eval_correct(task, black_box(s), &item).ok());
-                }
-            })
-        });
+        c.bench_function(
+            &format!("{task}/training+eval, 9 adversarial 4 KiB inputs"),
+            |b| {
+                b.iter(|| {
+                    for s in &inputs {
+                        black_box(training_reward(task, black_box(s), &item).ok());
+                        black_box(eval_correct(task, black_box(s), &item).ok());
+                    }
+                })
+            },
+        );
     }
 }
 

@@ -13,9 +13,9 @@ use std::sync::LazyLock;
 
 use crate::expr;
 use crate::math::{last_boxed_only_string, remove_boxed};
+use crate::pycompat;
 use crate::rational::Rational;
 use crate::reward::{EvalScore, RewardBreakdown};
-use crate::pycompat;
 
 /// Component names (max 1.0).
 pub const COMPONENTS: [&str; 1] = ["countdown"];
@@ -73,9 +73,8 @@ pub fn uses_numbers(equation: &str, available: &[f64]) -> bool {
 /// `evaluate_equation`: the character filter then the (safe) evaluation; `None` when
 /// the reference's `eval` would fail.
 pub fn evaluate_equation(equation: &str) -> Option<Rational> {
-    let allowed = |c: char| {
-        pycompat::is_decimal(c) || pycompat::is_space(c) || "+-*/().".contains(c)
-    };
+    let allowed =
+        |c: char| pycompat::is_decimal(c) || pycompat::is_space(c) || "+-*/().".contains(c);
     if equation.is_empty() || !equation.chars().all(allowed) {
         return None;
     }
@@ -160,7 +159,7 @@ pub fn eval_score(generation: &str, numbers: &[f64], target: Option<f64>) -> Eva
 pub const MAX_SOLVER_NUMBERS: usize = 6;
 
 fn search(
-    items: &mut Vec<(Rational, String)>,
+    items: &[(Rational, String)],
     target: Rational,
     seen: &mut HashMap<Vec<Rational>, ()>,
 ) -> Option<String> {
@@ -178,12 +177,12 @@ fn search(
             let (a, ea) = items[i].clone();
             let (b, eb) = items[j].clone();
             let cands = [
-                (a.add(b), format!("({ea} + {eb})")),
-                (a.sub(b), format!("({ea} - {eb})")),
-                (b.sub(a), format!("({eb} - {ea})")),
-                (a.mul(b), format!("({ea} * {eb})")),
-                (a.div(b), format!("({ea} / {eb})")),
-                (b.div(a), format!("({eb} / {ea})")),
+                (a.checked_add(b), format!("({ea} + {eb})")),
+                (a.checked_sub(b), format!("({ea} - {eb})")),
+                (b.checked_sub(a), format!("({eb} - {ea})")),
+                (a.checked_mul(b), format!("({ea} * {eb})")),
+                (a.checked_div(b), format!("({ea} / {eb})")),
+                (b.checked_div(a), format!("({eb} / {ea})")),
             ];
             let mut rest: Vec<(Rational, String)> = items
                 .iter()
@@ -194,7 +193,7 @@ fn search(
             for (v, e) in cands {
                 let Ok(v) = v else { continue };
                 rest.push((v, e));
-                if let Some(found) = search(&mut rest, target, seen) {
+                if let Some(found) = search(&rest, target, seen) {
                     return Some(found);
                 }
                 rest.pop();
@@ -208,21 +207,22 @@ fn search(
 /// arithmetic, fractions allowed in between) that equals `target`; `None` if there is
 /// none or more than [`MAX_SOLVER_NUMBERS`] numbers (or a negative one) are given.
 pub fn solve(numbers: &[i64], target: i64) -> Option<String> {
-    if numbers.is_empty() || numbers.len() > MAX_SOLVER_NUMBERS || numbers.iter().any(|&n| n < 0)
-    {
+    if numbers.is_empty() || numbers.len() > MAX_SOLVER_NUMBERS || numbers.iter().any(|&n| n < 0) {
         return None;
     }
-    let mut items: Vec<(Rational, String)> = numbers
+    let items: Vec<(Rational, String)> = numbers
         .iter()
         .map(|&n| (Rational::from_int(n), n.to_string()))
         .collect();
     let mut seen = HashMap::new();
-    let e = search(&mut items, Rational::from_int(target), &mut seen)?;
+    let e = search(&items, Rational::from_int(target), &mut seen)?;
     // Drop the redundant outer parentheses.
-    Some(match e.strip_prefix('(').and_then(|s| s.strip_suffix(')')) {
-        Some(inner) if numbers.len() > 1 => inner.to_string(),
-        _ => e,
-    })
+    Some(
+        match e.strip_prefix('(').and_then(|s| s.strip_suffix(')')) {
+            Some(inner) if numbers.len() > 1 => inner.to_string(),
+            _ => e,
+        },
+    )
 }
 
 #[cfg(test)]
@@ -242,29 +242,54 @@ mod tests {
         // Wrong numbers.
         assert_eq!(score("<answer>49 + 2</answer>", &NUMS, 51.0), 0.1);
         // Last block wins.
-        assert_eq!(score("<answer>1</answer><answer>49+55-53</answer>", &NUMS, 51.0), 1.0);
-        assert_eq!(score("<answer>49+55-53</answer><answer>1</answer>", &NUMS, 51.0), 0.1);
+        assert_eq!(
+            score("<answer>1</answer><answer>49+55-53</answer>", &NUMS, 51.0),
+            1.0
+        );
+        assert_eq!(
+            score("<answer>49+55-53</answer><answer>1</answer>", &NUMS, 51.0),
+            0.1
+        );
         // Includes "= 51": the digits 5,1 break the number check.
-        assert_eq!(score("<answer>49 + 55 - 53 = 51</answer>", &NUMS, 51.0), 0.1);
+        assert_eq!(
+            score("<answer>49 + 55 - 53 = 51</answer>", &NUMS, 51.0),
+            0.1
+        );
         // Python's filter lets ** through; the safe evaluator rejects the overflow cleanly.
         assert_eq!(score("<answer>49**55**53</answer>", &NUMS, 51.0), 0.1);
         // Division by zero is a clean failure.
-        assert_eq!(score("<answer>49/(55-55)*53</answer>", &[49.0, 55.0, 55.0, 53.0], 1.0), 0.1);
+        assert_eq!(
+            score(
+                "<answer>49/(55-55)*53</answer>",
+                &[49.0, 55.0, 55.0, 53.0],
+                1.0
+            ),
+            0.1
+        );
         // Unicode digits: eval fails, 0.1 either way.
         assert_eq!(score("<answer>٤٩ + 55 - 53</answer>", &NUMS, 51.0), 0.1);
         // Letters are rejected by the filter.
-        assert_eq!(score("<answer>abs(49) + 55 - 53</answer>", &NUMS, 51.0), 0.1);
+        assert_eq!(
+            score("<answer>abs(49) + 55 - 53</answer>", &NUMS, 51.0),
+            0.1
+        );
         // Leading zeros are still the same numbers, but Python rejects "049".
         assert_eq!(score("<answer>049 + 55 - 53</answer>", &NUMS, 51.0), 0.1);
     }
 
     #[test]
     fn eval_extraction_like_d1() {
-        assert_eq!(eval_extract("<answer>\\boxed{49 + 55 - 53}</answer>"), "49 + 55 - 53");
+        assert_eq!(
+            eval_extract("<answer>\\boxed{49 + 55 - 53}</answer>"),
+            "49 + 55 - 53"
+        );
         assert_eq!(eval_extract("\\boxed{6 \\times 4 \\div 2}"), "6 * 4 / 2");
         assert_eq!(eval_extract("\\boxed{49 + 55 - 53 = 51}"), "49 + 55 - 53");
         // Unclosed box: first <answer> block.
-        assert_eq!(eval_extract("\\boxed{1 <answer> 2+3 </answer><answer>9</answer>"), "2+3");
+        assert_eq!(
+            eval_extract("\\boxed{1 <answer> 2+3 </answer><answer>9</answer>"),
+            "2+3"
+        );
         // Unclosed box and no answer: the whole text.
         assert_eq!(eval_extract("\\boxed{2+3"), "\\boxed{2+3");
         // No box at all: the whole text (then the `= result` rule).
@@ -272,7 +297,10 @@ mod tests {
         let s = eval_score("\\boxed{49 + 55 - 53}", &NUMS, Some(51.0));
         assert_eq!(s.correct, 1);
         assert_eq!(eval_score("\\boxed{49 + 55 - 53}", &NUMS, None).correct, 0);
-        assert_eq!(eval_score("\\boxed{(55 - 53) * 49}", &NUMS, Some(98.0)).correct, 1);
+        assert_eq!(
+            eval_score("\\boxed{(55 - 53) * 49}", &NUMS, Some(98.0)).correct,
+            1
+        );
     }
 
     #[test]
@@ -296,7 +324,10 @@ mod tests {
             let fl: Vec<f64> = nums.iter().map(|&x| x as f64).collect();
             assert!(uses_numbers(&e, &fl), "{e}");
             assert!(expr::evaluate(&e).unwrap().close_to(target as f64), "{e}");
-            assert_eq!(score(&format!("<answer>{e}</answer>"), &fl, target as f64), 1.0);
+            assert_eq!(
+                score(&format!("<answer>{e}</answer>"), &fl, target as f64),
+                1.0
+            );
         }
         assert_eq!(solve(&[1, 1, 1], 100), None);
         assert_eq!(solve(&[], 0), None);

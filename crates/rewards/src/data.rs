@@ -40,7 +40,11 @@ fn int_value(v: &Value, what: &str) -> Result<i64, String> {
     match v {
         Value::Number(n) => n
             .as_i64()
-            .or_else(|| n.as_f64().filter(|f| f.fract() == 0.0 && f.abs() < 9e15).map(|f| f as i64))
+            .or_else(|| {
+                n.as_f64()
+                    .filter(|f| f.fract() == 0.0 && f.abs() < 9e15)
+                    .map(|f| f as i64)
+            })
             .ok_or_else(|| format!("{what} is not an integer: {n}")),
         Value::String(s) => s
             .trim()
@@ -122,7 +126,9 @@ pub fn sudoku_item(puzzle: &str, solution: &str) -> Result<TaskItem, String> {
         return Err(format!("solution {solution:?} is not a valid 4x4 Sudoku"));
     }
     if p.iter().zip(&s).any(|(&a, &b)| a != 0 && a != b) {
-        return Err(format!("solution {solution:?} contradicts puzzle {puzzle:?}"));
+        return Err(format!(
+            "solution {solution:?} contradicts puzzle {puzzle:?}"
+        ));
     }
     Ok(TaskItem::sudoku(puzzle, solution))
 }
@@ -158,7 +164,9 @@ pub fn read_jsonl<R: Read>(task: Task, reader: R, path: &Path) -> Result<Vec<Tas
 
 /// Parse a `Puzzle,Solution` CSV from a reader (header required); `path` is used in errors.
 pub fn read_sudoku_csv<R: Read>(reader: R, path: &Path) -> Result<Vec<TaskItem>, Error> {
-    let mut rdr = csv::ReaderBuilder::new().has_headers(true).from_reader(reader);
+    let mut rdr = csv::ReaderBuilder::new()
+        .has_headers(true)
+        .from_reader(reader);
     let headers = rdr
         .headers()
         .map_err(|e| bad(path, 1, format!("bad CSV header: {e}")))?
@@ -299,8 +307,12 @@ mod tests {
         let items = read_jsonl(Task::Gsm8k, s.as_bytes(), p()).unwrap();
         assert_eq!(items[0], TaskItem::gsm8k("q", "72"));
         assert_eq!(items[1], TaskItem::gsm8k("q2", "1,000"));
-        let e = read_jsonl(Task::Gsm8k, "{\"question\":\"q\",\"answer\":\"72\"}\n".as_bytes(), p())
-            .unwrap_err();
+        let e = read_jsonl(
+            Task::Gsm8k,
+            "{\"question\":\"q\",\"answer\":\"72\"}\n".as_bytes(),
+            p(),
+        )
+        .unwrap_err();
         assert!(e.to_string().starts_with("mem.jsonl:1:"), "{e}");
         let e = read_jsonl(Task::Gsm8k, "\n{\"question\": 3}".as_bytes(), p()).unwrap_err();
         assert!(matches!(e, Error::BadRow { line: 2, .. }), "{e}");
@@ -317,8 +329,15 @@ mod tests {
         let items = read_jsonl(Task::Math, s.as_bytes(), p()).unwrap();
         assert_eq!(items[0], TaskItem::math("p", "\\frac{1}{2}"));
         assert_eq!(items[1], TaskItem::math("p", "3"));
-        for bad_row in [r#"{"problem":"p","solution":"no box"}"#, r#"{"problem":"p","solution":"\\boxed{1"}"#, r#"{"problem":"p"}"#] {
-            assert!(read_jsonl(Task::Math, bad_row.as_bytes(), p()).is_err(), "{bad_row}");
+        for bad_row in [
+            r#"{"problem":"p","solution":"no box"}"#,
+            r#"{"problem":"p","solution":"\\boxed{1"}"#,
+            r#"{"problem":"p"}"#,
+        ] {
+            assert!(
+                read_jsonl(Task::Math, bad_row.as_bytes(), p()).is_err(),
+                "{bad_row}"
+            );
         }
     }
 
@@ -339,7 +358,10 @@ mod tests {
             r#"{"target": 1}"#,
             r#"{"input": 5, "output": 1}"#,
         ] {
-            assert!(read_jsonl(Task::Countdown, bad_row.as_bytes(), p()).is_err(), "{bad_row}");
+            assert!(
+                read_jsonl(Task::Countdown, bad_row.as_bytes(), p()).is_err(),
+                "{bad_row}"
+            );
         }
     }
 
@@ -348,7 +370,10 @@ mod tests {
         let ok = "Puzzle,Solution\n3102200002100320,3142243142131324\n";
         assert_eq!(read_sudoku_csv(ok.as_bytes(), p()).unwrap().len(), 1);
         let cases = [
-            ("Puzzle,Solution\n3102200002100320,3142243142131324\n31,3142\n", 3),
+            (
+                "Puzzle,Solution\n3102200002100320,3142243142131324\n31,3142\n",
+                3,
+            ),
             ("Puzzle,Solution\n3102200002100320,3142243142131323\n", 2),
             ("Puzzle,Solution\n4102200002100320,3142243142131324\n", 2),
             ("Puzzle,Solution\n3102200002100320\n", 2),

@@ -107,7 +107,11 @@ fn lex_number(bytes: &[u8], start: usize) -> Result<(Rational, usize), ExprError
         return Err(ExprError::BadNumber(start)); // a lone "."
     }
     // Python: "012" is a SyntaxError, "00" and "012.5" are fine.
-    if !is_float && int_digits.len() > 1 && int_digits[0] == b'0' && int_digits.iter().any(|&d| d != b'0') {
+    if !is_float
+        && int_digits.len() > 1
+        && int_digits[0] == b'0'
+        && int_digits.iter().any(|&d| d != b'0')
+    {
         return Err(ExprError::BadNumber(start));
     }
     let significant = |d: &[u8]| d.iter().skip_while(|&&c| c == b'0').count();
@@ -216,11 +220,11 @@ impl Parser {
             match self.peek() {
                 Some(Tok::Plus) => {
                     self.pos += 1;
-                    acc = acc.add(self.term()?)?;
+                    acc = acc.checked_add(self.term()?)?;
                 }
                 Some(Tok::Minus) => {
                     self.pos += 1;
-                    acc = acc.sub(self.term()?)?;
+                    acc = acc.checked_sub(self.term()?)?;
                 }
                 _ => return Ok(acc),
             }
@@ -233,11 +237,11 @@ impl Parser {
             match self.peek() {
                 Some(Tok::Star) => {
                     self.pos += 1;
-                    acc = acc.mul(self.unary()?)?;
+                    acc = acc.checked_mul(self.unary()?)?;
                 }
                 Some(Tok::Slash) => {
                     self.pos += 1;
-                    acc = acc.div(self.unary()?)?;
+                    acc = acc.checked_div(self.unary()?)?;
                 }
                 Some(Tok::DoubleSlash) => {
                     self.pos += 1;
@@ -260,7 +264,9 @@ impl Parser {
             Some(Tok::Minus) => {
                 self.pos += 1;
                 self.enter()?;
-                let v = self.unary().and_then(|v| v.neg().map_err(ExprError::from));
+                let v = self
+                    .unary()
+                    .and_then(|v| v.checked_neg().map_err(ExprError::from));
                 self.depth -= 1;
                 v
             }
@@ -374,8 +380,14 @@ mod tests {
         assert_eq!(ev(""), Err(ExprError::Empty));
         assert_eq!(ev("  \n"), Err(ExprError::Empty));
         assert_eq!(ev("1/0"), Err(ExprError::Arith(ArithError::DivisionByZero)));
-        assert_eq!(ev("1/(2-2)"), Err(ExprError::Arith(ArithError::DivisionByZero)));
-        assert_eq!(ev("0**-1"), Err(ExprError::Arith(ArithError::DivisionByZero)));
+        assert_eq!(
+            ev("1/(2-2)"),
+            Err(ExprError::Arith(ArithError::DivisionByZero))
+        );
+        assert_eq!(
+            ev("0**-1"),
+            Err(ExprError::Arith(ArithError::DivisionByZero))
+        );
         assert!(matches!(ev("012"), Err(ExprError::BadNumber(0))));
         assert!(matches!(ev("."), Err(ExprError::BadNumber(0))));
         assert!(matches!(ev("1.2.3"), Err(ExprError::Syntax(_))));
@@ -385,7 +397,10 @@ mod tests {
         assert!(matches!(ev("(1"), Err(ExprError::UnexpectedEnd)));
         assert!(matches!(ev("1)"), Err(ExprError::Syntax(_))));
         assert!(matches!(ev("1 +"), Err(ExprError::UnexpectedEnd)));
-        assert!(matches!(ev("2 x 3"), Err(ExprError::BadChar { ch: 'x', .. })));
+        assert!(matches!(
+            ev("2 x 3"),
+            Err(ExprError::BadChar { ch: 'x', .. })
+        ));
         assert!(matches!(ev("١+٢"), Err(ExprError::BadChar { .. })));
         assert!(matches!(ev("1\u{a0}+ 2"), Err(ExprError::BadChar { .. })));
         assert!(matches!(ev("4**0.5"), Err(ExprError::Exponent(_))));
@@ -398,17 +413,28 @@ mod tests {
         assert_eq!(ev("9**9**9"), Err(ExprError::Arith(ArithError::Overflow)));
         assert_eq!(ev("9**99999999999999"), Err(ExprError::Exponent(1)));
         assert_eq!(ev("9**99"), Err(ExprError::Arith(ArithError::Overflow)));
-        assert_eq!(ev("10**38 * 10**38"), Err(ExprError::Arith(ArithError::Overflow)));
+        assert_eq!(
+            ev("10**38 * 10**38"),
+            Err(ExprError::Arith(ArithError::Overflow))
+        );
         assert_eq!(ev(&"1+".repeat(3000)), Err(ExprError::TooLong));
-        assert_eq!(ev(&format!("{}1{}", "(".repeat(65), ")".repeat(65))), Err(ExprError::TooDeep));
+        assert_eq!(
+            ev(&format!("{}1{}", "(".repeat(65), ")".repeat(65))),
+            Err(ExprError::TooDeep)
+        );
         assert_eq!(val(&format!("{}1{}", "(".repeat(60), ")".repeat(60))), 1.0);
-        assert_eq!(ev(&format!("{}1", "-".repeat(100))), Err(ExprError::TooDeep));
-        assert!(matches!(ev(&"9".repeat(31)), Err(ExprError::OperandTooLarge(0))));
+        assert_eq!(
+            ev(&format!("{}1", "-".repeat(100))),
+            Err(ExprError::TooDeep)
+        );
+        assert!(matches!(
+            ev(&"9".repeat(31)),
+            Err(ExprError::OperandTooLarge(0))
+        ));
         assert_eq!(val(&"9".repeat(30)), 1e30);
         assert_eq!(
             ev(&format!("0.{}1", "0".repeat(28))).unwrap(),
             Rational::new(1, 10i128.pow(29)).unwrap()
         );
     }
-
 }

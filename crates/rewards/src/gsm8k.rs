@@ -28,9 +28,8 @@ fn re(p: &str) -> Regex {
 }
 
 // `[\s\x1C-\x1F]` is Python's `\s` (Rust's `\s` lacks U+001C..U+001F).
-static STRICT: LazyLock<Regex> = LazyLock::new(|| {
-    re(r"\A<reasoning>\n.*?\n</reasoning>\n<answer>\n.*?\n</answer>\n\n?\z")
-});
+static STRICT: LazyLock<Regex> =
+    LazyLock::new(|| re(r"\A<reasoning>\n.*?\n</reasoning>\n<answer>\n.*?\n</answer>\n\n?\z"));
 static SOFT: LazyLock<Regex> =
     LazyLock::new(|| re(r"\A<reasoning>.*?</reasoning>[\s\x1C-\x1F]*<answer>.*?</answer>"));
 static BOXED: LazyLock<Regex> = LazyLock::new(|| re(r"\\boxed\{(.*?)\}"));
@@ -210,7 +209,7 @@ mod tests {
         assert_eq!(xmlcount(""), 0.0);
         // Ends right at "\n</answer>": the reference's `len - 1` gives a 0.001 bonus.
         let t = "<reasoning>\nx\n</reasoning>\n<answer>\n1\n</answer>";
-        let expect = 0.125 + 0.125 + 0.125 - (t.len() as f64) * 0.001 + 0.125 - (-1.0) * 0.001;
+        let expect = 0.125 + 0.125 + 0.125 - (t.len() as f64) * 0.001 + 0.125 + 0.001;
         assert_eq!(xmlcount(t), expect);
         // Trailing text costs 0.001 per character (code points, not bytes).
         let t2 = format!("{GOOD}éé");
@@ -234,10 +233,19 @@ mod tests {
 
     #[test]
     fn soft_is_anchored_and_single_line() {
-        assert_eq!(soft_format("<reasoning>a</reasoning> \n <answer>1</answer> trailing"), 0.5);
-        assert_eq!(soft_format("x<reasoning>a</reasoning><answer>1</answer>"), 0.0);
+        assert_eq!(
+            soft_format("<reasoning>a</reasoning> \n <answer>1</answer> trailing"),
+            0.5
+        );
+        assert_eq!(
+            soft_format("x<reasoning>a</reasoning><answer>1</answer>"),
+            0.0
+        );
         assert_eq!(soft_format(GOOD), 0.0); // newline inside the reasoning: no DOTALL
-        assert_eq!(soft_format("<reasoning>a</reasoning>\u{1f}<answer>1</answer>"), 0.5);
+        assert_eq!(
+            soft_format("<reasoning>a</reasoning>\u{1f}<answer>1</answer>"),
+            0.5
+        );
         assert_eq!(soft_format(""), 0.0);
     }
 
@@ -270,11 +278,17 @@ mod tests {
     fn eval_parsing_follows_d1() {
         assert_eq!(eval_parse("<answer>\n\\boxed{18}\n</answer>"), Some(18.0));
         // First parsable boxed wins; "..." and empties are skipped.
-        assert_eq!(eval_parse("\\boxed{...} \\boxed{} \\boxed{x = 3} \\boxed{4}"), Some(3.0));
+        assert_eq!(
+            eval_parse("\\boxed{...} \\boxed{} \\boxed{x = 3} \\boxed{4}"),
+            Some(3.0)
+        );
         // Boxed content stops at the first '}' (nested braces are cut).
         assert_eq!(eval_parse("\\boxed{\\frac{1}{2}}"), Some(1.0));
         // No boxed: last number of the first <answer> block.
-        assert_eq!(eval_parse("<answer>She has 3 then 5 apples</answer><answer>9</answer>"), Some(5.0));
+        assert_eq!(
+            eval_parse("<answer>She has 3 then 5 apples</answer><answer>9</answer>"),
+            Some(5.0)
+        );
         assert_eq!(eval_parse("<answer> -2.5 </answer>"), Some(-2.5));
         assert_eq!(eval_parse("The answer is 5"), None);
         assert_eq!(eval_parse(""), None);

@@ -48,10 +48,7 @@ pub fn last_boxed_only_string(string: &str) -> Option<String> {
 /// Raises (like the reference's `assert`) for a `\boxed ` that is not a prefix.
 pub fn remove_boxed(s: &str) -> Result<String, Raised> {
     if s.contains("\\boxed ") {
-        return s
-            .strip_prefix("\\boxed ")
-            .map(str::to_string)
-            .ok_or(Raised);
+        return s.strip_prefix("\\boxed ").map(str::to_string).ok_or(Raised);
     }
     match s.strip_prefix("\\boxed{").and_then(|r| r.strip_suffix('}')) {
         Some(inner) => Ok(inner.to_string()),
@@ -148,8 +145,14 @@ mod tests {
 
     #[test]
     fn boxed_extraction() {
-        assert_eq!(extract_boxed("so \\boxed{\\frac{1}{2}} done").as_deref(), Some("\\frac{1}{2}"));
-        assert_eq!(extract_boxed("\\boxed{1} and \\boxed{{2}}").as_deref(), Some("{2}"));
+        assert_eq!(
+            extract_boxed("so \\boxed{\\frac{1}{2}} done").as_deref(),
+            Some("\\frac{1}{2}")
+        );
+        assert_eq!(
+            extract_boxed("\\boxed{1} and \\boxed{{2}}").as_deref(),
+            Some("{2}")
+        );
         assert_eq!(extract_boxed("\\fbox{7}").as_deref(), Some("\\fbox{7}"));
         assert_eq!(extract_boxed("no box").as_deref(), Some("no box"));
         assert_eq!(extract_boxed("\\boxed{unclosed"), None);
@@ -185,10 +188,16 @@ mod tests {
     fn eval_falls_back_to_answer_tags() {
         let t = MathTruth::Text("16 \\sqrt{3}".into());
         assert_eq!(eval_score("<answer>16\\sqrt3</answer>", &t).correct, 0); // whole text is parsed (no box)
-        assert_eq!(eval_score("\\boxed{}<answer> 16\\sqrt3 </answer>", &t).correct, 1);
+        assert_eq!(
+            eval_score("\\boxed{}<answer> 16\\sqrt3 </answer>", &t).correct,
+            1
+        );
         assert_eq!(eval_score("\\boxed{16\\sqrt{3}}", &t).correct, 1);
         assert_eq!(eval_score("\\boxed{x", &t).correct, 0);
-        assert_eq!(eval_score("\\boxed{2.0}", &MathTruth::Float(2.0)).correct, 1);
+        assert_eq!(
+            eval_score("\\boxed{2.0}", &MathTruth::Float(2.0)).correct,
+            1
+        );
         assert_eq!(eval_score("\\boxed{2}", &MathTruth::Other).correct, 0);
     }
 }

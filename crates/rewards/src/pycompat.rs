@@ -125,7 +125,11 @@ pub fn int_canonical(s: &str) -> Option<String> {
     if trimmed.is_empty() {
         return Some("0".to_string());
     }
-    Some(if neg { format!("-{trimmed}") } else { trimmed.to_string() })
+    Some(if neg {
+        format!("-{trimmed}")
+    } else {
+        trimmed.to_string()
+    })
 }
 
 /// Python's `float(s)` for a `str`, or `None` where it raises `ValueError`.
@@ -174,7 +178,11 @@ pub fn float(s: &str) -> Option<f64> {
     if neg {
         lit.push('-');
     }
-    lit.push_str(if int_digits.is_empty() { "0" } else { &int_digits });
+    lit.push_str(if int_digits.is_empty() {
+        "0"
+    } else {
+        &int_digits
+    });
     if let Some(f) = &frac_digits {
         lit.push('.');
         lit.push_str(f);

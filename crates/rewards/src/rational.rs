@@ -89,7 +89,7 @@ impl Rational {
     }
 
     /// Checked sum.
-    pub fn add(self, o: Rational) -> Result<Rational, ArithError> {
+    pub fn checked_add(self, o: Rational) -> Result<Rational, ArithError> {
         let g = gcd(self.den, o.den).max(1);
         let l = self.den / g;
         let r = o.den / g;
@@ -101,7 +101,7 @@ impl Rational {
     }
 
     /// Checked negation.
-    pub fn neg(self) -> Result<Rational, ArithError> {
+    pub fn checked_neg(self) -> Result<Rational, ArithError> {
         Ok(Rational {
             num: self.num.checked_neg().ok_or(ArithError::Overflow)?,
             den: self.den,
@@ -109,12 +109,12 @@ impl Rational {
     }
 
     /// Checked difference.
-    pub fn sub(self, o: Rational) -> Result<Rational, ArithError> {
-        self.add(o.neg()?)
+    pub fn checked_sub(self, o: Rational) -> Result<Rational, ArithError> {
+        self.checked_add(o.checked_neg()?)
     }
 
     /// Checked product.
-    pub fn mul(self, o: Rational) -> Result<Rational, ArithError> {
+    pub fn checked_mul(self, o: Rational) -> Result<Rational, ArithError> {
         let g1 = gcd(self.num.abs(), o.den).max(1);
         let g2 = gcd(o.num.abs(), self.den).max(1);
         let n = (self.num / g1)
@@ -127,11 +127,11 @@ impl Rational {
     }
 
     /// Checked quotient (division by zero is an error, never a panic).
-    pub fn div(self, o: Rational) -> Result<Rational, ArithError> {
+    pub fn checked_div(self, o: Rational) -> Result<Rational, ArithError> {
         if o.num == 0 {
             return Err(ArithError::DivisionByZero);
         }
-        self.mul(Rational {
+        self.checked_mul(Rational {
             num: o.den,
             den: o.num,
         })
@@ -140,7 +140,7 @@ impl Rational {
 
     /// Python's floor division `a // b` (the floor of the exact quotient).
     pub fn floor_div(self, o: Rational) -> Result<Rational, ArithError> {
-        let q = self.div(o)?;
+        let q = self.checked_div(o)?;
         Ok(Rational {
             num: q.num.div_euclid(q.den),
             den: 1,
@@ -155,22 +155,18 @@ impl Rational {
                 (0, _) if exp > 0 => Ok(Rational::ZERO),
                 (0, _) => Err(ArithError::DivisionByZero),
                 (1, 1) => Ok(Rational::ONE),
-                (-1, 1) => Ok(if exp % 2 == 0 {
-                    Rational::ONE
-                } else {
-                    self
-                }),
+                (-1, 1) => Ok(if exp % 2 == 0 { Rational::ONE } else { self }),
                 _ => Err(ArithError::Overflow),
             };
         }
         let base = if exp < 0 {
-            Rational::ONE.div(self)?
+            Rational::ONE.checked_div(self)?
         } else {
             self
         };
         let mut acc = Rational::ONE;
         for _ in 0..exp.unsigned_abs() {
-            acc = acc.mul(base)?;
+            acc = acc.checked_mul(base)?;
         }
         Ok(acc)
     }
@@ -235,18 +231,24 @@ mod tests {
 
     #[test]
     fn arithmetic() {
-        assert_eq!(r(1, 2).add(r(1, 3)).unwrap(), r(5, 6));
-        assert_eq!(r(1, 2).sub(r(1, 2)).unwrap(), Rational::ZERO);
-        assert_eq!(r(2, 3).mul(r(3, 4)).unwrap(), r(1, 2));
-        assert_eq!(r(1, 2).div(r(1, 4)).unwrap(), r(2, 1));
-        assert_eq!(r(1, 2).div(Rational::ZERO), Err(ArithError::DivisionByZero));
+        assert_eq!(r(1, 2).checked_add(r(1, 3)).unwrap(), r(5, 6));
+        assert_eq!(r(1, 2).checked_sub(r(1, 2)).unwrap(), Rational::ZERO);
+        assert_eq!(r(2, 3).checked_mul(r(3, 4)).unwrap(), r(1, 2));
+        assert_eq!(r(1, 2).checked_div(r(1, 4)).unwrap(), r(2, 1));
+        assert_eq!(
+            r(1, 2).checked_div(Rational::ZERO),
+            Err(ArithError::DivisionByZero)
+        );
         assert_eq!(r(-7, 2).floor_div(Rational::ONE).unwrap(), r(-4, 1));
         assert_eq!(r(2, 1).pow(-2).unwrap(), r(1, 4));
         assert_eq!(r(10, 1).pow(200), Err(ArithError::Overflow));
         assert_eq!(Rational::ZERO.pow(-1), Err(ArithError::DivisionByZero));
         assert_eq!(r(-1, 1).pow(1 << 40).unwrap(), Rational::ONE);
         assert_eq!(r(1, -2), r(-1, 2));
-        assert!(Rational::new(i128::MAX, 1).unwrap().add(Rational::ONE).is_err());
+        assert!(Rational::new(i128::MAX, 1)
+            .unwrap()
+            .checked_add(Rational::ONE)
+            .is_err());
         assert!(r(1, 3) < r(1, 2));
     }
 

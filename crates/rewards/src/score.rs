@@ -195,21 +195,52 @@ mod tests {
         assert!(score_value(Task::Gsm8k, &json!({"generations": 3}), "x").is_err());
         let empty = score_value(Task::Gsm8k, &json!({"metrics": {}}), "x").unwrap();
         assert_eq!((empty.items, empty.total, empty.accuracy_pct), (0, 0, 0.0));
-        let e = score_value(Task::Gsm8k, &json!({"generations": [{"generations": 5}]}), "x");
+        let e = score_value(
+            Task::Gsm8k,
+            &json!({"generations": [{"generations": 5}]}),
+            "x",
+        );
         assert!(e.unwrap_err().to_string().contains("generation 0"));
-        let e = score_value(Task::Sudoku, &json!({"generations": [{"question": "?", "ground_truth": "1"}]}), "x");
+        let e = score_value(
+            Task::Sudoku,
+            &json!({"generations": [{"question": "?", "ground_truth": "1"}]}),
+            "x",
+        );
         assert!(e.is_err());
     }
 
     #[test]
     fn ground_truth_types_follow_python() {
-        let rec = |gt: Value| json!({"question": "q", "generations": "\\boxed{18}", "ground_truth": gt});
-        assert_eq!(score_record(Task::Gsm8k, &rec(json!(18.0))).unwrap().correct, 1);
-        assert_eq!(score_record(Task::Gsm8k, &rec(json!(18))).unwrap().correct, 1);
-        assert_eq!(score_record(Task::Gsm8k, &rec(json!("18"))).unwrap().correct, 0);
-        assert_eq!(score_record(Task::Math, &rec(json!("18"))).unwrap().correct, 1);
-        assert_eq!(score_record(Task::Math, &rec(json!(18.0))).unwrap().correct, 1);
-        assert_eq!(score_record(Task::Math, &rec(json!(18))).unwrap().correct, 0);
+        let rec =
+            |gt: Value| json!({"question": "q", "generations": "\\boxed{18}", "ground_truth": gt});
+        assert_eq!(
+            score_record(Task::Gsm8k, &rec(json!(18.0)))
+                .unwrap()
+                .correct,
+            1
+        );
+        assert_eq!(
+            score_record(Task::Gsm8k, &rec(json!(18))).unwrap().correct,
+            1
+        );
+        assert_eq!(
+            score_record(Task::Gsm8k, &rec(json!("18")))
+                .unwrap()
+                .correct,
+            0
+        );
+        assert_eq!(
+            score_record(Task::Math, &rec(json!("18"))).unwrap().correct,
+            1
+        );
+        assert_eq!(
+            score_record(Task::Math, &rec(json!(18.0))).unwrap().correct,
+            1
+        );
+        assert_eq!(
+            score_record(Task::Math, &rec(json!(18))).unwrap().correct,
+            0
+        );
         let cd = json!({"question": "Numbers: [49, 55, 53]\nTarget: 51", "generations": "\\boxed{49+55-53}", "ground_truth": null});
         assert_eq!(score_record(Task::Countdown, &cd).unwrap().correct, 1);
         let cd = json!({"generations": "\\boxed{49+55-53}", "ground_truth": [[49, 55, 53], 51]});
@@ -220,7 +251,10 @@ mod tests {
 
     #[test]
     fn file_names() {
-        assert_eq!(task_from_file_name("a/gsm8k_instruct_256_128_0_generations.json"), Some(Task::Gsm8k));
+        assert_eq!(
+            task_from_file_name("a/gsm8k_instruct_256_128_0_generations.json"),
+            Some(Task::Gsm8k)
+        );
         assert_eq!(task_from_file_name("math500_x.json"), Some(Task::Math));
         assert_eq!(task_from_file_name("other.json"), None);
     }

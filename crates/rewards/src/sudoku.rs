@@ -249,13 +249,19 @@ mod tests {
         // Short answers are padded with 0: of the first 5 cells only cell 2 is empty (and right).
         assert_eq!(r("<answer>31422</answer>"), 1.0 / 8.0);
         // Last block wins; a superscript digit counts as a digit and shifts every cell.
-        assert_eq!(r(&format!("<answer>{S}</answer><answer>²{S}</answer>")), 0.0);
+        assert_eq!(
+            r(&format!("<answer>{S}</answer><answer>²{S}</answer>")),
+            0.0
+        );
     }
 
     #[test]
     fn eval_extraction() {
-        assert_eq!(eval_extract(&format!("<answer>\n{S}\n</answer><|eot_id|>")), S);
-        assert_eq!(eval_extract(&format!("<answer>```\n3142\n2431\n4213\n1324\n```")), S);
+        assert_eq!(
+            eval_extract(&format!("<answer>\n{S}\n</answer><|eot_id|>")),
+            S
+        );
+        assert_eq!(eval_extract("<answer>```\n3142\n2431\n4213\n1324\n```"), S);
         assert_eq!(eval_extract(&format!("</answer>\n{S}<|endoftext|>")), S);
         assert_eq!(eval_extract(&format!("the grid {S} is done")), S);
         assert_eq!(eval_extract(""), "");
@@ -263,7 +269,10 @@ mod tests {
         assert_eq!((s.correct, s.total), (8, 8));
         let s = eval_score("nothing", P, S);
         assert_eq!((s.correct, s.total), (0, 8));
-        assert_eq!(puzzle_from_question(&format!("Solve the following Sudoku puzzle: {P}\n")).as_deref(), Some(P));
+        assert_eq!(
+            puzzle_from_question(&format!("Solve the following Sudoku puzzle: {P}\n")).as_deref(),
+            Some(P)
+        );
         assert_eq!(puzzle_from_question(P).as_deref(), Some(P));
         assert_eq!(puzzle_from_question("no puzzle"), None);
     }
@@ -277,6 +286,9 @@ mod tests {
         assert_eq!(count_solutions(&[0; 16], 1000), 288);
         assert_eq!(parse_grid("12"), None);
         assert_eq!(parse_grid("5000000000000000"), None);
-        assert_eq!(count_solutions(&parse_grid("1100000000000000").unwrap(), 2), 0);
+        assert_eq!(
+            count_solutions(&parse_grid("1100000000000000").unwrap(), 2),
+            0
+        );
     }
 }

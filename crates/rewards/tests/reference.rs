@@ -41,11 +41,19 @@ fn training_rewards_match_python_bit_for_bit() {
             let want = f64::from_bits(c.train_bits[*name]);
             assert!((want - c.train[*name]).abs() < 1e-12);
             if v.to_bits() != want.to_bits() {
-                failures.push(format!("case {i} {} {name}: got {v} want {want}: {:?}", c.task, c.completion));
+                failures.push(format!(
+                    "case {i} {} {name}: got {v} want {want}: {:?}",
+                    c.task, c.completion
+                ));
             }
         }
     }
-    assert!(failures.is_empty(), "{} mismatches:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} mismatches:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }
 
 #[test]
@@ -56,9 +64,20 @@ fn evaluation_matches_d1() {
         if (got.correct, got.total) != (c.eval.correct, c.eval.total) {
             failures.push(format!(
                 "case {i} {}: got {}/{} want {}/{} (extracted {:?}): {:?}",
-                c.task, got.correct, got.total, c.eval.correct, c.eval.total, got.extracted, c.completion
+                c.task,
+                got.correct,
+                got.total,
+                c.eval.correct,
+                c.eval.total,
+                got.extracted,
+                c.completion
             ));
         }
     }
-    assert!(failures.is_empty(), "{} mismatches:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} mismatches:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }

@@ -47,10 +47,10 @@ fn random_value(nums: &[i64], rng: &mut impl Rng) -> Option<Rational> {
         let b = vals.pop()?;
         let a = vals.pop()?;
         let v = match rng.random_range(0..4) {
-            0 => a.add(b),
-            1 => a.sub(b),
-            2 => a.mul(b),
-            _ => a.div(b),
+            0 => a.checked_add(b),
+            1 => a.checked_sub(b),
+            2 => a.checked_mul(b),
+            _ => a.checked_div(b),
         }
         .ok()?;
         vals.push(v);
@@ -67,18 +67,24 @@ pub fn countdown_item(rng: &mut impl Rng, cfg: &CountdownConfig) -> Result<TaskI
         && cfg.min_number <= cfg.max_number
         && cfg.min_target <= cfg.max_target;
     if !valid {
-        return Err(Error::Generator(format!("invalid Countdown config {cfg:?}")));
+        return Err(Error::Generator(format!(
+            "invalid Countdown config {cfg:?}"
+        )));
     }
     for _ in 0..ATTEMPTS {
         let n = rng.random_range(cfg.min_count..=cfg.max_count);
         let nums: Vec<i64> = (0..n)
             .map(|_| rng.random_range(cfg.min_number..=cfg.max_number))
             .collect();
-        let Some(v) = random_value(&nums, rng) else { continue };
+        let Some(v) = random_value(&nums, rng) else {
+            continue;
+        };
         if !v.is_integer() {
             continue;
         }
-        let Ok(target) = i64::try_from(v.numer()) else { continue };
+        let Ok(target) = i64::try_from(v.numer()) else {
+            continue;
+        };
         if target < cfg.min_target || target > cfg.max_target {
             continue;
         }
@@ -92,7 +98,11 @@ pub fn countdown_item(rng: &mut impl Rng, cfg: &CountdownConfig) -> Result<TaskI
 }
 
 /// `count` solvable Countdown items from `seed`.
-pub fn countdown_items(seed: u64, count: usize, cfg: &CountdownConfig) -> Result<Vec<TaskItem>, Error> {
+pub fn countdown_items(
+    seed: u64,
+    count: usize,
+    cfg: &CountdownConfig,
+) -> Result<Vec<TaskItem>, Error> {
     let mut rng = super::rng(seed);
     (0..count).map(|_| countdown_item(&mut rng, cfg)).collect()
 }
