@@ -1,1 +1,32 @@
+//! Sampling from LLaDA-style masked diffusion LMs (spec §2).
+//!
+//! ```no_run
+//! use dllm_model::{load_model, LoadOptions};
+//! use dllm_sample::{generate, SamplerConfig};
+//! type B = burn::backend::Flex;
+//! let model = load_model::<B>("models/tiny-sudoku", LoadOptions::default(), &Default::default())?;
+//! let config = SamplerConfig { gen_length: 64, block_length: 32, steps: 32, ..Default::default() };
+//! let out = generate(&model, &[vec![1, 2, 3]], &config)?;
+//! println!("{:?} in {} model calls", out.completions[0], out.nfe);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+#![warn(missing_docs)]
 
+pub mod config;
+pub mod generate;
+pub mod schedule;
+
+pub use config::{CacheKind, Remasking, SamplerConfig};
+pub use generate::{generate, generate_with_observer, Generation, StepEvent};
+pub use schedule::num_transfer_tokens;
+
+/// Errors of the sampler.
+#[derive(Debug, thiserror::Error)]
+pub enum SampleError {
+    /// Inconsistent sampler settings.
+    #[error("sampler config: {0}")]
+    Config(String),
+    /// Bad prompts.
+    #[error("sampler input: {0}")]
+    Input(String),
+}

@@ -1,0 +1,352 @@
+//! LLaDA's `generate` (spec §2), exact by default, with Fast-dLLM caches and threshold decoding.
+//!
+//! The loop keeps the sequences on the host and, each step, asks the model for logits only at
+//! the positions that can be committed (the current block, plus any earlier position that is
+//! still masked because the model predicted the mask token there). Everything else about a step
+//! is the reference's: Gumbel-max candidates, untempered softmax confidence (or uniform noise),
+//! `-inf` confidence outside the candidates, and the top-`k` commit of `get_num_transfer_tokens`.
+
+use std::ops::Range;
+
+use burn::tensor::{backend::Backend, Bool, Int, Tensor, TensorData};
+use dllm_model::{ForwardOptions, KvCache, Llada, LogitPositions};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use crate::config::{CacheKind, Remasking, SamplerConfig};
+use crate::schedule::num_transfer_tokens;
+use crate::SampleError;
+
+/// What `generate` returns: the completions and what training needs to know about them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Generation {
+    /// Generated ids per row, `gen_length` each (a position the model left masked keeps the mask id).
+    pub completions: Vec<Vec<u32>>,
+    /// Prompt ids per row, left-padded with `pad_token_id` to a common length.
+    pub padded_prompts: Vec<Vec<u32>>,
+    /// Number of left pad tokens per row.
+    pub pad_lengths: Vec<usize>,
+    /// Global step at which each completion position was committed (`None`: still masked).
+    pub decode_step: Vec<Vec<Option<usize>>>,
+    /// First end-of-sequence position inside each completion.
+    pub eos_position: Vec<Option<usize>>,
+    /// Model evaluations (forward passes over the batch; classifier-free guidance counts two).
+    pub nfe: usize,
+    /// Denoising steps taken.
+    pub steps: usize,
+}
+
+impl Generation {
+    /// Full sequences `[padded prompt | completion]` per row.
+    pub fn sequences(&self) -> Vec<Vec<u32>> {
+        self.padded_prompts
+            .iter()
+            .zip(&self.completions)
+            .map(|(p, c)| p.iter().chain(c).copied().collect())
+            .collect()
+    }
+
+    /// Common (padded) prompt length.
+    pub fn prompt_len(&self) -> usize {
+        self.padded_prompts.first().map_or(0, Vec::len)
+    }
+}
+
+/// The state shown to an observer after every step (for streaming output).
+#[derive(Debug)]
+pub struct StepEvent<'a> {
+    /// Global step index (0-based) just taken.
+    pub step: usize,
+    /// Current block.
+    pub block: usize,
+    /// Current completions (mask id where not yet decoded).
+    pub completions: &'a [Vec<u32>],
+}
+
+/// Generates completions for `prompts` (token ids, any lengths) with `config`.
+pub fn generate<B: Backend>(
+    model: &Llada<B>,
+    prompts: &[Vec<u32>],
+    config: &SamplerConfig,
+) -> Result<Generation, SampleError> {
+    generate_with_observer(model, prompts, config, &mut |_| {})
+}
+
+/// [`generate`], calling `observer` after every step.
+pub fn generate_with_observer<B: Backend>(
+    model: &Llada<B>,
+    prompts: &[Vec<u32>],
+    config: &SamplerConfig,
+    observer: &mut dyn FnMut(&StepEvent<'_>),
+) -> Result<Generation, SampleError> {
+    config.validate()?;
+    Sampler::new(model, prompts, config)?.run(observer)
+}
+
+struct Sampler<'m, B: Backend> {
+    model: &'m Llada<B>,
+    config: &'m SamplerConfig,
+    device: B::Device,
+    batch: usize,
+    prompt_len: usize,
+    total: usize,
+    mask_id: i64,
+    /// Sequences `[batch * total]`.
+    x: Vec<i64>,
+    /// Positions that are prompt (never masked for CFG's unconditional input).
+    pad_lengths: Vec<usize>,
+    decode_step: Vec<Vec<Option<usize>>>,
+    rng: ChaCha8Rng,
+    cache: KvCache<B>,
+    nfe: usize,
+}
+
+impl<'m, B: Backend> Sampler<'m, B> {
+    fn new(model: &'m Llada<B>, prompts: &[Vec<u32>], config: &'m SamplerConfig) -> Result<Self, SampleError> {
+        if prompts.is_empty() {
+            return Err(SampleError::Input("no prompts".into()));
+        }
+        let vocab = model.config.embed_size();
+        let mask = model.config.mask_token_id;
+        for (i, p) in prompts.iter().enumerate() {
+            if p.is_empty() {
+                return Err(SampleError::Input(format!("prompt {i} is empty")));
+            }
+            if let Some(bad) = p.iter().find(|&&t| t as usize >= vocab || t == mask) {
+                return Err(SampleError::Input(format!(
+                    "prompt {i} contains id {bad}, outside the vocabulary ({vocab}) or the mask id"
+                )));
+            }
+        }
+        let prompt_len = prompts.iter().map(Vec::len).max().unwrap_or(0);
+        let total = prompt_len + config.gen_length;
+        let pad = model.config.pad_token_id as i64;
+        let mut x = Vec::with_capacity(prompts.len() * total);
+        let mut pad_lengths = Vec::with_capacity(prompts.len());
+        for p in prompts {
+            let n_pad = prompt_len - p.len();
+            pad_lengths.push(n_pad);
+            x.extend(std::iter::repeat_n(pad, n_pad));
+            x.extend(p.iter().map(|&t| t as i64));
+            x.extend(std::iter::repeat_n(mask as i64, config.gen_length));
+        }
+        Ok(Self {
+            device: model.wte.val().device(),
+            model,
+            config,
+            batch: prompts.len(),
+            prompt_len,
+            total,
+            mask_id: mask as i64,
+            x,
+            pad_lengths,
+            decode_step: vec![vec![None; config.gen_length]; prompts.len()],
+            rng: ChaCha8Rng::seed_from_u64(config.seed),
+            cache: KvCache::new(),
+            nfe: 0,
+        })
+    }
+
+    fn run(mut self, observer: &mut dyn FnMut(&StepEvent<'_>)) -> Result<Generation, SampleError> {
+        let c = self.config;
+        let num_blocks = c.gen_length / c.block_length;
+        let mut step = 0usize;
+        for block in 0..num_blocks {
+            let start = self.prompt_len + block * c.block_length;
+            let end = start + c.block_length;
+            let schedule: Vec<Vec<usize>> = (0..self.batch)
+                .map(|b| {
+                    let masked = self.row(b)[start..end].iter().filter(|&&t| t == self.mask_id).count();
+                    num_transfer_tokens(masked, c.steps_per_block().max(1))
+                })
+                .collect();
+            let max_steps = match c.threshold {
+                Some(_) => c.block_length * 4,
+                None => c.steps_per_block(),
+            };
+            for s in 0..max_steps {
+                if c.threshold.is_some() && !self.any_masked(start..end) {
+                    break;
+                }
+                let refresh = s == 0 || c.refresh_every.is_some_and(|r| s % r == 0);
+                let (lo, x0, conf) = self.step_predictions(start, end, refresh);
+                let ks: Vec<usize> = (0..self.batch).map(|b| schedule[b].get(s).copied().unwrap_or(0)).collect();
+                self.commit(lo, end, &x0, &conf, &ks, step);
+                let completions = self.completions();
+                observer(&StepEvent {
+                    step,
+                    block,
+                    completions: &completions,
+                });
+                step += 1;
+            }
+        }
+        let completions = self.completions();
+        let eos = self.model.config.eos_token_id;
+        Ok(Generation {
+            eos_position: completions.iter().map(|c| c.iter().position(|&t| t == eos)).collect(),
+            padded_prompts: (0..self.batch)
+                .map(|b| self.row(b)[..self.prompt_len].iter().map(|&t| t as u32).collect())
+                .collect(),
+            completions,
+            pad_lengths: self.pad_lengths,
+            decode_step: self.decode_step,
+            nfe: self.nfe,
+            steps: step,
+        })
+    }
+
+    fn row(&self, b: usize) -> &[i64] {
+        &self.x[b * self.total..(b + 1) * self.total]
+    }
+
+    fn completions(&self) -> Vec<Vec<u32>> {
+        (0..self.batch)
+            .map(|b| self.row(b)[self.prompt_len..].iter().map(|&t| t as u32).collect())
+            .collect()
+    }
+
+    fn any_masked(&self, range: Range<usize>) -> bool {
+        (0..self.batch).any(|b| self.row(b)[range.clone()].contains(&self.mask_id))
+    }
+
+    /// First position, at or before `start`, from which masked positions must be scored.
+    fn first_candidate(&self, start: usize) -> usize {
+        (0..self.batch)
+            .filter_map(|b| self.row(b)[self.prompt_len..start].iter().position(|&t| t == self.mask_id))
+            .min()
+            .map_or(start, |p| self.prompt_len + p)
+    }
+
+    /// Runs the model for one step and returns the first scored position with the candidate
+    /// token and its confidence for every position of `[lo, end)`, row-major.
+    fn step_predictions(&mut self, start: usize, end: usize, refresh: bool) -> (usize, Vec<i64>, Vec<f32>) {
+        let lo = self.first_candidate(start);
+        let cfg = self.config.cfg_scale > 0.0;
+        let rows = if cfg { 2 * self.batch } else { self.batch };
+        let ids = self.model_input(cfg);
+        let options = ForwardOptions {
+            key_padding: self.key_padding(rows),
+            adapter: self.config.adapter,
+        };
+        let cached = self.config.cache != CacheKind::None;
+        let logits = if cached && refresh {
+            let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [rows, self.total]), &self.device);
+            self.model
+                .forward_fill_cache(ids, &options, &LogitPositions::Range(lo..end), &mut self.cache)
+        } else if cached && lo == start {
+            let span_end = match self.config.cache {
+                CacheKind::Dual => end,
+                _ => self.total,
+            };
+            let span: Vec<i64> = (0..rows)
+                .flat_map(|r| ids[r * self.total + start..r * self.total + span_end].iter().copied())
+                .collect();
+            let span = Tensor::<B, 2, Int>::from_data(TensorData::new(span, [rows, span_end - start]), &self.device);
+            self.model.forward_cached(
+                span,
+                start,
+                &options,
+                &LogitPositions::Range(0..end - start),
+                &self.cache,
+            )
+        } else {
+            let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [rows, self.total]), &self.device);
+            self.model.forward_with(ids, &options, &LogitPositions::Range(lo..end))
+        };
+        self.nfe += if cfg { 2 } else { 1 };
+        let logits = if cfg {
+            // spec §2: un + (cfg + 1) * (cond - un)
+            let cond = logits.clone().narrow(0, 0, self.batch);
+            let un = logits.narrow(0, self.batch, self.batch);
+            un.clone() + (cond - un) * (self.config.cfg_scale + 1.0)
+        } else {
+            logits
+        };
+        let (x0, conf) = self.candidates(logits);
+        (lo, x0, conf)
+    }
+
+    /// `[x]`, or `[x; x with the prompt masked]` for classifier-free guidance.
+    fn model_input(&self, cfg: bool) -> Vec<i64> {
+        let mut ids = self.x.clone();
+        if cfg {
+            for b in 0..self.batch {
+                let mut row = self.row(b).to_vec();
+                row[..self.prompt_len].fill(self.mask_id);
+                ids.extend(row);
+            }
+        }
+        ids
+    }
+
+    fn key_padding(&self, rows: usize) -> Option<Tensor<B, 2, Bool>> {
+        if !self.config.padding_mask || self.pad_lengths.iter().all(|&p| p == 0) {
+            return None;
+        }
+        let mask: Vec<bool> = (0..rows)
+            .flat_map(|r| {
+                let pad = self.pad_lengths[r % self.batch];
+                (0..self.total).map(move |i| i < pad)
+            })
+            .collect();
+        Some(Tensor::from_data(TensorData::new(mask, [rows, self.total]), &self.device))
+    }
+
+    /// Candidate tokens (Gumbel-max) and confidences for logits `[batch, n, vocab]`.
+    fn candidates(&mut self, logits: Tensor<B, 3>) -> (Vec<i64>, Vec<f32>) {
+        let [batch, n, vocab] = logits.dims();
+        let t = self.config.temperature;
+        // spec §2 step 2: argmax(logits + T * gumbel), gumbel = -ln(-ln u).
+        let scores = if t > 0.0 {
+            let noise: Vec<f32> = (0..batch * n * vocab)
+                .map(|_| {
+                    let u: f64 = self.rng.random::<f64>().max(f64::MIN_POSITIVE);
+                    (-(-u.ln()).ln() * t) as f32
+                })
+                .collect();
+            logits.clone() + Tensor::<B, 3>::from_data(TensorData::new(noise, [batch, n, vocab]), &self.device)
+        } else {
+            logits.clone()
+        };
+        let x0 = scores.argmax(2);
+        let conf = match self.config.remasking {
+            // spec §2 step 3: softmax(logits)[x0], untempered.
+            Remasking::LowConfidence => {
+                let max = logits.clone().max_dim(2);
+                let lse = max.clone() + (logits.clone() - max).exp().sum_dim(2).log();
+                let chosen = logits.gather(2, x0.clone());
+                (chosen - lse).exp().reshape([batch * n]).into_data().convert::<f32>().to_vec::<f32>().expect("f32")
+            }
+            Remasking::Random => (0..batch * n).map(|_| self.rng.random::<f32>()).collect(),
+        };
+        let x0 = x0.reshape([batch * n]).into_data().convert::<i64>().to_vec::<i64>().expect("i64");
+        (x0, conf)
+    }
+
+    /// Commits positions of `[lo, end)` per row: the top-`k` masked positions by confidence,
+    /// or with a threshold every masked position above it (at least one).
+    fn commit(&mut self, lo: usize, end: usize, x0: &[i64], conf: &[f32], ks: &[usize], step: usize) {
+        let n = end - lo;
+        for b in 0..self.batch {
+            let mut cands: Vec<(usize, f32)> = (0..n)
+                .filter(|&j| self.x[b * self.total + lo + j] == self.mask_id)
+                .map(|j| (j, conf[b * n + j]))
+                .collect();
+            // Highest confidence first; ties go to the earlier position.
+            cands.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+            let take = match self.config.threshold {
+                Some(th) => cands.iter().filter(|c| c.1 as f64 > th).count().max(1),
+                None => ks[b],
+            }
+            .min(cands.len());
+            for &(j, _) in &cands[..take] {
+                let tok = x0[b * n + j];
+                self.x[b * self.total + lo + j] = tok;
+                if tok != self.mask_id {
+                    self.decode_step[b][lo + j - self.prompt_len] = Some(step);
+                }
+            }
+        }
+    }
+}
