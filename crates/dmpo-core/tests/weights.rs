@@ -1,0 +1,215 @@
+//! Importance weights (spec §4): hand-computed values for every mode and baseline, and the
+//! properties the paper relies on.
+
+mod common;
+
+use common::assert_close;
+use dmpo_core::weights::{
+    adaptive_coeff, apply_baseline, ess, group_weights, log_rnd, softmax, std_unbiased,
+};
+use dmpo_core::{rollout_weights, Baseline, DmpoConfig};
+use proptest::prelude::*;
+
+#[test]
+fn log_rnd_is_ref_minus_cur() {
+    assert_eq!(log_rnd(&[1.0, -2.0], &[0.5, -1.0]), vec![0.5, -1.0]);
+}
+
+#[test]
+fn tilted_weights_by_hand() {
+    // v+ = c (log_rnd + r / alpha) = [0.1 + 2, -0.2 + 0] -> w+_0 = sigmoid(2.3).
+    let (p, m) = group_weights(&[0.1, -0.2], &[1.0, 0.0], 0.5, 1.0);
+    assert_close(p[0], 0.908_877_038_985_143_8, 1e-12);
+    assert_close(p[1], 1.0 - 0.908_877_038_985_143_8, 1e-12);
+    // v- = [0.1 - 2, -0.2] -> w-_0 = sigmoid(-1.7).
+    assert_close(m[0], 0.154_465_265_083_534_7, 1e-12);
+    // c = 0.5 halves the logits.
+    let (p, m) = group_weights(&[0.1, -0.2], &[1.0, 0.0], 0.5, 0.5);
+    assert_close(p[0], 0.759_510_916_949_111, 1e-12);
+    assert_close(m[0], 0.299_432_857_526_027_05, 1e-12);
+}
+
+#[test]
+fn alpha_zero_uses_softmax_of_rewards() {
+    // log_rnd is ignored when alpha = 0.
+    let (p, m) = group_weights(&[5.0, -3.0, 0.0], &[1.0, 0.0, 0.5], 0.0, 1.0);
+    let want_p = [0.506_480_391_055_654, 0.186_323_723_225_847_56, 0.307_195_885_718_498_4];
+    for (a, b) in p.iter().zip(want_p) {
+        assert_close(*a, b, 1e-12);
+    }
+    let want_m = [0.186_323_723_225_847_6, 0.506_480_391_055_654, 0.307_195_885_718_498_4];
+    for (a, b) in m.iter().zip(want_m) {
+        assert_close(*a, b, 1e-12);
+    }
+}
+
+#[test]
+fn alpha_minus_one_uses_raw_rewards() {
+    let (p, m) = group_weights(&[5.0, -3.0], &[2.0, 0.5], -1.0, 0.3);
+    assert_eq!(p, vec![2.0, 0.5]);
+    assert_eq!(m, vec![-2.0, -0.5]);
+}
+
+#[test]
+fn ess_by_hand() {
+    assert_close(ess(&[0.9, 0.1]), 1.0 / (2.0 * 0.82), 1e-12);
+    assert_close(ess(&[0.25; 4]), 1.0, 1e-12);
+    assert_close(ess(&[1.0, 0.0, 0.0, 0.0]), 0.25, 1e-12);
+}
+
+#[test]
+fn each_baseline_by_hand() {
+    let wp = [0.7, 0.2, 0.1];
+    let wm = [0.1, 0.3, 0.6];
+    let neg = apply_baseline(&wp, &wm, Baseline::NegativeCentering, 1.0, None).unwrap();
+    for (a, b) in neg.iter().zip([0.6, -0.1, -0.5]) {
+        assert_close(*a, b, 1e-12);
+    }
+    let half = apply_baseline(&wp, &wm, Baseline::NegativeCentering, 0.5, None).unwrap();
+    for (a, b) in half.iter().zip([0.65, 0.05, -0.2]) {
+        assert_close(*a, b, 1e-12);
+    }
+    let mean = apply_baseline(&wp, &wm, Baseline::Mean, 1.0, None).unwrap();
+    for (a, b) in mean.iter().zip([0.7 - 1.0 / 3.0, 0.2 - 1.0 / 3.0, 0.1 - 1.0 / 3.0]) {
+        assert_close(*a, b, 1e-12);
+    }
+    let factor = [0.5, 0.25, 0.25];
+    let unb = apply_baseline(&wp, &wm, Baseline::Unbiased, 1.0, Some(&factor)).unwrap();
+    for (a, b) in unb.iter().zip([0.2, -0.05, -0.15]) {
+        assert_close(*a, b, 1e-12);
+    }
+    assert!(apply_baseline(&wp, &wm, Baseline::Unbiased, 1.0, None).is_err());
+    assert_eq!(apply_baseline(&wp, &wm, Baseline::None, 1.0, None).unwrap(), wp.to_vec());
+}
+
+#[test]
+fn unbiased_advantages_use_softmax_of_theta_gap() {
+    let config = DmpoConfig {
+        alpha: 0.0,
+        ..DmpoConfig::default()
+    };
+    let (rw, _) = rollout_weights(&[-3.0, -4.0], &[-3.0, -4.0], &[1.0, 0.0], 2, &config).unwrap();
+    // ell_theta - ell_cur = [0.5, 0] -> factor softmax([0.5, 0]).
+    let a = rw
+        .advantages(Baseline::Unbiased, 1.0, Some(&[-2.5, -4.0]))
+        .unwrap();
+    let f = softmax(&[0.5, 0.0]);
+    let wp = softmax(&[1.0, 0.0]);
+    assert_close(a[0], wp[0] - f[0], 1e-12);
+    assert_close(a[1], wp[1] - f[1], 1e-12);
+}
+
+#[test]
+fn rollout_weights_by_hand_with_diagnostics() {
+    let config = DmpoConfig {
+        alpha: 0.5,
+        ..DmpoConfig::default()
+    };
+    // Two groups of two; group 2 has equal rewards.
+    let ell_cur = [-1.0, -2.0, -1.0, -1.0];
+    let ell_ref = [-0.9, -2.2, -1.5, -0.5];
+    let rewards = [1.0, 0.0, 2.0, 2.0];
+    let (rw, d) = rollout_weights(&ell_cur, &ell_ref, &rewards, 2, &config).unwrap();
+    assert_close(rw.w_plus[0], 0.908_877_038_985_143_8, 1e-9);
+    let a = rw
+        .advantages(Baseline::NegativeCentering, 1.0, None)
+        .unwrap();
+    assert_close(a[0], 0.908_877_038_985_143_8 - 0.154_465_265_083_534_7, 1e-9);
+    assert_eq!(&a[2..], &[0.0, 0.0]);
+    assert_eq!(d.zero_variance_fraction, 0.5);
+    assert_close(d.reward_std[0], std_unbiased(&[1.0, 0.0]), 1e-12);
+    assert_eq!(d.reward_std[1], 0.0);
+    // log_rnd = [0.1, -0.2, -0.5, 0.5]: group means -0.05 and 0, stds 0.2121 and 0.7071.
+    assert_close(d.log_rnd_mean, -0.025, 1e-12);
+    assert_close(d.log_rnd_std, (0.3f64.hypot(0.0) / 2f64.sqrt() + 1.0 / 2f64.sqrt()) / 2.0, 1e-12);
+    let p = 0.908_877_038_985_143_8;
+    assert_close(d.ess[0], 1.0 / (2.0 * (p * p + (1.0 - p) * (1.0 - p))), 1e-9);
+    assert_eq!(d.coeff_mean, 1.0);
+    assert!(rollout_weights(&ell_cur, &ell_ref, &rewards, 3, &config).is_err());
+}
+
+#[test]
+fn adaptive_coeff_by_hand_and_at_the_bounds() {
+    // Two samples, v = [2.3, 0]: ESS(c) = 1 / (2 (s^2 + (1-s)^2)), s = sigmoid(2.3 c).
+    let c = adaptive_coeff(&[0.1, -0.2], &[1.0, 0.0], 0.5, 0.7);
+    let (p, _) = group_weights(&[0.1, -0.2], &[1.0, 0.0], 0.5, c);
+    assert_close(ess(&p), 0.7, 1e-9);
+    // Solve by hand: s^2 + (1-s)^2 = 1/1.4 -> s = (1 + sqrt(2/1.4 - 1)) / 2, c = logit(s) / 2.3.
+    let s = (1.0 + (2.0 / 1.4 - 1.0f64).sqrt()) / 2.0;
+    assert_close(c, (s / (1.0 - s)).ln() / 2.3, 1e-9);
+    // Unreachable: huge spread -> even c = 0.01 is below the threshold.
+    assert_eq!(adaptive_coeff(&[0.0, 0.0], &[100.0, 0.0], 0.01, 0.7), 0.01);
+    // Unreachable: equal values -> ESS = 1 for every c.
+    assert_eq!(adaptive_coeff(&[0.0, 0.0], &[1.0, 1.0], 0.5, 0.7), 0.99);
+}
+
+fn group() -> impl Strategy<Value = (Vec<f64>, Vec<f64>)> {
+    (2usize..17).prop_flat_map(|g| {
+        (
+            prop::collection::vec(-5.0f64..5.0, g),
+            prop::collection::vec(-1.0f64..4.0, g),
+        )
+    })
+}
+
+proptest! {
+    #[test]
+    fn negative_centering_weights_sum_to_zero((lr, r) in group(), alpha in 0.01f64..2.0, c in 0.0f64..1.0) {
+        let (p, m) = group_weights(&lr, &r, alpha, c);
+        let a = apply_baseline(&p, &m, Baseline::NegativeCentering, 1.0, None).unwrap();
+        prop_assert!(a.iter().sum::<f64>().abs() < 1e-12);
+    }
+
+    #[test]
+    fn equal_rewards_get_zero_weight((lr, _) in group(), reward in -1.0f64..4.0, alpha in 0.0f64..2.0, c in 0.0f64..1.0) {
+        let r = vec![reward; lr.len()];
+        let (p, m) = group_weights(&lr, &r, alpha, c);
+        let a = apply_baseline(&p, &m, Baseline::NegativeCentering, 1.0, None).unwrap();
+        for x in a {
+            prop_assert!(x.abs() < 1e-12, "{x}");
+        }
+    }
+
+    #[test]
+    fn reward_shift_leaves_weights_unchanged((lr, r) in group(), shift in -10.0f64..10.0, alpha in 0.0f64..2.0, c in 0.0f64..1.0) {
+        let shifted: Vec<f64> = r.iter().map(|x| x + shift).collect();
+        let (p, m) = group_weights(&lr, &r, alpha, c);
+        let (ps, ms) = group_weights(&lr, &shifted, alpha, c);
+        for (a, b) in p.iter().zip(&ps).chain(m.iter().zip(&ms)) {
+            prop_assert!((a - b).abs() < 1e-9, "{a} vs {b}");
+        }
+        let config = DmpoConfig { alpha, coeff: c, ..DmpoConfig::default() };
+        let cur: Vec<f64> = vec![0.0; lr.len()];
+        let (w1, _) = rollout_weights(&cur, &lr, &r, lr.len(), &config).unwrap();
+        let (w2, _) = rollout_weights(&cur, &lr, &shifted, lr.len(), &config).unwrap();
+        for b in [Baseline::NegativeCentering, Baseline::Mean, Baseline::None] {
+            let a1 = w1.advantages(b, 1.0, None).unwrap();
+            let a2 = w2.advantages(b, 1.0, None).unwrap();
+            for (x, y) in a1.iter().zip(&a2) {
+                prop_assert!((x - y).abs() < 1e-9);
+            }
+        }
+    }
+
+    #[test]
+    fn adaptive_coeff_reaches_the_ess_threshold((lr, r) in group(), alpha in 0.0f64..1.0, threshold in 0.3f64..0.95) {
+        let ess_at = |c: f64| ess(&group_weights(&lr, &r, alpha, c).0);
+        let reachable = ess_at(0.99) <= threshold && threshold <= ess_at(0.01);
+        let c = adaptive_coeff(&lr, &r, alpha, threshold);
+        prop_assert!((0.01..=0.99).contains(&c));
+        if reachable {
+            prop_assert!((ess_at(c) - threshold).abs() < 1e-3, "ESS {} at c {c}", ess_at(c));
+        } else if ess_at(0.01) < threshold {
+            prop_assert_eq!(c, 0.01);
+        } else {
+            prop_assert_eq!(c, 0.99);
+        }
+    }
+
+    #[test]
+    fn ess_is_non_increasing_in_coeff((lr, r) in group(), alpha in 0.0f64..1.0, c1 in 0.0f64..1.0, c2 in 0.0f64..1.0) {
+        let (lo, hi) = if c1 < c2 { (c1, c2) } else { (c2, c1) };
+        let e = |c: f64| ess(&group_weights(&lr, &r, alpha, c).0);
+        prop_assert!(e(hi) <= e(lo) + 1e-12);
+    }
+}
