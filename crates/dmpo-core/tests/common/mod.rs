@@ -92,3 +92,34 @@ pub fn log_softmax(xs: &[f64]) -> Vec<f64> {
 pub fn assert_close(a: f64, b: f64, tol: f64) {
     assert!((a - b).abs() <= tol * (1.0 + b.abs()), "{a} vs {b} (tol {tol})");
 }
+
+use burn::module::Param;
+use burn::tensor::Distribution;
+use dllm_model::{load_model, Llada, LoadOptions, LoraConfig};
+
+/// The real tiny LLaDA checkpoint of the fixtures (vocab 300, mask 299, eos 298).
+pub fn tiny_llada<Bk: Backend>() -> Llada<Bk> {
+    load_model::<Bk>(fixtures().join("llada-tiny"), LoadOptions::default(), &Default::default()).unwrap()
+}
+
+/// The tiny model with rank-2 adapters on every linear, `B` random so the adapter matters.
+pub fn tiny_llada_lora<Bk: Backend>(seed: u64) -> Llada<Bk> {
+    let device = Default::default();
+    Bk::seed(&device, seed);
+    let config = LoraConfig {
+        r: 2,
+        lora_alpha: 4.0,
+        lora_dropout: 0.0,
+        ..LoraConfig::default()
+    };
+    let mut model = tiny_llada::<Bk>().with_lora(&config, &device).unwrap();
+    for block in &mut model.blocks {
+        for (_, lin) in block.linears_mut() {
+            if let Some(l) = lin.lora.as_mut() {
+                let dims = l.b.val().dims();
+                l.b = Param::from_tensor(Tensor::random(dims, Distribution::Normal(0.0, 0.3), &device));
+            }
+        }
+    }
+    model
+}
