@@ -10,7 +10,10 @@ fuzz_target!(|data: &[u8]| {
             (Task::Gsm8k, TaskItem::gsm8k("q", "42")),
             (Task::Math, TaskItem::math("q", "\\frac{1}{2}")),
             (Task::Countdown, TaskItem::countdown(vec![49, 55, 53], 51)),
-            (Task::Sudoku, TaskItem::sudoku("3102200002100320", "3142243142131324")),
+            (
+                Task::Sudoku,
+                TaskItem::sudoku("3102200002100320", "3142243142131324"),
+            ),
         ];
         for (t, it) in &items {
             let r = training_reward(*t, s, it).unwrap();
