@@ -1,0 +1,137 @@
+//! `dmpo generate`.
+
+use std::io::{IsTerminal, Write};
+use std::time::Instant;
+
+use burn::tensor::backend::Backend;
+use dllm_model::backend::{dispatch, BackendTask};
+use dllm_model::{ChatMessage, LladaTokenizer};
+use dllm_sample::{generate_with_observer, CacheKind, Remasking, SamplerConfig};
+
+use super::ModelArgs;
+
+/// Arguments of `dmpo generate`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The model.
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Prompt text; the chat template is applied (needs `tokenizer.json`).
+    #[arg(long, conflicts_with = "prompt_ids", required_unless_present = "prompt_ids")]
+    pub prompt: Option<String>,
+    /// Prompt token ids, comma separated, used as they are.
+    #[arg(long, value_delimiter = ',')]
+    pub prompt_ids: Option<Vec<u32>>,
+    /// Tokens to generate.
+    #[arg(long, default_value_t = 128)]
+    pub gen_length: usize,
+    /// Block length.
+    #[arg(long, default_value_t = 32)]
+    pub block_length: usize,
+    /// Denoising steps (default: gen_length / 2, the d1 evaluation setting).
+    #[arg(long)]
+    pub steps: Option<usize>,
+    /// Temperature (0 = greedy).
+    #[arg(long, default_value_t = 0.0)]
+    pub temperature: f64,
+    /// low_confidence or random.
+    #[arg(long, default_value = "low_confidence")]
+    pub remasking: Remasking,
+    /// Classifier-free guidance scale.
+    #[arg(long, default_value_t = 0.0)]
+    pub cfg: f64,
+    /// none, prefix or dual.
+    #[arg(long, default_value = "none")]
+    pub cache: CacheKind,
+    /// Confidence threshold for parallel decoding.
+    #[arg(long)]
+    pub threshold: Option<f64>,
+    /// Random seed.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Print `{"ids", "text", "nfe", "seconds"}` as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+struct Task(Args);
+
+impl BackendTask for Task {
+    type Output = anyhow::Result<()>;
+    fn run<B: Backend>(self, device: B::Device) -> anyhow::Result<()> {
+        let a = self.0;
+        let tokenizer_path = a.model.model.join("tokenizer.json");
+        let tokenizer = if tokenizer_path.is_file() {
+            Some(LladaTokenizer::from_file(&tokenizer_path)?)
+        } else {
+            None
+        };
+        let prompt = match (&a.prompt, &a.prompt_ids) {
+            (Some(text), _) => {
+                let tok = tokenizer.as_ref().ok_or_else(|| {
+                    anyhow::anyhow!("{}: needed for --prompt (or pass --prompt-ids)", tokenizer_path.display())
+                })?;
+                tok.encode_chat(&[ChatMessage::user(text.clone())])?
+            }
+            (None, Some(ids)) => ids.clone(),
+            (None, None) => anyhow::bail!("give --prompt or --prompt-ids"),
+        };
+        let model = a.model.load::<B>(&device)?;
+        let config = SamplerConfig {
+            gen_length: a.gen_length,
+            block_length: a.block_length,
+            steps: a.steps.unwrap_or((a.gen_length / 2).max(1)),
+            temperature: a.temperature,
+            remasking: a.remasking,
+            cfg_scale: a.cfg,
+            cache: a.cache,
+            threshold: a.threshold,
+            seed: a.seed,
+            ..Default::default()
+        };
+        let stream = !a.json && std::io::stderr().is_terminal() && tokenizer.is_some();
+        let mask = model.config.mask_token_id;
+        let start = Instant::now();
+        let out = generate_with_observer(&model, &[prompt], &config, &mut |e| {
+            if let (true, Some(tok)) = (stream, &tokenizer) {
+                let shown: Vec<u32> = e.completions[0].iter().map(|&t| if t == mask { 0 } else { t }).collect();
+                if let Ok(text) = tok.decode(&shown, true) {
+                    let line: String = text.replace('\n', " ").chars().take(150).collect();
+                    eprint!("\r\x1b[2K[step {}] {line}", e.step + 1);
+                    let _ = std::io::stderr().flush();
+                }
+            }
+        })?;
+        if stream {
+            eprintln!();
+        }
+        let seconds = start.elapsed().as_secs_f64();
+        let ids = &out.completions[0];
+        let text = match &tokenizer {
+            Some(tok) => Some(tok.decode(ids, true)?),
+            None => None,
+        };
+        if a.json {
+            let v = serde_json::json!({"ids": ids, "text": text, "nfe": out.nfe, "seconds": seconds});
+            println!("{v}");
+        } else {
+            match text {
+                Some(t) => println!("{t}"),
+                None => println!("{ids:?}"),
+            }
+            eprintln!(
+                "{} tokens, {} model calls, {:.2} s ({:.1} tokens/s)",
+                ids.len(),
+                out.nfe,
+                seconds,
+                ids.len() as f64 / seconds
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Runs `dmpo generate`.
+pub fn run(a: Args) -> anyhow::Result<()> {
+    dispatch(a.model.backend, Task(a))?
+}

@@ -1,0 +1,101 @@
+//! `dmpo inspect`.
+
+use std::collections::BTreeMap;
+
+use dllm_model::{LladaConfig, WeightFiles};
+
+/// Arguments of `dmpo inspect`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Model directory.
+    #[arg(long)]
+    pub model: std::path::PathBuf,
+    /// Adapter directory (default: the model directory, if it holds `adapter_config.json`).
+    #[arg(long)]
+    pub adapter: Option<std::path::PathBuf>,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Prints the config summary, parameter count, stored dtypes and adapter.
+pub fn run(a: Args) -> anyhow::Result<()> {
+    let config = LladaConfig::from_file(a.model.join("config.json"))?;
+    let weights = WeightFiles::open_dir(&a.model)?;
+    let mut dtypes: BTreeMap<String, usize> = BTreeMap::new();
+    let mut stored = 0usize;
+    for (dtype, shape) in weights.summary().values() {
+        let n: usize = shape.iter().product();
+        *dtypes.entry(dtype.clone()).or_default() += n;
+        stored += n;
+    }
+    let adapter_dir = a.adapter.clone().or_else(|| {
+        a.model
+            .join("adapter_config.json")
+            .is_file()
+            .then(|| a.model.clone())
+    });
+    let adapter = match &adapter_dir {
+        Some(d) => Some(dllm_model::lora::read_adapter_config(d)?),
+        None => None,
+    };
+    let summary = serde_json::json!({
+        "model": a.model,
+        "weights": weights.origin(),
+        "n_layers": config.n_layers,
+        "d_model": config.d_model,
+        "n_heads": config.n_heads,
+        "n_kv_heads": config.num_kv_heads(),
+        "mlp_hidden_size": config.mlp_hidden(),
+        "vocab_size": config.vocab_size,
+        "embedding_size": config.embed_size(),
+        "rope_theta": config.rope_theta,
+        "mask_token_id": config.mask_token_id,
+        "eos_token_id": config.eos_token_id,
+        "pad_token_id": config.pad_token_id,
+        "weight_tying": config.weight_tying,
+        "parameters": config.num_params(),
+        "stored_parameters": stored,
+        "stored_dtypes": dtypes,
+        "adapter": adapter,
+    });
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+        return Ok(());
+    }
+    println!("model        {}", a.model.display());
+    println!(
+        "architecture LLaDA: {} layers, d_model {}, {} heads ({} kv), mlp {}, vocab {} (embeddings {})",
+        config.n_layers,
+        config.d_model,
+        config.n_heads,
+        config.num_kv_heads(),
+        config.mlp_hidden(),
+        config.vocab_size,
+        config.embed_size()
+    );
+    println!(
+        "tokens       mask {}, eos {}, pad {}; rope theta {}",
+        config.mask_token_id, config.eos_token_id, config.pad_token_id, config.rope_theta
+    );
+    println!(
+        "parameters   {} ({:.2}M); stored {}",
+        config.num_params(),
+        config.num_params() as f64 / 1e6,
+        stored
+    );
+    for (dtype, n) in dtypes {
+        println!("dtype        {dtype}: {n} values");
+    }
+    match adapter {
+        Some(l) => println!(
+            "adapter      LoRA r {} alpha {} dropout {} on {}",
+            l.r,
+            l.lora_alpha,
+            l.lora_dropout,
+            l.target_modules.join(",")
+        ),
+        None => println!("adapter      none"),
+    }
+    Ok(())
+}

@@ -1,0 +1,110 @@
+//! Subcommands of the `dmpo` binary.
+
+mod generate;
+mod inspect;
+mod logits;
+mod score;
+mod train;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use dllm_model::backend::BackendKind;
+
+/// `dmpo`: DMPO fine-tuning for diffusion LLMs.
+#[derive(Debug, Parser)]
+#[command(name = "dmpo", version, about)]
+pub struct Cli {
+    /// The subcommand.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Summarise a model directory: config, parameter count, dtypes, adapter.
+    Inspect(inspect::Args),
+    /// Write the logits of `input_ids` from a safetensors file (parity with PyTorch).
+    Logits(logits::Args),
+    /// Generate a completion.
+    Generate(generate::Args),
+    /// Score evaluation files in the d1 JSON layout.
+    Score(score::Args),
+    /// Train with a recipe.
+    Train(train::Args),
+    /// Download a model from the Hugging Face Hub.
+    Download(DownloadArgs),
+}
+
+/// Arguments of `dmpo download`.
+#[derive(Debug, clap::Args)]
+pub struct DownloadArgs {
+    /// Repository id, e.g. `GSAI-ML/LLaDA-8B-Instruct`.
+    pub repo_id: String,
+    /// Revision (branch, tag or commit).
+    #[arg(long, default_value = "main")]
+    pub revision: String,
+}
+
+/// Options shared by commands that load a model.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ModelArgs {
+    /// Model directory (config.json + safetensors, tokenizer.json for text).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// PEFT adapter directory to apply.
+    #[arg(long)]
+    pub adapter: Option<PathBuf>,
+    /// Backend: flex, ndarray, wgpu or cuda (must be compiled in).
+    #[arg(long, default_value = "flex")]
+    pub backend: BackendKind,
+    /// Element type of the weights in memory: f32, bf16 or f16.
+    #[arg(long, default_value = "f32")]
+    pub dtype: dllm_model::WeightDType,
+}
+
+impl ModelArgs {
+    /// Loads the model (and adapter) on backend `B`.
+    pub fn load<B: burn::tensor::backend::Backend>(
+        &self,
+        device: &B::Device,
+    ) -> anyhow::Result<dllm_model::Llada<B>> {
+        let model = dllm_model::load_model::<B>(
+            &self.model,
+            dllm_model::LoadOptions { dtype: self.dtype },
+            device,
+        )?;
+        Ok(match &self.adapter {
+            Some(dir) => model.load_adapter(dir, device)?,
+            None => model,
+        })
+    }
+}
+
+/// Runs a parsed command line.
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Inspect(a) => inspect::run(a),
+        Command::Logits(a) => logits::run(a),
+        Command::Generate(a) => generate::run(a),
+        Command::Score(a) => score::run(a),
+        Command::Train(a) => train::run(a),
+        Command::Download(a) => download(a),
+    }
+}
+
+#[cfg(feature = "download")]
+fn download(a: DownloadArgs) -> anyhow::Result<()> {
+    let path = crate::download::download(&a.repo_id, &a.revision)?;
+    println!("{}", path.display());
+    Ok(())
+}
+
+#[cfg(not(feature = "download"))]
+fn download(a: DownloadArgs) -> anyhow::Result<()> {
+    anyhow::bail!(
+        "`dmpo download {}` needs the `download` feature: cargo install --path crates/dmpo-train --features download",
+        a.repo_id
+    )
+}
