@@ -37,7 +37,12 @@ impl<B: Backend> SequenceBatch<B> {
         let gen_len = seq - prompt_len;
         let ids = int_values(input_ids.clone());
         let eos_index = (0..batch)
-            .map(|i| first_eos(&ids[i * seq + prompt_len..(i + 1) * seq], eos_token_id as i64))
+            .map(|i| {
+                first_eos(
+                    &ids[i * seq + prompt_len..(i + 1) * seq],
+                    eos_token_id as i64,
+                )
+            })
             .collect::<Vec<_>>();
         debug_assert!(eos_index.iter().all(|&e| e <= gen_len));
         Self::with_eos_index(input_ids, prompt_len, eos_index)
@@ -129,7 +134,10 @@ impl<B: Backend> SequenceBatch<B> {
     pub fn select_rows(&self, rows: &[usize]) -> (Tensor<B, 2, Int>, Option<Tensor<B, 2, Bool>>) {
         let device = self.input_ids.device();
         let idx = Tensor::<B, 1, Int>::from_data(
-            TensorData::new(rows.iter().map(|&r| r as i64).collect::<Vec<_>>(), [rows.len()]),
+            TensorData::new(
+                rows.iter().map(|&r| r as i64).collect::<Vec<_>>(),
+                [rows.len()],
+            ),
             &device,
         );
         let ids = self.input_ids.clone().select(0, idx.clone());

@@ -117,7 +117,10 @@ impl DmpoConfig {
             ));
         }
         if self.elbo_memory_budget_bytes == 0 {
-            return Err(DmpoError::config("elbo_memory_budget_bytes", "must be positive"));
+            return Err(DmpoError::config(
+                "elbo_memory_budget_bytes",
+                "must be positive",
+            ));
         }
         Ok(())
     }

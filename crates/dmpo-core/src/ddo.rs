@@ -62,7 +62,10 @@ pub fn ddo_loss_with_masks<B: Backend, M: LogitsModel<B> + ?Sized>(
     check_rollout(batch, rollout)?;
     let (k, n, l) = (masks.replicates, masks.batch, masks.gen_len as f64);
     if config.ddo_independent_sets && k < 2 {
-        return Err(DmpoError::config("num_replicates", "independent sets need K >= 2"));
+        return Err(DmpoError::config(
+            "num_replicates",
+            "independent sets need K >= 2",
+        ));
     }
     let device = batch.input_ids.device();
     let sums = masked_logprob_sums(model, batch, masks, 0..k * n).reshape([k, n]);
@@ -119,6 +122,11 @@ pub fn ddo_loss<B: Backend, M: LogitsModel<B> + ?Sized, R: Rng + ?Sized>(
     rng: &mut R,
 ) -> Result<LossOutput<B, DdoDiagnostics>> {
     config.validate()?;
-    let masks = ReplicateMasks::sample(rng, &batch.eos_index, batch.gen_len(), &MaskOptions::from(config))?;
+    let masks = ReplicateMasks::sample(
+        rng,
+        &batch.eos_index,
+        batch.gen_len(),
+        &MaskOptions::from(config),
+    )?;
     ddo_loss_with_masks(model, batch, rollout, config, &masks)
 }

@@ -28,7 +28,10 @@ pub struct ElboEstimate {
 }
 
 /// Checks that `masks` covers `batch`.
-pub(crate) fn check_masks<B: Backend>(batch: &SequenceBatch<B>, masks: &ReplicateMasks) -> Result<()> {
+pub(crate) fn check_masks<B: Backend>(
+    batch: &SequenceBatch<B>,
+    masks: &ReplicateMasks,
+) -> Result<()> {
     if masks.batch != batch.batch_size() || masks.gen_len != batch.gen_len() {
         return Err(DmpoError::shape(format!(
             "masks cover {} samples x {} positions, the batch has {} x {}",
@@ -56,10 +59,14 @@ pub fn masked_logprob_sums<B: Backend, M: LogitsModel<B> + ?Sized>(
     let (ids, padding) = batch.select_rows(&samples);
     let full_mask = masks.full_mask_tensor::<B>(rows.clone(), prompt_len, &device);
     // x~: masked completion positions replaced by MASK, prompt untouched (spec §3).
-    let noisy = ids.clone().mask_fill(full_mask, model.mask_token_id() as i64);
+    let noisy = ids
+        .clone()
+        .mask_fill(full_mask, model.mask_token_id() as i64);
     let logits = model.completion_logits(noisy, prompt_len, padding);
     let targets = ids.narrow(1, prompt_len, gen_len).reshape([n, gen_len, 1]);
-    let token_logp = log_softmax(logits, 2).gather(2, targets).reshape([n, gen_len]);
+    let token_logp = log_softmax(logits, 2)
+        .gather(2, targets)
+        .reshape([n, gen_len]);
     let in_mask = masks.completion_mask_tensor::<B>(rows, &device);
     (token_logp * in_mask).sum_dim(1).reshape([n])
 }
@@ -100,7 +107,10 @@ pub fn elbo_with_masks<B: Backend>(
     let Some(first) = models.first() else {
         return Err(DmpoError::shape("no model to evaluate"));
     };
-    if models.iter().any(|m| m.mask_token_id() != first.mask_token_id()) {
+    if models
+        .iter()
+        .any(|m| m.mask_token_id() != first.mask_token_id())
+    {
         return Err(DmpoError::shape("the models disagree on the MASK token id"));
     }
     let vocab = models.iter().map(|m| m.vocab_size()).max().unwrap_or(1);

@@ -22,7 +22,11 @@ use crate::weights::{mean, softmax, std_unbiased};
 
 /// GRPO's group-normalised advantages (spec §6): `r - mean_group(r)`, divided by
 /// `std_group(r) + 1e-4` (unbiased std) when `scale_rewards`.
-pub fn grpo_advantages(rewards: &[f64], group_size: usize, scale_rewards: bool) -> Result<Vec<f64>> {
+pub fn grpo_advantages(
+    rewards: &[f64],
+    group_size: usize,
+    scale_rewards: bool,
+) -> Result<Vec<f64>> {
     if group_size == 0 || rewards.len() % group_size != 0 {
         return Err(DmpoError::shape(format!(
             "{} rewards do not form groups of {group_size}",
@@ -33,8 +37,13 @@ pub fn grpo_advantages(rewards: &[f64], group_size: usize, scale_rewards: bool) 
         .chunks(group_size)
         .flat_map(|g| {
             let (m, s) = (mean(g), std_unbiased(g));
-            g.iter()
-                .map(move |r| if scale_rewards { (r - m) / (s + 1e-4) } else { r - m })
+            g.iter().map(move |r| {
+                if scale_rewards {
+                    (r - m) / (s + 1e-4)
+                } else {
+                    r - m
+                }
+            })
         })
         .collect())
 }
@@ -115,7 +124,10 @@ pub fn diffu_grpo_loss<B: Backend>(
         .clamp(1.0 - config.epsilon, 1.0 + config.epsilon);
     let unclipped_term = ratio * a.clone();
     let clipped_term = clipped * a;
-    let is_clipped = unclipped_term.clone().detach().lower(clipped_term.clone().detach());
+    let is_clipped = unclipped_term
+        .clone()
+        .detach()
+        .lower(clipped_term.clone().detach());
     let mut per_token = -unclipped_term.min_pair(clipped_term);
     let mut kl_mean = None;
     let denom = completion_mask.clone().sum();
@@ -131,9 +143,8 @@ pub fn diffu_grpo_loss<B: Backend>(
         );
         per_token = per_token + kl * config.beta;
     }
-    let clip_ratio = float_values(
-        (is_clipped.float() * completion_mask.clone()).sum() / denom.clone(),
-    )[0];
+    let clip_ratio =
+        float_values((is_clipped.float() * completion_mask.clone()).sum() / denom.clone())[0];
     let loss = (per_token * completion_mask).sum() / denom;
     Ok(LossOutput {
         loss,
@@ -154,10 +165,14 @@ pub fn wd1_loss<B: Backend>(
 ) -> Result<LossOutput<B, Vec<f64>>> {
     let [n, l] = logp.dims();
     if advantages.len() != n || completion_mask.dims() != [n, l] {
-        return Err(DmpoError::shape("wd1: advantages or completion mask do not match the log-probs"));
+        return Err(DmpoError::shape(
+            "wd1: advantages or completion mask do not match the log-probs",
+        ));
     }
     if group_size == 0 || n % group_size != 0 {
-        return Err(DmpoError::shape(format!("batch of {n} does not hold whole groups of {group_size}")));
+        return Err(DmpoError::shape(format!(
+            "batch of {n} does not hold whole groups of {group_size}"
+        )));
     }
     let net: Vec<f64> = advantages
         .chunks(group_size)

@@ -53,7 +53,12 @@ pub fn clamp_lambda(u: f64) -> f64 {
 
 impl ReplicateMasks {
     /// Masks from explicit rows (`[K * batch * L]`, replicate-major).
-    pub fn from_rows(replicates: usize, batch: usize, gen_len: usize, masked: Vec<bool>) -> Result<Self> {
+    pub fn from_rows(
+        replicates: usize,
+        batch: usize,
+        gen_len: usize,
+        masked: Vec<bool>,
+    ) -> Result<Self> {
         if masked.len() != replicates * batch * gen_len {
             return Err(DmpoError::shape(format!(
                 "{} mask entries for {replicates} x {batch} x {gen_len}",
@@ -174,6 +179,13 @@ impl ReplicateMasks {
 
 /// diffu-GRPO's prompt mask (spec §6): `[batch * prompt_len]`, each prompt position masked
 /// independently with probability `p` (the completion is always fully masked).
-pub fn sample_prompt_mask<R: Rng + ?Sized>(rng: &mut R, batch: usize, prompt_len: usize, p: f64) -> Vec<bool> {
-    (0..batch * prompt_len).map(|_| rng.random::<f64>() < p).collect()
+pub fn sample_prompt_mask<R: Rng + ?Sized>(
+    rng: &mut R,
+    batch: usize,
+    prompt_len: usize,
+    p: f64,
+) -> Vec<bool> {
+    (0..batch * prompt_len)
+        .map(|_| rng.random::<f64>() < p)
+        .collect()
 }

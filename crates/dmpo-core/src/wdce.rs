@@ -30,7 +30,10 @@ pub struct WdceDiagnostics {
 }
 
 /// Checks that the rollout weights cover the batch in whole groups.
-pub(crate) fn check_rollout<B: Backend>(batch: &SequenceBatch<B>, rollout: &RolloutWeights) -> Result<()> {
+pub(crate) fn check_rollout<B: Backend>(
+    batch: &SequenceBatch<B>,
+    rollout: &RolloutWeights,
+) -> Result<()> {
     let n = batch.batch_size();
     if rollout.len() != n || rollout.w_minus.len() != n || rollout.ell_cur.len() != n {
         return Err(DmpoError::shape(format!(
@@ -61,7 +64,11 @@ pub fn wdce_loss_with_masks<B: Backend, M: LogitsModel<B> + ?Sized>(
     let sums = masked_logprob_sums(model, batch, masks, 0..rows);
     let ell_theta = (config.baseline == Baseline::Unbiased)
         .then(|| ell_from_row_sums(&float_values(sums.clone().detach()), masks));
-    let advantages = rollout.advantages(config.baseline, config.centering_strength, ell_theta.as_deref())?;
+    let advantages = rollout.advantages(
+        config.baseline,
+        config.centering_strength,
+        ell_theta.as_deref(),
+    )?;
     // spec §4: row r = (k, i) contributes A_i / (K * m_ik) * sum_j CE = -A_i / (K * m_ik) * sum_j log p.
     let k = masks.replicates as f64;
     let coef: Vec<f64> = (0..rows)
@@ -88,6 +95,11 @@ pub fn wdce_loss<B: Backend, M: LogitsModel<B> + ?Sized, R: Rng + ?Sized>(
     rng: &mut R,
 ) -> Result<LossOutput<B, WdceDiagnostics>> {
     config.validate()?;
-    let masks = ReplicateMasks::sample(rng, &batch.eos_index, batch.gen_len(), &MaskOptions::from(config))?;
+    let masks = ReplicateMasks::sample(
+        rng,
+        &batch.eos_index,
+        batch.gen_len(),
+        &MaskOptions::from(config),
+    )?;
     wdce_loss_with_masks(model, batch, rollout, config, &masks)
 }

@@ -52,7 +52,12 @@ pub fn std_unbiased(xs: &[f64]) -> f64 {
 
 /// `(w+, w-)` of one group for a coefficient `c` (spec §4), including the `alpha = 0` and
 /// `alpha = -1` modes.
-pub fn group_weights(log_rnd: &[f64], rewards: &[f64], alpha: f64, coeff: f64) -> (Vec<f64>, Vec<f64>) {
+pub fn group_weights(
+    log_rnd: &[f64],
+    rewards: &[f64],
+    alpha: f64,
+    coeff: f64,
+) -> (Vec<f64>, Vec<f64>) {
     if alpha == -1.0 {
         // Raw reward as the weight.
         return (rewards.to_vec(), rewards.iter().map(|r| -r).collect());
@@ -112,14 +117,20 @@ pub fn apply_baseline(
         Baseline::NegativeCentering => w_minus.to_vec(),
         Baseline::Mean => vec![mean(w_plus); w_plus.len()],
         Baseline::Unbiased => unbiased_factor
-            .ok_or_else(|| DmpoError::shape("the unbiased baseline needs softmax(ell_theta - ell_cur)"))?
+            .ok_or_else(|| {
+                DmpoError::shape("the unbiased baseline needs softmax(ell_theta - ell_cur)")
+            })?
             .to_vec(),
         Baseline::None => vec![0.0; w_plus.len()],
     };
     if sub.len() != w_plus.len() {
         return Err(DmpoError::shape("baseline and weights differ in length"));
     }
-    Ok(w_plus.iter().zip(sub).map(|(w, s)| w - strength * s).collect())
+    Ok(w_plus
+        .iter()
+        .zip(sub)
+        .map(|(w, s)| w - strength * s)
+        .collect())
 }
 
 /// The weights of a rollout batch, fixed for its `num_iterations` optimisation steps.
@@ -150,7 +161,12 @@ impl RolloutWeights {
 
     /// The per-sample advantages `A` under `baseline` (spec §4); `ell_theta` (detached, this
     /// step's masks) is needed by [`Baseline::Unbiased`] only.
-    pub fn advantages(&self, baseline: Baseline, strength: f64, ell_theta: Option<&[f64]>) -> Result<Vec<f64>> {
+    pub fn advantages(
+        &self,
+        baseline: Baseline,
+        strength: f64,
+        ell_theta: Option<&[f64]>,
+    ) -> Result<Vec<f64>> {
         let g = self.group_size;
         let mut out = Vec::with_capacity(self.len());
         for start in (0..self.len()).step_by(g) {
@@ -220,7 +236,9 @@ pub fn rollout_weights(
         )));
     }
     if group_size == 0 || n % group_size != 0 {
-        return Err(DmpoError::shape(format!("{n} samples do not form groups of {group_size}")));
+        return Err(DmpoError::shape(format!(
+            "{n} samples do not form groups of {group_size}"
+        )));
     }
     let lr = log_rnd(ell_ref, ell_cur);
     let groups = n / group_size;
@@ -236,7 +254,11 @@ pub fn rollout_weights(
             config.coeff
         };
         let (p, m) = group_weights(l, r, config.alpha, c);
-        ess_g.push(if config.alpha == -1.0 { f64::NAN } else { ess(&p) });
+        ess_g.push(if config.alpha == -1.0 {
+            f64::NAN
+        } else {
+            ess(&p)
+        });
         w_plus.extend(p);
         w_minus.extend(m);
         coeffs.push(c);
@@ -249,7 +271,8 @@ pub fn rollout_weights(
         ess: ess_g,
         log_rnd_mean: lr_mean,
         log_rnd_std: lr_std,
-        zero_variance_fraction: reward_std.iter().filter(|&&s| s < ZERO_STD).count() as f64 / groups as f64,
+        zero_variance_fraction: reward_std.iter().filter(|&&s| s < ZERO_STD).count() as f64
+            / groups as f64,
         reward_std,
         coeff_mean: mean(&coeffs),
     };

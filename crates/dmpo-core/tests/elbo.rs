@@ -58,7 +58,9 @@ fn uniform_model_gives_minus_l_log_v_per_nonempty_replicate() {
         2,
         2,
         3,
-        vec![true, false, false, true, true, true, false, false, false, false, true, false],
+        vec![
+            true, false, false, true, true, true, false, false, false, false, true, false,
+        ],
     )
     .unwrap();
     let got = elbo_with_masks::<B>(&[&model], &batch, &masks, BUDGET).unwrap();
@@ -91,7 +93,14 @@ fn oracle_of_another_sequence_gives_a_very_negative_elbo() {
     // The zero above is not vacuous: the same oracle scores a different completion far below 0.
     let model = oracle(&[1, 2, 3], 17, 16);
     let batch = batch_of::<B>(&[4], &[1, 2, 4], 1, 99);
-    let est = elbo_log_likelihood::<B, _>(&[&model], &batch, &opts(4, true), BUDGET, &mut ChaCha8Rng::seed_from_u64(0)).unwrap();
+    let est = elbo_log_likelihood::<B, _>(
+        &[&model],
+        &batch,
+        &opts(4, true),
+        BUDGET,
+        &mut ChaCha8Rng::seed_from_u64(0),
+    )
+    .unwrap();
     assert!(est.ell[0][0] < -100.0, "{}", est.ell[0][0]);
 }
 
@@ -112,8 +121,14 @@ fn two_models_in_one_call_equal_separate_calls_on_the_same_masks() {
     let reference = AdapterDisabled(&policy);
     let base = tiny_llada::<B>();
     let batch = llada_batch();
-    let est = elbo_log_likelihood::<B, _>(&[&policy, &reference], &batch, &opts(4, true), BUDGET, &mut ChaCha8Rng::seed_from_u64(3))
-        .unwrap();
+    let est = elbo_log_likelihood::<B, _>(
+        &[&policy, &reference],
+        &batch,
+        &opts(4, true),
+        BUDGET,
+        &mut ChaCha8Rng::seed_from_u64(3),
+    )
+    .unwrap();
     let alone_policy = elbo_with_masks::<B>(&[&policy], &batch, &est.masks, BUDGET).unwrap();
     let alone_base = elbo_with_masks::<B>(&[&base], &batch, &est.masks, BUDGET).unwrap();
     for i in 0..2 {
@@ -126,10 +141,8 @@ fn two_models_in_one_call_equal_separate_calls_on_the_same_masks() {
     }
     // Chunking to one row at a time gives the same numbers.
     let chunked = elbo_with_masks::<B>(&[&policy, &reference], &batch, &est.masks, 1).unwrap();
-    for m in 0..2 {
-        for i in 0..2 {
-            assert_close(chunked[m][i], est.ell[m][i], 1e-5);
-        }
+    for (got, want) in chunked.iter().flatten().zip(est.ell.iter().flatten()) {
+        assert_close(*got, *want, 1e-5);
     }
 }
 
@@ -137,7 +150,13 @@ fn two_models_in_one_call_equal_separate_calls_on_the_same_masks() {
 fn key_padding_is_passed_to_the_model() {
     let model = tiny_llada::<B>();
     let batch = llada_batch();
-    let masks = ReplicateMasks::sample(&mut ChaCha8Rng::seed_from_u64(1), &batch.eos_index, batch.gen_len(), &opts(2, true)).unwrap();
+    let masks = ReplicateMasks::sample(
+        &mut ChaCha8Rng::seed_from_u64(1),
+        &batch.eos_index,
+        batch.gen_len(),
+        &opts(2, true),
+    )
+    .unwrap();
     let plain = elbo_with_masks::<B>(&[&model], &batch, &masks, BUDGET).unwrap();
     let pad = burn::tensor::Tensor::<B, 2, burn::tensor::Bool>::from_bool(
         burn::tensor::TensorData::new(
@@ -148,7 +167,10 @@ fn key_padding_is_passed_to_the_model() {
     );
     let padded = batch.clone().with_key_padding(pad).unwrap();
     let masked = elbo_with_masks::<B>(&[&model], &padded, &masks, BUDGET).unwrap();
-    assert!((plain[0][0] - masked[0][0]).abs() > 1e-5, "padding of row 0 must matter");
+    assert!(
+        (plain[0][0] - masked[0][0]).abs() > 1e-5,
+        "padding of row 0 must matter"
+    );
     assert_close(plain[0][1], masked[0][1], 1e-5);
 }
 
@@ -161,12 +183,22 @@ fn exact_expectation(f: &[f64], l: usize, clamp: bool, complement: bool) -> f64 
     let mut total = 0.0;
     for s in 0..=n {
         let lam: f64 = a + h * s as f64;
-        let w = if s == 0 || s == n { 1.0 } else if s % 2 == 1 { 4.0 } else { 2.0 };
+        let w = if s == 0 || s == n {
+            1.0
+        } else if s % 2 == 1 {
+            4.0
+        } else {
+            2.0
+        };
         let mut e = 0.0;
         for (subset, fv) in f.iter().enumerate() {
             let m = subset.count_ones() as i32;
             let p = lam.powi(m) * (1.0 - lam).powi(l as i32 - m);
-            let fm = if complement { f[(1 << l) - 1 - subset] } else { *fv };
+            let fm = if complement {
+                f[(1 << l) - 1 - subset]
+            } else {
+                *fv
+            };
             e += p * fm;
         }
         total += w * e;
@@ -202,17 +234,30 @@ fn estimator_mean_matches_exact_enumeration_of_masks() {
         } else {
             exact_expectation(&f, l, true, false)
         };
-        let est = elbo_log_likelihood::<B, _>(&[&model], &batch, &opts(k, antithetic), BUDGET, &mut ChaCha8Rng::seed_from_u64(42)).unwrap();
+        let est = elbo_log_likelihood::<B, _>(
+            &[&model],
+            &batch,
+            &opts(k, antithetic),
+            BUDGET,
+            &mut ChaCha8Rng::seed_from_u64(42),
+        )
+        .unwrap();
         let xs = &est.ell[0];
         let mean = xs.iter().sum::<f64>() / n as f64;
         let sd = (xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1) as f64).sqrt();
         let se = sd / (n as f64).sqrt();
         eprintln!("antithetic {antithetic}: MC mean {mean:.4} +- {se:.4}, exact {exact:.4}");
-        assert!((mean - exact).abs() < 4.0 * se + 1e-4, "MC {mean} vs exact {exact} (se {se})");
+        assert!(
+            (mean - exact).abs() < 4.0 * se + 1e-4,
+            "MC {mean} vs exact {exact} (se {se})"
+        );
         // The test can tell distributions apart: the unclamped expectation is elsewhere.
         let unclamped = exact_expectation(&f, l, false, false);
         if !antithetic {
-            assert!((unclamped - exact).abs() > 8.0 * se, "unclamped {unclamped} too close to {exact}");
+            assert!(
+                (unclamped - exact).abs() > 8.0 * se,
+                "unclamped {unclamped} too close to {exact}"
+            );
         }
     }
 }

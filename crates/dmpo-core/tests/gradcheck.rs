@@ -38,12 +38,18 @@ fn model() -> Llada<AB> {
         lora_dropout: 0.0,
         ..LoraConfig::default()
     };
-    let mut m = Llada::<AB>::init(&config, &device).with_lora(&lora, &device).unwrap();
+    let mut m = Llada::<AB>::init(&config, &device)
+        .with_lora(&lora, &device)
+        .unwrap();
     for block in &mut m.blocks {
         for (_, lin) in block.linears_mut() {
             if let Some(l) = lin.lora.as_mut() {
                 let dims = l.b.val().dims();
-                l.b = Param::from_tensor(Tensor::random(dims, Distribution::Normal(0.0, 0.5), &device));
+                l.b = Param::from_tensor(Tensor::random(
+                    dims,
+                    Distribution::Normal(0.0, 0.5),
+                    &device,
+                ));
             }
         }
     }
@@ -82,7 +88,11 @@ fn lora_param<'a, Bk: Backend>(
 }
 
 /// Autodiff gradient vs central difference at every probe; returns the largest relative error.
-fn check<F: Fn(&Llada<Flex>) -> f64>(model: &Llada<AB>, loss_ad: Tensor<AB, 1>, loss_inner: F) -> f64 {
+fn check<F: Fn(&Llada<Flex>) -> f64>(
+    model: &Llada<AB>,
+    loss_ad: Tensor<AB, 1>,
+    loss_inner: F,
+) -> f64 {
     let grads = loss_ad.backward();
     // dllm-model's RMSNorm computes its statistics in f32 even for f64 models, which puts
     // ~1e-7 relative rounding noise in every loss evaluation; eps = 1e-2 keeps that noise and the
@@ -114,10 +124,16 @@ fn check<F: Fn(&Llada<Flex>) -> f64>(model: &Llada<AB>, loss_ad: Tensor<AB, 1>, 
             big += 1;
             worst = worst.max(rel);
         } else {
-            assert!((g_ad - g_fd).abs() < 1e-6, "{name}.{which}[{idx}]: {g_ad} vs {g_fd}");
+            assert!(
+                (g_ad - g_fd).abs() < 1e-6,
+                "{name}.{which}[{idx}]: {g_ad} vs {g_fd}"
+            );
         }
     }
-    assert!(big >= 4, "too few probes with a non-negligible gradient ({big})");
+    assert!(
+        big >= 4,
+        "too few probes with a non-negligible gradient ({big})"
+    );
     worst
 }
 
@@ -166,7 +182,11 @@ fn wdce_gradient_matches_finite_differences() {
             .unwrap()
             .loss;
         let worst = check(&model, loss, |m| {
-            scalar(wdce_loss_with_masks(m, &batch::<Flex>(), &rollout, &config, &masks).unwrap().loss)
+            scalar(
+                wdce_loss_with_masks(m, &batch::<Flex>(), &rollout, &config, &masks)
+                    .unwrap()
+                    .loss,
+            )
         });
         eprintln!("WDCE ({baseline:?}) worst relative error {worst:.2e}");
         assert!(worst <= 1e-3, "WDCE gradient relative error {worst}");
@@ -180,15 +200,27 @@ fn diffu_grpo_gradient_matches_finite_differences() {
     let prompt_mask = sample_prompt_mask(&mut ChaCha8Rng::seed_from_u64(2), 4, 3, 0.15);
     // Old and reference log-probs: the current ones shifted by fixed offsets, so that some
     // ratios are clipped and the KL term is non-zero.
-    let current = values(mean_field_logprobs(&model.valid(), &batch::<Flex>(), &prompt_mask).unwrap());
-    let old: Vec<f64> = current.iter().enumerate().map(|(i, v)| v + 0.3 * ((i % 5) as f64 - 2.0)).collect();
-    let reference: Vec<f64> = current.iter().enumerate().map(|(i, v)| v + 0.1 * ((i % 3) as f64 - 1.0)).collect();
+    let current =
+        values(mean_field_logprobs(&model.valid(), &batch::<Flex>(), &prompt_mask).unwrap());
+    let old: Vec<f64> = current
+        .iter()
+        .enumerate()
+        .map(|(i, v)| v + 0.3 * ((i % 5) as f64 - 2.0))
+        .collect();
+    let reference: Vec<f64> = current
+        .iter()
+        .enumerate()
+        .map(|(i, v)| v + 0.1 * ((i % 3) as f64 - 1.0))
+        .collect();
     let advantages = [1.2, -0.8, 0.5, -0.9];
     let config = GrpoConfig::default();
     let b_ad = batch::<AB>();
     let logp = mean_field_logprobs(&model, &b_ad, &prompt_mask).unwrap();
     let out = grpo_on(logp, &b_ad, &old, &reference, &advantages, &config);
-    eprintln!("clip ratio {}, kl {:?}", out.diagnostics.clip_ratio, out.diagnostics.kl);
+    eprintln!(
+        "clip ratio {}, kl {:?}",
+        out.diagnostics.clip_ratio, out.diagnostics.kl
+    );
     assert!(out.diagnostics.clip_ratio > 0.0 && out.diagnostics.clip_ratio < 1.0);
     let worst = check(&model, out.loss, |m| {
         let b = batch::<Flex>();
@@ -209,5 +241,13 @@ fn grpo_on<Bk: Backend>(
 ) -> dmpo_core::LossOutput<Bk, dmpo_core::GrpoDiagnostics> {
     let device = logp.device();
     let t = |v: &[f64]| Tensor::from_data(TensorData::new(v.to_vec(), [4, 6]), &device);
-    diffu_grpo_loss(logp, Some(t(old)), Some(t(reference)), advantages, batch.completion_mask_tensor(), config).unwrap()
+    diffu_grpo_loss(
+        logp,
+        Some(t(old)),
+        Some(t(reference)),
+        advantages,
+        batch.completion_mask_tensor(),
+        config,
+    )
+    .unwrap()
 }

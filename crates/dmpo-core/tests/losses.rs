@@ -44,7 +44,13 @@ fn rollout(w_plus: Vec<f64>, w_minus: Vec<f64>, ell_cur: Vec<f64>) -> RolloutWei
 /// (k0,i0) = {0}, (k0,i1) = {1}, (k1,i0) = {0,1}, (k1,i1) = {}.
 fn two_sample_setup() -> (dmpo_core::SequenceBatch<B>, ReplicateMasks) {
     let batch = batch_rows::<B>(&[vec![5, 0, 2], vec![5, 1, 1]], 1, 8);
-    let masks = ReplicateMasks::from_rows(2, 2, 2, vec![true, false, false, true, true, true, false, false]).unwrap();
+    let masks = ReplicateMasks::from_rows(
+        2,
+        2,
+        2,
+        vec![true, false, false, true, true, true, false, false],
+    )
+    .unwrap();
     (batch, masks)
 }
 
@@ -58,11 +64,8 @@ fn wdce_by_hand() {
     let rw = rollout(vec![0.7, 0.3], vec![0.2, 0.8], vec![0.0, 0.0]);
     let out = wdce_loss_with_masks(&table_model(), &batch, &rw, &config, &masks).unwrap();
     // L = (1/K) sum_rows A_i (1/m) sum_{j in M} -log p.
-    let want = 0.5
-        * (0.7 * -lp(0, 0)
-            + 0.3 * -lp(1, 1)
-            + 0.7 * 0.5 * (-lp(0, 0) - lp(2, 1))
-            + 0.3 * 0.0);
+    let want =
+        0.5 * (0.7 * -lp(0, 0) + 0.3 * -lp(1, 1) + 0.7 * 0.5 * (-lp(0, 0) - lp(2, 1)) + 0.3 * 0.0);
     assert_close(scalar(out.loss), want, 1e-6);
     assert_eq!(out.diagnostics.masked_fraction, 4.0 / 8.0);
 
@@ -99,13 +102,38 @@ fn wdce_unbiased_baseline_uses_this_steps_ell_theta() {
 #[test]
 fn wdce_draws_fresh_masks_each_call() {
     let model = tiny_llada::<B>();
-    let batch = batch_rows::<B>(&[vec![3, 4, 10, 11, 12, 13, 14, 15], vec![3, 4, 20, 21, 22, 23, 24, 25]], 2, 298);
+    let batch = batch_rows::<B>(
+        &[
+            vec![3, 4, 10, 11, 12, 13, 14, 15],
+            vec![3, 4, 20, 21, 22, 23, 24, 25],
+        ],
+        2,
+        298,
+    );
     let rw = rollout(vec![0.6, 0.4], vec![0.3, 0.7], vec![0.0, 0.0]);
     let config = DmpoConfig::default();
     let mut rng = ChaCha8Rng::seed_from_u64(9);
-    let a = scalar(wdce_loss(&model, &batch, &rw, &config, &mut rng).unwrap().loss);
-    let b = scalar(wdce_loss(&model, &batch, &rw, &config, &mut rng).unwrap().loss);
-    let a2 = scalar(wdce_loss(&model, &batch, &rw, &config, &mut ChaCha8Rng::seed_from_u64(9)).unwrap().loss);
+    let a = scalar(
+        wdce_loss(&model, &batch, &rw, &config, &mut rng)
+            .unwrap()
+            .loss,
+    );
+    let b = scalar(
+        wdce_loss(&model, &batch, &rw, &config, &mut rng)
+            .unwrap()
+            .loss,
+    );
+    let a2 = scalar(
+        wdce_loss(
+            &model,
+            &batch,
+            &rw,
+            &config,
+            &mut ChaCha8Rng::seed_from_u64(9),
+        )
+        .unwrap()
+        .loss,
+    );
     assert_ne!(a, b);
     assert_eq!(a, a2);
 }
@@ -115,7 +143,14 @@ fn ddo_objective_by_hand() {
     let device = Default::default();
     let t = |v: [f32; 2]| Tensor::<B, 1>::from_data(TensorData::new(v.to_vec(), [2]), &device);
     let ls = |x: f64| -(1.0 + (-x).exp()).ln();
-    let out = ddo_objective(t([1.0, -1.0]), t([0.5, 2.0]), &[0.0, 1.0], &[0.7, 0.3], 2.0, 0.5);
+    let out = ddo_objective(
+        t([1.0, -1.0]),
+        t([0.5, 2.0]),
+        &[0.0, 1.0],
+        &[0.7, 0.3],
+        2.0,
+        0.5,
+    );
     // gap_real = [1, -2], gap_fake = [0.5, 1]; beta 2, alpha 0.5.
     let want = -(0.7 * ls(2.0) + 0.3 * ls(-4.0)) / 2.0 - 0.5 * (ls(-1.0) + ls(-2.0)) / 2.0;
     assert_close(scalar(out), want, 1e-6);
@@ -179,7 +214,15 @@ fn grpo_clip_and_kl_by_hand() {
     assert!(out.diagnostics.kl.is_none());
 
     let with_kl = GrpoConfig::default();
-    let out = diffu_grpo_loss(t2(logp), Some(t2(old)), Some(t2(reference)), &adv, t2(mask), &with_kl).unwrap();
+    let out = diffu_grpo_loss(
+        t2(logp),
+        Some(t2(old)),
+        Some(t2(reference)),
+        &adv,
+        t2(mask),
+        &with_kl,
+    )
+    .unwrap();
     let k3 = |r: f64, l: f64| (r - l).exp() - (r - l) - 1.0;
     let kls = [k3(-0.2, 0.0), k3(-1.0, -1.0), k3(0.1, 0.0)];
     let want_kl = kls.iter().sum::<f64>() / 3.0;
@@ -210,7 +253,10 @@ fn grpo_advantages_by_hand() {
     assert_close(a[0], 0.5 / (s + 1e-4), 1e-12);
     assert_close(a[1], -0.5 / (s + 1e-4), 1e-12);
     assert_eq!(&a[2..], &[0.0, 0.0]);
-    assert_eq!(grpo_advantages(&[1.0, 0.0, 2.0], 3, false).unwrap(), vec![0.0, -1.0, 1.0]);
+    assert_eq!(
+        grpo_advantages(&[1.0, 0.0, 2.0], 3, false).unwrap(),
+        vec![0.0, -1.0, 1.0]
+    );
     assert!(grpo_advantages(&[1.0, 0.0, 3.0], 2, true).is_err());
 }
 
@@ -226,13 +272,18 @@ fn wd1_by_hand() {
     let sig = |x: f64| 1.0 / (1.0 + (-x).exp());
     let net = sig(2.0) - sig(-2.0);
     assert_close(out.diagnostics[0], net, 1e-12);
-    assert_close(scalar(out.loss), -(net * -3.0 - net * -1.0), 1e-6);
+    // S = [-3, -1]: L = -(net * S_0 - net * S_1).
+    assert_close(scalar(out.loss), -(net * -3.0 + net), 1e-6);
 }
 
 #[test]
 fn mean_field_logprobs_mask_the_whole_completion() {
     let model = tiny_llada::<B>();
-    let batch = batch_rows::<B>(&[vec![3, 4, 5, 10, 11, 12], vec![6, 7, 8, 20, 21, 298]], 3, 298);
+    let batch = batch_rows::<B>(
+        &[vec![3, 4, 5, 10, 11, 12], vec![6, 7, 8, 20, 21, 298]],
+        3,
+        298,
+    );
     let logp = mean_field_logprobs(&model, &batch, &[false; 6]).unwrap();
     // Same as the ELBO row sums with every completion position masked and no prompt masked.
     let all = ReplicateMasks::from_rows(1, 2, 3, vec![true; 6]).unwrap();

@@ -48,7 +48,8 @@ proptest! {
 #[test]
 fn same_seed_same_masks_and_different_seed_different_masks() {
     let o = opts(4, true, true, true);
-    let draw = |s| ReplicateMasks::sample(&mut ChaCha8Rng::seed_from_u64(s), &[64; 3], 64, &o).unwrap();
+    let draw =
+        |s| ReplicateMasks::sample(&mut ChaCha8Rng::seed_from_u64(s), &[64; 3], 64, &o).unwrap();
     assert_eq!(draw(7), draw(7));
     assert_ne!(draw(7), draw(8));
 }
@@ -61,20 +62,38 @@ fn clamped_lambda_lies_in_its_range() {
     // it some rows mask far fewer.
     let l = 4000;
     let count_min = |clamp| {
-        let m = ReplicateMasks::sample(&mut ChaCha8Rng::seed_from_u64(3), &[l; 200], l, &opts(1, false, clamp, true))
-            .unwrap();
+        let m = ReplicateMasks::sample(
+            &mut ChaCha8Rng::seed_from_u64(3),
+            &[l; 200],
+            l,
+            &opts(1, false, clamp, true),
+        )
+        .unwrap();
         (0..m.rows()).map(|r| m.count(r)).min().unwrap()
     };
-    assert!(count_min(true) as f64 >= 0.08 * l as f64, "{}", count_min(true));
-    assert!((count_min(false) as f64) < 0.05 * l as f64, "{}", count_min(false));
+    assert!(
+        count_min(true) as f64 >= 0.08 * l as f64,
+        "{}",
+        count_min(true)
+    );
+    assert!(
+        (count_min(false) as f64) < 0.05 * l as f64,
+        "{}",
+        count_min(false)
+    );
 }
 
 #[test]
 fn mean_masked_fraction_matches_lambda_distribution() {
     // E[lambda] = 0.55 with the clamp, 0.5 without.
     for (clamp, want) in [(true, 0.55), (false, 0.5)] {
-        let m = ReplicateMasks::sample(&mut ChaCha8Rng::seed_from_u64(11), &[100; 2000], 100, &opts(1, false, clamp, true))
-            .unwrap();
+        let m = ReplicateMasks::sample(
+            &mut ChaCha8Rng::seed_from_u64(11),
+            &[100; 2000],
+            100,
+            &opts(1, false, clamp, true),
+        )
+        .unwrap();
         let frac = m.masked.iter().filter(|&&x| x).count() as f64 / m.masked.len() as f64;
         assert!((frac - want).abs() < 0.02, "{frac} vs {want}");
     }
@@ -87,7 +106,10 @@ fn prompt_is_never_masked_in_the_full_mask() {
     let v: Vec<bool> = t.into_data().to_vec().unwrap();
     assert_eq!(
         v,
-        vec![false, false, false, false, true, false, true, false, false, false, false, true, true, true]
+        vec![
+            false, false, false, false, true, false, true, false, false, false, false, true, true,
+            true
+        ]
     );
     assert_eq!(m.m_clamped(0), 2);
 }
@@ -101,7 +123,13 @@ fn empty_mask_counts_as_one() {
 
 #[test]
 fn odd_antithetic_replicates_are_refused() {
-    assert!(ReplicateMasks::sample(&mut ChaCha8Rng::seed_from_u64(0), &[4], 4, &opts(3, true, true, true)).is_err());
+    assert!(ReplicateMasks::sample(
+        &mut ChaCha8Rng::seed_from_u64(0),
+        &[4],
+        4,
+        &opts(3, true, true, true)
+    )
+    .is_err());
     assert!(ReplicateMasks::from_rows(1, 2, 3, vec![false; 5]).is_err());
 }
 
@@ -110,5 +138,9 @@ fn prompt_mask_probability() {
     let m = sample_prompt_mask(&mut ChaCha8Rng::seed_from_u64(5), 100, 200, 0.15);
     let frac = m.iter().filter(|&&x| x).count() as f64 / m.len() as f64;
     assert!((frac - 0.15).abs() < 0.01, "{frac}");
-    assert!(sample_prompt_mask(&mut ChaCha8Rng::seed_from_u64(5), 3, 7, 0.0).iter().all(|x| !x));
+    assert!(
+        sample_prompt_mask(&mut ChaCha8Rng::seed_from_u64(5), 3, 7, 0.0)
+            .iter()
+            .all(|x| !x)
+    );
 }

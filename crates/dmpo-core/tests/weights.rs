@@ -33,11 +33,19 @@ fn tilted_weights_by_hand() {
 fn alpha_zero_uses_softmax_of_rewards() {
     // log_rnd is ignored when alpha = 0.
     let (p, m) = group_weights(&[5.0, -3.0, 0.0], &[1.0, 0.0, 0.5], 0.0, 1.0);
-    let want_p = [0.506_480_391_055_654, 0.186_323_723_225_847_56, 0.307_195_885_718_498_4];
+    let want_p = [
+        0.506_480_391_055_654,
+        0.186_323_723_225_847_56,
+        0.307_195_885_718_498_4,
+    ];
     for (a, b) in p.iter().zip(want_p) {
         assert_close(*a, b, 1e-12);
     }
-    let want_m = [0.186_323_723_225_847_6, 0.506_480_391_055_654, 0.307_195_885_718_498_4];
+    let want_m = [
+        0.186_323_723_225_847_6,
+        0.506_480_391_055_654,
+        0.307_195_885_718_498_4,
+    ];
     for (a, b) in m.iter().zip(want_m) {
         assert_close(*a, b, 1e-12);
     }
@@ -70,7 +78,10 @@ fn each_baseline_by_hand() {
         assert_close(*a, b, 1e-12);
     }
     let mean = apply_baseline(&wp, &wm, Baseline::Mean, 1.0, None).unwrap();
-    for (a, b) in mean.iter().zip([0.7 - 1.0 / 3.0, 0.2 - 1.0 / 3.0, 0.1 - 1.0 / 3.0]) {
+    for (a, b) in mean
+        .iter()
+        .zip([0.7 - 1.0 / 3.0, 0.2 - 1.0 / 3.0, 0.1 - 1.0 / 3.0])
+    {
         assert_close(*a, b, 1e-12);
     }
     let factor = [0.5, 0.25, 0.25];
@@ -79,7 +90,10 @@ fn each_baseline_by_hand() {
         assert_close(*a, b, 1e-12);
     }
     assert!(apply_baseline(&wp, &wm, Baseline::Unbiased, 1.0, None).is_err());
-    assert_eq!(apply_baseline(&wp, &wm, Baseline::None, 1.0, None).unwrap(), wp.to_vec());
+    assert_eq!(
+        apply_baseline(&wp, &wm, Baseline::None, 1.0, None).unwrap(),
+        wp.to_vec()
+    );
 }
 
 #[test]
@@ -114,16 +128,28 @@ fn rollout_weights_by_hand_with_diagnostics() {
     let a = rw
         .advantages(Baseline::NegativeCentering, 1.0, None)
         .unwrap();
-    assert_close(a[0], 0.908_877_038_985_143_8 - 0.154_465_265_083_534_7, 1e-9);
+    assert_close(
+        a[0],
+        0.908_877_038_985_143_8 - 0.154_465_265_083_534_7,
+        1e-9,
+    );
     assert_eq!(&a[2..], &[0.0, 0.0]);
     assert_eq!(d.zero_variance_fraction, 0.5);
     assert_close(d.reward_std[0], std_unbiased(&[1.0, 0.0]), 1e-12);
     assert_eq!(d.reward_std[1], 0.0);
     // log_rnd = [0.1, -0.2, -0.5, 0.5]: group means -0.05 and 0, stds 0.2121 and 0.7071.
     assert_close(d.log_rnd_mean, -0.025, 1e-12);
-    assert_close(d.log_rnd_std, (0.3f64.hypot(0.0) / 2f64.sqrt() + 1.0 / 2f64.sqrt()) / 2.0, 1e-12);
+    assert_close(
+        d.log_rnd_std,
+        (0.3f64.hypot(0.0) / 2f64.sqrt() + 1.0 / 2f64.sqrt()) / 2.0,
+        1e-12,
+    );
     let p = 0.908_877_038_985_143_8;
-    assert_close(d.ess[0], 1.0 / (2.0 * (p * p + (1.0 - p) * (1.0 - p))), 1e-9);
+    assert_close(
+        d.ess[0],
+        1.0 / (2.0 * (p * p + (1.0 - p) * (1.0 - p))),
+        1e-9,
+    );
     assert_eq!(d.coeff_mean, 1.0);
     assert!(rollout_weights(&ell_cur, &ell_ref, &rewards, 3, &config).is_err());
 }

@@ -59,19 +59,32 @@ pub fn oracle(target: &[i64], vocab: usize, mask_id: u32) -> TableModel {
 }
 
 /// A batch of `rows` copies of `prompt ++ completion`.
-pub fn batch_of<Bk: Backend>(prompt: &[i64], completion: &[i64], rows: usize, eos: u32) -> SequenceBatch<Bk> {
+pub fn batch_of<Bk: Backend>(
+    prompt: &[i64],
+    completion: &[i64],
+    rows: usize,
+    eos: u32,
+) -> SequenceBatch<Bk> {
     let seq: Vec<i64> = prompt.iter().chain(completion).copied().collect();
     let len = seq.len();
     let data: Vec<i64> = (0..rows).flat_map(|_| seq.clone()).collect();
-    let ids = Tensor::<Bk, 2, Int>::from_data(TensorData::new(data, [rows, len]), &Default::default());
+    let ids =
+        Tensor::<Bk, 2, Int>::from_data(TensorData::new(data, [rows, len]), &Default::default());
     SequenceBatch::new(ids, prompt.len(), eos).unwrap()
 }
 
 /// A batch from explicit rows.
-pub fn batch_rows<Bk: Backend>(rows: &[Vec<i64>], prompt_len: usize, eos: u32) -> SequenceBatch<Bk> {
+pub fn batch_rows<Bk: Backend>(
+    rows: &[Vec<i64>],
+    prompt_len: usize,
+    eos: u32,
+) -> SequenceBatch<Bk> {
     let len = rows[0].len();
     let data: Vec<i64> = rows.iter().flatten().copied().collect();
-    let ids = Tensor::<Bk, 2, Int>::from_data(TensorData::new(data, [rows.len(), len]), &Default::default());
+    let ids = Tensor::<Bk, 2, Int>::from_data(
+        TensorData::new(data, [rows.len(), len]),
+        &Default::default(),
+    );
     SequenceBatch::new(ids, prompt_len, eos).unwrap()
 }
 
@@ -90,7 +103,10 @@ pub fn log_softmax(xs: &[f64]) -> Vec<f64> {
 }
 
 pub fn assert_close(a: f64, b: f64, tol: f64) {
-    assert!((a - b).abs() <= tol * (1.0 + b.abs()), "{a} vs {b} (tol {tol})");
+    assert!(
+        (a - b).abs() <= tol * (1.0 + b.abs()),
+        "{a} vs {b} (tol {tol})"
+    );
 }
 
 use burn::module::Param;
@@ -99,7 +115,12 @@ use dllm_model::{load_model, Llada, LoadOptions, LoraConfig};
 
 /// The real tiny LLaDA checkpoint of the fixtures (vocab 300, mask 299, eos 298).
 pub fn tiny_llada<Bk: Backend>() -> Llada<Bk> {
-    load_model::<Bk>(fixtures().join("llada-tiny"), LoadOptions::default(), &Default::default()).unwrap()
+    load_model::<Bk>(
+        fixtures().join("llada-tiny"),
+        LoadOptions::default(),
+        &Default::default(),
+    )
+    .unwrap()
 }
 
 /// The tiny model with rank-2 adapters on every linear, `B` random so the adapter matters.
@@ -117,7 +138,11 @@ pub fn tiny_llada_lora<Bk: Backend>(seed: u64) -> Llada<Bk> {
         for (_, lin) in block.linears_mut() {
             if let Some(l) = lin.lora.as_mut() {
                 let dims = l.b.val().dims();
-                l.b = Param::from_tensor(Tensor::random(dims, Distribution::Normal(0.0, 0.3), &device));
+                l.b = Param::from_tensor(Tensor::random(
+                    dims,
+                    Distribution::Normal(0.0, 0.3),
+                    &device,
+                ));
             }
         }
     }
