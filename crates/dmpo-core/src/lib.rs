@@ -9,6 +9,7 @@
 //! Inputs follow one layout, [`SequenceBatch`]: `[batch, prompt_len + gen_len]` ids with
 //! prompts left-padded to `prompt_len`, groups of `G` completions contiguous. Randomness comes
 //! from an explicit RNG (`rand_chacha::ChaCha8Rng`) so that training is deterministic.
+#![doc = include_str!("../README.md")]
 #![warn(missing_docs)]
 
 pub mod batch;
