@@ -47,13 +47,11 @@ fn golden_logits_sharded_flex() {
     golden_logits::<burn::backend::Flex>(&tiny_dir().join("sharded"));
 }
 
-#[cfg(feature = "ndarray")]
 #[test]
 fn golden_logits_single_file_ndarray() {
     golden_logits::<burn::backend::NdArray>(&tiny_dir());
 }
 
-#[cfg(feature = "ndarray")]
 #[test]
 fn golden_logits_sharded_ndarray() {
     golden_logits::<burn::backend::NdArray>(&tiny_dir().join("sharded"));

@@ -66,7 +66,6 @@ fn golden_greedy_steps5_block16_uneven_schedule() {
     check_case::<burn::backend::Flex>("gen_s5_b16", 5, 16);
 }
 
-#[cfg(feature = "ndarray")]
 #[test]
 fn golden_greedy_ndarray() {
     check_case::<burn::backend::NdArray>("gen_s16_b8", 16, 8);

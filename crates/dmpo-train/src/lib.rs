@@ -3,3 +3,9 @@
 #![warn(missing_docs)]
 
 pub mod cli;
+pub mod error;
+pub mod recipe;
+pub mod tasks;
+
+pub use error::{Result, TrainError};
+pub use recipe::Recipe;

@@ -1,0 +1,443 @@
+//! Recipes: every hyperparameter of a run in one TOML file (spec §5 defaults), unknown keys
+//! refused by name, `section.key=value` overrides from the command line.
+
+use std::path::{Path, PathBuf};
+
+use dllm_model::backend::BackendKind;
+use dllm_model::{LoraConfig, WeightDType};
+use dllm_sample::SamplerConfig;
+use dmpo_core::{DmpoConfig, GrpoConfig};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Result, TrainError};
+
+/// A whole training run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Recipe {
+    /// Name, output location, seed, backend.
+    #[serde(default)]
+    pub run: RunSection,
+    /// The model to fine-tune.
+    pub model: ModelSection,
+    /// LoRA settings (used when `model.finetune = "lora"`).
+    #[serde(default)]
+    pub lora: LoraSection,
+    /// Task and data.
+    pub task: TaskSection,
+    /// Rollout sampler.
+    #[serde(default = "default_rollout")]
+    pub rollout: SamplerConfig,
+    /// Optimisation.
+    #[serde(default)]
+    pub train: TrainSection,
+    /// DMPO objective (spec §3–§4).
+    #[serde(default)]
+    pub dmpo: DmpoConfig,
+    /// diffu-GRPO / wd1 baseline (spec §6).
+    #[serde(default)]
+    pub grpo: GrpoConfig,
+    /// Evaluation.
+    #[serde(default)]
+    pub eval: EvalSection,
+}
+
+fn default_rollout() -> SamplerConfig {
+    // spec §2: DMPO's training rollout — prefix cache, 256 tokens, block 32, 128 steps, T 0.2.
+    SamplerConfig {
+        gen_length: 256,
+        block_length: 32,
+        steps: 128,
+        temperature: 0.2,
+        cache: dllm_sample::CacheKind::Prefix,
+        ..SamplerConfig::default()
+    }
+}
+
+/// `[run]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RunSection {
+    /// Run name; outputs go to `{output_dir}/{name}`.
+    pub name: String,
+    /// Parent directory of runs.
+    pub output_dir: PathBuf,
+    /// Seed of everything random in the run.
+    pub seed: u64,
+    /// Backend (`device` in the words): flex, ndarray, wgpu or cuda.
+    pub device: BackendKind,
+}
+
+impl Default for RunSection {
+    fn default() -> Self {
+        Self {
+            name: "run".into(),
+            output_dir: "runs".into(),
+            seed: 0,
+            device: BackendKind::Flex,
+        }
+    }
+}
+
+/// How the model is fine-tuned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Finetune {
+    /// LoRA adapters; the reference policy is the model with adapters disabled.
+    Lora,
+    /// Every weight; the reference policy is a frozen copy of the initial model.
+    Full,
+}
+
+/// `[model]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSection {
+    /// Model directory (config.json, model.safetensors, tokenizer.json).
+    pub path: PathBuf,
+    /// Weight dtype in memory.
+    #[serde(default = "default_dtype", with = "dtype_serde")]
+    pub dtype: WeightDType,
+    /// LoRA or full fine-tuning.
+    #[serde(default = "default_finetune")]
+    pub finetune: Finetune,
+    /// An adapter to start from.
+    #[serde(default)]
+    pub adapter: Option<PathBuf>,
+}
+
+fn default_dtype() -> WeightDType {
+    WeightDType::F32
+}
+fn default_finetune() -> Finetune {
+    Finetune::Lora
+}
+
+mod dtype_serde {
+    use dllm_model::WeightDType;
+    use serde::{Deserialize, Deserializer, Serializer};
+    pub fn serialize<S: Serializer>(d: &WeightDType, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(match d {
+            WeightDType::F32 => "f32",
+            WeightDType::BF16 => "bf16",
+            WeightDType::F16 => "f16",
+        })
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<WeightDType, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// `[lora]` (spec §5: r 128, alpha 64, dropout 0.05, all seven linears).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LoraSection {
+    /// Rank.
+    pub r: usize,
+    /// Alpha.
+    pub alpha: f64,
+    /// Dropout.
+    pub dropout: f64,
+    /// Target linear layers.
+    pub target_modules: Vec<String>,
+}
+
+impl Default for LoraSection {
+    fn default() -> Self {
+        let d = LoraConfig::default();
+        Self {
+            r: d.r,
+            alpha: d.lora_alpha,
+            dropout: d.lora_dropout,
+            target_modules: d.target_modules,
+        }
+    }
+}
+
+impl LoraSection {
+    /// As the model crate's config.
+    pub fn config(&self) -> LoraConfig {
+        LoraConfig {
+            r: self.r,
+            lora_alpha: self.alpha,
+            lora_dropout: self.dropout,
+            target_modules: self.target_modules.clone(),
+            use_rslora: false,
+        }
+    }
+}
+
+/// How prompts are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PromptStyle {
+    /// The reference system prompt and task template (spec §7), in the chat template.
+    Reference,
+    /// The bare puzzle/question in the chat template (for tiny models).
+    Compact,
+}
+
+/// `[task]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskSection {
+    /// gsm8k, math, countdown or sudoku.
+    pub name: String,
+    /// Training data: a file (JSONL/CSV/Parquet) or `generate` (Sudoku and Countdown only).
+    #[serde(default = "default_train_data")]
+    pub train: String,
+    /// Evaluation data: a file, or `builtin` for the shipped Countdown/Sudoku test sets.
+    #[serde(default = "default_eval_data")]
+    pub eval: String,
+    /// Prompt style.
+    #[serde(default = "default_style")]
+    pub prompt_style: PromptStyle,
+    /// Blank cells of generated Sudoku puzzles (range, inclusive).
+    #[serde(default = "default_blanks")]
+    pub sudoku_blanks: [usize; 2],
+    /// Longest prompt in tokens (left-truncated beyond), spec §5: 200.
+    #[serde(default = "default_max_prompt")]
+    pub max_prompt_tokens: usize,
+}
+
+fn default_train_data() -> String {
+    "generate".into()
+}
+fn default_eval_data() -> String {
+    "builtin".into()
+}
+fn default_style() -> PromptStyle {
+    PromptStyle::Reference
+}
+fn default_blanks() -> [usize; 2] {
+    [6, 10]
+}
+fn default_max_prompt() -> usize {
+    200
+}
+
+/// The RL algorithm.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Algorithm {
+    /// DMPO (loss chosen by `dmpo.loss`: wdce or ddo).
+    Dmpo,
+    /// diffu-GRPO (d1).
+    DiffuGrpo,
+    /// wd1.
+    Wd1,
+}
+
+/// Learning-rate schedule after warm-up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Schedule {
+    /// Constant.
+    Constant,
+    /// Cosine decay to zero at the last step.
+    Cosine,
+}
+
+/// `[train]` (spec §5 defaults).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainSection {
+    /// Algorithm.
+    pub algorithm: Algorithm,
+    /// Rollout steps (each followed by `num_iterations` optimiser steps).
+    pub steps: usize,
+    /// Prompts per rollout step.
+    pub prompts_per_step: usize,
+    /// Completions per prompt (`G`).
+    pub group_size: usize,
+    /// Optimiser steps per rollout batch.
+    pub num_iterations: usize,
+    /// Rows per forward/backward pass (gradient accumulation over the rollout batch).
+    pub micro_batch: usize,
+    /// Peak learning rate.
+    pub lr: f64,
+    /// Warm-up optimiser steps (linear from 0).
+    pub warmup_steps: usize,
+    /// Schedule after warm-up.
+    pub schedule: Schedule,
+    /// AdamW beta1.
+    pub beta1: f64,
+    /// AdamW beta2.
+    pub beta2: f64,
+    /// AdamW epsilon (PyTorch's 1e-8, not burn's 1e-5).
+    pub eps: f64,
+    /// AdamW decoupled weight decay.
+    pub weight_decay: f64,
+    /// Global gradient-norm clip (PyTorch `clip_grad_norm_` semantics).
+    pub max_grad_norm: f64,
+    /// Gradient checkpointing (recompute activations in backward).
+    pub gradient_checkpointing: bool,
+    /// Save a checkpoint every this many rollout steps.
+    pub checkpoint_every: usize,
+    /// Evaluate every this many rollout steps (0 = only before and after).
+    pub eval_every: usize,
+}
+
+impl Default for TrainSection {
+    fn default() -> Self {
+        Self {
+            algorithm: Algorithm::Dmpo,
+            steps: 100,
+            prompts_per_step: 4,
+            group_size: 16,
+            num_iterations: 8,
+            micro_batch: 4,
+            lr: 1e-6,
+            warmup_steps: 0,
+            schedule: Schedule::Constant,
+            beta1: 0.9,
+            beta2: 0.99,
+            eps: 1e-8,
+            weight_decay: 0.1,
+            max_grad_norm: 0.2,
+            gradient_checkpointing: false,
+            checkpoint_every: 10,
+            eval_every: 0,
+        }
+    }
+}
+
+/// `[eval]` (d1 protocol: greedy, low confidence, block 32, steps = gen_length / 2).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EvalSection {
+    /// Items evaluated (0 = all).
+    pub limit: usize,
+    /// Generation lengths to evaluate.
+    pub gen_lengths: Vec<usize>,
+    /// Block length.
+    pub block_length: usize,
+    /// Steps per token (`steps = gen_length * steps_per_token`; d1: 0.5, DMPO: 1.0).
+    pub steps_per_token: f64,
+    /// Rows per generation batch.
+    pub batch_size: usize,
+    /// Cache used at evaluation.
+    pub cache: dllm_sample::CacheKind,
+}
+
+impl Default for EvalSection {
+    fn default() -> Self {
+        Self {
+            limit: 0,
+            gen_lengths: vec![256],
+            block_length: 32,
+            steps_per_token: 0.5,
+            batch_size: 8,
+            cache: dllm_sample::CacheKind::None,
+        }
+    }
+}
+
+impl Recipe {
+    /// Reads a recipe and applies `section.key=value` overrides (values parsed as TOML,
+    /// falling back to strings).
+    pub fn load(path: &Path, overrides: &[String]) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| TrainError::Io {
+            path: path.to_path_buf(),
+            source: e,
+        })?;
+        Self::parse(&text, path, overrides)
+    }
+
+    /// Parses recipe text; `path` names it in errors.
+    pub fn parse(text: &str, path: &Path, overrides: &[String]) -> Result<Self> {
+        let bad = |message: String| TrainError::Recipe {
+            path: path.to_path_buf(),
+            message,
+        };
+        let mut value: toml::Table = toml::from_str(text).map_err(|e| bad(e.to_string()))?;
+        for o in overrides {
+            let (key, raw) = o
+                .split_once('=')
+                .ok_or_else(|| bad(format!("override `{o}` is not section.key=value")))?;
+            let parts: Vec<&str> = key.trim().split('.').collect();
+            if parts.len() != 2 {
+                return Err(bad(format!("override key `{key}` must be section.key")));
+            }
+            let parsed: toml::Value = toml::from_str::<toml::Table>(&format!("v = {raw}"))
+                .ok()
+                .and_then(|mut t| t.remove("v"))
+                .unwrap_or_else(|| toml::Value::String(raw.to_string()));
+            let section = value
+                .entry(parts[0].to_string())
+                .or_insert_with(|| toml::Value::Table(Default::default()));
+            match section {
+                toml::Value::Table(t) => {
+                    t.insert(parts[1].to_string(), parsed);
+                }
+                _ => return Err(bad(format!("`{}` is not a section", parts[0]))),
+            }
+        }
+        let recipe: Recipe = toml::Value::Table(value)
+            .try_into()
+            .map_err(|e: toml::de::Error| bad(e.to_string()))?;
+        recipe.validate(path)?;
+        Ok(recipe)
+    }
+
+    /// Checks values that serde cannot.
+    pub fn validate(&self, path: &Path) -> Result<()> {
+        let bad = |field: &str, message: &str| {
+            Err(TrainError::Recipe {
+                path: path.to_path_buf(),
+                message: format!("`{field}`: {message}"),
+            })
+        };
+        let t = &self.train;
+        if t.steps == 0 {
+            return bad("train.steps", "must be positive");
+        }
+        if t.prompts_per_step == 0 || t.group_size < 2 {
+            return bad("train.group_size", "needs prompts_per_step >= 1 and group_size >= 2");
+        }
+        if t.num_iterations == 0 || t.micro_batch == 0 {
+            return bad("train.num_iterations", "num_iterations and micro_batch must be positive");
+        }
+        if !(t.lr > 0.0 && t.lr.is_finite()) {
+            return bad("train.lr", "must be positive");
+        }
+        if !(t.max_grad_norm > 0.0) {
+            return bad("train.max_grad_norm", "must be positive");
+        }
+        if self.task.name.parse::<rewards::Task>().is_err() {
+            return bad("task.name", "must be gsm8k, math, countdown or sudoku");
+        }
+        let [lo, hi] = self.task.sudoku_blanks;
+        if lo == 0 || lo > hi || hi > 12 {
+            return bad("task.sudoku_blanks", "must be [lo, hi] with 1 <= lo <= hi <= 12");
+        }
+        if self.eval.gen_lengths.is_empty() {
+            return bad("eval.gen_lengths", "must list at least one length");
+        }
+        self.rollout.validate().map_err(|e| TrainError::Recipe {
+            path: path.to_path_buf(),
+            message: format!("`rollout`: {e}"),
+        })?;
+        self.dmpo.validate().map_err(|e| TrainError::Recipe {
+            path: path.to_path_buf(),
+            message: format!("`dmpo`: {e}"),
+        })?;
+        self.grpo.validate().map_err(|e| TrainError::Recipe {
+            path: path.to_path_buf(),
+            message: format!("`grpo`: {e}"),
+        })?;
+        if self.model.finetune == Finetune::Lora {
+            self.lora.config().validate(path).map_err(|e| TrainError::Recipe {
+                path: path.to_path_buf(),
+                message: format!("`lora`: {e}"),
+            })?;
+        }
+        Ok(())
+    }
+
+    /// The run's output directory.
+    pub fn run_dir(&self) -> PathBuf {
+        self.run.output_dir.join(&self.run.name)
+    }
+}
