@@ -9,3 +9,8 @@ pub mod tasks;
 
 pub use error::{Result, TrainError};
 pub use recipe::Recipe;
+pub mod checkpoint;
+pub mod eval;
+pub mod optim;
+pub mod plot;
+pub mod trainer;

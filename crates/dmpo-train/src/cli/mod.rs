@@ -4,7 +4,7 @@ mod generate;
 mod inspect;
 mod logits;
 mod score;
-mod train;
+pub mod train;
 
 use std::path::PathBuf;
 

@@ -1,13 +1,101 @@
 //! `dmpo train`.
 
+use std::path::PathBuf;
+
+use burn::backend::autodiff::checkpoint::strategy::BalancedCheckpointing;
+use burn::backend::Autodiff;
+use burn::tensor::backend::Backend;
+use dllm_model::backend::{dispatch, BackendKind, BackendTask};
+
+use crate::recipe::Recipe;
+use crate::trainer::{train, RunOptions, Summary};
+
 /// Arguments of `dmpo train`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Recipe TOML file.
-    pub recipe: std::path::PathBuf,
+    pub recipe: PathBuf,
+    /// Override a recipe value, e.g. `--set train.steps=10` (repeatable).
+    #[arg(long = "set", value_name = "SECTION.KEY=VALUE")]
+    pub overrides: Vec<String>,
+    /// Continue from the run's latest checkpoint.
+    #[arg(long)]
+    pub resume: bool,
+    /// Backend (overrides the recipe's `run.device`).
+    #[arg(long)]
+    pub backend: Option<BackendKind>,
+    /// Skip the evaluations before and after training.
+    #[arg(long)]
+    pub skip_eval: bool,
+    /// No progress bar.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+/// Runs a recipe on its backend, with gradient checkpointing when the recipe asks for it.
+pub struct TrainTask {
+    /// The recipe.
+    pub recipe: Recipe,
+    /// Run options.
+    pub options: RunOptions,
+}
+
+impl BackendTask for TrainTask {
+    type Output = crate::Result<Summary>;
+    fn run<B: Backend>(self, device: B::Device) -> crate::Result<Summary> {
+        if self.recipe.train.gradient_checkpointing {
+            train::<Autodiff<B, BalancedCheckpointing>>(&self.recipe, device, &self.options)
+        } else {
+            train::<Autodiff<B>>(&self.recipe, device, &self.options)
+        }
+    }
+}
+
+/// Loads the recipe (with overrides) and trains; prints the before/after table.
+pub fn run_recipe(recipe: Recipe, options: RunOptions) -> anyhow::Result<Summary> {
+    let kind = recipe.run.device;
+    let summary = dispatch(kind, TrainTask { recipe, options })??;
+    print_summary(&summary);
+    Ok(summary)
+}
+
+/// Prints the before/after accuracy table.
+pub fn print_summary(s: &Summary) {
+    println!("run: {}", s.run_dir.display());
+    println!("| gen length | before (%) | after (%) | change |");
+    println!("|---|---|---|---|");
+    for a in &s.after {
+        let b = s.before.iter().find(|b| b.gen_length == a.gen_length);
+        match b {
+            Some(b) => println!(
+                "| {} | {:.2} | {:.2} | {:+.2} |",
+                a.gen_length,
+                b.accuracy_pct,
+                a.accuracy_pct,
+                a.accuracy_pct - b.accuracy_pct
+            ),
+            None => println!("| {} | - | {:.2} | - |", a.gen_length, a.accuracy_pct),
+        }
+    }
+    println!(
+        "steps {}, updates {} (skipped {}), final reward {:.4}, {:.1} s",
+        s.steps, s.updates, s.skipped, s.final_reward, s.seconds
+    );
 }
 
 /// Runs `dmpo train`.
 pub fn run(a: Args) -> anyhow::Result<()> {
-    anyhow::bail!("{}: training is not wired yet", a.recipe.display())
+    let mut recipe = Recipe::load(&a.recipe, &a.overrides)?;
+    if let Some(b) = a.backend {
+        recipe.run.device = b;
+    }
+    run_recipe(
+        recipe,
+        RunOptions {
+            resume: a.resume,
+            quiet: a.quiet,
+            skip_eval: a.skip_eval,
+        },
+    )?;
+    Ok(())
 }

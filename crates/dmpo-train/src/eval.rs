@@ -1,0 +1,116 @@
+//! Evaluation with the d1 protocol: greedy LLaDA sampling, task scoring, and output files in
+//! the d1 JSON layout (readable by `dmpo score`).
+
+use std::path::Path;
+
+use burn::tensor::backend::Backend;
+use dllm_model::{Llada, LladaTokenizer};
+use dllm_sample::{generate, SamplerConfig};
+use rewards::{Task, TaskItem};
+use serde::Serialize;
+
+use crate::error::Result;
+use crate::recipe::{EvalSection, PromptStyle};
+use crate::tasks::{completion_text, prompt_ids, prompt_text};
+
+/// Accuracy of one evaluation.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct EvalResult {
+    /// Generation length evaluated.
+    pub gen_length: usize,
+    /// Correct units (items, or Sudoku cells).
+    pub correct: u64,
+    /// Scored units.
+    pub total: u64,
+    /// `100 * correct / total`.
+    pub accuracy_pct: f64,
+    /// Items evaluated.
+    pub items: usize,
+}
+
+/// The sampler settings of an evaluation at `gen_length`.
+pub fn eval_sampler(section: &EvalSection, gen_length: usize) -> SamplerConfig {
+    let block = section.block_length.min(gen_length);
+    let blocks = gen_length / block;
+    let steps = ((gen_length as f64 * section.steps_per_token).round() as usize).max(blocks);
+    SamplerConfig {
+        gen_length,
+        block_length: block,
+        steps: steps / blocks * blocks,
+        temperature: 0.0,
+        cache: section.cache,
+        ..SamplerConfig::default()
+    }
+}
+
+/// Generates for every item, scores, and (if `out` is given) writes the d1-layout JSON.
+#[allow(clippy::too_many_arguments)]
+pub fn evaluate<B: Backend>(
+    model: &Llada<B>,
+    tokenizer: &LladaTokenizer,
+    task: Task,
+    items: &[TaskItem],
+    style: PromptStyle,
+    max_prompt_tokens: usize,
+    section: &EvalSection,
+    gen_length: usize,
+    out: Option<&Path>,
+) -> Result<EvalResult> {
+    let sampler = eval_sampler(section, gen_length);
+    let eos = model.config.eos_token_id;
+    let (mut correct, mut total) = (0u64, 0u64);
+    let mut records = Vec::with_capacity(items.len());
+    for chunk in items.chunks(section.batch_size.max(1)) {
+        let prompts = chunk
+            .iter()
+            .map(|it| prompt_ids(tokenizer, it, style, true, max_prompt_tokens))
+            .collect::<Result<Vec<_>>>()?;
+        let out = generate(model, &prompts, &sampler)?;
+        for (item, ids) in chunk.iter().zip(&out.completions) {
+            let text = completion_text(tokenizer, ids, eos)?;
+            let score = rewards::eval_correct(task, &text, item)?;
+            correct += score.correct as u64;
+            total += score.total as u64;
+            records.push(d1_record(item, style, &text));
+        }
+    }
+    let result = EvalResult {
+        gen_length,
+        correct,
+        total,
+        accuracy_pct: if total == 0 { 0.0 } else { 100.0 * correct as f64 / total as f64 },
+        items: items.len(),
+    };
+    if let Some(path) = out {
+        let doc = serde_json::json!({
+            "generations": records,
+            "metrics": {
+                "correct": correct, "total": total, "accuracy": result.accuracy_pct,
+                "gen_length": gen_length, "steps": sampler.steps, "block_length": sampler.block_length,
+            },
+        });
+        let text = serde_json::to_string_pretty(&doc).expect("serialisable");
+        dllm_model::load::write_atomic(path, text.as_bytes())?;
+    }
+    Ok(result)
+}
+
+/// One generation record in the d1 layout: the question (which carries the Sudoku puzzle or
+/// Countdown numbers), the generation, and the task's ground truth.
+fn d1_record(item: &TaskItem, style: PromptStyle, text: &str) -> serde_json::Value {
+    use rewards::GroundTruth as G;
+    let truth = match &item.truth {
+        G::Gsm8k { answer } => answer
+            .parse::<f64>()
+            .map(serde_json::Value::from)
+            .unwrap_or_else(|_| answer.clone().into()),
+        G::Math { answer } => answer.clone().into(),
+        G::Countdown { numbers, target } => serde_json::json!([numbers, target]),
+        G::Sudoku { solution, .. } => solution.clone().into(),
+    };
+    let question = match &item.truth {
+        G::Sudoku { puzzle, .. } if style == PromptStyle::Compact => puzzle.clone(),
+        _ => prompt_text(item, PromptStyle::Reference, true),
+    };
+    serde_json::json!({"question": question, "generations": text, "ground_truth": truth})
+}

@@ -1,0 +1,109 @@
+//! `cargo xtask eval`: evaluate a model (and adapter) on a task at chosen generation lengths.
+
+use std::path::PathBuf;
+
+use burn::tensor::backend::Backend;
+use dllm_model::backend::{dispatch, BackendKind, BackendTask};
+use dllm_model::{load_model, LladaTokenizer, LoadOptions};
+use dmpo_train::eval::evaluate;
+use dmpo_train::recipe::{EvalSection, PromptStyle, TaskSection};
+use dmpo_train::tasks::eval_items;
+
+/// Arguments of `cargo xtask eval`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Model directory.
+    #[arg(long, default_value = "models/tiny-sudoku")]
+    pub model: PathBuf,
+    /// PEFT adapter directory.
+    #[arg(long)]
+    pub adapter: Option<PathBuf>,
+    /// Task.
+    #[arg(long, default_value = "sudoku")]
+    pub task: String,
+    /// Evaluation data (`builtin` for Countdown/Sudoku).
+    #[arg(long, default_value = "builtin")]
+    pub data: String,
+    /// Prompt style: compact (tiny models) or reference.
+    #[arg(long, default_value = "compact")]
+    pub prompt_style: String,
+    /// Generation lengths, comma separated.
+    #[arg(long, value_delimiter = ',', default_value = "24")]
+    pub gen_lengths: Vec<usize>,
+    /// Block length.
+    #[arg(long, default_value_t = 8)]
+    pub block_length: usize,
+    /// Steps per generated token.
+    #[arg(long, default_value_t = 0.5)]
+    pub steps_per_token: f64,
+    /// Items (0 = all).
+    #[arg(long, default_value_t = 256)]
+    pub limit: usize,
+    /// Backend.
+    #[arg(long, default_value = "flex")]
+    pub backend: BackendKind,
+    /// Directory for the d1-layout generation files.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+struct Eval(Args);
+
+impl BackendTask for Eval {
+    type Output = anyhow::Result<()>;
+    fn run<B: Backend>(self, device: B::Device) -> anyhow::Result<()> {
+        let a = self.0;
+        let task: rewards::Task = a.task.parse()?;
+        let style = match a.prompt_style.as_str() {
+            "compact" => PromptStyle::Compact,
+            "reference" => PromptStyle::Reference,
+            o => anyhow::bail!("unknown prompt style `{o}` (compact or reference)"),
+        };
+        let section = TaskSection {
+            name: a.task.clone(),
+            train: "generate".into(),
+            eval: a.data.clone(),
+            prompt_style: style,
+            sudoku_blanks: [6, 10],
+            max_prompt_tokens: 200,
+        };
+        let items = eval_items(&section, task, a.limit)?;
+        let tokenizer = LladaTokenizer::from_file(a.model.join("tokenizer.json"))?;
+        let mut model = load_model::<B>(&a.model, LoadOptions::default(), &device)?;
+        if let Some(ad) = &a.adapter {
+            model = model.load_adapter(ad, &device)?;
+        }
+        let eval = EvalSection {
+            limit: a.limit,
+            gen_lengths: a.gen_lengths.clone(),
+            block_length: a.block_length,
+            steps_per_token: a.steps_per_token,
+            batch_size: 64,
+            cache: dllm_sample::CacheKind::None,
+        };
+        if let Some(d) = &a.out {
+            std::fs::create_dir_all(d)?;
+        }
+        println!("| model | task | gen length | accuracy (%) | correct/total |");
+        println!("|---|---|---|---|---|");
+        for &len in &a.gen_lengths {
+            let out = a.out.as_ref().map(|d| d.join(format!("{}_len{len}.json", a.task)));
+            let r = evaluate(&model, &tokenizer, task, &items, style, 200, &eval, len, out.as_deref())?;
+            println!(
+                "| {} | {} | {} | {:.2} | {}/{} |",
+                a.model.display(),
+                a.task,
+                len,
+                r.accuracy_pct,
+                r.correct,
+                r.total
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Runs the evaluation.
+pub fn run(a: Args) -> anyhow::Result<()> {
+    dispatch(a.backend, Eval(a))?
+}
