@@ -69,12 +69,21 @@ impl BackendTask for Bench<'_> {
     type Output = anyhow::Result<Vec<Row>>;
     fn run<B: Backend>(self, device: B::Device) -> anyhow::Result<Vec<Row>> {
         let a = self.args;
-        let backend = std::any::type_name::<B>().rsplit("::").next().unwrap_or("?").to_string();
+        let backend = std::any::type_name::<B>()
+            .rsplit("::")
+            .next()
+            .unwrap_or("?")
+            .to_string();
         let model = load_model::<B>(&a.dir, LoadOptions::default(), &device)?;
         let golden = a.dir.join("golden_bench.safetensors");
         let reff = |k: &str| self.reference.get(k).and_then(|v| v.as_f64());
         let mut rows = Vec::new();
-        let mut row = |op: &str, seconds: f64, unit: &str, ours: f64, reference: Option<f64>, note: String| {
+        let mut row = |op: &str,
+                       seconds: f64,
+                       unit: &str,
+                       ours: f64,
+                       reference: Option<f64>,
+                       note: String| {
             let r = Row {
                 backend: backend.clone(),
                 operation: op.into(),
@@ -102,36 +111,94 @@ impl BackendTask for Bench<'_> {
         };
         if a.what == "all" || a.what == "forward" {
             let ids = read_ints(&golden, "bench_noisy_ids")?;
-            let input = Tensor::<B, 2, Int>::from_data(TensorData::new(ids.values, [4, 256]), &device);
+            let input =
+                Tensor::<B, 2, Int>::from_data(TensorData::new(ids.values, [4, 256]), &device);
             let (s, logits) = time(a.reps, || {
                 let l = model.forward(input.clone());
                 let _ = l.clone().slice([0..1, 0..1, 0..1]).into_data();
                 l
             });
-            let argmax = logits.argmax(2).into_data().convert::<i64>().to_vec::<i64>().unwrap_or_default();
+            let argmax = logits
+                .argmax(2)
+                .into_data()
+                .convert::<i64>()
+                .to_vec::<i64>()
+                .unwrap_or_default();
             let want = read_ints(&golden, "argmax_all")?.values;
             let agree = argmax.iter().zip(&want).filter(|(x, y)| x == y).count();
             let tps = 1024.0 / s;
-            row("forward b4 x 256", s, "tokens/s", tps, reff("a_forward_tokens_per_s"), format!("argmax agrees {agree}/1024"));
+            row(
+                "forward b4 x 256",
+                s,
+                "tokens/s",
+                tps,
+                reff("a_forward_tokens_per_s"),
+                format!("argmax agrees {agree}/1024"),
+            );
         }
         if a.what == "all" || a.what == "sampler" {
             let p = read_ints(&golden, "gen_prompts")?;
-            let prompts: Vec<Vec<u32>> = p.values.chunks(64).map(|r| r.iter().map(|&t| t as u32).collect()).collect();
-            let base = SamplerConfig { gen_length: 192, block_length: 32, steps: 192, ..Default::default() };
+            let prompts: Vec<Vec<u32>> = p
+                .values
+                .chunks(64)
+                .map(|r| r.iter().map(|&t| t as u32).collect())
+                .collect();
+            let base = SamplerConfig {
+                gen_length: 192,
+                block_length: 32,
+                steps: 192,
+                ..Default::default()
+            };
             let want192 = read_ints(&golden, "gen_steps192_out")?.values;
             let variants: Vec<(&str, SamplerConfig, Option<f64>)> = vec![
-                ("generate exact steps 192", base.clone(), reff("c_generate_steps192_tokens_per_s")),
-                ("generate exact steps 96", SamplerConfig { steps: 96, ..base.clone() }, reff("d_generate_steps96_tokens_per_s")),
-                ("generate prefix cache steps 192", SamplerConfig { cache: CacheKind::Prefix, ..base.clone() }, reff("c_generate_steps192_tokens_per_s")),
-                ("generate dual cache steps 192", SamplerConfig { cache: CacheKind::Dual, ..base.clone() }, reff("c_generate_steps192_tokens_per_s")),
-                ("generate threshold 0.9 + prefix", SamplerConfig { cache: CacheKind::Prefix, threshold: Some(0.9), ..base.clone() }, reff("c_generate_steps192_tokens_per_s")),
+                (
+                    "generate exact steps 192",
+                    base.clone(),
+                    reff("c_generate_steps192_tokens_per_s"),
+                ),
+                (
+                    "generate exact steps 96",
+                    SamplerConfig {
+                        steps: 96,
+                        ..base.clone()
+                    },
+                    reff("d_generate_steps96_tokens_per_s"),
+                ),
+                (
+                    "generate prefix cache steps 192",
+                    SamplerConfig {
+                        cache: CacheKind::Prefix,
+                        ..base.clone()
+                    },
+                    reff("c_generate_steps192_tokens_per_s"),
+                ),
+                (
+                    "generate dual cache steps 192",
+                    SamplerConfig {
+                        cache: CacheKind::Dual,
+                        ..base.clone()
+                    },
+                    reff("c_generate_steps192_tokens_per_s"),
+                ),
+                (
+                    "generate threshold 0.9 + prefix",
+                    SamplerConfig {
+                        cache: CacheKind::Prefix,
+                        threshold: Some(0.9),
+                        ..base.clone()
+                    },
+                    reff("c_generate_steps192_tokens_per_s"),
+                ),
             ];
-            let reps = a.reps.min(2).max(1);
+            let reps = a.reps.clamp(1, 2);
             for (name, cfg, reference) in variants {
                 let (s, out) = time(reps, || generate(&model, &prompts, &cfg).expect("generate"));
                 let seqs: Vec<i64> = out.sequences().concat().iter().map(|&t| t as i64).collect();
                 let same = seqs.iter().zip(&want192).filter(|(x, y)| x == y).count();
-                let note = format!("nfe {}, tokens equal to reference steps-192 output: {same}/1024", out.nfe);
+                let note = format!(
+                    "nfe {}, tokens equal to reference steps-192 output: {same}/1024",
+                    out.nfe
+                );
                 row(name, s, "tokens/s", 4.0 * 192.0 / s, reference, note);
             }
         }
@@ -147,7 +214,13 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let backends = a.backend.clone().unwrap_or_else(BackendKind::compiled);
     let mut all = Vec::new();
     for b in backends {
-        all.extend(dispatch(b, Bench { args: &a, reference: reference.clone() })??);
+        all.extend(dispatch(
+            b,
+            Bench {
+                args: &a,
+                reference: reference.clone(),
+            },
+        )??);
     }
     if a.json {
         println!("{}", serde_json::to_string_pretty(&all)?);

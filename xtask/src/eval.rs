@@ -87,8 +87,21 @@ impl BackendTask for Eval {
         println!("| model | task | gen length | accuracy (%) | correct/total |");
         println!("|---|---|---|---|---|");
         for &len in &a.gen_lengths {
-            let out = a.out.as_ref().map(|d| d.join(format!("{}_len{len}.json", a.task)));
-            let r = evaluate(&model, &tokenizer, task, &items, style, 200, &eval, len, out.as_deref())?;
+            let out = a
+                .out
+                .as_ref()
+                .map(|d| d.join(format!("{}_len{len}.json", a.task)));
+            let r = evaluate(
+                &model,
+                &tokenizer,
+                task,
+                &items,
+                style,
+                200,
+                &eval,
+                len,
+                out.as_deref(),
+            )?;
             println!(
                 "| {} | {} | {} | {:.2} | {}/{} |",
                 a.model.display(),

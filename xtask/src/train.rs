@@ -40,6 +40,12 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     if let Some(b) = a.backend {
         recipe.run.device = b;
     }
-    run_recipe(recipe, RunOptions { resume: a.resume, ..Default::default() })?;
+    run_recipe(
+        recipe,
+        RunOptions {
+            resume: a.resume,
+            ..Default::default()
+        },
+    )?;
     Ok(())
 }

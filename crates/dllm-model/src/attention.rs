@@ -44,11 +44,13 @@ impl<B: Backend> Attention<B> {
         adapter: bool,
     ) -> Tensor<B, 3> {
         let [batch, len, _] = x.dims();
-        let heads = |t: Tensor<B, 3>, n: usize| {
-            t.reshape([batch, len, n, self.head_dim]).swap_dims(1, 2)
-        };
+        let heads =
+            |t: Tensor<B, 3>, n: usize| t.reshape([batch, len, n, self.head_dim]).swap_dims(1, 2);
         let q = rope.apply(heads(self.q_proj.forward(x.clone(), adapter), self.n_heads));
-        let k = rope.apply(heads(self.k_proj.forward(x.clone(), adapter), self.n_kv_heads));
+        let k = rope.apply(heads(
+            self.k_proj.forward(x.clone(), adapter),
+            self.n_kv_heads,
+        ));
         let v = heads(self.v_proj.forward(x, adapter), self.n_kv_heads);
 
         let (k, v) = match cache {
@@ -75,7 +77,9 @@ impl<B: Backend> Attention<B> {
                 .expand([batch, self.n_heads, len, total])
         });
         let out = attention(q, k, v, mask, None, AttentionModuleOptions::default());
-        let out = out.swap_dims(1, 2).reshape([batch, len, self.n_heads * self.head_dim]);
+        let out = out
+            .swap_dims(1, 2)
+            .reshape([batch, len, self.n_heads * self.head_dim]);
         self.attn_out.forward(out, adapter)
     }
 

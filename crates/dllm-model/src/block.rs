@@ -38,7 +38,9 @@ impl<B: Backend> Block<B> {
         adapter: bool,
     ) -> Tensor<B, 3> {
         let h = self.attn_norm.forward(x.clone());
-        let x = x + self.attn.forward(h, rope, key_padding, cache, layer, adapter);
+        let x = x + self
+            .attn
+            .forward(h, rope, key_padding, cache, layer, adapter);
         let m = self.ff_norm.forward(x.clone());
         let gate = silu(self.ff_proj.forward(m.clone(), adapter));
         let up = self.up_proj.forward(m, adapter);

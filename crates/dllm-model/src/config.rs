@@ -209,7 +209,10 @@ impl LladaConfig {
             }
         }
         if !self.rope {
-            return bad("rope", "models without rotary embeddings are not supported".into());
+            return bad(
+                "rope",
+                "models without rotary embeddings are not supported".into(),
+            );
         }
         for (field, v) in [
             ("d_model", self.d_model),
@@ -224,11 +227,17 @@ impl LladaConfig {
         if self.d_model % self.n_heads != 0 {
             return bad(
                 "n_heads",
-                format!("d_model {} is not divisible by n_heads {}", self.d_model, self.n_heads),
+                format!(
+                    "d_model {} is not divisible by n_heads {}",
+                    self.d_model, self.n_heads
+                ),
             );
         }
         if self.head_dim() % 2 != 0 {
-            return bad("n_heads", format!("head dim {} must be even for RoPE", self.head_dim()));
+            return bad(
+                "n_heads",
+                format!("head dim {} must be even for RoPE", self.head_dim()),
+            );
         }
         let kv = self.num_kv_heads();
         if kv == 0 || self.n_heads % kv != 0 {
@@ -243,7 +252,11 @@ impl LladaConfig {
         if self.embed_size() < self.vocab_size {
             return bad(
                 "embedding_size",
-                format!("{} is smaller than vocab_size {}", self.embed_size(), self.vocab_size),
+                format!(
+                    "{} is smaller than vocab_size {}",
+                    self.embed_size(),
+                    self.vocab_size
+                ),
             );
         }
         for (field, id) in [
@@ -254,14 +267,17 @@ impl LladaConfig {
             if id as usize >= self.embed_size() {
                 return bad(
                     field,
-                    format!("id {id} is outside the embedding table ({})", self.embed_size()),
+                    format!(
+                        "id {id} is outside the embedding table ({})",
+                        self.embed_size()
+                    ),
                 );
             }
         }
-        if !(self.rope_theta > 0.0) {
+        if self.rope_theta.is_nan() || self.rope_theta <= 0.0 {
             return bad("rope_theta", "must be positive".into());
         }
-        if !(self.rms_norm_eps > 0.0) {
+        if self.rms_norm_eps.is_nan() || self.rms_norm_eps <= 0.0 {
             return bad("rms_norm_eps", "must be positive".into());
         }
         Ok(())
@@ -283,7 +299,8 @@ impl LladaConfig {
 
     /// Inner MLP size actually used.
     pub fn mlp_hidden(&self) -> usize {
-        self.mlp_hidden_size.unwrap_or(self.mlp_ratio * self.d_model)
+        self.mlp_hidden_size
+            .unwrap_or(self.mlp_ratio * self.d_model)
     }
 
     /// Rows of the embedding table (and columns of the logits).
@@ -296,7 +313,11 @@ impl LladaConfig {
         let d = self.d_model;
         let kv = self.num_kv_heads() * self.head_dim();
         let per_block = 2 * d + d * d * 2 + 2 * d * kv + 3 * d * self.mlp_hidden();
-        let head = if self.weight_tying { 0 } else { self.embed_size() * d };
+        let head = if self.weight_tying {
+            0
+        } else {
+            self.embed_size() * d
+        };
         self.embed_size() * d + self.n_layers * per_block + d + head
     }
 

@@ -63,7 +63,14 @@ impl<B: Backend> Linear<B> {
 impl<B: Backend> Lora<B> {
     /// PEFT's default initialisation: `A ~ U(-1/sqrt(in), 1/sqrt(in))` (kaiming-uniform with
     /// `a = sqrt(5)`), `B = 0`, so a fresh adapter leaves the model unchanged.
-    pub fn init(d_in: usize, d_out: usize, rank: usize, alpha: f64, dropout: f64, device: &B::Device) -> Self {
+    pub fn init(
+        d_in: usize,
+        d_out: usize,
+        rank: usize,
+        alpha: f64,
+        dropout: f64,
+        device: &B::Device,
+    ) -> Self {
         let bound = 1.0 / (d_in as f64).sqrt();
         Self {
             a: Param::from_tensor(Tensor::random(

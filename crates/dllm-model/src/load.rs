@@ -62,7 +62,11 @@ pub fn from_weights<B: Backend>(
 
     let tensor = |host: HostTensor| Tensor::<B, 2>::from_data(host.into_data(), (device, dtype));
     let matrix = |name: String, shape: [usize; 2]| -> Result<Param<Tensor<B, 2>>> {
-        Ok(Param::from_tensor(tensor(weights.read(&name, &shape, options.dtype)?)))
+        Ok(Param::from_tensor(tensor(weights.read(
+            &name,
+            &shape,
+            options.dtype,
+        )?)))
     };
     // Hugging Face stores linear weights `[out, in]`; burn's linear wants `[in, out]`.
     let linear = |name: String, d_in: usize, d_out: usize| -> Result<Linear<B>> {
@@ -72,7 +76,10 @@ pub fn from_weights<B: Backend>(
     let norm = |name: String| -> Result<RmsNorm<B>> {
         let host = weights.read(&name, &[d], options.dtype)?;
         Ok(RmsNorm {
-            weight: Param::from_tensor(Tensor::<B, 1>::from_data(host.into_data(), (device, dtype))),
+            weight: Param::from_tensor(Tensor::<B, 1>::from_data(
+                host.into_data(),
+                (device, dtype),
+            )),
             eps: config.rms_norm_eps,
         })
     };
@@ -218,7 +225,11 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 pub fn save_model<B: Backend>(model: &Llada<B>, dir: impl AsRef<Path>) -> Result<()> {
     let dir = dir.as_ref();
     std::fs::create_dir_all(dir).map_err(|e| ModelError::io(dir, e))?;
-    let mut out = vec![to_named(format!("{PREFIX}.wte.weight"), model.wte.val(), false)];
+    let mut out = vec![to_named(
+        format!("{PREFIX}.wte.weight"),
+        model.wte.val(),
+        false,
+    )];
     for (i, block) in model.blocks.iter().enumerate() {
         let p = format!("{PREFIX}.blocks.{i}");
         out.push(to_named(
@@ -226,14 +237,30 @@ pub fn save_model<B: Backend>(model: &Llada<B>, dir: impl AsRef<Path>) -> Result
             block.attn_norm.weight.val(),
             false,
         ));
-        out.push(to_named(format!("{p}.ff_norm.weight"), block.ff_norm.weight.val(), false));
+        out.push(to_named(
+            format!("{p}.ff_norm.weight"),
+            block.ff_norm.weight.val(),
+            false,
+        ));
         for (name, lin) in block.linears() {
-            out.push(to_named(format!("{p}.{name}.weight"), lin.weight.val(), true));
+            out.push(to_named(
+                format!("{p}.{name}.weight"),
+                lin.weight.val(),
+                true,
+            ));
         }
     }
-    out.push(to_named(format!("{PREFIX}.ln_f.weight"), model.ln_f.weight.val(), false));
+    out.push(to_named(
+        format!("{PREFIX}.ln_f.weight"),
+        model.ln_f.weight.val(),
+        false,
+    ));
     if let Some(head) = &model.head {
-        out.push(to_named(format!("{PREFIX}.ff_out.weight"), head.weight.val(), true));
+        out.push(to_named(
+            format!("{PREFIX}.ff_out.weight"),
+            head.weight.val(),
+            true,
+        ));
     }
     let mut meta = std::collections::HashMap::new();
     meta.insert("format".to_string(), "pt".to_string());

@@ -62,7 +62,11 @@ impl LoraConfig {
             return Err(ModelError::config(path, "r", "rank must be positive"));
         }
         if !(0.0..1.0).contains(&self.lora_dropout) {
-            return Err(ModelError::config(path, "lora_dropout", "must be in [0, 1)"));
+            return Err(ModelError::config(
+                path,
+                "lora_dropout",
+                "must be in [0, 1)",
+            ));
         }
         if self.target_modules.is_empty() {
             return Err(ModelError::config(path, "target_modules", "is empty"));
@@ -108,8 +112,14 @@ impl<B: Backend> Llada<B> {
             for (name, lin) in block.linears_mut() {
                 if config.targets(name) {
                     let [d_in, d_out] = lin.dims();
-                    let mut lora =
-                        Lora::init(d_in, d_out, config.r, config.lora_alpha, config.lora_dropout, device);
+                    let mut lora = Lora::init(
+                        d_in,
+                        d_out,
+                        config.r,
+                        config.lora_alpha,
+                        config.lora_dropout,
+                        device,
+                    );
                     lora.scale = config.scale();
                     lin.lora = Some(lora);
                 }
@@ -246,10 +256,11 @@ impl<B: Backend> Llada<B> {
 pub fn read_adapter_config(dir: &Path) -> Result<LoraConfig> {
     let path = dir.join("adapter_config.json");
     let text = std::fs::read_to_string(&path).map_err(|e| ModelError::io(&path, e))?;
-    let json: serde_json::Value = serde_json::from_str(&text).map_err(|source| ModelError::Json {
-        path: path.clone(),
-        source,
-    })?;
+    let json: serde_json::Value =
+        serde_json::from_str(&text).map_err(|source| ModelError::Json {
+            path: path.clone(),
+            source,
+        })?;
     match json.get("peft_type").and_then(|v| v.as_str()) {
         Some("LORA") | None => {}
         Some(other) => {

@@ -25,14 +25,12 @@ impl<B: Backend> RmsNorm<B> {
     /// weight multiply, as `modeling_llada.py` does.
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         let dtype = x.dtype();
-        let x32 = if dtype == DType::F32 { x } else { x.cast(DType::F32) };
+        // Half-precision inputs are upcast; f32 and f64 are computed as they are.
+        let upcast = matches!(dtype, DType::BF16 | DType::F16);
+        let x32 = if upcast { x.cast(DType::F32) } else { x };
         let inv_rms = (x32.clone().square().mean_dim(2) + self.eps).sqrt().recip();
         let normed = x32 * inv_rms;
-        let normed = if dtype == DType::F32 {
-            normed
-        } else {
-            normed.cast(dtype)
-        };
+        let normed = if upcast { normed.cast(dtype) } else { normed };
         normed * self.weight.val().unsqueeze::<3>()
     }
 }

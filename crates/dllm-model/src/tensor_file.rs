@@ -22,7 +22,11 @@ fn open(path: &Path) -> Result<Vec<u8>> {
     std::fs::read(path).map_err(|e| ModelError::io(path, e))
 }
 
-fn view<'a>(st: &'a SafeTensors<'a>, path: &Path, name: &str) -> Result<safetensors::tensor::TensorView<'a>> {
+fn view<'a>(
+    st: &'a SafeTensors<'a>,
+    path: &Path,
+    name: &str,
+) -> Result<safetensors::tensor::TensorView<'a>> {
     st.tensor(name).map_err(|_| ModelError::MissingTensor {
         path: path.to_path_buf(),
         tensor: name.to_string(),
@@ -44,9 +48,18 @@ pub fn read_ints(path: impl AsRef<Path>, name: &str) -> Result<Array<i64>> {
     let v = view(&st, path, name)?;
     let d = v.data();
     let values: Vec<i64> = match v.dtype() {
-        Dtype::I64 => d.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().expect("8"))).collect(),
-        Dtype::I32 => d.chunks_exact(4).map(|c| i32::from_le_bytes(c.try_into().expect("4")) as i64).collect(),
-        Dtype::U32 => d.chunks_exact(4).map(|c| u32::from_le_bytes(c.try_into().expect("4")) as i64).collect(),
+        Dtype::I64 => d
+            .chunks_exact(8)
+            .map(|c| i64::from_le_bytes(c.try_into().expect("8")))
+            .collect(),
+        Dtype::I32 => d
+            .chunks_exact(4)
+            .map(|c| i32::from_le_bytes(c.try_into().expect("4")) as i64)
+            .collect(),
+        Dtype::U32 => d
+            .chunks_exact(4)
+            .map(|c| u32::from_le_bytes(c.try_into().expect("4")) as i64)
+            .collect(),
         Dtype::U8 => d.iter().map(|&b| b as i64).collect(),
         Dtype::BOOL => d.iter().map(|&b| (b != 0) as i64).collect(),
         other => {
@@ -71,8 +84,14 @@ pub fn read_floats(path: impl AsRef<Path>, name: &str) -> Result<Array<f64>> {
     let v = view(&st, path, name)?;
     let d = v.data();
     let values: Vec<f64> = match v.dtype() {
-        Dtype::F32 => d.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().expect("4")) as f64).collect(),
-        Dtype::F64 => d.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().expect("8"))).collect(),
+        Dtype::F32 => d
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().expect("4")) as f64)
+            .collect(),
+        Dtype::F64 => d
+            .chunks_exact(8)
+            .map(|c| f64::from_le_bytes(c.try_into().expect("8")))
+            .collect(),
         Dtype::BF16 => d
             .chunks_exact(2)
             .map(|c| half::bf16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f64())

@@ -134,7 +134,10 @@ impl LladaTokenizer {
             ));
         }
         if add_generation_prompt {
-            s.push_str(&format!("{}assistant{}\n\n", self.start_header, self.end_header));
+            s.push_str(&format!(
+                "{}assistant{}\n\n",
+                self.start_header, self.end_header
+            ));
         }
         s
     }

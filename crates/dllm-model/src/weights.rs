@@ -108,7 +108,7 @@ impl WeightFiles {
         if index.is_file() {
             Self::open_index(&index)
         } else if single.is_file() {
-            Self::open_files(&[single.clone()], single)
+            Self::open_files(std::slice::from_ref(&single), single.clone())
         } else if !dir.is_dir() {
             Err(ModelError::io(
                 dir,
@@ -254,11 +254,12 @@ impl WeightFiles {
             });
         }
         self.used.borrow_mut().insert(name.to_string());
-        let values = convert(view.data(), view.dtype(), dtype).ok_or_else(|| ModelError::DType {
-            path: path.clone(),
-            tensor: name.to_string(),
-            dtype: format!("{:?}", view.dtype()),
-        })?;
+        let values =
+            convert(view.data(), view.dtype(), dtype).ok_or_else(|| ModelError::DType {
+                path: path.clone(),
+                tensor: name.to_string(),
+                dtype: format!("{:?}", view.dtype()),
+            })?;
         Ok(HostTensor {
             values,
             shape: expected.to_vec(),

@@ -76,9 +76,16 @@ fn malformed_config() {
 fn unsupported_block_type() {
     let d = tempfile::tempdir().unwrap();
     copy_tiny(d.path());
-    edit_config(d.path(), "\"block_type\": \"llama\"", "\"block_type\": \"sequential\"");
+    edit_config(
+        d.path(),
+        "\"block_type\": \"llama\"",
+        "\"block_type\": \"sequential\"",
+    );
     let e = load_err(d.path());
-    assert!(e.contains("field `block_type`") && e.contains("sequential"), "{e}");
+    assert!(
+        e.contains("field `block_type`") && e.contains("sequential"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -98,7 +105,10 @@ fn truncated_weights() {
     let bytes = std::fs::read(&p).unwrap();
     std::fs::write(&p, &bytes[..bytes.len() / 2]).unwrap();
     let e = load_err(d.path());
-    assert!(e.contains("model.safetensors: invalid safetensors file"), "{e}");
+    assert!(
+        e.contains("model.safetensors: invalid safetensors file"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -109,7 +119,10 @@ fn missing_tensor() {
         all.retain(|(n, _, _)| n != "model.transformer.blocks.1.up_proj.weight")
     });
     let e = load_err(d.path());
-    assert!(e.contains("missing tensor `model.transformer.blocks.1.up_proj.weight`"), "{e}");
+    assert!(
+        e.contains("missing tensor `model.transformer.blocks.1.up_proj.weight`"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -139,14 +152,24 @@ fn config_weights_mismatch() {
     copy_tiny(d.path());
     edit_config(d.path(), "\"n_layers\": 2", "\"n_layers\": 1");
     let e = load_err(d.path());
-    assert!(e.contains("config/weights mismatch") && e.contains("blocks.1"), "{e}");
+    assert!(
+        e.contains("config/weights mismatch") && e.contains("blocks.1"),
+        "{e}"
+    );
     // More layers in the config than in the weights: the first absent tensor is named.
     edit_config(d.path(), "\"n_layers\": 1", "\"n_layers\": 3");
     let e = load_err(d.path());
-    assert!(e.contains("missing tensor `model.transformer.blocks.2."), "{e}");
+    assert!(
+        e.contains("missing tensor `model.transformer.blocks.2."),
+        "{e}"
+    );
     // A different width.
     edit_config(d.path(), "\"n_layers\": 3", "\"n_layers\": 2");
-    edit_config(d.path(), "\"mlp_hidden_size\": 192", "\"mlp_hidden_size\": 128");
+    edit_config(
+        d.path(),
+        "\"mlp_hidden_size\": 192",
+        "\"mlp_hidden_size\": 128",
+    );
     let e = load_err(d.path());
     assert!(e.contains("ff_proj.weight` has shape [192, 64]"), "{e}");
 }
@@ -155,7 +178,11 @@ fn config_weights_mismatch() {
 fn missing_shard() {
     let d = tempfile::tempdir().unwrap();
     let src = tiny_dir().join("sharded");
-    for f in ["config.json", "model.safetensors.index.json", "model-00001-of-00002.safetensors"] {
+    for f in [
+        "config.json",
+        "model.safetensors.index.json",
+        "model-00001-of-00002.safetensors",
+    ] {
         std::fs::copy(src.join(f), d.path().join(f)).unwrap();
     }
     let e = load_err(d.path());
@@ -166,9 +193,16 @@ fn missing_shard() {
 fn malformed_index() {
     let d = tempfile::tempdir().unwrap();
     copy_tiny(d.path());
-    std::fs::write(d.path().join("model.safetensors.index.json"), "{\"metadata\": {}}").unwrap();
+    std::fs::write(
+        d.path().join("model.safetensors.index.json"),
+        "{\"metadata\": {}}",
+    )
+    .unwrap();
     let e = load_err(d.path());
-    assert!(e.contains("model.safetensors.index.json: field `weight_map`"), "{e}");
+    assert!(
+        e.contains("model.safetensors.index.json: field `weight_map`"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -177,11 +211,18 @@ fn unsupported_dtype() {
     copy_tiny(d.path());
     dllm_model::tensor_file::write_i64(
         d.path().join("model.safetensors"),
-        &[("model.transformer.blocks.0.attn_norm.weight", &[0i64; 64], &[64])],
+        &[(
+            "model.transformer.blocks.0.attn_norm.weight",
+            &[0i64; 64],
+            &[64],
+        )],
     )
     .unwrap();
     let e = load_err(d.path());
-    assert!(e.contains("`model.transformer.blocks.0.attn_norm.weight` has unsupported dtype I64"), "{e}");
+    assert!(
+        e.contains("`model.transformer.blocks.0.attn_norm.weight` has unsupported dtype I64"),
+        "{e}"
+    );
 }
 
 #[test]

@@ -23,7 +23,11 @@ fn golden_logits<B: Backend>(dir: &std::path::Path) {
     assert!(diff <= 1e-4, "max abs diff {diff}");
 
     // Logits at a range of positions equal the same slice of the full logits.
-    let part = model.forward_with(input, &ForwardOptions::default(), &LogitPositions::Range(10..24));
+    let part = model.forward_with(
+        input,
+        &ForwardOptions::default(),
+        &LogitPositions::Range(10..24),
+    );
     let part = part.into_data().to_vec::<f32>().unwrap();
     let vocab = want.shape[2];
     for b in 0..2 {

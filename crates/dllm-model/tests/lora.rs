@@ -25,7 +25,10 @@ fn values(t: Tensor<B, 3>) -> Vec<f32> {
 }
 
 fn max_diff(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
 
 fn small_lora() -> LoraConfig {
@@ -57,7 +60,9 @@ fn randomize_b(mut model: Llada<B>) -> Llada<B> {
 #[test]
 fn zero_initialised_adapter_gives_base_logits() {
     let want = values(base().forward(input()));
-    let model = base().with_lora(&small_lora(), &Default::default()).unwrap();
+    let model = base()
+        .with_lora(&small_lora(), &Default::default())
+        .unwrap();
     assert!(model.has_adapter());
     assert_eq!(values(model.forward(input())), want);
 }
@@ -65,8 +70,13 @@ fn zero_initialised_adapter_gives_base_logits() {
 #[test]
 fn disabled_adapter_equals_base_and_enabled_differs() {
     let want = values(base().forward(input()));
-    let model = randomize_b(base().with_lora(&small_lora(), &Default::default()).unwrap());
-    let off = values(model.forward_with(input(), &ForwardOptions::reference(), &LogitPositions::All));
+    let model = randomize_b(
+        base()
+            .with_lora(&small_lora(), &Default::default())
+            .unwrap(),
+    );
+    let off =
+        values(model.forward_with(input(), &ForwardOptions::reference(), &LogitPositions::All));
     assert_eq!(off, want);
     let on = values(model.forward(input()));
     assert!(max_diff(&on, &want) > 1e-2, "adapter has no effect");
@@ -74,7 +84,11 @@ fn disabled_adapter_equals_base_and_enabled_differs() {
 
 #[test]
 fn merge_equals_adapter_forward() {
-    let model = randomize_b(base().with_lora(&small_lora(), &Default::default()).unwrap());
+    let model = randomize_b(
+        base()
+            .with_lora(&small_lora(), &Default::default())
+            .unwrap(),
+    );
     let with_adapter = values(model.forward(input()));
     let merged = model.merge_adapters();
     assert!(!merged.has_adapter());
@@ -91,20 +105,31 @@ fn targets_subset_only() {
     let model = base().with_lora(&cfg, &Default::default()).unwrap();
     for block in &model.blocks {
         for (name, lin) in block.linears() {
-            assert_eq!(lin.lora.is_some(), name == "q_proj" || name == "ff_out", "{name}");
+            assert_eq!(
+                lin.lora.is_some(),
+                name == "q_proj" || name == "ff_out",
+                "{name}"
+            );
         }
     }
     let bad = LoraConfig {
         target_modules: vec!["o_proj".into()],
         ..small_lora()
     };
-    let e = base().with_lora(&bad, &Default::default()).unwrap_err().to_string();
+    let e = base()
+        .with_lora(&bad, &Default::default())
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("`o_proj` is not a LLaDA linear layer"), "{e}");
 }
 
 #[test]
 fn peft_round_trip_is_bit_exact() {
-    let model = randomize_b(base().with_lora(&small_lora(), &Default::default()).unwrap());
+    let model = randomize_b(
+        base()
+            .with_lora(&small_lora(), &Default::default())
+            .unwrap(),
+    );
     let dir = tempfile::tempdir().unwrap();
     model.save_adapter(dir.path(), "llada-tiny").unwrap();
     // PEFT's key layout and matrix orientation.
@@ -121,14 +146,17 @@ fn peft_round_trip_is_bit_exact() {
     )
     .unwrap();
     assert_eq!(b.shape, vec![64, 4]);
-    let cfg: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.path().join("adapter_config.json")).unwrap())
-            .unwrap();
+    let cfg: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("adapter_config.json")).unwrap(),
+    )
+    .unwrap();
     assert_eq!(cfg["peft_type"], "LORA");
     assert_eq!(cfg["r"], 4);
     assert_eq!(cfg["lora_alpha"], 8.0);
 
-    let loaded = base().load_adapter(dir.path(), &Default::default()).unwrap();
+    let loaded = base()
+        .load_adapter(dir.path(), &Default::default())
+        .unwrap();
     for (x, y) in model.blocks.iter().zip(&loaded.blocks) {
         for ((_, lx), (_, ly)) in x.linears().iter().zip(y.linears().iter()) {
             let (la, lb) = (lx.lora.as_ref().unwrap(), ly.lora.as_ref().unwrap());
@@ -137,27 +165,47 @@ fn peft_round_trip_is_bit_exact() {
             assert_eq!(la.scale, lb.scale);
         }
     }
-    assert_eq!(values(model.forward(input())), values(loaded.forward(input())));
+    assert_eq!(
+        values(model.forward(input())),
+        values(loaded.forward(input()))
+    );
 }
 
 #[test]
 fn adapter_errors_name_the_file() {
     let dir = tempfile::tempdir().unwrap();
-    let e = base().load_adapter(dir.path(), &Default::default()).unwrap_err().to_string();
+    let e = base()
+        .load_adapter(dir.path(), &Default::default())
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("adapter_config.json"), "{e}");
     std::fs::write(
         dir.path().join("adapter_config.json"),
         r#"{"peft_type": "LORA", "r": 4, "lora_alpha": 8, "target_modules": ["q_proj"]}"#,
     )
     .unwrap();
-    let e = base().load_adapter(dir.path(), &Default::default()).unwrap_err().to_string();
+    let e = base()
+        .load_adapter(dir.path(), &Default::default())
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("adapter_model.safetensors"), "{e}");
     // Wrong rank in the config for the stored matrices.
-    let model = randomize_b(base().with_lora(&small_lora(), &Default::default()).unwrap());
+    let model = randomize_b(
+        base()
+            .with_lora(&small_lora(), &Default::default())
+            .unwrap(),
+    );
     model.save_adapter(dir.path(), "x").unwrap();
     let text = std::fs::read_to_string(dir.path().join("adapter_config.json")).unwrap();
-    std::fs::write(dir.path().join("adapter_config.json"), text.replace("\"r\": 4", "\"r\": 8")).unwrap();
-    let e = base().load_adapter(dir.path(), &Default::default()).unwrap_err().to_string();
+    std::fs::write(
+        dir.path().join("adapter_config.json"),
+        text.replace("\"r\": 4", "\"r\": 8"),
+    )
+    .unwrap();
+    let e = base()
+        .load_adapter(dir.path(), &Default::default())
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("lora_A.weight` has shape [4, 64]"), "{e}");
 }
 
@@ -169,11 +217,21 @@ fn base_weights_are_frozen() {
         .with_lora(&small_lora(), &Default::default())
         .unwrap();
     let ids = read_ints(golden(), "input_ids").unwrap();
-    let x = Tensor::<AB, 2, Int>::from_data(TensorData::new(ids.values, [2, 24]), &Default::default());
+    let x =
+        Tensor::<AB, 2, Int>::from_data(TensorData::new(ids.values, [2, 24]), &Default::default());
     let loss = model.forward(x).sum();
     let grads = loss.backward();
     let blk = &model.blocks[0];
     assert!(blk.attn.q_proj.weight.val().grad(&grads).is_none());
     assert!(model.wte.val().grad(&grads).is_none());
-    assert!(blk.attn.q_proj.lora.as_ref().unwrap().b.val().grad(&grads).is_some());
+    assert!(blk
+        .attn
+        .q_proj
+        .lora
+        .as_ref()
+        .unwrap()
+        .b
+        .val()
+        .grad(&grads)
+        .is_some());
 }

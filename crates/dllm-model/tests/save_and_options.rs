@@ -31,7 +31,10 @@ fn values(t: Tensor<B, 3>) -> Vec<f32> {
 
 fn max_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
 
 #[test]
@@ -41,13 +44,18 @@ fn save_round_trip_is_exact() {
     save_model(&model, dir.path()).unwrap();
     // Same tensor bytes as the original checkpoint.
     for name in dllm_model::tensor_file::names(tiny_dir().join("model.safetensors")).unwrap() {
-        let a = dllm_model::tensor_file::read_floats(tiny_dir().join("model.safetensors"), &name).unwrap();
-        let b = dllm_model::tensor_file::read_floats(dir.path().join("model.safetensors"), &name).unwrap();
+        let a = dllm_model::tensor_file::read_floats(tiny_dir().join("model.safetensors"), &name)
+            .unwrap();
+        let b = dllm_model::tensor_file::read_floats(dir.path().join("model.safetensors"), &name)
+            .unwrap();
         assert_eq!(a, b, "{name}");
     }
     let again = load_model::<B>(dir.path(), LoadOptions::default(), &Default::default()).unwrap();
     assert_eq!(again.config, model.config);
-    assert_eq!(values(again.forward(tensor(ids(), 2, 24))), values(model.forward(tensor(ids(), 2, 24))));
+    assert_eq!(
+        values(again.forward(tensor(ids(), 2, 24))),
+        values(model.forward(tensor(ids(), 2, 24)))
+    );
 }
 
 #[test]
@@ -68,10 +76,22 @@ fn key_padding_mask_makes_left_padding_invisible() {
     };
     // Positions shift by 4 under padding, so compare against the unpadded run shifted too:
     // RoPE is relative, so attention scores depend only on position differences.
-    let masked = values(model.forward_with(tensor(padded.clone(), 1, 24), &opts, &LogitPositions::Range(4..24)));
-    assert!(max_diff(&masked, &alone) < 1e-4, "{}", max_diff(&masked, &alone));
+    let masked = values(model.forward_with(
+        tensor(padded.clone(), 1, 24),
+        &opts,
+        &LogitPositions::Range(4..24),
+    ));
+    assert!(
+        max_diff(&masked, &alone) < 1e-4,
+        "{}",
+        max_diff(&masked, &alone)
+    );
     // Without the mask (the reference behaviour) the pads are attended and the logits move.
-    let unmasked = values(model.forward_with(tensor(padded, 1, 24), &ForwardOptions::default(), &LogitPositions::Range(4..24)));
+    let unmasked = values(model.forward_with(
+        tensor(padded, 1, 24),
+        &ForwardOptions::default(),
+        &LogitPositions::Range(4..24),
+    ));
     assert!(max_diff(&unmasked, &alone) > 1e-3);
 }
 
@@ -81,13 +101,24 @@ fn kv_cache_refreshed_equals_full_forward() {
     let x = tensor(ids(), 2, 24);
     let full = values(model.forward(x.clone()));
     let mut cache = KvCache::new();
-    let filled = values(model.forward_fill_cache(x.clone(), &ForwardOptions::default(), &LogitPositions::All, &mut cache));
+    let filled = values(model.forward_fill_cache(
+        x.clone(),
+        &ForwardOptions::default(),
+        &LogitPositions::All,
+        &mut cache,
+    ));
     assert_eq!(filled, full);
     assert_eq!(cache.len(), 24);
     // Re-running a span against a cache of the same sequence gives the same logits.
     for (start, len) in [(8usize, 16usize), (8, 8), (0, 24), (16, 8)] {
         let span = x.clone().narrow(1, start, len);
-        let got = values(model.forward_cached(span, start, &ForwardOptions::default(), &LogitPositions::All, &cache));
+        let got = values(model.forward_cached(
+            span,
+            start,
+            &ForwardOptions::default(),
+            &LogitPositions::All,
+            &cache,
+        ));
         let vocab = 300;
         let mut want = Vec::new();
         for b in 0..2 {
@@ -102,10 +133,20 @@ fn logits_at_gathered_positions() {
     let model = base();
     let x = tensor(ids(), 2, 24);
     let full = values(model.forward(x.clone()));
-    let pos = Tensor::<B, 2, Int>::from_data(TensorData::new(vec![3i64, 20, 0, 23], [2, 2]), &Default::default());
-    let got = values(model.forward_with(x, &ForwardOptions::default(), &LogitPositions::Gather(pos)));
-    for (k, (b, p)) in [(0usize, 3usize), (0, 20), (1, 0), (1, 23)].into_iter().enumerate() {
-        assert_eq!(&got[k * 300..(k + 1) * 300], &full[(b * 24 + p) * 300..(b * 24 + p + 1) * 300]);
+    let pos = Tensor::<B, 2, Int>::from_data(
+        TensorData::new(vec![3i64, 20, 0, 23], [2, 2]),
+        &Default::default(),
+    );
+    let got =
+        values(model.forward_with(x, &ForwardOptions::default(), &LogitPositions::Gather(pos)));
+    for (k, (b, p)) in [(0usize, 3usize), (0, 20), (1, 0), (1, 23)]
+        .into_iter()
+        .enumerate()
+    {
+        assert_eq!(
+            &got[k * 300..(k + 1) * 300],
+            &full[(b * 24 + p) * 300..(b * 24 + p + 1) * 300]
+        );
     }
 }
 
@@ -121,13 +162,17 @@ fn grouped_query_attention_equals_repeated_heads() {
     mha_cfg.n_kv_heads = Some(4);
     let mut mha = Llada::<B>::init(&mha_cfg, &device);
     mha.wte = gqa.wte.clone();
-    mha.head = Some(dllm_model::linear::Linear::from_weight(gqa.head.as_ref().unwrap().weight.val()));
+    mha.head = Some(dllm_model::linear::Linear::from_weight(
+        gqa.head.as_ref().unwrap().weight.val(),
+    ));
     let g = &gqa.blocks[0];
     let m = &mut mha.blocks[0];
     let repeat = |w: Tensor<B, 2>| {
         // [d, kv*hd] -> [d, kv, 1, hd] -> [d, kv, 2, hd] -> [d, 4*hd]
         let [d, _] = w.dims();
-        w.reshape([d, 2, 1, 8]).expand([d, 2, 2, 8]).reshape([d, 32])
+        w.reshape([d, 2, 1, 8])
+            .expand([d, 2, 2, 8])
+            .reshape([d, 32])
     };
     m.attn.q_proj = dllm_model::linear::Linear::from_weight(g.attn.q_proj.weight.val());
     m.attn.k_proj = dllm_model::linear::Linear::from_weight(repeat(g.attn.k_proj.weight.val()));
@@ -145,7 +190,9 @@ fn grouped_query_attention_equals_repeated_heads() {
 fn bf16_load_option_keeps_half_precision() {
     let model = load_model::<B>(
         tiny_dir(),
-        LoadOptions { dtype: WeightDType::BF16 },
+        LoadOptions {
+            dtype: WeightDType::BF16,
+        },
         &Default::default(),
     )
     .unwrap();

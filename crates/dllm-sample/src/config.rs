@@ -19,7 +19,9 @@ impl std::str::FromStr for Remasking {
         match s {
             "low_confidence" => Ok(Self::LowConfidence),
             "random" => Ok(Self::Random),
-            o => Err(format!("unknown remasking `{o}` (low_confidence or random)")),
+            o => Err(format!(
+                "unknown remasking `{o}` (low_confidence or random)"
+            )),
         }
     }
 }
@@ -121,10 +123,10 @@ impl SamplerConfig {
                 self.steps
             ));
         }
-        if !(self.temperature >= 0.0) || !self.temperature.is_finite() {
+        if !self.temperature.is_finite() || self.temperature < 0.0 {
             return bad(format!("temperature {} must be >= 0", self.temperature));
         }
-        if !(self.cfg_scale >= 0.0) {
+        if !self.cfg_scale.is_finite() || self.cfg_scale < 0.0 {
             return bad(format!("cfg_scale {} must be >= 0", self.cfg_scale));
         }
         if let Some(t) = self.threshold {

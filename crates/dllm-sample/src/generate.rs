@@ -102,7 +102,11 @@ struct Sampler<'m, B: Backend> {
 }
 
 impl<'m, B: Backend> Sampler<'m, B> {
-    fn new(model: &'m Llada<B>, prompts: &[Vec<u32>], config: &'m SamplerConfig) -> Result<Self, SampleError> {
+    fn new(
+        model: &'m Llada<B>,
+        prompts: &[Vec<u32>],
+        config: &'m SamplerConfig,
+    ) -> Result<Self, SampleError> {
         if prompts.is_empty() {
             return Err(SampleError::Input("no prompts".into()));
         }
@@ -156,7 +160,10 @@ impl<'m, B: Backend> Sampler<'m, B> {
             let end = start + c.block_length;
             let schedule: Vec<Vec<usize>> = (0..self.batch)
                 .map(|b| {
-                    let masked = self.row(b)[start..end].iter().filter(|&&t| t == self.mask_id).count();
+                    let masked = self.row(b)[start..end]
+                        .iter()
+                        .filter(|&&t| t == self.mask_id)
+                        .count();
                     num_transfer_tokens(masked, c.steps_per_block().max(1))
                 })
                 .collect();
@@ -170,7 +177,9 @@ impl<'m, B: Backend> Sampler<'m, B> {
                 }
                 let refresh = s == 0 || c.refresh_every.is_some_and(|r| s % r == 0);
                 let (lo, x0, conf) = self.step_predictions(start, end, refresh);
-                let ks: Vec<usize> = (0..self.batch).map(|b| schedule[b].get(s).copied().unwrap_or(0)).collect();
+                let ks: Vec<usize> = (0..self.batch)
+                    .map(|b| schedule[b].get(s).copied().unwrap_or(0))
+                    .collect();
                 self.commit(lo, end, &x0, &conf, &ks, step);
                 let completions = self.completions();
                 observer(&StepEvent {
@@ -184,9 +193,17 @@ impl<'m, B: Backend> Sampler<'m, B> {
         let completions = self.completions();
         let eos = self.model.config.eos_token_id;
         Ok(Generation {
-            eos_position: completions.iter().map(|c| c.iter().position(|&t| t == eos)).collect(),
+            eos_position: completions
+                .iter()
+                .map(|c| c.iter().position(|&t| t == eos))
+                .collect(),
             padded_prompts: (0..self.batch)
-                .map(|b| self.row(b)[..self.prompt_len].iter().map(|&t| t as u32).collect())
+                .map(|b| {
+                    self.row(b)[..self.prompt_len]
+                        .iter()
+                        .map(|&t| t as u32)
+                        .collect()
+                })
                 .collect(),
             completions,
             pad_lengths: self.pad_lengths,
@@ -202,7 +219,12 @@ impl<'m, B: Backend> Sampler<'m, B> {
 
     fn completions(&self) -> Vec<Vec<u32>> {
         (0..self.batch)
-            .map(|b| self.row(b)[self.prompt_len..].iter().map(|&t| t as u32).collect())
+            .map(|b| {
+                self.row(b)[self.prompt_len..]
+                    .iter()
+                    .map(|&t| t as u32)
+                    .collect()
+            })
             .collect()
     }
 
@@ -213,14 +235,23 @@ impl<'m, B: Backend> Sampler<'m, B> {
     /// First position, at or before `start`, from which masked positions must be scored.
     fn first_candidate(&self, start: usize) -> usize {
         (0..self.batch)
-            .filter_map(|b| self.row(b)[self.prompt_len..start].iter().position(|&t| t == self.mask_id))
+            .filter_map(|b| {
+                self.row(b)[self.prompt_len..start]
+                    .iter()
+                    .position(|&t| t == self.mask_id)
+            })
             .min()
             .map_or(start, |p| self.prompt_len + p)
     }
 
     /// Runs the model for one step and returns the first scored position with the candidate
     /// token and its confidence for every position of `[lo, end)`, row-major.
-    fn step_predictions(&mut self, start: usize, end: usize, refresh: bool) -> (usize, Vec<i64>, Vec<f32>) {
+    fn step_predictions(
+        &mut self,
+        start: usize,
+        end: usize,
+        refresh: bool,
+    ) -> (usize, Vec<i64>, Vec<f32>) {
         let lo = self.first_candidate(start);
         let cfg = self.config.cfg_scale > 0.0;
         let rows = if cfg { 2 * self.batch } else { self.batch };
@@ -231,18 +262,32 @@ impl<'m, B: Backend> Sampler<'m, B> {
         };
         let cached = self.config.cache != CacheKind::None;
         let logits = if cached && refresh {
-            let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [rows, self.total]), &self.device);
-            self.model
-                .forward_fill_cache(ids, &options, &LogitPositions::Range(lo..end), &mut self.cache)
+            let ids = Tensor::<B, 2, Int>::from_data(
+                TensorData::new(ids, [rows, self.total]),
+                &self.device,
+            );
+            self.model.forward_fill_cache(
+                ids,
+                &options,
+                &LogitPositions::Range(lo..end),
+                &mut self.cache,
+            )
         } else if cached && lo == start {
             let span_end = match self.config.cache {
                 CacheKind::Dual => end,
                 _ => self.total,
             };
             let span: Vec<i64> = (0..rows)
-                .flat_map(|r| ids[r * self.total + start..r * self.total + span_end].iter().copied())
+                .flat_map(|r| {
+                    ids[r * self.total + start..r * self.total + span_end]
+                        .iter()
+                        .copied()
+                })
                 .collect();
-            let span = Tensor::<B, 2, Int>::from_data(TensorData::new(span, [rows, span_end - start]), &self.device);
+            let span = Tensor::<B, 2, Int>::from_data(
+                TensorData::new(span, [rows, span_end - start]),
+                &self.device,
+            );
             self.model.forward_cached(
                 span,
                 start,
@@ -251,8 +296,12 @@ impl<'m, B: Backend> Sampler<'m, B> {
                 &self.cache,
             )
         } else {
-            let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [rows, self.total]), &self.device);
-            self.model.forward_with(ids, &options, &LogitPositions::Range(lo..end))
+            let ids = Tensor::<B, 2, Int>::from_data(
+                TensorData::new(ids, [rows, self.total]),
+                &self.device,
+            );
+            self.model
+                .forward_with(ids, &options, &LogitPositions::Range(lo..end))
         };
         self.nfe += if cfg { 2 } else { 1 };
         let logits = if cfg {
@@ -290,7 +339,10 @@ impl<'m, B: Backend> Sampler<'m, B> {
                 (0..self.total).map(move |i| i < pad)
             })
             .collect();
-        Some(Tensor::from_data(TensorData::new(mask, [rows, self.total]), &self.device))
+        Some(Tensor::from_data(
+            TensorData::new(mask, [rows, self.total]),
+            &self.device,
+        ))
     }
 
     /// Candidate tokens (Gumbel-max) and confidences for logits `[batch, n, vocab]`.
@@ -305,7 +357,8 @@ impl<'m, B: Backend> Sampler<'m, B> {
                     (-(-u.ln()).ln() * t) as f32
                 })
                 .collect();
-            logits.clone() + Tensor::<B, 3>::from_data(TensorData::new(noise, [batch, n, vocab]), &self.device)
+            logits.clone()
+                + Tensor::<B, 3>::from_data(TensorData::new(noise, [batch, n, vocab]), &self.device)
         } else {
             logits.clone()
         };
@@ -316,17 +369,36 @@ impl<'m, B: Backend> Sampler<'m, B> {
                 let max = logits.clone().max_dim(2);
                 let lse = max.clone() + (logits.clone() - max).exp().sum_dim(2).log();
                 let chosen = logits.gather(2, x0.clone());
-                (chosen - lse).exp().reshape([batch * n]).into_data().convert::<f32>().to_vec::<f32>().expect("f32")
+                (chosen - lse)
+                    .exp()
+                    .reshape([batch * n])
+                    .into_data()
+                    .convert::<f32>()
+                    .to_vec::<f32>()
+                    .expect("f32")
             }
             Remasking::Random => (0..batch * n).map(|_| self.rng.random::<f32>()).collect(),
         };
-        let x0 = x0.reshape([batch * n]).into_data().convert::<i64>().to_vec::<i64>().expect("i64");
+        let x0 = x0
+            .reshape([batch * n])
+            .into_data()
+            .convert::<i64>()
+            .to_vec::<i64>()
+            .expect("i64");
         (x0, conf)
     }
 
     /// Commits positions of `[lo, end)` per row: the top-`k` masked positions by confidence,
     /// or with a threshold every masked position above it (at least one).
-    fn commit(&mut self, lo: usize, end: usize, x0: &[i64], conf: &[f32], ks: &[usize], step: usize) {
+    fn commit(
+        &mut self,
+        lo: usize,
+        end: usize,
+        x0: &[i64],
+        conf: &[f32],
+        ks: &[usize],
+        step: usize,
+    ) {
         let n = end - lo;
         for b in 0..self.batch {
             let mut cands: Vec<(usize, f32)> = (0..n)

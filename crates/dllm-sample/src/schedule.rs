@@ -7,7 +7,9 @@ pub fn num_transfer_tokens(masked: usize, steps: usize) -> Vec<usize> {
     assert!(steps > 0, "steps must be positive");
     let base = masked / steps;
     let remainder = masked % steps;
-    (0..steps).map(|i| base + usize::from(i < remainder)).collect()
+    (0..steps)
+        .map(|i| base + usize::from(i < remainder))
+        .collect()
 }
 
 #[cfg(test)]

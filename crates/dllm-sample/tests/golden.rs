@@ -13,7 +13,10 @@ fn fixtures() -> PathBuf {
 
 fn prompts() -> Vec<Vec<u32>> {
     let p = read_ints(fixtures().join("golden.safetensors"), "gen_prompts").unwrap();
-    p.values.chunks(p.shape[1]).map(|r| r.iter().map(|&t| t as u32).collect()).collect()
+    p.values
+        .chunks(p.shape[1])
+        .map(|r| r.iter().map(|&t| t as u32).collect())
+        .collect()
 }
 
 fn check_case<B: Backend>(case: &str, steps: usize, block_length: usize) {
@@ -37,16 +40,20 @@ fn check_case<B: Backend>(case: &str, steps: usize, block_length: usize) {
     // Every intermediate state equals the reference trace (trace[s + 1] is after step s).
     let row = 24;
     for (s, state) in seen.iter().enumerate() {
-        for b in 0..2 {
-            let want: Vec<u32> = trace.values[(s + 1) * 2 * row + b * row + 8..(s + 1) * 2 * row + (b + 1) * row]
+        for (b, got) in state.iter().enumerate() {
+            let want: Vec<u32> = trace.values
+                [(s + 1) * 2 * row + b * row + 8..(s + 1) * 2 * row + (b + 1) * row]
                 .iter()
                 .map(|&t| t as u32)
                 .collect();
-            assert_eq!(state[b], want, "{case}: step {s}, row {b}");
+            assert_eq!(got, &want, "{case}: step {s}, row {b}");
         }
     }
     for (b, seq) in result.sequences().iter().enumerate() {
-        let want: Vec<u32> = out.values[b * row..(b + 1) * row].iter().map(|&t| t as u32).collect();
+        let want: Vec<u32> = out.values[b * row..(b + 1) * row]
+            .iter()
+            .map(|&t| t as u32)
+            .collect();
         assert_eq!(seq, &want, "{case} row {b}");
     }
 }

@@ -3,7 +3,9 @@
 use std::path::PathBuf;
 
 use dllm_model::{load_model, Llada, LoadOptions};
-use dllm_sample::{generate_with_observer, num_transfer_tokens, CacheKind, Remasking, SamplerConfig};
+use dllm_sample::{
+    generate_with_observer, num_transfer_tokens, CacheKind, Remasking, SamplerConfig,
+};
 use proptest::prelude::*;
 
 type B = burn::backend::Flex;
@@ -25,21 +27,27 @@ fn settings() -> impl Strategy<Value = (SamplerConfig, Vec<Vec<u32>>)> {
         any::<u64>(),
         prop::collection::vec(prop::collection::vec(0u32..298, 1..8), 1..4),
     )
-        .prop_map(|((gen, block), spb, temperature, random, cache, threshold, seed, prompts)| {
-            let config = SamplerConfig {
-                gen_length: gen,
-                block_length: block,
-                steps: spb * (gen / block),
-                temperature,
-                remasking: if random { Remasking::Random } else { Remasking::LowConfidence },
-                cache,
-                threshold,
-                padding_mask: seed % 2 == 0,
-                seed,
-                ..Default::default()
-            };
-            (config, prompts)
-        })
+        .prop_map(
+            |((gen, block), spb, temperature, random, cache, threshold, seed, prompts)| {
+                let config = SamplerConfig {
+                    gen_length: gen,
+                    block_length: block,
+                    steps: spb * (gen / block),
+                    temperature,
+                    remasking: if random {
+                        Remasking::Random
+                    } else {
+                        Remasking::LowConfidence
+                    },
+                    cache,
+                    threshold,
+                    padding_mask: seed % 2 == 0,
+                    seed,
+                    ..Default::default()
+                };
+                (config, prompts)
+            },
+        )
 }
 
 proptest! {
@@ -93,18 +101,50 @@ fn bad_settings_are_refused() {
     let model = model();
     let p = vec![vec![1u32, 2]];
     let cases = [
-        (SamplerConfig { gen_length: 10, block_length: 4, ..Default::default() }, "not a multiple of block_length"),
-        (SamplerConfig { gen_length: 16, block_length: 8, steps: 3, ..Default::default() }, "multiple of the number of blocks"),
-        (SamplerConfig { temperature: -1.0, ..Default::default() }, "temperature"),
+        (
+            SamplerConfig {
+                gen_length: 10,
+                block_length: 4,
+                ..Default::default()
+            },
+            "not a multiple of block_length",
+        ),
+        (
+            SamplerConfig {
+                gen_length: 16,
+                block_length: 8,
+                steps: 3,
+                ..Default::default()
+            },
+            "multiple of the number of blocks",
+        ),
+        (
+            SamplerConfig {
+                temperature: -1.0,
+                ..Default::default()
+            },
+            "temperature",
+        ),
     ];
     for (cfg, msg) in cases {
-        let e = dllm_sample::generate(&model, &p, &cfg).unwrap_err().to_string();
+        let e = dllm_sample::generate(&model, &p, &cfg)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains(msg), "{e}");
     }
-    let cfg = SamplerConfig { gen_length: 8, block_length: 8, steps: 8, ..Default::default() };
-    let e = dllm_sample::generate(&model, &[vec![1, 299]], &cfg).unwrap_err().to_string();
+    let cfg = SamplerConfig {
+        gen_length: 8,
+        block_length: 8,
+        steps: 8,
+        ..Default::default()
+    };
+    let e = dllm_sample::generate(&model, &[vec![1, 299]], &cfg)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("contains id 299"), "{e}");
-    let e = dllm_sample::generate(&model, &[vec![]], &cfg).unwrap_err().to_string();
+    let e = dllm_sample::generate(&model, &[vec![]], &cfg)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("empty"), "{e}");
 }
 
@@ -123,18 +163,49 @@ fn same_seed_same_samples_and_threshold_saves_steps() {
     let a = dllm_sample::generate(&model, &p, &cfg).unwrap();
     let b = dllm_sample::generate(&model, &p, &cfg).unwrap();
     assert_eq!(a, b);
-    let c = dllm_sample::generate(&model, &p, &SamplerConfig { seed: 8, ..cfg.clone() }).unwrap();
+    let c = dllm_sample::generate(
+        &model,
+        &p,
+        &SamplerConfig {
+            seed: 8,
+            ..cfg.clone()
+        },
+    )
+    .unwrap();
     assert_ne!(a.completions, c.completions);
-    let fast = dllm_sample::generate(&model, &p, &SamplerConfig { threshold: Some(0.05), temperature: 0.0, ..cfg }).unwrap();
+    let fast = dllm_sample::generate(
+        &model,
+        &p,
+        &SamplerConfig {
+            threshold: Some(0.05),
+            temperature: 0.0,
+            ..cfg
+        },
+    )
+    .unwrap();
     assert!(fast.nfe < 16, "threshold decoding took {} steps", fast.nfe);
 }
 
 #[test]
 fn cfg_runs_two_evaluations_per_step() {
     let model = model();
-    let cfg = SamplerConfig { gen_length: 8, block_length: 8, steps: 4, cfg_scale: 1.0, ..Default::default() };
+    let cfg = SamplerConfig {
+        gen_length: 8,
+        block_length: 8,
+        steps: 4,
+        cfg_scale: 1.0,
+        ..Default::default()
+    };
     let out = dllm_sample::generate(&model, &[vec![3u32, 4]], &cfg).unwrap();
     assert_eq!(out.nfe, 8);
-    let plain = dllm_sample::generate(&model, &[vec![3u32, 4]], &SamplerConfig { cfg_scale: 0.0, ..cfg }).unwrap();
+    let plain = dllm_sample::generate(
+        &model,
+        &[vec![3u32, 4]],
+        &SamplerConfig {
+            cfg_scale: 0.0,
+            ..cfg
+        },
+    )
+    .unwrap();
     assert_eq!(plain.nfe, 4);
 }

@@ -105,13 +105,21 @@ pub fn latest(dir: &Path) -> Result<Option<PathBuf>> {
     let name = std::fs::read_to_string(&pointer).map_err(|e| TrainError::io(&pointer, e))?;
     let path = dir.join("checkpoints").join(name.trim());
     if !path.join("state.json").is_file() {
-        return Err(ckpt_err(&path, "`latest` points at an incomplete checkpoint"));
+        return Err(ckpt_err(
+            &path,
+            "`latest` points at an incomplete checkpoint",
+        ));
     }
     Ok(Some(path))
 }
 
 /// Restores model, optimiser and counters from a checkpoint directory.
-pub fn load<B, O>(path: &Path, model: Llada<B>, optimizer: O, device: &B::Device) -> Result<(Llada<B>, O, TrainState)>
+pub fn load<B, O>(
+    path: &Path,
+    model: Llada<B>,
+    optimizer: O,
+    device: &B::Device,
+) -> Result<(Llada<B>, O, TrainState)>
 where
     B: AutodiffBackend,
     O: Optimizer<Llada<B>, B>,

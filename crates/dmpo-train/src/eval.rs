@@ -78,7 +78,11 @@ pub fn evaluate<B: Backend>(
         gen_length,
         correct,
         total,
-        accuracy_pct: if total == 0 { 0.0 } else { 100.0 * correct as f64 / total as f64 },
+        accuracy_pct: if total == 0 {
+            0.0
+        } else {
+            100.0 * correct as f64 / total as f64
+        },
         items: items.len(),
     };
     if let Some(path) = out {

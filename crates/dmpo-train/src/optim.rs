@@ -51,7 +51,10 @@ impl<B: AutodiffBackend> ModuleMapper<B> for Scale<'_> {
 }
 
 /// The global L2 norm of every gradient of `model`'s parameters.
-pub fn global_grad_norm<B: AutodiffBackend, M: AutodiffModule<B>>(model: &M, grads: &GradientsParams) -> f64 {
+pub fn global_grad_norm<B: AutodiffBackend, M: AutodiffModule<B>>(
+    model: &M,
+    grads: &GradientsParams,
+) -> f64 {
     let mut v = SquaredNorm { grads, sum: 0.0 };
     model.visit(&mut v);
     v.sum.sqrt()
@@ -100,5 +103,8 @@ where
             UpdateOutcome::Applied { grad_norm: norm },
         );
     }
-    (optimizer.step(lr, model, grads), UpdateOutcome::Applied { grad_norm: norm })
+    (
+        optimizer.step(lr, model, grads),
+        UpdateOutcome::Applied { grad_norm: norm },
+    )
 }

@@ -19,7 +19,9 @@ struct Canvas {
 
 impl Canvas {
     fn new() -> Self {
-        Self { px: vec![255; W * H * 3] }
+        Self {
+            px: vec![255; W * H * 3],
+        }
     }
 
     fn set(&mut self, x: i64, y: i64, c: [u8; 3]) {
@@ -117,7 +119,14 @@ pub struct Series {
     pub points: Vec<(f64, f64)>,
 }
 
-const COLORS: [[u8; 3]; 6] = [[31, 119, 180], [214, 39, 40], [44, 160, 44], [255, 127, 14], [148, 103, 189], [127, 127, 127]];
+const COLORS: [[u8; 3]; 6] = [
+    [31, 119, 180],
+    [214, 39, 40],
+    [44, 160, 44],
+    [255, 127, 14],
+    [148, 103, 189],
+    [127, 127, 127],
+];
 
 fn fmt_tick(v: f64) -> String {
     if v.abs() >= 100.0 || v == v.round() {
@@ -129,16 +138,29 @@ fn fmt_tick(v: f64) -> String {
 
 /// Draws line series with axes, ticks, title and legend into a PNG.
 pub fn line_plot(path: &Path, title: &str, x_label: &str, series: &[Series]) -> Result<()> {
-    let pts: Vec<(f64, f64)> = series.iter().flat_map(|s| s.points.iter().copied()).filter(|p| p.0.is_finite() && p.1.is_finite()).collect();
+    let pts: Vec<(f64, f64)> = series
+        .iter()
+        .flat_map(|s| s.points.iter().copied())
+        .filter(|p| p.0.is_finite() && p.1.is_finite())
+        .collect();
     let mut c = Canvas::new();
-    let (x0, y0, x1, y1) = (MARGIN_L as f64, (H - MARGIN_B) as f64, (W - MARGIN_R) as f64, MARGIN_T as f64);
+    let (x0, y0, x1, y1) = (
+        MARGIN_L as f64,
+        (H - MARGIN_B) as f64,
+        (W - MARGIN_R) as f64,
+        MARGIN_T as f64,
+    );
     c.line((x0, y0), (x1, y0), [0, 0, 0]);
     c.line((x0, y0), (x0, y1), [0, 0, 0]);
     c.text(MARGIN_L, 8, title, [0, 0, 0]);
     c.text(W / 2 - x_label.len() * 3, H - 14, x_label, [0, 0, 0]);
     if !pts.is_empty() {
-        let (mut xmin, mut xmax) = pts.iter().fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(p.0), b.max(p.0)));
-        let (mut ymin, mut ymax) = pts.iter().fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(p.1), b.max(p.1)));
+        let (mut xmin, mut xmax) = pts
+            .iter()
+            .fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(p.0), b.max(p.0)));
+        let (mut ymin, mut ymax) = pts
+            .iter()
+            .fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(p.1), b.max(p.1)));
         if xmax <= xmin {
             xmax = xmin + 1.0;
             xmin -= 0.0;
@@ -157,11 +179,21 @@ pub fn line_plot(path: &Path, title: &str, x_label: &str, series: &[Series]) -> 
             let xv = xmin + (xmax - xmin) * k as f64 / 4.0;
             let x = sx(xv);
             c.line((x, y0), (x, y0 + 4.0), [0, 0, 0]);
-            c.text((x as usize).saturating_sub(6), (y0 as usize) + 8, &fmt_tick(xv), [0, 0, 0]);
+            c.text(
+                (x as usize).saturating_sub(6),
+                (y0 as usize) + 8,
+                &fmt_tick(xv),
+                [0, 0, 0],
+            );
         }
         for (i, s) in series.iter().enumerate() {
             let color = COLORS[i % COLORS.len()];
-            let p: Vec<(f64, f64)> = s.points.iter().copied().filter(|p| p.0.is_finite() && p.1.is_finite()).collect();
+            let p: Vec<(f64, f64)> = s
+                .points
+                .iter()
+                .copied()
+                .filter(|p| p.0.is_finite() && p.1.is_finite())
+                .collect();
             for w in p.windows(2) {
                 c.line((sx(w[0].0), sy(w[0].1)), (sx(w[1].0), sy(w[1].1)), color);
             }
@@ -174,7 +206,11 @@ pub fn line_plot(path: &Path, title: &str, x_label: &str, series: &[Series]) -> 
                 }
             }
             let ly = MARGIN_T + 6 + i * 12;
-            c.line(((W - 170) as f64, ly as f64 + 3.0), ((W - 150) as f64, ly as f64 + 3.0), color);
+            c.line(
+                ((W - 170) as f64, ly as f64 + 3.0),
+                ((W - 150) as f64, ly as f64 + 3.0),
+                color,
+            );
             c.text(W - 144, ly, &s.label, [0, 0, 0]);
         }
     }
@@ -193,8 +229,18 @@ pub fn plot_run(run_dir: &Path) -> Result<()> {
             }
         }
     }
-    line_plot(&run_dir.join("reward.png"), "mean reward per rollout step", "step", &[Series { label: "reward".into(), points: reward }])?;
-    let summary: Option<serde_json::Value> = std::fs::read_to_string(run_dir.join("summary.json")).ok().and_then(|t| serde_json::from_str(&t).ok());
+    line_plot(
+        &run_dir.join("reward.png"),
+        "mean reward per rollout step",
+        "step",
+        &[Series {
+            label: "reward".into(),
+            points: reward,
+        }],
+    )?;
+    let summary: Option<serde_json::Value> = std::fs::read_to_string(run_dir.join("summary.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok());
     let mut acc: std::collections::BTreeMap<String, Vec<(f64, f64)>> = Default::default();
     let mut push = |step: f64, list: &serde_json::Value| {
         for r in list.as_array().into_iter().flatten() {
@@ -206,7 +252,10 @@ pub fn plot_run(run_dir: &Path) -> Result<()> {
     if let Some(s) = &summary {
         push(0.0, &s["before"]);
     }
-    for l in std::fs::read_to_string(run_dir.join("eval.jsonl")).unwrap_or_default().lines() {
+    for l in std::fs::read_to_string(run_dir.join("eval.jsonl"))
+        .unwrap_or_default()
+        .lines()
+    {
         if let Ok(v) = serde_json::from_str::<serde_json::Value>(l) {
             push(v["step"].as_f64().unwrap_or(0.0), &v["eval"]);
         }
@@ -215,8 +264,16 @@ pub fn plot_run(run_dir: &Path) -> Result<()> {
         push(s["steps"].as_f64().unwrap_or(0.0), &s["after"]);
     }
     if !acc.is_empty() {
-        let series: Vec<Series> = acc.into_iter().map(|(label, points)| Series { label, points }).collect();
-        line_plot(&run_dir.join("accuracy.png"), "held-out accuracy (%)", "step", &series)?;
+        let series: Vec<Series> = acc
+            .into_iter()
+            .map(|(label, points)| Series { label, points })
+            .collect();
+        line_plot(
+            &run_dir.join("accuracy.png"),
+            "held-out accuracy (%)",
+            "step",
+            &series,
+        )?;
     }
     Ok(())
 }

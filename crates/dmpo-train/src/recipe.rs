@@ -394,15 +394,21 @@ impl Recipe {
             return bad("train.steps", "must be positive");
         }
         if t.prompts_per_step == 0 || t.group_size < 2 {
-            return bad("train.group_size", "needs prompts_per_step >= 1 and group_size >= 2");
+            return bad(
+                "train.group_size",
+                "needs prompts_per_step >= 1 and group_size >= 2",
+            );
         }
         if t.num_iterations == 0 || t.micro_batch == 0 {
-            return bad("train.num_iterations", "num_iterations and micro_batch must be positive");
+            return bad(
+                "train.num_iterations",
+                "num_iterations and micro_batch must be positive",
+            );
         }
         if !(t.lr > 0.0 && t.lr.is_finite()) {
             return bad("train.lr", "must be positive");
         }
-        if !(t.max_grad_norm > 0.0) {
+        if t.max_grad_norm.is_nan() || t.max_grad_norm <= 0.0 {
             return bad("train.max_grad_norm", "must be positive");
         }
         if self.task.name.parse::<rewards::Task>().is_err() {
@@ -410,7 +416,10 @@ impl Recipe {
         }
         let [lo, hi] = self.task.sudoku_blanks;
         if lo == 0 || lo > hi || hi > 12 {
-            return bad("task.sudoku_blanks", "must be [lo, hi] with 1 <= lo <= hi <= 12");
+            return bad(
+                "task.sudoku_blanks",
+                "must be [lo, hi] with 1 <= lo <= hi <= 12",
+            );
         }
         if self.eval.gen_lengths.is_empty() {
             return bad("eval.gen_lengths", "must list at least one length");
@@ -428,10 +437,13 @@ impl Recipe {
             message: format!("`grpo`: {e}"),
         })?;
         if self.model.finetune == Finetune::Lora {
-            self.lora.config().validate(path).map_err(|e| TrainError::Recipe {
-                path: path.to_path_buf(),
-                message: format!("`lora`: {e}"),
-            })?;
+            self.lora
+                .config()
+                .validate(path)
+                .map_err(|e| TrainError::Recipe {
+                    path: path.to_path_buf(),
+                    message: format!("`lora`: {e}"),
+                })?;
         }
         Ok(())
     }

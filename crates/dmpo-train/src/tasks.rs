@@ -47,14 +47,20 @@ impl TrainData {
         match self {
             Self::Items(items) => {
                 let mut rng = ChaCha8Rng::seed_from_u64(stream);
-                Ok((0..count).map(|_| items[rng.random_range(0..items.len())].clone()).collect())
+                Ok((0..count)
+                    .map(|_| items[rng.random_range(0..items.len())].clone())
+                    .collect())
             }
             Self::Sudoku([lo, hi]) => {
                 let mut rng = ChaCha8Rng::seed_from_u64(stream);
                 let mut out = Vec::with_capacity(count);
                 for i in 0..count {
                     let blanks = rng.random_range(*lo..=*hi);
-                    out.extend(rewards::generate::sudoku_items(stream ^ ((i as u64) << 32), 1, blanks)?);
+                    out.extend(rewards::generate::sudoku_items(
+                        stream ^ ((i as u64) << 32),
+                        1,
+                        blanks,
+                    )?);
                 }
                 Ok(out)
             }
@@ -83,7 +89,10 @@ pub fn eval_items(section: &TaskSection, task: Task, limit: usize) -> Result<Vec
         items.truncate(limit);
     }
     if items.is_empty() {
-        return Err(TrainError::Data(format!("{}: no evaluation items", section.eval)));
+        return Err(TrainError::Data(format!(
+            "{}: no evaluation items",
+            section.eval
+        )));
     }
     Ok(items)
 }
@@ -97,7 +106,11 @@ pub fn prompt_text(item: &TaskItem, style: PromptStyle, eval: bool) -> String {
             rewards::GroundTruth::Sudoku { puzzle, .. } => puzzle.clone(),
             rewards::GroundTruth::Countdown { numbers, target } => format!(
                 "{} -> {target}",
-                numbers.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(",")
+                numbers
+                    .iter()
+                    .map(|n| n.to_string())
+                    .collect::<Vec<_>>()
+                    .join(",")
             ),
             _ => item.question.clone(),
         },

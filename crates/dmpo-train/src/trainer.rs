@@ -10,13 +10,15 @@ use std::time::Instant;
 
 use burn::module::AutodiffModule;
 use burn::optim::{AdamWConfig, GradientsAccumulator, GradientsParams};
-use burn::tensor::{backend::AutodiffBackend, backend::Backend, Bool, ElementConversion, Int, Tensor, TensorData};
+use burn::tensor::{
+    backend::AutodiffBackend, backend::Backend, Bool, ElementConversion, Int, Tensor, TensorData,
+};
 use dllm_model::{load_model, Llada, LladaTokenizer, LoadOptions};
 use dllm_sample::generate;
 use dmpo_core::{
     diffu_grpo_loss, elbo_log_likelihood, grpo_advantages, mean_field_logprobs, rollout_weights,
-    sample_prompt_mask, wd1_loss, AdapterDisabled, DmpoLoss, LogitsModel, MaskOptions, RolloutWeights,
-    SequenceBatch,
+    sample_prompt_mask, wd1_loss, AdapterDisabled, DmpoLoss, LogitsModel, MaskOptions,
+    RolloutWeights, SequenceBatch,
 };
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::SeedableRng;
@@ -65,7 +67,9 @@ pub struct Summary {
 
 /// Mixes the run seed with a step and a purpose into an independent stream seed.
 pub fn stream_seed(seed: u64, step: usize, purpose: u64) -> u64 {
-    let mut z = seed ^ (step as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ purpose.wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    let mut z = seed
+        ^ (step as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        ^ purpose.wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     z ^ (z >> 31)
@@ -78,17 +82,27 @@ enum Reference<B: Backend> {
 }
 
 /// Trains with `recipe` on autodiff backend `AB`.
-pub fn train<AB: AutodiffBackend>(recipe: &Recipe, device: AB::Device, options: &RunOptions) -> Result<Summary> {
+pub fn train<AB: AutodiffBackend>(
+    recipe: &Recipe,
+    device: AB::Device,
+    options: &RunOptions,
+) -> Result<Summary> {
     let started = Instant::now();
     let run_dir = recipe.run_dir();
     std::fs::create_dir_all(&run_dir).map_err(|e| TrainError::io(&run_dir, e))?;
-    let task: Task = recipe.task.name.parse().map_err(|e: rewards::Error| TrainError::Data(e.to_string()))?;
+    let task: Task = recipe
+        .task
+        .name
+        .parse()
+        .map_err(|e: rewards::Error| TrainError::Data(e.to_string()))?;
 
     // Everything that can be wrong with the inputs fails here, before any training.
     let tokenizer = LladaTokenizer::from_file(recipe.model.path.join("tokenizer.json"))?;
     let data = TrainData::open(&recipe.task, task)?;
     let eval_set = eval_items(&recipe.task, task, recipe.eval.limit)?;
-    let load = LoadOptions { dtype: recipe.model.dtype };
+    let load = LoadOptions {
+        dtype: recipe.model.dtype,
+    };
     let base = load_model::<AB>(&recipe.model.path, load, &device)?;
     let (mut model, reference) = match recipe.model.finetune {
         Finetune::Lora => {
@@ -112,9 +126,14 @@ pub fn train<AB: AutodiffBackend>(recipe: &Recipe, device: AB::Device, options: 
         .init::<AB, Llada<AB>>();
 
     let resolved = toml::to_string_pretty(recipe).expect("serialisable recipe");
-    std::fs::write(run_dir.join("recipe.toml"), resolved).map_err(|e| TrainError::io(&run_dir, e))?;
+    std::fs::write(run_dir.join("recipe.toml"), resolved)
+        .map_err(|e| TrainError::io(&run_dir, e))?;
     let metrics_path = run_dir.join("metrics.jsonl");
-    let mut state = TrainState { step: 0, updates: 0, skipped: 0 };
+    let mut state = TrainState {
+        step: 0,
+        updates: 0,
+        skipped: 0,
+    };
     if options.resume {
         if let Some(ckpt) = checkpoint::latest(&run_dir)? {
             let (m, o, s) = checkpoint::load(&ckpt, model, optimizer, &device)?;
@@ -149,39 +168,86 @@ pub fn train<AB: AutodiffBackend>(recipe: &Recipe, device: AB::Device, options: 
             })
             .collect()
     };
-    let before = if options.skip_eval || state.step > 0 { Vec::new() } else { run_eval(&model, "before")? };
+    let before = if options.skip_eval || state.step > 0 {
+        Vec::new()
+    } else {
+        run_eval(&model, "before")?
+    };
     for r in &before {
-        tracing::info!("before training: len {} accuracy {:.2}%", r.gen_length, r.accuracy_pct);
+        tracing::info!(
+            "before training: len {} accuracy {:.2}%",
+            r.gen_length,
+            r.accuracy_pct
+        );
     }
 
     let total_updates = t.steps * t.num_iterations;
-    let bar = if options.quiet { ProgressBar::hidden() } else { ProgressBar::new(t.steps as u64) };
+    let bar = if options.quiet {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(t.steps as u64)
+    };
     bar.set_style(
-        ProgressStyle::with_template("{bar:30} {pos}/{len} [{elapsed_precise} < {eta_precise}] {msg}")
-            .expect("valid template"),
+        ProgressStyle::with_template(
+            "{bar:30} {pos}/{len} [{elapsed_precise} < {eta_precise}] {msg}",
+        )
+        .expect("valid template"),
     );
     bar.set_position(state.step as u64);
     let mut rewards_seen = Vec::new();
     while state.step < t.steps {
         let step = state.step;
-        let (m, line) = rollout_step(recipe, task, &tokenizer, &data, model, &reference, &mut optimizer, &mut state, total_updates, &device)?;
+        let (m, line) = rollout_step(
+            recipe,
+            task,
+            &tokenizer,
+            &data,
+            model,
+            &reference,
+            &mut optimizer,
+            &mut state,
+            total_updates,
+            &device,
+        )?;
         model = m;
         rewards_seen.push(line.reward_mean);
         append_metrics(&metrics_path, &line)?;
-        bar.set_message(format!("reward {:.3} ess {:.2}", line.reward_mean, line.ess_mean));
+        bar.set_message(format!(
+            "reward {:.3} ess {:.2}",
+            line.reward_mean, line.ess_mean
+        ));
         bar.inc(1);
         state.step = step + 1;
-        if t.eval_every > 0 && state.step % t.eval_every == 0 && state.step < t.steps && !options.skip_eval {
+        if t.eval_every > 0
+            && state.step % t.eval_every == 0
+            && state.step < t.steps
+            && !options.skip_eval
+        {
             let r = run_eval(&model, &format!("step{}", state.step))?;
-            append_metrics(&run_dir.join("eval.jsonl"), &serde_json::json!({"step": state.step, "eval": r}))?;
+            append_metrics(
+                &run_dir.join("eval.jsonl"),
+                &serde_json::json!({"step": state.step, "eval": r}),
+            )?;
         }
         if state.step % t.checkpoint_every.max(1) == 0 || state.step == t.steps {
-            checkpoint::save(&run_dir, &model, &optimizer, state, recipe.model.finetune, &recipe.model.path.display().to_string(), 2)?;
+            checkpoint::save(
+                &run_dir,
+                &model,
+                &optimizer,
+                state,
+                recipe.model.finetune,
+                &recipe.model.path.display().to_string(),
+                2,
+            )?;
         }
     }
     bar.finish_and_clear();
 
-    let after = if options.skip_eval { Vec::new() } else { run_eval(&model, "after")? };
+    let after = if options.skip_eval {
+        Vec::new()
+    } else {
+        run_eval(&model, "after")?
+    };
     let quarter = rewards_seen.len().div_ceil(4).max(1);
     let tail = &rewards_seen[rewards_seen.len().saturating_sub(quarter)..];
     let summary = Summary {
@@ -191,7 +257,11 @@ pub fn train<AB: AutodiffBackend>(recipe: &Recipe, device: AB::Device, options: 
         steps: state.step,
         updates: state.updates,
         skipped: state.skipped,
-        final_reward: if tail.is_empty() { f64::NAN } else { tail.iter().sum::<f64>() / tail.len() as f64 },
+        final_reward: if tail.is_empty() {
+            f64::NAN
+        } else {
+            tail.iter().sum::<f64>() / tail.len() as f64
+        },
         seconds: started.elapsed().as_secs_f64(),
     };
     let text = serde_json::to_string_pretty(&summary).expect("serialisable");
@@ -258,7 +328,13 @@ fn rollout_step<AB: AutodiffBackend>(
     let items = data.batch(seed, step, t.prompts_per_step)?;
     let mut prompts = Vec::with_capacity(items.len() * t.group_size);
     for item in &items {
-        let ids = prompt_ids(tokenizer, item, recipe.task.prompt_style, false, recipe.task.max_prompt_tokens)?;
+        let ids = prompt_ids(
+            tokenizer,
+            item,
+            recipe.task.prompt_style,
+            false,
+            recipe.task.max_prompt_tokens,
+        )?;
         prompts.extend(std::iter::repeat_n(ids, t.group_size));
     }
     let policy = model.valid();
@@ -290,17 +366,47 @@ fn rollout_step<AB: AutodiffBackend>(
     let rows = seqs.len();
     let seq_len = prompt_len + sampler.gen_length;
     let flat: Vec<i64> = seqs.iter().flatten().map(|&t| t as i64).collect();
-    let eos_index: Vec<usize> = generation.eos_position.iter().map(|e| e.unwrap_or(sampler.gen_length)).collect();
+    let eos_index: Vec<usize> = generation
+        .eos_position
+        .iter()
+        .map(|e| e.unwrap_or(sampler.gen_length))
+        .collect();
     let padding: Option<Vec<bool>> = sampler.padding_mask.then(|| {
-        generation.pad_lengths.iter().flat_map(|&p| (0..seq_len).map(move |i| i < p)).collect()
+        generation
+            .pad_lengths
+            .iter()
+            .flat_map(|&p| (0..seq_len).map(move |i| i < p))
+            .collect()
     });
-    let batch_on = |rows_sel: &[usize]| -> Result<SequenceBatch<AB>> { make_batch::<AB>(&flat, seq_len, prompt_len, &eos_index, padding.as_deref(), rows_sel, device) };
+    let batch_on = |rows_sel: &[usize]| -> Result<SequenceBatch<AB>> {
+        make_batch::<AB>(
+            &flat,
+            seq_len,
+            prompt_len,
+            &eos_index,
+            padding.as_deref(),
+            rows_sel,
+            device,
+        )
+    };
     let all_rows: Vec<usize> = (0..rows).collect();
-    let inner_batch = make_batch::<AB::InnerBackend>(&flat, seq_len, prompt_len, &eos_index, padding.as_deref(), &all_rows, device)?;
+    let inner_batch = make_batch::<AB::InnerBackend>(
+        &flat,
+        seq_len,
+        prompt_len,
+        &eos_index,
+        padding.as_deref(),
+        &all_rows,
+        device,
+    )?;
 
     // Micro-batches hold whole groups.
     let groups_per_pass = (t.micro_batch / t.group_size).max(1);
-    let passes: Vec<Vec<usize>> = (0..rows).collect::<Vec<_>>().chunks(groups_per_pass * t.group_size).map(|c| c.to_vec()).collect();
+    let passes: Vec<Vec<usize>> = (0..rows)
+        .collect::<Vec<_>>()
+        .chunks(groups_per_pass * t.group_size)
+        .map(|c| c.to_vec())
+        .collect();
 
     let mut losses = Vec::new();
     let mut norms = Vec::new();
@@ -326,7 +432,13 @@ fn rollout_step<AB: AutodiffBackend>(
             )?;
             seconds.insert("elbo", clock.elapsed().as_secs_f64());
             // 4. Importance weights per group (§4).
-            let (weights, diag) = rollout_weights(&elbo.ell[0], &elbo.ell[1], &rewards, t.group_size, &recipe.dmpo)?;
+            let (weights, diag) = rollout_weights(
+                &elbo.ell[0],
+                &elbo.ell[1],
+                &rewards,
+                t.group_size,
+                &recipe.dmpo,
+            )?;
             ess_mean = diag.ess_mean;
             lr_mean = diag.log_rnd_mean;
             lr_std = diag.log_rnd_std;
@@ -341,8 +453,12 @@ fn rollout_step<AB: AutodiffBackend>(
                     let sub = batch_on(pass)?;
                     let sub_w = slice_weights(&weights, pass, t.group_size);
                     let out = match recipe.dmpo.loss {
-                        DmpoLoss::Wdce => dmpo_core::wdce_loss(&model, &sub, &sub_w, &recipe.dmpo, &mut rng)?.loss,
-                        DmpoLoss::Ddo => dmpo_core::ddo_loss(&model, &sub, &sub_w, &recipe.dmpo, &mut rng)?.loss,
+                        DmpoLoss::Wdce => {
+                            dmpo_core::wdce_loss(&model, &sub, &sub_w, &recipe.dmpo, &mut rng)?.loss
+                        }
+                        DmpoLoss::Ddo => {
+                            dmpo_core::ddo_loss(&model, &sub, &sub_w, &recipe.dmpo, &mut rng)?.loss
+                        }
                     };
                     let value: f64 = out.clone().into_scalar().elem();
                     loss_sum += value;
@@ -351,7 +467,16 @@ fn rollout_step<AB: AutodiffBackend>(
                     }
                 }
                 lr = learning_rate(t, state.updates + state.skipped, total_updates);
-                model = update(model, optimizer, acc.grads(), loss_sum, lr, t.max_grad_norm, state, &mut norms);
+                model = update(
+                    model,
+                    optimizer,
+                    acc.grads(),
+                    loss_sum,
+                    lr,
+                    t.max_grad_norm,
+                    state,
+                    &mut norms,
+                );
                 losses.push(loss_sum);
             }
             seconds.insert("optimize", clock.elapsed().as_secs_f64());
@@ -364,7 +489,10 @@ fn rollout_step<AB: AutodiffBackend>(
                 .map(dmpo_core::weights::std_unbiased)
                 .sum::<f64>()
                 / (rows / t.group_size) as f64;
-            zero_var = rewards.chunks(t.group_size).filter(|g| dmpo_core::weights::std_unbiased(g) < 1e-12).count() as f64
+            zero_var = rewards
+                .chunks(t.group_size)
+                .filter(|g| dmpo_core::weights::std_unbiased(g) < 1e-12)
+                .count() as f64
                 / (rows / t.group_size) as f64;
             // Per iteration: a prompt mask, the old policy's and the reference's log-probs (§6).
             let off = AdapterDisabled(&policy);
@@ -374,10 +502,15 @@ fn rollout_step<AB: AutodiffBackend>(
             };
             let mut plan = Vec::new();
             for _ in 0..t.num_iterations {
-                let mask = sample_prompt_mask(&mut rng, rows, prompt_len, recipe.grpo.p_mask_prompt);
+                let mask =
+                    sample_prompt_mask(&mut rng, rows, prompt_len, recipe.grpo.p_mask_prompt);
                 let old = to_host(mean_field_logprobs(&policy, &inner_batch, &mask)?);
                 let reff = if recipe.grpo.beta > 0.0 && t.algorithm == Algorithm::DiffuGrpo {
-                    Some(to_host(mean_field_logprobs(reference_model, &inner_batch, &mask)?))
+                    Some(to_host(mean_field_logprobs(
+                        reference_model,
+                        &inner_batch,
+                        &mask,
+                    )?))
                 } else {
                     None
                 };
@@ -391,14 +524,25 @@ fn rollout_step<AB: AutodiffBackend>(
                 let mut loss_sum = 0.0;
                 for pass in &passes {
                     let sub = batch_on(pass)?;
-                    let sub_mask: Vec<bool> = pass.iter().flat_map(|&r| mask[r * prompt_len..(r + 1) * prompt_len].iter().copied()).collect();
+                    let sub_mask: Vec<bool> = pass
+                        .iter()
+                        .flat_map(|&r| mask[r * prompt_len..(r + 1) * prompt_len].iter().copied())
+                        .collect();
                     let logp = mean_field_logprobs(&model, &sub, &sub_mask)?;
                     let sub_adv: Vec<f64> = pass.iter().map(|&r| adv[r]).collect();
                     let cmask = sub.completion_mask_tensor();
                     let out = match t.algorithm {
                         Algorithm::DiffuGrpo => {
                             let pick = |v: &Vec<f32>| tensor_rows::<AB>(v, pass, gen, device);
-                            diffu_grpo_loss(logp, Some(pick(old)), reff.as_ref().map(pick), &sub_adv, cmask, &recipe.grpo)?.loss
+                            diffu_grpo_loss(
+                                logp,
+                                Some(pick(old)),
+                                reff.as_ref().map(pick),
+                                &sub_adv,
+                                cmask,
+                                &recipe.grpo,
+                            )?
+                            .loss
                         }
                         _ => wd1_loss(logp, &sub_adv, t.group_size, cmask)?.loss,
                     };
@@ -411,13 +555,28 @@ fn rollout_step<AB: AutodiffBackend>(
                     }
                 }
                 lr = learning_rate(t, state.updates + state.skipped, total_updates);
-                model = update(model, optimizer, acc.grads(), loss_sum, lr, t.max_grad_norm, state, &mut norms);
+                model = update(
+                    model,
+                    optimizer,
+                    acc.grads(),
+                    loss_sum,
+                    lr,
+                    t.max_grad_norm,
+                    state,
+                    &mut norms,
+                );
                 losses.push(loss_sum);
             }
             seconds.insert("optimize", clock.elapsed().as_secs_f64());
         }
     }
-    let mean = |v: &[f64]| if v.is_empty() { f64::NAN } else { v.iter().sum::<f64>() / v.len() as f64 };
+    let mean = |v: &[f64]| {
+        if v.is_empty() {
+            f64::NAN
+        } else {
+            v.iter().sum::<f64>() / v.len() as f64
+        }
+    };
     let metrics = StepMetrics {
         step,
         reward_mean: mean(&rewards),
@@ -456,7 +615,10 @@ fn update<AB: AutodiffBackend>(
         }
         UpdateOutcome::SkippedNonFinite => {
             state.skipped += 1;
-            tracing::warn!("step {}: non-finite loss ({loss}) or gradient, update skipped", state.step);
+            tracing::warn!(
+                "step {}: non-finite loss ({loss}) or gradient, update skipped",
+                state.step
+            );
         }
     }
     model
@@ -471,13 +633,23 @@ fn make_batch<B: Backend>(
     rows: &[usize],
     device: &B::Device,
 ) -> Result<SequenceBatch<B>> {
-    let ids: Vec<i64> = rows.iter().flat_map(|&r| flat[r * seq_len..(r + 1) * seq_len].iter().copied()).collect();
-    let tensor = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [rows.len(), seq_len]), device);
+    let ids: Vec<i64> = rows
+        .iter()
+        .flat_map(|&r| flat[r * seq_len..(r + 1) * seq_len].iter().copied())
+        .collect();
+    let tensor =
+        Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [rows.len(), seq_len]), device);
     let eos: Vec<usize> = rows.iter().map(|&r| eos_index[r]).collect();
     let mut batch = SequenceBatch::with_eos_index(tensor, prompt_len, eos)?;
     if let Some(p) = padding {
-        let m: Vec<bool> = rows.iter().flat_map(|&r| p[r * seq_len..(r + 1) * seq_len].iter().copied()).collect();
-        batch = batch.with_key_padding(Tensor::<B, 2, Bool>::from_data(TensorData::new(m, [rows.len(), seq_len]), device))?;
+        let m: Vec<bool> = rows
+            .iter()
+            .flat_map(|&r| p[r * seq_len..(r + 1) * seq_len].iter().copied())
+            .collect();
+        batch = batch.with_key_padding(Tensor::<B, 2, Bool>::from_data(
+            TensorData::new(m, [rows.len(), seq_len]),
+            device,
+        ))?;
     }
     Ok(batch)
 }
@@ -488,22 +660,41 @@ fn slice_weights(w: &RolloutWeights, rows: &[usize], group: usize) -> RolloutWei
         w_plus: rows.iter().map(|&r| w.w_plus[r]).collect(),
         w_minus: rows.iter().map(|&r| w.w_minus[r]).collect(),
         ell_cur: rows.iter().map(|&r| w.ell_cur[r]).collect(),
-        coeffs: rows.iter().step_by(group).map(|&r| w.coeffs[r / group]).collect(),
+        coeffs: rows
+            .iter()
+            .step_by(group)
+            .map(|&r| w.coeffs[r / group])
+            .collect(),
     }
 }
 
 fn to_host<B: Backend>(t: Tensor<B, 2>) -> Vec<f32> {
-    t.into_data().convert::<f32>().to_vec::<f32>().expect("f32 data")
+    t.into_data()
+        .convert::<f32>()
+        .to_vec::<f32>()
+        .expect("f32 data")
 }
 
-fn tensor_rows<B: Backend>(v: &[f32], rows: &[usize], width: usize, device: &B::Device) -> Tensor<B, 2> {
-    let data: Vec<f32> = rows.iter().flat_map(|&r| v[r * width..(r + 1) * width].iter().copied()).collect();
+fn tensor_rows<B: Backend>(
+    v: &[f32],
+    rows: &[usize],
+    width: usize,
+    device: &B::Device,
+) -> Tensor<B, 2> {
+    let data: Vec<f32> = rows
+        .iter()
+        .flat_map(|&r| v[r * width..(r + 1) * width].iter().copied())
+        .collect();
     Tensor::from_data(TensorData::new(data, [rows.len(), width]), device)
 }
 
 fn append_metrics(path: &Path, line: &impl Serialize) -> Result<()> {
     use std::io::Write;
-    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path).map_err(|e| TrainError::io(path, e))?;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|e| TrainError::io(path, e))?;
     let text = serde_json::to_string(line).expect("serialisable");
     writeln!(f, "{text}").map_err(|e| TrainError::io(path, e))
 }

@@ -11,7 +11,9 @@ fn recipes_dir() -> PathBuf {
 
 fn err(text: &str, overrides: &[&str]) -> String {
     let o: Vec<String> = overrides.iter().map(|s| s.to_string()).collect();
-    Recipe::parse(text, Path::new("bad.toml"), &o).unwrap_err().to_string()
+    Recipe::parse(text, Path::new("bad.toml"), &o)
+        .unwrap_err()
+        .to_string()
 }
 
 const MINIMAL: &str = r#"
@@ -28,7 +30,11 @@ fn shipped_recipes_parse_with_reference_defaults() {
         let p = entry.unwrap().path();
         if p.extension().is_some_and(|e| e == "toml") {
             let r = Recipe::load(&p, &[]).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
-            if p.file_name().unwrap().to_string_lossy().starts_with("llada8b") {
+            if p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("llada8b")
+            {
                 assert_eq!(r.train.group_size, 16);
                 assert_eq!(r.train.num_iterations, 8);
                 assert_eq!(r.lora.r, 128);
@@ -46,7 +52,10 @@ fn shipped_recipes_parse_with_reference_defaults() {
 fn defaults_follow_the_spec() {
     let r = Recipe::parse(MINIMAL, Path::new("m.toml"), &[]).unwrap();
     assert_eq!(r.train.algorithm, Algorithm::Dmpo);
-    assert_eq!((r.train.beta1, r.train.beta2, r.train.weight_decay), (0.9, 0.99, 0.1));
+    assert_eq!(
+        (r.train.beta1, r.train.beta2, r.train.weight_decay),
+        (0.9, 0.99, 0.1)
+    );
     assert_eq!(r.train.lr, 1e-6);
     assert_eq!(r.dmpo.num_replicates, 4);
     assert_eq!(r.rollout.gen_length, 256);
@@ -57,7 +66,16 @@ fn defaults_follow_the_spec() {
 
 #[test]
 fn overrides_apply_and_are_checked() {
-    let r = Recipe::parse(MINIMAL, Path::new("m.toml"), &["train.steps=7".into(), "run.name=x".into(), "dmpo.baseline=mean".into()]).unwrap();
+    let r = Recipe::parse(
+        MINIMAL,
+        Path::new("m.toml"),
+        &[
+            "train.steps=7".into(),
+            "run.name=x".into(),
+            "dmpo.baseline=mean".into(),
+        ],
+    )
+    .unwrap();
     assert_eq!(r.train.steps, 7);
     assert_eq!(r.run.name, "x");
     assert_eq!(r.dmpo.baseline, dmpo_core::Baseline::Mean);

@@ -17,7 +17,11 @@ pub struct Args {
     #[command(flatten)]
     pub model: ModelArgs,
     /// Prompt text; the chat template is applied (needs `tokenizer.json`).
-    #[arg(long, conflicts_with = "prompt_ids", required_unless_present = "prompt_ids")]
+    #[arg(
+        long,
+        conflicts_with = "prompt_ids",
+        required_unless_present = "prompt_ids"
+    )]
     pub prompt: Option<String>,
     /// Prompt token ids, comma separated, used as they are.
     #[arg(long, value_delimiter = ',')]
@@ -69,7 +73,10 @@ impl BackendTask for Task {
         let prompt = match (&a.prompt, &a.prompt_ids) {
             (Some(text), _) => {
                 let tok = tokenizer.as_ref().ok_or_else(|| {
-                    anyhow::anyhow!("{}: needed for --prompt (or pass --prompt-ids)", tokenizer_path.display())
+                    anyhow::anyhow!(
+                        "{}: needed for --prompt (or pass --prompt-ids)",
+                        tokenizer_path.display()
+                    )
                 })?;
                 tok.encode_chat(&[ChatMessage::user(text.clone())])?
             }
@@ -94,7 +101,10 @@ impl BackendTask for Task {
         let start = Instant::now();
         let out = generate_with_observer(&model, &[prompt], &config, &mut |e| {
             if let (true, Some(tok)) = (stream, &tokenizer) {
-                let shown: Vec<u32> = e.completions[0].iter().map(|&t| if t == mask { 0 } else { t }).collect();
+                let shown: Vec<u32> = e.completions[0]
+                    .iter()
+                    .map(|&t| if t == mask { 0 } else { t })
+                    .collect();
                 if let Ok(text) = tok.decode(&shown, true) {
                     let line: String = text.replace('\n', " ").chars().take(150).collect();
                     eprint!("\r\x1b[2K[step {}] {line}", e.step + 1);
@@ -112,7 +122,8 @@ impl BackendTask for Task {
             None => None,
         };
         if a.json {
-            let v = serde_json::json!({"ids": ids, "text": text, "nfe": out.nfe, "seconds": seconds});
+            let v =
+                serde_json::json!({"ids": ids, "text": text, "nfe": out.nfe, "seconds": seconds});
             println!("{v}");
         } else {
             match text {

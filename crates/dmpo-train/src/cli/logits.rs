@@ -47,7 +47,11 @@ impl BackendTask for Task {
         let [b, s] = [ids.shape[0], ids.shape[1]];
         let input = Tensor::<B, 2, Int>::from_data(TensorData::new(ids.values, [b, s]), &device);
         let logits = model.forward(input);
-        let values = logits.into_data().convert::<f32>().to_vec::<f32>().map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        let values = logits
+            .into_data()
+            .convert::<f32>()
+            .to_vec::<f32>()
+            .map_err(|e| anyhow::anyhow!("{e:?}"))?;
         write_f32(&a.output, &[("logits", &values, &[b, s, vocab])])?;
         eprintln!("wrote logits [{b}, {s}, {vocab}] to {}", a.output.display());
         Ok(())
