@@ -108,3 +108,88 @@ where
         UpdateOutcome::Applied { grad_norm: norm },
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::backend::{Autodiff, Flex};
+    use burn::optim::AdamWConfig;
+    use dllm_model::{Llada, LladaConfig};
+
+    type AB = Autodiff<Flex>;
+
+    fn tiny() -> Llada<AB> {
+        Llada::init(
+            &LladaConfig::tiny(16, 1, 2, 32, 20, 19, 18),
+            &Default::default(),
+        )
+    }
+
+    /// Gradients of `value` for the embedding only.
+    fn grads_for(model: &Llada<AB>, value: f32) -> GradientsParams {
+        let mut g = GradientsParams::new();
+        let dims = model.wte.val().dims();
+        g.register::<Flex, 2>(model.wte.id, Tensor::full(dims, value, &Default::default()));
+        g
+    }
+
+    fn wte(model: &Llada<AB>) -> Vec<f32> {
+        model.wte.val().into_data().to_vec::<f32>().unwrap()
+    }
+
+    #[test]
+    fn non_finite_gradients_or_loss_skip_the_update() {
+        let mut opt = AdamWConfig::new().init::<AB, Llada<AB>>();
+        let model = tiny();
+        let before = wte(&model);
+        let g = grads_for(&model, f32::NAN);
+        let (model, outcome) = apply_update(model, &mut opt, g, 1.0, 1e-2, 1.0);
+        assert_eq!(outcome, UpdateOutcome::SkippedNonFinite);
+        assert_eq!(wte(&model), before);
+        let g = grads_for(&model, 1.0);
+        let (model, outcome) = apply_update(model, &mut opt, g, f64::INFINITY, 1e-2, 1.0);
+        assert_eq!(outcome, UpdateOutcome::SkippedNonFinite);
+        assert_eq!(wte(&model), before);
+        let g = grads_for(&model, 1.0);
+        let (model, outcome) = apply_update(model, &mut opt, g, 0.5, 1e-2, 1.0);
+        assert!(matches!(outcome, UpdateOutcome::Applied { .. }));
+        assert_ne!(wte(&model), before);
+    }
+
+    #[test]
+    fn clipping_uses_the_global_norm() {
+        let model = tiny();
+        let g = grads_for(&model, 0.5);
+        let n = (model.wte.val().dims().iter().product::<usize>() as f64).sqrt() * 0.5;
+        assert!((global_grad_norm(&model, &g) - n).abs() < 1e-3);
+        let mut g = g;
+        let model = burn::module::Module::map(
+            model,
+            &mut Scale {
+                grads: &mut g,
+                factor: 0.1,
+            },
+        );
+        assert!((global_grad_norm(&model, &g) - 0.1 * n).abs() < 1e-3);
+    }
+
+    #[test]
+    fn schedule_warms_up_then_decays() {
+        let t = TrainSection {
+            lr: 1.0,
+            warmup_steps: 4,
+            schedule: Schedule::Cosine,
+            ..Default::default()
+        };
+        assert_eq!(learning_rate(&t, 0, 14), 0.25);
+        assert_eq!(learning_rate(&t, 3, 14), 1.0);
+        assert!((learning_rate(&t, 4, 14) - 1.0).abs() < 1e-12);
+        assert!((learning_rate(&t, 9, 14) - 0.5).abs() < 1e-12);
+        let c = TrainSection {
+            lr: 0.3,
+            schedule: Schedule::Constant,
+            ..Default::default()
+        };
+        assert_eq!(learning_rate(&c, 100, 10), 0.3);
+    }
+}
