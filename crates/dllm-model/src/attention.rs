@@ -37,21 +37,26 @@ impl<B: Backend> Attention<B> {
     pub(crate) fn forward(
         &self,
         x: Tensor<B, 3>,
-        rope: &RopeTables<B>,
+        rope_q: &RopeTables<B>,
+        rope_k: &RopeTables<B>,
         key_padding: Option<&Tensor<B, 2, Bool>>,
         cache: &mut CacheUse<'_, B>,
         layer: usize,
         adapter: bool,
     ) -> Tensor<B, 3> {
         let [batch, len, _] = x.dims();
-        let heads =
-            |t: Tensor<B, 3>, n: usize| t.reshape([batch, len, n, self.head_dim]).swap_dims(1, 2);
-        let q = rope.apply(heads(self.q_proj.forward(x.clone(), adapter), self.n_heads));
-        let k = rope.apply(heads(
-            self.k_proj.forward(x.clone(), adapter),
-            self.n_kv_heads,
-        ));
-        let v = heads(self.v_proj.forward(x, adapter), self.n_kv_heads);
+        // [batch, len, heads, head_dim]; RoPE is applied before moving heads forward.
+        let split = |t: Tensor<B, 3>, n: usize| t.reshape([batch, len, n, self.head_dim]);
+        let q = rope_q
+            .apply(split(self.q_proj.forward(x.clone(), adapter), self.n_heads))
+            .swap_dims(1, 2);
+        let k = rope_k
+            .apply(split(
+                self.k_proj.forward(x.clone(), adapter),
+                self.n_kv_heads,
+            ))
+            .swap_dims(1, 2);
+        let v = split(self.v_proj.forward(x, adapter), self.n_kv_heads).swap_dims(1, 2);
 
         let (k, v) = match cache {
             CacheUse::None => (k, v),

@@ -168,13 +168,14 @@ impl<B: Backend> Llada<B> {
     ) -> Tensor<B, 3> {
         let [_, len] = input_ids.dims();
         let device = input_ids.device();
-        let rope = RopeTables::new(
-            self.config.rope_theta,
-            self.config.head_dim(),
-            start,
-            len,
-            &device,
-        );
+        let c = &self.config;
+        let table = |heads| RopeTables::new(c.rope_theta, c.head_dim(), heads, start, len, &device);
+        let rope = if c.num_kv_heads() == c.n_heads {
+            let t = table(c.n_heads);
+            (t.clone(), t)
+        } else {
+            (table(c.n_heads), table(c.num_kv_heads()))
+        };
         let mut x = embedding(self.wte.val(), input_ids);
         for (layer, block) in self.blocks.iter().enumerate() {
             x = block.forward(

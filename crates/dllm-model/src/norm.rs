@@ -24,13 +24,16 @@ impl<B: Backend> RmsNorm<B> {
     /// `weight * x / sqrt(mean(x^2) + eps)`, the statistics in f32 and cast back before the
     /// weight multiply, as `modeling_llada.py` does.
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        let [b, t, d] = x.dims();
         let dtype = x.dtype();
-        // Half-precision inputs are upcast; f32 and f64 are computed as they are.
+        // Half-precision inputs are upcast; f32 and f64 are computed as they are. The work is
+        // done on a 2-D view so broadcasts stay on the backends' row-wise fast paths.
         let upcast = matches!(dtype, DType::BF16 | DType::F16);
+        let x = x.reshape([b * t, d]);
         let x32 = if upcast { x.cast(DType::F32) } else { x };
-        let inv_rms = (x32.clone().square().mean_dim(2) + self.eps).sqrt().recip();
+        let inv_rms = (x32.clone().square().mean_dim(1) + self.eps).sqrt().recip();
         let normed = x32 * inv_rms;
         let normed = if upcast { normed.cast(dtype) } else { normed };
-        normed * self.weight.val().unsqueeze::<3>()
+        (normed * self.weight.val().unsqueeze::<2>()).reshape([b, t, d])
     }
 }

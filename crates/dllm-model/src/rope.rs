@@ -3,51 +3,74 @@
 
 use burn::tensor::{backend::Backend, Tensor, TensorData};
 
-/// Cosine and sine tables for a run of positions, each `[len, head_dim]`.
+/// Cosine and signed-sine tables for a run of positions, laid out `[1, len * heads * head_dim]`
+/// to match a `[batch, len, heads, head_dim]` tensor viewed as `[batch, len * heads * head_dim]`.
 #[derive(Debug, Clone)]
 pub struct RopeTables<B: Backend> {
-    /// `cos(pos * inv_freq)`, repeated over the two halves.
+    /// `cos(pos * inv_freq)`, repeated over the two halves of each head.
     pub cos: Tensor<B, 2>,
-    /// `sin(pos * inv_freq)`, repeated over the two halves.
-    pub sin: Tensor<B, 2>,
+    /// `-sin` on the first half of each head and `+sin` on the second, so that
+    /// `rotate_half(x) * sin == swap_halves(x) * signed_sin`.
+    pub signed_sin: Tensor<B, 2>,
+    /// Heads the tables were tiled for.
+    pub heads: usize,
+    /// Channels per head.
+    pub head_dim: usize,
 }
 
 impl<B: Backend> RopeTables<B> {
-    /// Tables for positions `start..start + len`, computed in f32 exactly as the reference:
-    /// `inv_freq_j = 1 / theta^(2j / head_dim)`, angle = `pos * inv_freq_j`.
-    pub fn new(theta: f64, head_dim: usize, start: usize, len: usize, device: &B::Device) -> Self {
+    /// Tables for positions `start..start + len` and `heads` heads, computed in f32 exactly as
+    /// the reference: `inv_freq_j = 1 / theta^(2j / head_dim)`, angle = `pos * inv_freq_j`.
+    pub fn new(
+        theta: f64,
+        head_dim: usize,
+        heads: usize,
+        start: usize,
+        len: usize,
+        device: &B::Device,
+    ) -> Self {
         let half = head_dim / 2;
         let inv_freq: Vec<f32> = (0..half)
             .map(|j| 1.0 / (theta as f32).powf((2 * j) as f32 / head_dim as f32))
             .collect();
-        let mut cos = Vec::with_capacity(len * head_dim);
-        let mut sin = Vec::with_capacity(len * head_dim);
+        let n = len * heads * head_dim;
+        let mut cos = Vec::with_capacity(n);
+        let mut sin = Vec::with_capacity(n);
         for p in start..start + len {
-            for _ in 0..2 {
-                for f in &inv_freq {
-                    let angle = p as f32 * f;
-                    cos.push(angle.cos());
-                    sin.push(angle.sin());
+            let angles: Vec<f32> = inv_freq.iter().map(|f| p as f32 * f).collect();
+            for _ in 0..heads {
+                for (sign, _) in [(-1.0f32, 0), (1.0, 1)] {
+                    for a in &angles {
+                        cos.push(a.cos());
+                        sin.push(sign * a.sin());
+                    }
                 }
             }
         }
         Self {
-            cos: Tensor::from_data(TensorData::new(cos, [len, head_dim]), device),
-            sin: Tensor::from_data(TensorData::new(sin, [len, head_dim]), device),
+            cos: Tensor::from_data(TensorData::new(cos, [1, n]), device),
+            signed_sin: Tensor::from_data(TensorData::new(sin, [1, n]), device),
+            heads,
+            head_dim,
         }
     }
 
-    /// Rotates `x` `[batch, heads, len, head_dim]`: `x * cos + rotate_half(x) * sin`, where
-    /// `rotate_half([x1, x2]) = [-x2, x1]`.
+    /// Rotates `x` `[batch, len, heads, head_dim]`: `x * cos + rotate_half(x) * sin`, where
+    /// `rotate_half([x1, x2]) = [-x2, x1]` within each head.
     pub fn apply(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        let [_, _, _, hd] = x.dims();
+        let [b, t, h, hd] = x.dims();
         let half = hd / 2;
         let dtype = x.dtype();
-        let x1 = x.clone().narrow(3, 0, half);
-        let x2 = x.clone().narrow(3, half, half);
-        let rotated = Tensor::cat(vec![x2.neg(), x1], 3);
-        let cos = self.cos.clone().cast(dtype).unsqueeze::<4>();
-        let sin = self.sin.clone().cast(dtype).unsqueeze::<4>();
-        x * cos + rotated * sin
+        let swapped = Tensor::cat(
+            vec![
+                x.clone().narrow(3, half, half),
+                x.clone().narrow(3, 0, half),
+            ],
+            3,
+        );
+        let n = t * h * hd;
+        let out = x.reshape([b, n]) * self.cos.clone().cast(dtype)
+            + swapped.reshape([b, n]) * self.signed_sin.clone().cast(dtype);
+        out.reshape([b, t, h, hd])
     }
 }
