@@ -1,6 +1,9 @@
 //! `cargo xtask`: the project's recipes runner (train, eval, pretrain, bench).
 
 mod bench;
+mod eval;
+mod pretrain;
+mod train;
 
 use clap::{Parser, Subcommand};
 
@@ -15,6 +18,12 @@ struct Cli {
 enum Command {
     /// Benchmarks on the fixtures/bench model, printed beside the PyTorch reference.
     Bench(bench::Args),
+    /// Train with a recipe (default: recipes/tiny-sudoku.toml) and print before/after accuracy.
+    Train(train::Args),
+    /// Evaluate a model or adapter at chosen generation lengths.
+    Eval(eval::Args),
+    /// Trains the embedded tiny model from scratch and writes `models/tiny-<task>/`.
+    Pretrain(pretrain::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -27,5 +36,8 @@ fn main() -> anyhow::Result<()> {
         .init();
     match Cli::parse().command {
         Command::Bench(a) => bench::run(a),
+        Command::Train(a) => train::run(a),
+        Command::Eval(a) => eval::run(a),
+        Command::Pretrain(a) => pretrain::run(a),
     }
 }
