@@ -1,0 +1,146 @@
+//! The same code on every backend compiled in: golden logits, a greedy generation and one DMPO
+//! loss + gradient agree with flex (f32, 1e-4). In CI this runs flex and ndarray (and WGPU or
+//! CUDA where those features are built, e.g. by `scripts/gpu-check.sh`).
+
+use std::path::PathBuf;
+
+use burn::backend::Autodiff;
+use burn::module::AutodiffModule;
+use burn::tensor::{backend::Backend, ElementConversion, Int, Tensor, TensorData};
+use dllm_model::backend::{dispatch, BackendKind, BackendTask};
+use dllm_model::tensor_file::{read_floats, read_ints};
+use dllm_model::{load_model, LoadOptions};
+use dllm_sample::{generate, SamplerConfig};
+use dmpo_core::{wdce_loss_with_masks, DmpoConfig, ReplicateMasks, RolloutWeights, SequenceBatch};
+
+/// The repository root: `DMPO_REPO` when set (a GPU bundle), else this checkout.
+fn tiny() -> PathBuf {
+    let root = std::env::var_os("DMPO_REPO")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.."));
+    root.join("fixtures/llada-tiny")
+}
+
+/// What each backend computes.
+#[derive(Debug, Clone)]
+struct Outputs {
+    logits: Vec<f32>,
+    generation: Vec<Vec<u32>>,
+    loss: f64,
+    grad_head: Vec<f32>,
+}
+
+struct Run;
+
+impl BackendTask for Run {
+    type Output = Outputs;
+    fn run<B: Backend>(self, device: B::Device) -> Outputs {
+        let golden = tiny().join("golden.safetensors");
+        let model = load_model::<Autodiff<B>>(tiny(), LoadOptions::default(), &device).unwrap();
+        let ids = read_ints(&golden, "input_ids").unwrap();
+        let inner = model.valid();
+        let input =
+            Tensor::<B, 2, Int>::from_data(TensorData::new(ids.values.clone(), [2, 24]), &device);
+        let logits = inner
+            .forward(input)
+            .into_data()
+            .convert::<f32>()
+            .to_vec::<f32>()
+            .unwrap();
+
+        let p = read_ints(&golden, "gen_prompts").unwrap();
+        let prompts: Vec<Vec<u32>> = p
+            .values
+            .chunks(8)
+            .map(|r| r.iter().map(|&t| t as u32).collect())
+            .collect();
+        let cfg = SamplerConfig {
+            gen_length: 16,
+            block_length: 8,
+            steps: 16,
+            ..Default::default()
+        };
+        let generation = generate(&inner, &prompts, &cfg).unwrap().completions;
+
+        // One WDCE loss and gradient on fixed masks and weights (a group of 2).
+        let seq = read_ints(&golden, "targets").unwrap();
+        let x =
+            Tensor::<Autodiff<B>, 2, Int>::from_data(TensorData::new(seq.values, [2, 24]), &device);
+        let batch = SequenceBatch::with_eos_index(x, 8, vec![16, 16]).unwrap();
+        let masked: Vec<bool> = (0..2 * 2 * 16).map(|i| (i * 7) % 3 == 0).collect();
+        let masks = ReplicateMasks::from_rows(2, 2, 16, masked).unwrap();
+        let weights = RolloutWeights {
+            group_size: 2,
+            w_plus: vec![0.7, 0.3],
+            w_minus: vec![0.2, 0.8],
+            ell_cur: vec![-10.0, -12.0],
+            coeffs: vec![1.0],
+        };
+        let config = DmpoConfig {
+            num_replicates: 2,
+            ..Default::default()
+        };
+        let out = wdce_loss_with_masks(&model, &batch, &weights, &config, &masks).unwrap();
+        let loss: f64 = out.loss.clone().into_scalar().elem();
+        let grads = out.loss.backward();
+        let head = model.head.as_ref().unwrap().weight.val();
+        let grad_head = head
+            .grad(&grads)
+            .unwrap()
+            .into_data()
+            .convert::<f32>()
+            .to_vec::<f32>()
+            .unwrap();
+        Outputs {
+            logits,
+            generation,
+            loss,
+            grad_head,
+        }
+    }
+}
+
+fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+#[test]
+fn every_compiled_backend_matches_flex() {
+    let reference = dispatch(BackendKind::Flex, Run).unwrap();
+    // Flex itself against the PyTorch golden logits.
+    let want = read_floats(tiny().join("golden.safetensors"), "logits").unwrap();
+    let w: Vec<f32> = want.values.iter().map(|&v| v as f32).collect();
+    assert!(max_diff(&reference.logits, &w) <= 1e-4);
+    let others: Vec<BackendKind> = BackendKind::compiled()
+        .into_iter()
+        .filter(|b| *b != BackendKind::Flex)
+        .collect();
+    assert!(
+        others.contains(&BackendKind::Ndarray),
+        "tests build ndarray beside flex"
+    );
+    for kind in others {
+        let got = dispatch(kind, Run).unwrap();
+        let d = max_diff(&got.logits, &reference.logits);
+        assert!(d <= 1e-4, "{kind}: logits differ by {d}");
+        assert_eq!(
+            got.generation, reference.generation,
+            "{kind}: greedy generation differs"
+        );
+        assert!(
+            (got.loss - reference.loss).abs() <= 1e-4 * reference.loss.abs().max(1.0),
+            "{kind}: loss {} vs {}",
+            got.loss,
+            reference.loss
+        );
+        let g = max_diff(&got.grad_head, &reference.grad_head);
+        assert!(g <= 1e-4, "{kind}: gradient differs by {g}");
+        eprintln!(
+            "{kind}: logits {d:.2e}, loss {:.2e}, grad {g:.2e}",
+            (got.loss - reference.loss).abs()
+        );
+    }
+}
