@@ -289,6 +289,8 @@ pub struct StepMetrics {
     pub log_rnd_mean: f64,
     /// Standard deviation of `log_rnd`.
     pub log_rnd_std: f64,
+    /// Pearson correlation between the per-rollout advantages (weights) and rewards.
+    pub advantage_reward_corr: f64,
     /// Mean loss over the updates.
     pub loss: f64,
     /// Mean pre-clip global gradient norm over applied updates.
@@ -413,6 +415,7 @@ fn rollout_step<AB: AutodiffBackend>(
     let mut lr = 0.0;
     let (mut ess_mean, mut lr_mean, mut lr_std) = (f64::NAN, f64::NAN, f64::NAN);
     let (zero_var, reward_std);
+    let mut adv_corr = f64::NAN;
 
     match t.algorithm {
         Algorithm::Dmpo => {
@@ -443,6 +446,9 @@ fn rollout_step<AB: AutodiffBackend>(
             lr_mean = diag.log_rnd_mean;
             lr_std = diag.log_rnd_std;
             zero_var = diag.zero_variance_fraction;
+            if let Ok(a) = weights.advantages(recipe.dmpo.baseline, recipe.dmpo.centering_strength, Some(&weights.ell_cur)) {
+                adv_corr = pearson(&a, &rewards);
+            }
             reward_std = dmpo_core::weights::mean(&diag.reward_std);
             // 5. num_iterations updates, fresh masks each (§4 WDCE / DDO).
             let clock = Instant::now();
@@ -484,6 +490,7 @@ fn rollout_step<AB: AutodiffBackend>(
         Algorithm::DiffuGrpo | Algorithm::Wd1 => {
             let clock = Instant::now();
             let adv = grpo_advantages(&rewards, t.group_size, recipe.grpo.scale_rewards)?;
+            adv_corr = pearson(&adv, &rewards);
             reward_std = rewards
                 .chunks(t.group_size)
                 .map(dmpo_core::weights::std_unbiased)
@@ -586,6 +593,7 @@ fn rollout_step<AB: AutodiffBackend>(
         ess_mean,
         log_rnd_mean: lr_mean,
         log_rnd_std: lr_std,
+        advantage_reward_corr: adv_corr,
         loss: mean(&losses),
         grad_norm: mean(&norms),
         lr,
@@ -622,6 +630,16 @@ fn update<AB: AutodiffBackend>(
         }
     }
     model
+}
+
+/// Pearson correlation (NaN when either side is constant).
+fn pearson(a: &[f64], b: &[f64]) -> f64 {
+    let n = a.len().min(b.len()) as f64;
+    let (ma, mb) = (a.iter().sum::<f64>() / n, b.iter().sum::<f64>() / n);
+    let cov: f64 = a.iter().zip(b).map(|(x, y)| (x - ma) * (y - mb)).sum();
+    let va: f64 = a.iter().map(|x| (x - ma).powi(2)).sum();
+    let vb: f64 = b.iter().map(|y| (y - mb).powi(2)).sum();
+    cov / (va * vb).sqrt()
 }
 
 fn make_batch<B: Backend>(
