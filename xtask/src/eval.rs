@@ -42,6 +42,9 @@ pub struct Args {
     /// Backend.
     #[arg(long, default_value = "flex")]
     pub backend: BackendKind,
+    /// KV cache used by the sampler: none, prefix or dual.
+    #[arg(long, default_value = "none")]
+    pub cache: dllm_sample::CacheKind,
     /// Directory for the d1-layout generation files.
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -79,18 +82,19 @@ impl BackendTask for Eval {
             block_length: a.block_length,
             steps_per_token: a.steps_per_token,
             batch_size: 64,
-            cache: dllm_sample::CacheKind::None,
+            cache: a.cache,
         };
         if let Some(d) = &a.out {
             std::fs::create_dir_all(d)?;
         }
-        println!("| model | task | gen length | accuracy (%) | correct/total |");
-        println!("|---|---|---|---|---|");
+        println!("| model | task | gen length | cache | accuracy (%) | correct/total | seconds |");
+        println!("|---|---|---|---|---|---|---|");
         for &len in &a.gen_lengths {
             let out = a
                 .out
                 .as_ref()
                 .map(|d| d.join(format!("{}_len{len}.json", a.task)));
+            let clock = std::time::Instant::now();
             let r = evaluate(
                 &model,
                 &tokenizer,
@@ -103,13 +107,15 @@ impl BackendTask for Eval {
                 out.as_deref(),
             )?;
             println!(
-                "| {} | {} | {} | {:.2} | {}/{} |",
+                "| {} | {} | {} | {:?} | {:.2} | {}/{} | {:.1} |",
                 a.model.display(),
                 a.task,
                 len,
+                a.cache,
                 r.accuracy_pct,
                 r.correct,
-                r.total
+                r.total,
+                clock.elapsed().as_secs_f64()
             );
         }
         Ok(())
