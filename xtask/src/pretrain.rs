@@ -758,7 +758,9 @@ stopped at an imperfect base, so that RL has headroom.\n\
 \n\
 Seed {seed}, backend {backend}. The tokenizer corpus, the initialisation (`B::seed`), the \
 training puzzles and the masks all derive from the seed (ChaCha8), so the same command on the \
-same backend and crate versions rebuilds the same files up to floating-point summation order.\n\
+same backend and source rebuilds byte-identical files (checked twice with flex). Any change \
+to the model's arithmetic (e.g. the evaluation order of RoPE or RMSNorm) changes the weights \
+and the measured accuracy, so re-run this command, and commit its output, after such a change.\n\
 \n\
 ## Facts\n\
 \n\
