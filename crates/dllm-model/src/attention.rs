@@ -37,8 +37,7 @@ impl<B: Backend> Attention<B> {
     pub(crate) fn forward(
         &self,
         x: Tensor<B, 3>,
-        rope_q: &RopeTables<B>,
-        rope_k: &RopeTables<B>,
+        rope: &(RopeTables<B>, RopeTables<B>),
         key_padding: Option<&Tensor<B, 2, Bool>>,
         cache: &mut CacheUse<'_, B>,
         layer: usize,
@@ -47,10 +46,12 @@ impl<B: Backend> Attention<B> {
         let [batch, len, _] = x.dims();
         // [batch, len, heads, head_dim]; RoPE is applied before moving heads forward.
         let split = |t: Tensor<B, 3>, n: usize| t.reshape([batch, len, n, self.head_dim]);
-        let q = rope_q
+        let q = rope
+            .0
             .apply(split(self.q_proj.forward(x.clone(), adapter), self.n_heads))
             .swap_dims(1, 2);
-        let k = rope_k
+        let k = rope
+            .1
             .apply(split(
                 self.k_proj.forward(x.clone(), adapter),
                 self.n_kv_heads,

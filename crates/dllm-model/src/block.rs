@@ -40,7 +40,7 @@ impl<B: Backend> Block<B> {
         let h = self.attn_norm.forward(x.clone());
         let x = x + self
             .attn
-            .forward(h, &rope.0, &rope.1, key_padding, cache, layer, adapter);
+            .forward(h, rope, key_padding, cache, layer, adapter);
         let m = self.ff_norm.forward(x.clone());
         let gate = silu(self.ff_proj.forward(m.clone(), adapter));
         let up = self.up_proj.forward(m, adapter);

@@ -446,7 +446,11 @@ fn rollout_step<AB: AutodiffBackend>(
             lr_mean = diag.log_rnd_mean;
             lr_std = diag.log_rnd_std;
             zero_var = diag.zero_variance_fraction;
-            if let Ok(a) = weights.advantages(recipe.dmpo.baseline, recipe.dmpo.centering_strength, Some(&weights.ell_cur)) {
+            if let Ok(a) = weights.advantages(
+                recipe.dmpo.baseline,
+                recipe.dmpo.centering_strength,
+                Some(&weights.ell_cur),
+            ) {
                 adv_corr = pearson(&a, &rewards);
             }
             reward_std = dmpo_core::weights::mean(&diag.reward_std);

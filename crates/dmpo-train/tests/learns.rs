@@ -31,17 +31,41 @@ fn positive_weights_pull_greedy_decoding_to_the_sequence() {
     let mut completion = tok.encode(&format!("<answer>{solution}</answer>")).unwrap();
     completion.resize(24, model.config.eos_token_id);
     // A group of two: the solution (weight 1) and a copy with weight 0 (baseline none).
-    let seq: Vec<i64> = prompt.iter().chain(&completion).map(|&t| t as i64).collect();
+    let seq: Vec<i64> = prompt
+        .iter()
+        .chain(&completion)
+        .map(|&t| t as i64)
+        .collect();
     let ids: Vec<i64> = seq.iter().chain(&seq).copied().collect();
     let len = seq.len();
     let x = Tensor::<AB, 2, Int>::from_data(TensorData::new(ids, [2, len]), &device);
-    let eos = completion.iter().position(|&t| t == model.config.eos_token_id).unwrap();
+    let eos = completion
+        .iter()
+        .position(|&t| t == model.config.eos_token_id)
+        .unwrap();
     let batch = SequenceBatch::with_eos_index(x, prompt.len(), vec![eos, eos]).unwrap();
-    let weights = RolloutWeights { group_size: 2, w_plus: vec![1.0, 0.0], w_minus: vec![0.0, 1.0], ell_cur: vec![0.0, 0.0], coeffs: vec![1.0] };
-    let config = DmpoConfig { baseline: Baseline::None, ..Default::default() };
-    let mut opt = AdamWConfig::new().with_epsilon(1e-8).with_weight_decay(0.0).init::<AB, dllm_model::Llada<AB>>();
+    let weights = RolloutWeights {
+        group_size: 2,
+        w_plus: vec![1.0, 0.0],
+        w_minus: vec![0.0, 1.0],
+        ell_cur: vec![0.0, 0.0],
+        coeffs: vec![1.0],
+    };
+    let config = DmpoConfig {
+        baseline: Baseline::None,
+        ..Default::default()
+    };
+    let mut opt = AdamWConfig::new()
+        .with_epsilon(1e-8)
+        .with_weight_decay(0.0)
+        .init::<AB, dllm_model::Llada<AB>>();
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
-    let sampler = SamplerConfig { gen_length: 24, block_length: 8, steps: 12, ..Default::default() };
+    let sampler = SamplerConfig {
+        gen_length: 24,
+        block_length: 8,
+        steps: 12,
+        ..Default::default()
+    };
     let greedy = |m: &dllm_model::Llada<AB>| {
         let out = generate(&m.valid(), std::slice::from_ref(&prompt), &sampler).unwrap();
         completion_text(&tok, &out.completions[0], m.config.eos_token_id).unwrap()
@@ -59,7 +83,13 @@ fn positive_weights_pull_greedy_decoding_to_the_sequence() {
         model = apply_update(model, &mut opt, grads, value, 1e-3, 1.0).0;
     }
     let after = greedy(&model);
-    assert!(last_loss < first_loss.unwrap() * 0.5, "loss {first_loss:?} -> {last_loss}");
-    assert_ne!(before, target, "the base already solves this puzzle; pick another");
+    assert!(
+        last_loss < first_loss.unwrap() * 0.5,
+        "loss {first_loss:?} -> {last_loss}"
+    );
+    assert_ne!(
+        before, target,
+        "the base already solves this puzzle; pick another"
+    );
     assert_eq!(after, target, "before: {before}");
 }
