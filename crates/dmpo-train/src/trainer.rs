@@ -457,37 +457,31 @@ fn rollout_step<AB: AutodiffBackend>(
             // 5. num_iterations updates, fresh masks each (§4 WDCE / DDO).
             let clock = Instant::now();
             for _ in 0..t.num_iterations {
-                let mut acc = GradientsAccumulator::<Llada<AB>>::new();
-                let mut loss_sum = 0.0;
-                for pass in &passes {
+                let loss_of = |model: &Llada<AB>,
+                               pass: &[usize],
+                               rng: &mut ChaCha8Rng|
+                 -> Result<Tensor<AB, 1>> {
                     let sub = batch_on(pass)?;
                     let sub_w = slice_weights(&weights, pass, t.group_size);
-                    let out = match recipe.dmpo.loss {
+                    Ok(match recipe.dmpo.loss {
                         DmpoLoss::Wdce => {
-                            dmpo_core::wdce_loss(&model, &sub, &sub_w, &recipe.dmpo, &mut rng)?.loss
+                            dmpo_core::wdce_loss(model, &sub, &sub_w, &recipe.dmpo, rng)?.loss
                         }
                         DmpoLoss::Ddo => {
-                            dmpo_core::ddo_loss(&model, &sub, &sub_w, &recipe.dmpo, &mut rng)?.loss
+                            dmpo_core::ddo_loss(model, &sub, &sub_w, &recipe.dmpo, rng)?.loss
                         }
-                    };
-                    let value: f64 = out.clone().into_scalar().elem();
-                    loss_sum += value;
-                    if value.is_finite() {
-                        acc.accumulate(&model, GradientsParams::from_grads(out.backward(), &model));
-                    }
-                }
-                lr = learning_rate(t, state.updates + state.skipped, total_updates);
-                model = update(
-                    model,
-                    optimizer,
-                    acc.grads(),
-                    loss_sum,
-                    lr,
-                    t.max_grad_norm,
-                    state,
-                    &mut norms,
-                );
-                losses.push(loss_sum);
+                    })
+                };
+                let mut ctx = UpdateContext {
+                    optimizer: &mut *optimizer,
+                    train: t,
+                    total_updates,
+                    state: &mut *state,
+                    norms: &mut norms,
+                    losses: &mut losses,
+                    lr: &mut lr,
+                };
+                model = accumulate_and_update(model, &passes, &mut rng, loss_of, &mut ctx)?;
             }
             seconds.insert("optimize", clock.elapsed().as_secs_f64());
         }
@@ -531,15 +525,16 @@ fn rollout_step<AB: AutodiffBackend>(
             let clock = Instant::now();
             let gen = sampler.gen_length;
             for (mask, old, reff) in &plan {
-                let mut acc = GradientsAccumulator::<Llada<AB>>::new();
-                let mut loss_sum = 0.0;
-                for pass in &passes {
+                let loss_of = |model: &Llada<AB>,
+                               pass: &[usize],
+                               _: &mut ChaCha8Rng|
+                 -> Result<Tensor<AB, 1>> {
                     let sub = batch_on(pass)?;
                     let sub_mask: Vec<bool> = pass
                         .iter()
                         .flat_map(|&r| mask[r * prompt_len..(r + 1) * prompt_len].iter().copied())
                         .collect();
-                    let logp = mean_field_logprobs(&model, &sub, &sub_mask)?;
+                    let logp = mean_field_logprobs(model, &sub, &sub_mask)?;
                     let sub_adv: Vec<f64> = pass.iter().map(|&r| adv[r]).collect();
                     let cmask = sub.completion_mask_tensor();
                     let out = match t.algorithm {
@@ -558,25 +553,18 @@ fn rollout_step<AB: AutodiffBackend>(
                         _ => wd1_loss(logp, &sub_adv, t.group_size, cmask)?.loss,
                     };
                     // Mean-over-tokens losses: weight each pass by its share of the rows.
-                    let out = out * (pass.len() as f64 / rows as f64);
-                    let value: f64 = out.clone().into_scalar().elem();
-                    loss_sum += value;
-                    if value.is_finite() {
-                        acc.accumulate(&model, GradientsParams::from_grads(out.backward(), &model));
-                    }
-                }
-                lr = learning_rate(t, state.updates + state.skipped, total_updates);
-                model = update(
-                    model,
-                    optimizer,
-                    acc.grads(),
-                    loss_sum,
-                    lr,
-                    t.max_grad_norm,
-                    state,
-                    &mut norms,
-                );
-                losses.push(loss_sum);
+                    Ok(out * (pass.len() as f64 / rows as f64))
+                };
+                let mut ctx = UpdateContext {
+                    optimizer: &mut *optimizer,
+                    train: t,
+                    total_updates,
+                    state: &mut *state,
+                    norms: &mut norms,
+                    losses: &mut losses,
+                    lr: &mut lr,
+                };
+                model = accumulate_and_update(model, &passes, &mut rng, loss_of, &mut ctx)?;
             }
             seconds.insert("optimize", clock.elapsed().as_secs_f64());
         }
@@ -608,32 +596,66 @@ fn rollout_step<AB: AutodiffBackend>(
     Ok((model, metrics))
 }
 
-#[allow(clippy::too_many_arguments)]
-fn update<AB: AutodiffBackend>(
+/// What one optimiser update reads and records.
+struct UpdateContext<'a, O> {
+    optimizer: &'a mut O,
+    train: &'a crate::recipe::TrainSection,
+    total_updates: usize,
+    state: &'a mut TrainState,
+    norms: &'a mut Vec<f64>,
+    losses: &'a mut Vec<f64>,
+    lr: &'a mut f64,
+}
+
+/// One optimiser update: sums `loss_of` over the micro-batches (whole groups), accumulating
+/// gradients of the finite ones, then clips globally and applies them (or skips the update when
+/// the loss or the gradient is not finite).
+fn accumulate_and_update<AB, O>(
     model: Llada<AB>,
-    optimizer: &mut impl burn::optim::Optimizer<Llada<AB>, AB>,
-    grads: GradientsParams,
-    loss: f64,
-    lr: f64,
-    max_norm: f64,
-    state: &mut TrainState,
-    norms: &mut Vec<f64>,
-) -> Llada<AB> {
-    let (model, outcome) = apply_update(model, optimizer, grads, loss, lr, max_norm);
+    passes: &[Vec<usize>],
+    rng: &mut ChaCha8Rng,
+    mut loss_of: impl FnMut(&Llada<AB>, &[usize], &mut ChaCha8Rng) -> Result<Tensor<AB, 1>>,
+    ctx: &mut UpdateContext<'_, O>,
+) -> Result<Llada<AB>>
+where
+    AB: AutodiffBackend,
+    O: burn::optim::Optimizer<Llada<AB>, AB>,
+{
+    let mut acc = GradientsAccumulator::<Llada<AB>>::new();
+    let mut loss = 0.0;
+    for pass in passes {
+        let out = loss_of(&model, pass, rng)?;
+        let value: f64 = out.clone().into_scalar().elem();
+        loss += value;
+        if value.is_finite() {
+            acc.accumulate(&model, GradientsParams::from_grads(out.backward(), &model));
+        }
+    }
+    let t = ctx.train;
+    *ctx.lr = learning_rate(t, ctx.state.updates + ctx.state.skipped, ctx.total_updates);
+    let (model, outcome) = apply_update(
+        model,
+        ctx.optimizer,
+        acc.grads(),
+        loss,
+        *ctx.lr,
+        t.max_grad_norm,
+    );
     match outcome {
         UpdateOutcome::Applied { grad_norm } => {
-            state.updates += 1;
-            norms.push(grad_norm);
+            ctx.state.updates += 1;
+            ctx.norms.push(grad_norm);
         }
         UpdateOutcome::SkippedNonFinite => {
-            state.skipped += 1;
+            ctx.state.skipped += 1;
             tracing::warn!(
                 "step {}: non-finite loss ({loss}) or gradient, update skipped",
-                state.step
+                ctx.state.step
             );
         }
     }
-    model
+    ctx.losses.push(loss);
+    Ok(model)
 }
 
 /// Pearson correlation (NaN when either side is constant).
