@@ -27,13 +27,7 @@ enum Command {
 }
 
 fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    dmpo_train::cli::init_tracing();
     match Cli::parse().command {
         Command::Bench(a) => bench::run(a),
         Command::Train(a) => train::run(a),

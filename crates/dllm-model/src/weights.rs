@@ -216,11 +216,10 @@ impl WeightFiles {
     /// Every tensor name with its stored dtype and shape, sorted by name.
     pub fn summary(&self) -> BTreeMap<String, (String, Vec<usize>)> {
         let mut out = BTreeMap::new();
-        for (path, mmap) in &self.files {
+        for (_, mmap) in &self.files {
             if let Ok(st) = SafeTensors::deserialize(mmap) {
                 for (name, view) in st.tensors() {
                     out.insert(name, (format!("{:?}", view.dtype()), view.shape().to_vec()));
-                    let _ = path;
                 }
             }
         }

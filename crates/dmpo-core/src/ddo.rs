@@ -18,7 +18,7 @@ use crate::config::DmpoConfig;
 use crate::elbo::{check_masks, masked_logprob_sums};
 use crate::error::{DmpoError, Result};
 use crate::loss::{tensor_from, LossOutput};
-use crate::masks::{MaskOptions, ReplicateMasks};
+use crate::masks::ReplicateMasks;
 use crate::model::LogitsModel;
 use crate::wdce::check_rollout;
 use crate::weights::RolloutWeights;
@@ -122,11 +122,6 @@ pub fn ddo_loss<B: Backend, M: LogitsModel<B> + ?Sized, R: Rng + ?Sized>(
     rng: &mut R,
 ) -> Result<LossOutput<B, DdoDiagnostics>> {
     config.validate()?;
-    let masks = ReplicateMasks::sample(
-        rng,
-        &batch.eos_index,
-        batch.gen_len(),
-        &MaskOptions::from(config),
-    )?;
+    let masks = ReplicateMasks::for_batch(rng, batch, config)?;
     ddo_loss_with_masks(model, batch, rollout, config, &masks)
 }

@@ -52,6 +52,21 @@ pub fn clamp_lambda(u: f64) -> f64 {
 }
 
 impl ReplicateMasks {
+    /// Fresh masks for `batch` with the configured replicate scheme (one draw per optimisation
+    /// step of WDCE and DDO, spec §4).
+    pub fn for_batch<B: Backend, R: Rng + ?Sized>(
+        rng: &mut R,
+        batch: &crate::batch::SequenceBatch<B>,
+        config: &DmpoConfig,
+    ) -> Result<Self> {
+        Self::sample(
+            rng,
+            &batch.eos_index,
+            batch.gen_len(),
+            &MaskOptions::from(config),
+        )
+    }
+
     /// Masks from explicit rows (`[K * batch * L]`, replicate-major).
     pub fn from_rows(
         replicates: usize,

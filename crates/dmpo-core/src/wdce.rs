@@ -14,7 +14,7 @@ use crate::config::{Baseline, DmpoConfig};
 use crate::elbo::{check_masks, ell_from_row_sums, masked_logprob_sums};
 use crate::error::{DmpoError, Result};
 use crate::loss::{tensor_from, LossOutput};
-use crate::masks::{MaskOptions, ReplicateMasks};
+use crate::masks::ReplicateMasks;
 use crate::model::LogitsModel;
 use crate::weights::RolloutWeights;
 
@@ -95,11 +95,6 @@ pub fn wdce_loss<B: Backend, M: LogitsModel<B> + ?Sized, R: Rng + ?Sized>(
     rng: &mut R,
 ) -> Result<LossOutput<B, WdceDiagnostics>> {
     config.validate()?;
-    let masks = ReplicateMasks::sample(
-        rng,
-        &batch.eos_index,
-        batch.gen_len(),
-        &MaskOptions::from(config),
-    )?;
+    let masks = ReplicateMasks::for_batch(rng, batch, config)?;
     wdce_loss_with_masks(model, batch, rollout, config, &masks)
 }

@@ -417,6 +417,15 @@ fn rollout_step<AB: AutodiffBackend>(
     let (zero_var, reward_std);
     let mut adv_corr = f64::NAN;
 
+    let mut ctx = UpdateContext {
+        optimizer,
+        train: t,
+        total_updates,
+        state: &mut *state,
+        norms: &mut norms,
+        losses: &mut losses,
+        lr: &mut lr,
+    };
     match t.algorithm {
         Algorithm::Dmpo => {
             // 3. ELBO of each rollout under the rollout policy and the reference, same masks (§3).
@@ -471,15 +480,6 @@ fn rollout_step<AB: AutodiffBackend>(
                             dmpo_core::ddo_loss(model, &sub, &sub_w, &recipe.dmpo, rng)?.loss
                         }
                     })
-                };
-                let mut ctx = UpdateContext {
-                    optimizer: &mut *optimizer,
-                    train: t,
-                    total_updates,
-                    state: &mut *state,
-                    norms: &mut norms,
-                    losses: &mut losses,
-                    lr: &mut lr,
                 };
                 model = accumulate_and_update(model, &passes, &mut rng, loss_of, &mut ctx)?;
             }
@@ -554,15 +554,6 @@ fn rollout_step<AB: AutodiffBackend>(
                     };
                     // Mean-over-tokens losses: weight each pass by its share of the rows.
                     Ok(out * (pass.len() as f64 / rows as f64))
-                };
-                let mut ctx = UpdateContext {
-                    optimizer: &mut *optimizer,
-                    train: t,
-                    total_updates,
-                    state: &mut *state,
-                    norms: &mut norms,
-                    losses: &mut losses,
-                    lr: &mut lr,
                 };
                 model = accumulate_and_update(model, &passes, &mut rng, loss_of, &mut ctx)?;
             }
