@@ -4,17 +4,22 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
+use anyhow::Context;
+use burn::backend::Autodiff;
+use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
 use burn::tensor::{backend::Backend, Int, Tensor, TensorData};
 use dllm_model::backend::{dispatch, BackendKind, BackendTask};
 use dllm_model::tensor_file::read_ints;
-use dllm_model::{load_model, LoadOptions};
+use dllm_model::{load_model, Llada, LoadOptions};
 use dllm_sample::{generate, CacheKind, SamplerConfig};
+use dmpo_core::masks::ReplicateMasks;
+use dmpo_core::{wdce_loss_with_masks, DmpoConfig, RolloutWeights, SequenceBatch};
 use serde::Serialize;
 
 /// Arguments of `cargo xtask bench`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// What to measure: all, forward, step, sampler.
+    /// What to measure: all, forward, step (one DMPO optimisation step), sampler.
     #[arg(default_value = "all")]
     pub what: String,
     /// Backends to run (default: every one compiled in).
@@ -29,6 +34,10 @@ pub struct Args {
     /// Benchmark fixture directory.
     #[arg(long, default_value = "fixtures/bench")]
     pub dir: PathBuf,
+    /// Reference figures to compare with (default `<dir>/reference_pytorch_cpu.json`); write
+    /// figures for this machine with `scripts/reference_bench.py`.
+    #[arg(long)]
+    pub reference: Option<PathBuf>,
 }
 
 /// One measured operation.
@@ -136,6 +145,24 @@ impl BackendTask for Bench<'_> {
                 format!("argmax agrees {agree}/1024"),
             );
         }
+        if a.what == "all" || a.what == "step" {
+            let (s, losses) = dmpo_step::<B>(a, &device)?;
+            row(
+                "DMPO step (WDCE fwd+bwd+AdamW) b4 x 256",
+                s,
+                "tokens/s",
+                1024.0 / s,
+                reff("b_train_tokens_per_s"),
+                format!(
+                    "losses {}",
+                    losses
+                        .iter()
+                        .map(|l| format!("{l:.4}"))
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                ),
+            );
+        }
         if a.what == "all" || a.what == "sampler" {
             let p = read_ints(&golden, "gen_prompts")?;
             let prompts: Vec<Vec<u32>> = p
@@ -206,11 +233,94 @@ impl BackendTask for Bench<'_> {
     }
 }
 
+/// Prompt length of the benchmark batch (the golden `bench_loss_mask` never masks it).
+const BENCH_PROMPT: usize = 64;
+
+/// One DMPO optimisation step as the reference's (b): WDCE loss on the golden batch
+/// (`bench_tokens`, one replicate masked by `bench_loss_mask`), backward, AdamW (lr 1e-4,
+/// weight decay 0.01). Returns the median seconds per step and the losses of every step.
+fn dmpo_step<B: Backend>(a: &Args, device: &B::Device) -> anyhow::Result<(f64, Vec<f32>)> {
+    type AB<B> = Autodiff<B>;
+    let golden = a.dir.join("golden_bench.safetensors");
+    let tokens = read_ints(&golden, "bench_tokens")?;
+    let mask = read_ints(&golden, "bench_loss_mask")?;
+    let (b, s) = (tokens.shape[0], tokens.shape[1]);
+    let completion = s - BENCH_PROMPT;
+    let ids = Tensor::<AB<B>, 2, Int>::from_data(TensorData::new(tokens.values, [b, s]), device);
+    let batch = SequenceBatch::with_eos_index(ids, BENCH_PROMPT, vec![completion; b])?;
+    let mut rows = Vec::with_capacity(b * completion);
+    for i in 0..b {
+        let row = &mask.values[i * s..(i + 1) * s];
+        anyhow::ensure!(
+            row[..BENCH_PROMPT].iter().all(|&m| m == 0),
+            "bench_loss_mask masks a prompt position of row {i}"
+        );
+        rows.extend(row[BENCH_PROMPT..].iter().map(|&m| m != 0));
+    }
+    let masks = ReplicateMasks::from_rows(1, b, completion, rows)?;
+    let rollout = RolloutWeights {
+        group_size: b,
+        w_plus: vec![0.4, 0.3, 0.2, 0.1],
+        w_minus: vec![0.1, 0.2, 0.3, 0.4],
+        ell_cur: vec![0.0; b],
+        coeffs: vec![1.0],
+    };
+    let config = DmpoConfig {
+        num_replicates: 1,
+        antithetic: false,
+        ..DmpoConfig::default()
+    };
+    let mut model: Llada<AB<B>> = load_model(&a.dir, LoadOptions::default(), device)?;
+    let mut optim = AdamWConfig::new()
+        .with_weight_decay(0.01)
+        .init::<AB<B>, Llada<AB<B>>>();
+    let mut losses = Vec::new();
+    let mut times = Vec::new();
+    for i in 0..=a.reps.max(1) {
+        let t = Instant::now();
+        let out = wdce_loss_with_masks(&model, &batch, &rollout, &config, &masks)?;
+        let loss: f32 = out
+            .loss
+            .clone()
+            .into_data()
+            .to_vec::<f32>()
+            .ok()
+            .and_then(|v| v.first().copied())
+            .context("reading the loss")?;
+        let grads = GradientsParams::from_grads(out.loss.backward(), &model);
+        model = optim.step(1e-4, model, grads);
+        // Wait for the update (lazy backends) before stopping the clock.
+        let _ = model.wte.val().slice([0..1, 0..1]).into_data();
+        if i > 0 {
+            times.push(t.elapsed().as_secs_f64());
+        }
+        losses.push(loss);
+    }
+    Ok((median(times), losses))
+}
+
 /// Runs the benchmarks.
 pub fn run(a: Args) -> anyhow::Result<()> {
-    let reference: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(
-        a.dir.join("reference_pytorch_cpu.json"),
-    )?)?;
+    let reference_path = a
+        .reference
+        .clone()
+        .unwrap_or_else(|| a.dir.join("reference_pytorch_cpu.json"));
+    let reference: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(&reference_path)
+            .with_context(|| format!("reading {}", reference_path.display()))?,
+    )
+    .with_context(|| format!("parsing {}", reference_path.display()))?;
+    if !a.json {
+        eprintln!(
+            "reference: {} ({}, {})",
+            reference_path.display(),
+            reference.get("cpu").and_then(|v| v.as_str()).unwrap_or("?"),
+            reference
+                .get("torch")
+                .and_then(|v| v.as_str())
+                .unwrap_or("?")
+        );
+    }
     let backends = a.backend.clone().unwrap_or_else(BackendKind::compiled);
     let mut all = Vec::new();
     for b in backends {

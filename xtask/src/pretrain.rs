@@ -124,6 +124,12 @@ pub struct Args {
     /// Backend to train on.
     #[arg(long, default_value = "flex")]
     pub backend: BackendKind,
+    /// Share (0..1) of training completions written by a flawed solver instead of the true
+    /// solution: the row-only heuristic of [`row_only_fill`]. A base that imitated such mixed
+    /// demonstrations can produce correct answers but prefers the flawed ones, the situation
+    /// RL fine-tuning is meant for.
+    #[arg(long, default_value_t = 0.0)]
+    pub flawed_share: f64,
 }
 
 /// One periodic evaluation.
@@ -133,6 +139,8 @@ pub struct EvalPoint {
     pub step: usize,
     /// Correct empty cells over empty cells, all items together.
     pub accuracy: f64,
+    /// Empty cells filled as the flawed row-only solver fills them, over empty cells.
+    pub flawed_agreement: f64,
     /// Items whose extracted answer is 16 digits inside `<answer>…</answer>`.
     pub well_formed: f64,
     /// Items solved completely.
@@ -151,7 +159,9 @@ struct Record {
     steps: usize,
     stop_reason: String,
     final_loss: f64,
+    flawed_share: f64,
     base_accuracy: f64,
+    base_flawed_agreement: f64,
     base_well_formed: f64,
     base_solved: f64,
     eval_items: usize,
@@ -180,6 +190,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     ensure!(args.batch_size > 0, "--batch-size must be positive");
     ensure!(args.eval_every > 0, "--eval-every must be positive");
+    ensure!(
+        (0.0..1.0).contains(&args.flawed_share),
+        "--flawed-share must be in [0, 1)"
+    );
     ensure!(
         (0.0..=1.0).contains(&args.target_accuracy),
         "--target-accuracy must be in [0, 1]"
@@ -215,15 +229,37 @@ pub fn eval_sampler() -> SamplerConfig {
     }
 }
 
-/// The completion text the model is taught: `<answer>` + solution + `</answer>`.
-pub fn target_text(item: &TaskItem) -> anyhow::Result<String> {
+/// The completion text the model is taught: `<answer>` + solution + `</answer>`, the true
+/// solution or, when `flawed`, the row-only heuristic's fill of the puzzle.
+pub fn target_text(item: &TaskItem, flawed: bool) -> anyhow::Result<String> {
     match &item.truth {
-        GroundTruth::Sudoku { solution, .. } => Ok(format!(
-            "{}{solution}{}",
-            ANSWER_TOKENS[0], ANSWER_TOKENS[1]
-        )),
+        GroundTruth::Sudoku { solution, puzzle } => {
+            let answer = if flawed {
+                row_only_fill(puzzle)
+            } else {
+                solution.clone()
+            };
+            Ok(format!("{}{answer}{}", ANSWER_TOKENS[0], ANSWER_TOKENS[1]))
+        }
         other => bail!("not a Sudoku item: {other:?}"),
     }
+}
+
+/// A flawed 4x4 Sudoku solver: each row's empty cells (`0`) get the digits missing from that
+/// row, in ascending order, ignoring columns and boxes. On the first 256 test puzzles it fills
+/// 47.2% of the empty cells correctly and solves 1.6% of the puzzles.
+pub fn row_only_fill(puzzle: &str) -> String {
+    let cells: Vec<u8> = puzzle.bytes().collect();
+    let mut out = cells.clone();
+    for (row, chunk) in cells.chunks(4).enumerate() {
+        let mut missing = (b'1'..=b'4').filter(|d| !chunk.contains(d));
+        for (col, &c) in chunk.iter().enumerate() {
+            if c == b'0' {
+                out[row * 4 + col] = missing.next().unwrap_or(b'1');
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 fn puzzle_of(item: &TaskItem) -> &str {
@@ -290,7 +326,7 @@ fn build_tokenizer(
         corpus.push(format!(
             "{}{}{}",
             templater.chat_template(&[dllm_model::ChatMessage::user(prompt)], true),
-            target_text(&item)?,
+            target_text(&item, false)?,
             templater.eos
         ));
     }
@@ -379,8 +415,8 @@ impl Encoder<'_> {
         Ok(ids)
     }
 
-    fn completion(&self, item: &TaskItem) -> anyhow::Result<Vec<u32>> {
-        let mut ids = self.tokenizer.encode(&target_text(item)?)?;
+    fn completion(&self, item: &TaskItem, flawed: bool) -> anyhow::Result<Vec<u32>> {
+        let mut ids = self.tokenizer.encode(&target_text(item, flawed)?)?;
         ensure!(
             ids.len() <= GEN_LENGTH,
             "target of {} tokens does not fit gen_length {GEN_LENGTH}",
@@ -391,15 +427,29 @@ impl Encoder<'_> {
     }
 }
 
-/// Greedy evaluation with the RL sampler: (cell accuracy, well-formed share, solved share).
+/// Scores of one greedy evaluation.
+#[derive(Debug, Clone, Copy)]
+pub struct Scores {
+    /// Correct empty cells over empty cells.
+    pub accuracy: f64,
+    /// Items whose answer is 16 digits inside `<answer>…</answer>`.
+    pub well_formed: f64,
+    /// Items solved completely.
+    pub solved: f64,
+    /// Empty cells filled as [`row_only_fill`] fills them, over empty cells.
+    pub flawed_agreement: f64,
+}
+
+/// Greedy evaluation with the RL sampler.
 pub fn evaluate<B: Backend>(
     model: &Llada<B>,
     tokenizer: &LladaTokenizer,
     items: &[TaskItem],
-) -> anyhow::Result<(f64, f64, f64)> {
+) -> anyhow::Result<Scores> {
     let config = eval_sampler();
     let eos = tokenizer.eos_id();
     let (mut correct, mut total, mut well, mut solved) = (0u64, 0u64, 0usize, 0usize);
+    let mut flawed = 0u64;
     for chunk in items.chunks(EVAL_CHUNK) {
         let prompts = chunk
             .iter()
@@ -413,19 +463,28 @@ pub fn evaluate<B: Backend>(
             total += u64::from(score.total);
             solved += usize::from(score.total > 0 && score.correct == score.total);
             let digits = rewards::sudoku::extract_answer(&text);
-            well += usize::from(
-                text.starts_with(ANSWER_TOKENS[0])
-                    && text.ends_with(ANSWER_TOKENS[1])
-                    && digits.as_ref().is_some_and(|d| d.len() == 16),
-            );
+            let is_well = text.starts_with(ANSWER_TOKENS[0])
+                && text.ends_with(ANSWER_TOKENS[1])
+                && digits.as_ref().is_some_and(|d| d.len() == 16);
+            well += usize::from(is_well);
+            if let (true, Some(d)) = (is_well, digits) {
+                let puzzle = puzzle_of(item);
+                let fill = row_only_fill(puzzle);
+                flawed += puzzle
+                    .bytes()
+                    .zip(fill.bytes().zip(d.bytes()))
+                    .filter(|&(p, (f, g))| p == b'0' && f == g)
+                    .count() as u64;
+            }
         }
     }
     let n = items.len().max(1) as f64;
-    Ok((
-        correct as f64 / total.max(1) as f64,
-        well as f64 / n,
-        solved as f64 / n,
-    ))
+    Ok(Scores {
+        accuracy: correct as f64 / total.max(1) as f64,
+        well_formed: well as f64 / n,
+        solved: solved as f64 / n,
+        flawed_agreement: flawed as f64 / total.max(1) as f64,
+    })
 }
 
 /// The masked-diffusion SFT loss of one batch (spec §1), `[1]`.
@@ -552,7 +611,9 @@ fn pretrain<B: AutodiffBackend>(args: &Args, out: &Path, device: &B::Device) -> 
         for _ in 0..args.batch_size {
             let item = train_item(&mut rng, &excluded)?;
             prompts.push(encoder.prompt(&item)?);
-            targets.push(encoder.completion(&item)?);
+            // Drawn only when asked, so that share 0 keeps the data stream of earlier builds.
+            let flawed = args.flawed_share > 0.0 && rng.random::<f64>() < args.flawed_share;
+            targets.push(encoder.completion(&item, flawed)?);
         }
         let loss = sft_loss(&model, &prompts, &targets, mask_id, &mut mask_rng, device);
         let value: f64 = loss.clone().into_scalar().elem();
@@ -570,21 +631,27 @@ fn pretrain<B: AutodiffBackend>(args: &Args, out: &Path, device: &B::Device) -> 
         bar.set_message(format!("loss {smooth:.4}"));
 
         if steps % args.eval_every == 0 || steps == args.max_steps {
-            let (accuracy, well_formed, solved) =
-                evaluate(&model.valid(), &tokenizer, &eval_items)?;
+            let Scores {
+                accuracy,
+                well_formed,
+                solved,
+                flawed_agreement,
+            } = evaluate(&model.valid(), &tokenizer, &eval_items)?;
             let point = EvalPoint {
                 step: steps,
                 accuracy,
+                flawed_agreement,
                 well_formed,
                 solved,
                 train_loss: window_loss / window_n.max(1) as f64,
             };
             (window_loss, window_n) = (0.0, 0);
             let line = format!(
-                "step {:>5}  loss {:.4}  cell accuracy {:.1}%  well-formed {:.1}%  solved {:.1}%  ({:.0} s)",
+                "step {:>5}  loss {:.4}  cell accuracy {:.1}%  row-only agreement {:.1}%  well-formed {:.1}%  solved {:.1}%  ({:.0} s)",
                 point.step,
                 point.train_loss,
                 100.0 * accuracy,
+                100.0 * flawed_agreement,
                 100.0 * well_formed,
                 100.0 * solved,
                 started.elapsed().as_secs_f64()
@@ -613,8 +680,9 @@ fn pretrain<B: AutodiffBackend>(args: &Args, out: &Path, device: &B::Device) -> 
     save_model(&model, out)?;
     // Re-load what was written and measure it: the recorded figure is the committed model's.
     let reloaded = load_model::<B::InnerBackend>(out, LoadOptions::default(), device)?;
+    let base = evaluate(&reloaded, &tokenizer, &eval_items)?;
     let (base_accuracy, base_well_formed, base_solved) =
-        evaluate(&reloaded, &tokenizer, &eval_items)?;
+        (base.accuracy, base.well_formed, base.solved);
     if let Some(last) = evals.last() {
         ensure!(
             last.step != steps || (last.accuracy - base_accuracy).abs() < 1e-9,
@@ -632,7 +700,9 @@ fn pretrain<B: AutodiffBackend>(args: &Args, out: &Path, device: &B::Device) -> 
         steps,
         stop_reason,
         final_loss: last_loss,
+        flawed_share: args.flawed_share,
         base_accuracy,
+        base_flawed_agreement: base.flawed_agreement,
         base_well_formed,
         base_solved,
         eval_items: eval_items.len(),
@@ -717,6 +787,11 @@ fn command_line(args: &Args, out: &Path) -> String {
         d.mlp_hidden.to_string(),
     );
     flag("backend", args.backend.to_string(), d.backend.to_string());
+    flag(
+        "flawed-share",
+        args.flawed_share.to_string(),
+        d.flawed_share.to_string(),
+    );
     s
 }
 
@@ -733,10 +808,11 @@ fn readme(r: &Record, c: &LladaConfig) -> String {
         .iter()
         .map(|e| {
             format!(
-                "| {} | {:.4} | {:.1}% | {:.1}% | {:.1}% |\n",
+                "| {} | {:.4} | {:.1}% | {:.1}% | {:.1}% | {:.1}% |\n",
                 e.step,
                 e.train_loss,
                 100.0 * e.accuracy,
+                100.0 * e.flawed_agreement,
                 100.0 * e.well_formed,
                 100.0 * e.solved
             )
@@ -786,14 +862,14 @@ character (`Split` on `(?s).`, isolated; `Fuse` decoder). Special tokens `<|star
 `<|endoftext|>` (EOS and pad), `<|start_header_id|>`, `<|end_header_id|>`, `<|eot_id|>`, \
 `<|mdm_mask|>` (mask), `<unk>`; normal added tokens `<answer>`, `</answer>`.\n\
 - Training data: `rewards::generate::sudoku_items` with 6 to 10 blanks, every puzzle of the \
-test set excluded. Objective: LLaDA's SFT masked-diffusion loss (t ~ U(1e-3, 1), each \
+test set excluded. {mixture}Objective: LLaDA's SFT masked-diffusion loss (t ~ U(1e-3, 1), each \
 completion token masked with probability t, sum of CE / t over masked tokens divided by \
 batch x gen_length; the prompt is never masked).\n\
 \n\
 ## Learning curve\n\
 \n\
-| step | mean train loss | cell accuracy | well-formed | solved |\n\
-|---:|---:|---:|---:|---:|\n\
+| step | mean train loss | cell accuracy | row-only agreement | well-formed | solved |\n\
+|---:|---:|---:|---:|---:|---:|\n\
 {curve}",
         task = r.task,
         params = c.num_params(),
@@ -822,5 +898,60 @@ batch x gen_length; the prompt is never masked).\n\
         bytes = r.model_bytes,
         pl = r.prompt_tokens,
         curve = curve,
+        mixture = mixture(r),
     )
+}
+
+/// The README paragraph on the flawed demonstrations, empty when there were none.
+fn mixture(r: &Record) -> String {
+    if r.flawed_share <= 0.0 {
+        return String::new();
+    }
+    format!(
+        "**{flawed:.0}% of the training completions are written by a flawed solver** \
+(`row_only_fill`: each row's blanks get the row's missing digits in ascending order, ignoring \
+columns and boxes; 47.2% of the test set's blank cells right), the other {good:.0}% are the true \
+solutions. The base therefore knows how to solve but prefers the flawed answer: greedy \
+decoding agrees with the row-only fill on {agree:.1}% of the blank cells. This is the setting \
+RL fine-tuning is for (an SFT model that imitated mixed-quality demonstrations): the reward \
+can raise the share of the correct behaviour that sampling already finds. ",
+        flawed = 100.0 * r.flawed_share,
+        good = 100.0 * (1.0 - r.flawed_share),
+        agree = 100.0 * r.base_flawed_agreement,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn row_only_fill_fills_each_row_in_ascending_order() {
+        // Row 0 misses 2 and 4 (filled in that order), row 1 is full, row 2 misses 1, row 3 all.
+        let puzzle = "3010214320340000";
+        assert_eq!(row_only_fill(puzzle), "3214214321341234");
+        // It is wrong where a column or box constraint decides: the true solution differs.
+        assert_ne!(row_only_fill("3102200002100320"), "3142243142131324");
+    }
+
+    #[test]
+    fn flawed_targets_differ_from_true_ones_only_in_blank_cells() {
+        let item = rewards::data::sudoku_4x4_test().swap_remove(0);
+        let (good, bad) = (
+            target_text(&item, false).unwrap(),
+            target_text(&item, true).unwrap(),
+        );
+        assert_eq!(good.len(), bad.len());
+        let puzzle = puzzle_of(&item);
+        let strip = |s: &str| s[ANSWER_TOKENS[0].len()..ANSWER_TOKENS[0].len() + 16].to_string();
+        for ((p, g), b) in puzzle
+            .bytes()
+            .zip(strip(&good).bytes())
+            .zip(strip(&bad).bytes())
+        {
+            if p != b'0' {
+                assert_eq!((g, b), (p, p));
+            }
+        }
+    }
 }
