@@ -1,6 +1,7 @@
-//! `cargo xtask`: the project's recipes runner (train, eval, pretrain, bench).
+//! `cargo xtask`: the project's recipes runner (train, eval, pretrain, bench, compare).
 
 mod bench;
+mod compare;
 mod eval;
 mod pretrain;
 mod train;
@@ -22,6 +23,8 @@ enum Command {
     Train(train::Args),
     /// Evaluate a model or adapter at chosen generation lengths.
     Eval(eval::Args),
+    /// Accuracy of several runs against rollouts, grouped by algorithm: table and plot.
+    Compare(compare::Args),
     /// Trains the embedded tiny model from scratch and writes `models/tiny-<task>/`.
     Pretrain(pretrain::Args),
 }
@@ -33,5 +36,6 @@ fn main() -> anyhow::Result<()> {
         Command::Train(a) => train::run(a),
         Command::Eval(a) => eval::run(a),
         Command::Pretrain(a) => pretrain::run(a),
+        Command::Compare(a) => compare::run(a),
     }
 }

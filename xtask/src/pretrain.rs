@@ -32,7 +32,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rewards::{GroundTruth, Task, TaskItem};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokenizers::decoders::fuse::Fuse;
 use tokenizers::models::wordlevel::{WordLevel, WordLevelTrainer};
 use tokenizers::models::TrainerWrapper;
@@ -130,16 +130,21 @@ pub struct Args {
     /// RL fine-tuning is meant for.
     #[arg(long, default_value_t = 0.0)]
     pub flawed_share: f64,
+    /// Do not train: rewrite `README.md` in the output directory from its `pretrain.json` and
+    /// `config.json` (after a change to the README text).
+    #[arg(long)]
+    pub readme_only: bool,
 }
 
 /// One periodic evaluation.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct EvalPoint {
     /// Optimiser steps taken.
     pub step: usize,
     /// Correct empty cells over empty cells, all items together.
     pub accuracy: f64,
     /// Empty cells filled as the flawed row-only solver fills them, over empty cells.
+    #[serde(default)]
     pub flawed_agreement: f64,
     /// Items whose extracted answer is 16 digits inside `<answer>…</answer>`.
     pub well_formed: f64,
@@ -150,7 +155,7 @@ pub struct EvalPoint {
 }
 
 /// The facts recorded in `pretrain.json`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 struct Record {
     command: String,
     task: String,
@@ -159,8 +164,13 @@ struct Record {
     steps: usize,
     stop_reason: String,
     final_loss: f64,
+    #[serde(default)]
     flawed_share: f64,
+    /// Where and with what code the files were built, when that matters for rebuilding them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    provenance: Option<String>,
     base_accuracy: f64,
+    #[serde(default)]
     base_flawed_agreement: f64,
     base_well_formed: f64,
     base_solved: f64,
@@ -202,6 +212,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .out
         .clone()
         .unwrap_or_else(|| PathBuf::from(format!("models/tiny-{}", args.task)));
+    if args.readme_only {
+        return rewrite_readme(&out);
+    }
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     dispatch(args.backend, Pretrain { args, out })?
 }
@@ -701,6 +714,7 @@ fn pretrain<B: AutodiffBackend>(args: &Args, out: &Path, device: &B::Device) -> 
         stop_reason,
         final_loss: last_loss,
         flawed_share: args.flawed_share,
+        provenance: None,
         base_accuracy,
         base_flawed_agreement: base.flawed_agreement,
         base_well_formed,
@@ -833,10 +847,10 @@ stopped at an imperfect base, so that RL has headroom.\n\
 ```\n\
 \n\
 Seed {seed}, backend {backend}. The tokenizer corpus, the initialisation (`B::seed`), the \
-training puzzles and the masks all derive from the seed (ChaCha8), so the same command on the \
-same backend and source rebuilds byte-identical files (checked twice with flex). Any change \
-to the model's arithmetic (e.g. the evaluation order of RoPE or RMSNorm) changes the weights \
-and the measured accuracy, so re-run this command, and commit its output, after such a change.\n\
+training puzzles and the masks all derive from the seed (ChaCha8). The weights also depend on \
+the backend's rounding: a change to the model's arithmetic or to the backend's kernels (SIMD, \
+threading) gives a different model of similar quality, so the committed files are the \
+reference and the RL figures in `docs/training.md` were measured on them.{provenance}\n\
 \n\
 ## Facts\n\
 \n\
@@ -899,7 +913,25 @@ batch x gen_length; the prompt is never masked).\n\
         pl = r.prompt_tokens,
         curve = curve,
         mixture = mixture(r),
+        provenance = r
+            .provenance
+            .as_deref()
+            .map(|p| format!(" {p}"))
+            .unwrap_or_default(),
     )
+}
+
+/// Rewrites `dir/README.md` from `dir/pretrain.json` and `dir/config.json`.
+fn rewrite_readme(dir: &Path) -> anyhow::Result<()> {
+    let path = dir.join("pretrain.json");
+    let record: Record = serde_json::from_str(
+        &std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?,
+    )
+    .with_context(|| format!("parsing {}", path.display()))?;
+    let config = LladaConfig::from_file(dir.join("config.json"))?;
+    std::fs::write(dir.join("README.md"), readme(&record, &config))?;
+    println!("wrote {}", dir.join("README.md").display());
+    Ok(())
 }
 
 /// The README paragraph on the flawed demonstrations, empty when there were none.
