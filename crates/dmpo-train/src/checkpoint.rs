@@ -68,7 +68,10 @@ where
         .map_err(|e| ckpt_err(&tmp, e))?;
     match finetune {
         Finetune::Lora => model.save_adapter(tmp.join("adapter"), base_model)?,
-        Finetune::Full => dllm_model::save_model(&model.valid(), tmp.join("hf"))?,
+        Finetune::Full => {
+            dllm_model::save_model(&model.valid(), tmp.join("hf"))?;
+            copy_tokenizer_files(Path::new(base_model), &tmp.join("hf"))?;
+        }
     }
     let json = serde_json::to_string_pretty(&state).expect("serialisable");
     std::fs::write(tmp.join("state.json"), json).map_err(|e| TrainError::io(&tmp, e))?;
@@ -79,6 +82,26 @@ where
     dllm_model::load::write_atomic(&root.join("latest"), name.as_bytes())?;
     prune(&root, keep)?;
     Ok(fin)
+}
+
+/// Tokenizer files a Hugging Face model directory carries beside its weights.
+const TOKENIZER_FILES: [&str; 4] = [
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "generation_config.json",
+];
+
+/// Copies the base model's tokenizer files (those present) next to an exported model, so that
+/// the export loads on its own (`dmpo generate`, `cargo xtask eval`).
+fn copy_tokenizer_files(base: &Path, to: &Path) -> Result<()> {
+    for name in TOKENIZER_FILES {
+        let from = base.join(name);
+        if from.is_file() {
+            std::fs::copy(&from, to.join(name)).map_err(|e| TrainError::io(&from, e))?;
+        }
+    }
+    Ok(())
 }
 
 fn prune(root: &Path, keep: usize) -> Result<()> {

@@ -80,6 +80,7 @@ fn resumed_run_equals_uninterrupted_run() {
             "state.json",
             "hf/model.safetensors",
             "hf/config.json",
+            "hf/tokenizer.json",
         ] {
             assert!(ckpt.join(f).is_file(), "{f} missing in {}", ckpt.display());
         }
