@@ -38,6 +38,23 @@ pub struct Args {
     /// figures for this machine with `scripts/reference_bench.py`.
     #[arg(long)]
     pub reference: Option<PathBuf>,
+    /// Benchmark a randomly initialised model of this LLaDA `config.json` (e.g.
+    /// `fixtures/bench/config-1b-random.json`, 1.3B parameters) on the same inputs instead of the
+    /// weights in `--dir`; no reference figures apply.
+    #[arg(long)]
+    pub random_config: Option<PathBuf>,
+}
+
+/// The model under test: the weights in `--dir`, or a seeded random one of `--random-config`.
+fn bench_model<B: Backend>(a: &Args, device: &B::Device) -> anyhow::Result<Llada<B>> {
+    match &a.random_config {
+        Some(path) => {
+            let config = dllm_model::LladaConfig::from_file(path)?;
+            B::seed(device, 0);
+            Ok(Llada::init(&config, device))
+        }
+        None => Ok(load_model::<B>(&a.dir, LoadOptions::default(), device)?),
+    }
 }
 
 /// One measured operation.
@@ -83,9 +100,15 @@ impl BackendTask for Bench<'_> {
             .next()
             .unwrap_or("?")
             .to_string();
-        let model = load_model::<B>(&a.dir, LoadOptions::default(), &device)?;
+        let model = bench_model::<B>(a, &device)?;
         let golden = a.dir.join("golden_bench.safetensors");
-        let reff = |k: &str| self.reference.get(k).and_then(|v| v.as_f64());
+        let random = a.random_config.is_some();
+        let reff = |k: &str| {
+            if random {
+                return None;
+            }
+            self.reference.get(k).and_then(|v| v.as_f64())
+        };
         let mut rows = Vec::new();
         let mut row = |op: &str,
                        seconds: f64,
@@ -93,6 +116,11 @@ impl BackendTask for Bench<'_> {
                        ours: f64,
                        reference: Option<f64>,
                        note: String| {
+            // Checks against the golden outputs mean nothing for random weights.
+            let note = match &a.random_config {
+                Some(c) => format!("random weights of {}", c.display()),
+                None => note,
+            };
             let r = Row {
                 backend: backend.clone(),
                 operation: op.into(),
@@ -270,7 +298,7 @@ fn dmpo_step<B: Backend>(a: &Args, device: &B::Device) -> anyhow::Result<(f64, V
         antithetic: false,
         ..DmpoConfig::default()
     };
-    let mut model: Llada<AB<B>> = load_model(&a.dir, LoadOptions::default(), device)?;
+    let mut model: Llada<AB<B>> = bench_model::<AB<B>>(a, device)?;
     let mut optim = AdamWConfig::new()
         .with_weight_decay(0.01)
         .init::<AB<B>, Llada<AB<B>>>();
