@@ -186,33 +186,27 @@ def main():
     tokens = golden["bench_tokens"].long()
     loss_mask = golden["bench_loss_mask"].bool()
 
-    def train_losses(n):
+    def trainer():
+        """A fresh model and AdamW, and one step that returns the loss."""
         m = Llada(cfg, weights)
         opt = torch.optim.AdamW(m.parameters(), lr=1e-4, weight_decay=0.01)
-        losses = []
-        for _ in range(n):
+
+        def step():
             logits = m(ids)
             loss = F.cross_entropy(logits[loss_mask], tokens[loss_mask])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            losses.append(float(loss.detach()))
-        return m, opt, losses
+            return float(loss.detach())
 
-    _, _, losses = train_losses(6)
+        return step
+
+    check = trainer()
+    losses = [check() for _ in range(6)]
     want = golden["train_losses"].tolist()
     worst = max(abs(a - b) for a, b in zip(losses, want))
     print(f"(b) losses {['%.4f' % l for l in losses]} vs golden: worst difference {worst:.2e}")
-    m = Llada(cfg, weights)
-    opt = torch.optim.AdamW(m.parameters(), lr=1e-4, weight_decay=0.01)
-
-    def step():
-        logits = m(ids)
-        loss = F.cross_entropy(logits[loss_mask], tokens[loss_mask])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-
+    step = trainer()
     s, runs = timed(step, 1, args.reps)
     out.update(b_train_step_b4_s256_s=s, b_train_tokens_per_s=ids.numel() / s, b_runs_s=runs, b_losses=losses,
                b_golden_worst_abs_diff=worst)

@@ -276,16 +276,7 @@ fn dmpo_step<B: Backend>(a: &Args, device: &B::Device) -> anyhow::Result<(f64, V
     let completion = s - BENCH_PROMPT;
     let ids = Tensor::<AB<B>, 2, Int>::from_data(TensorData::new(tokens.values, [b, s]), device);
     let batch = SequenceBatch::with_eos_index(ids, BENCH_PROMPT, vec![completion; b])?;
-    let mut rows = Vec::with_capacity(b * completion);
-    for i in 0..b {
-        let row = &mask.values[i * s..(i + 1) * s];
-        anyhow::ensure!(
-            row[..BENCH_PROMPT].iter().all(|&m| m == 0),
-            "bench_loss_mask masks a prompt position of row {i}"
-        );
-        rows.extend(row[BENCH_PROMPT..].iter().map(|&m| m != 0));
-    }
-    let masks = ReplicateMasks::from_rows(1, b, completion, rows)?;
+    let masks = ReplicateMasks::from_sequence_mask(&mask.values, b, s, BENCH_PROMPT)?;
     let rollout = RolloutWeights {
         group_size: b,
         w_plus: vec![0.4, 0.3, 0.2, 0.1],

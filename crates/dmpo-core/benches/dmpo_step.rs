@@ -40,16 +40,7 @@ fn inputs() -> Inputs {
     );
     // No EOS handling needed: every completion position may be masked.
     let batch = SequenceBatch::with_eos_index(ids, PROMPT, vec![s - PROMPT; b]).expect("batch");
-    let mut rows = Vec::with_capacity(b * (s - PROMPT));
-    for i in 0..b {
-        let row = &mask.values[i * s..(i + 1) * s];
-        assert!(
-            row[..PROMPT].iter().all(|&m| m == 0),
-            "the bench mask touches the prompt"
-        );
-        rows.extend(row[PROMPT..].iter().map(|&m| m != 0));
-    }
-    let masks = ReplicateMasks::from_rows(1, b, s - PROMPT, rows).expect("masks");
+    let masks = ReplicateMasks::from_sequence_mask(&mask.values, b, s, PROMPT).expect("masks");
     let rollout = RolloutWeights {
         group_size: b,
         w_plus: vec![0.4, 0.3, 0.2, 0.1],

@@ -91,6 +91,33 @@ impl ReplicateMasks {
         })
     }
 
+    /// One replicate from a whole-sequence 0/1 mask `[batch * seq]` (non-zero = masked) whose
+    /// first `prompt` positions of every row must be unmasked (spec §3: the prompt is never
+    /// masked); the completion part becomes the replicate.
+    pub fn from_sequence_mask(
+        mask: &[i64],
+        batch: usize,
+        seq: usize,
+        prompt: usize,
+    ) -> Result<Self> {
+        if mask.len() != batch * seq || prompt > seq {
+            return Err(DmpoError::shape(format!(
+                "{} mask entries for {batch} x {seq} with a prompt of {prompt}",
+                mask.len()
+            )));
+        }
+        let mut masked = Vec::with_capacity(batch * (seq - prompt));
+        for (i, row) in mask.chunks(seq).enumerate() {
+            if row[..prompt].iter().any(|&m| m != 0) {
+                return Err(DmpoError::shape(format!(
+                    "row {i} masks a prompt position (the first {prompt} must be 0)"
+                )));
+            }
+            masked.extend(row[prompt..].iter().map(|&m| m != 0));
+        }
+        Self::from_rows(1, batch, seq - prompt, masked)
+    }
+
     /// Draws fresh masks: per replicate and sample `lambda ~ U(0,1)` (clamped to `[0.1, 1]` if
     /// asked), each completion position masked independently with probability `lambda`;
     /// antithetic replicates take the complement; positions after `eos_index[i]` are unmasked
@@ -203,4 +230,24 @@ pub fn sample_prompt_mask<R: Rng + ?Sized>(
     (0..batch * prompt_len)
         .map(|_| rng.random::<f64>() < p)
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sequence_mask_keeps_the_completion_and_refuses_a_masked_prompt() {
+        let m = ReplicateMasks::from_sequence_mask(&[0, 0, 1, 0, 0, 0, 0, 1], 2, 4, 2).unwrap();
+        assert_eq!(
+            (m.rows(), m.row(0), m.row(1)),
+            (2, &[true, false][..], &[false, true][..])
+        );
+        let e = ReplicateMasks::from_sequence_mask(&[0, 1, 0, 0], 1, 4, 2).unwrap_err();
+        assert!(
+            e.to_string().contains("row 0 masks a prompt position"),
+            "{e}"
+        );
+        assert!(ReplicateMasks::from_sequence_mask(&[0; 3], 1, 4, 2).is_err());
+    }
 }
