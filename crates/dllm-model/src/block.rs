@@ -1,10 +1,11 @@
 //! One LLaDA transformer block (spec §1): pre-norm attention and SwiGLU MLP, both residual.
 
 use burn::module::Module;
-use burn::tensor::{activation::silu, backend::Backend, Bool, Tensor};
+use burn::tensor::{backend::Backend, Bool, Tensor};
 
 use crate::attention::Attention;
 use crate::cache::CacheUse;
+use crate::fused::swiglu;
 use crate::linear::Linear;
 use crate::norm::RmsNorm;
 use crate::rope::RopeTables;
@@ -42,9 +43,9 @@ impl<B: Backend> Block<B> {
             .attn
             .forward(h, rope, key_padding, cache, layer, adapter);
         let m = self.ff_norm.forward(x.clone());
-        let gate = silu(self.ff_proj.forward(m.clone(), adapter));
+        let gate = self.ff_proj.forward(m.clone(), adapter);
         let up = self.up_proj.forward(m, adapter);
-        x + self.ff_out.forward(gate * up, adapter)
+        x + self.ff_out.forward(swiglu(gate, up), adapter)
     }
 
     /// The seven linear layers with their LLaDA names, in checkpoint order.

@@ -20,6 +20,7 @@ pub mod block;
 pub mod cache;
 pub mod config;
 pub mod error;
+pub mod fused;
 pub mod linear;
 pub mod load;
 pub mod lora;

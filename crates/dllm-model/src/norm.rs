@@ -3,6 +3,8 @@
 use burn::module::{Module, Param};
 use burn::tensor::{backend::Backend, DType, Tensor};
 
+use crate::fused::rms_norm_rows;
+
 /// Root-mean-square layer norm with a learned per-channel weight.
 #[derive(Module, Debug)]
 pub struct RmsNorm<B: Backend> {
@@ -30,6 +32,9 @@ impl<B: Backend> RmsNorm<B> {
         // done on a 2-D view so broadcasts stay on the backends' row-wise fast paths.
         let upcast = matches!(dtype, DType::BF16 | DType::F16);
         let x = x.reshape([b * t, d]);
+        if let Some(normed) = rms_norm_rows(&x, &self.weight.val(), self.eps) {
+            return normed.reshape([b, t, d]);
+        }
         let x32 = if upcast { x.cast(DType::F32) } else { x };
         let inv_rms = (x32.clone().square().mean_dim(1) + self.eps).sqrt().recip();
         let normed = x32 * inv_rms;
