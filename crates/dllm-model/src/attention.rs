@@ -49,15 +49,11 @@ impl<B: Backend> Attention<B> {
         let split = |t: Tensor<B, 3>, n: usize| t.reshape([batch, len, n, self.head_dim]);
         let q = rope
             .0
-            .apply(split(self.q_proj.forward(x.clone(), adapter), self.n_heads))
-            .swap_dims(1, 2);
-        let k = rope
-            .1
-            .apply(split(
-                self.k_proj.forward(x.clone(), adapter),
-                self.n_kv_heads,
-            ))
-            .swap_dims(1, 2);
+            .apply_heads_first(split(self.q_proj.forward(x.clone(), adapter), self.n_heads));
+        let k = rope.1.apply_heads_first(split(
+            self.k_proj.forward(x.clone(), adapter),
+            self.n_kv_heads,
+        ));
         let v = split(self.v_proj.forward(x, adapter), self.n_kv_heads).swap_dims(1, 2);
 
         let (k, v) = match cache {

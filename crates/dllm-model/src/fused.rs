@@ -1,5 +1,5 @@
-//! Fused, row-parallel CPU kernels for the elementwise parts of a block (spec §1): RMSNorm and
-//! the SwiGLU product `silu(gate) * up`.
+//! Fused, row-parallel CPU kernels for the elementwise parts of a block (spec §1): RMSNorm,
+//! the SwiGLU product `silu(gate) * up`, and RoPE written heads-first.
 //!
 //! burn's CPU backend (flex) runs elementwise ops on one thread, one op per pass over memory:
 //! `silu(g) * u` is four passes and a scalar `expf` per element, RMSNorm six. Profiled on the
@@ -74,6 +74,50 @@ pub fn rms_norm_rows<B: Backend>(
         }
     });
     Some(Tensor::from_data(TensorData::new(out, [rows, d]), &device))
+}
+
+/// Rotary embedding of `x` `[batch, len, heads, head_dim]` in the rotate-half convention,
+/// written as `[batch, heads, len, head_dim]`: `out = x * cos + swap_halves(x) * signed_sin` with
+/// the tables laid out `[len * heads * head_dim]` (see `RopeTables`).
+///
+/// Returns `None` where the host kernel does not apply; the caller then uses tensor ops.
+pub fn rope_heads_first<B: Backend>(
+    x: &Tensor<B, 4>,
+    cos: &[f32],
+    signed_sin: &[f32],
+) -> Option<Tensor<B, 4>> {
+    let [batch, len, heads, head_dim] = x.dims();
+    let row = heads * head_dim;
+    if !uses_host_kernels(x)
+        || head_dim % 2 != 0
+        || cos.len() != len * row
+        || signed_sin.len() != len * row
+    {
+        return None;
+    }
+    let half = head_dim / 2;
+    let device = x.device();
+    let src = host_values(x.clone());
+    let mut out = vec![0.0f32; src.len()];
+    // One task per (batch, head): `len` output rows of `head_dim`, contiguous.
+    out.par_chunks_mut((len * head_dim).max(1))
+        .enumerate()
+        .for_each(|(task, dst)| {
+            let (b, h) = (task / heads, task % heads);
+            for (t, dst) in dst.chunks_mut(head_dim).enumerate() {
+                let at = t * row + h * head_dim;
+                let x = &src[b * len * row + at..][..head_dim];
+                let (c, s) = (&cos[at..at + head_dim], &signed_sin[at..at + head_dim]);
+                for j in 0..head_dim {
+                    let swapped = if j < half { x[j + half] } else { x[j - half] };
+                    dst[j] = x[j] * c[j] + swapped * s[j];
+                }
+            }
+        });
+    Some(Tensor::from_data(
+        TensorData::new(out, [batch, heads, len, head_dim]),
+        &device,
+    ))
 }
 
 /// `e^x` in f32, accurate to a few units in the last place, written without branches or calls
@@ -163,6 +207,20 @@ mod tests {
             .expect("flex f32 uses the host kernel")
             .into_data()
             .assert_approx_eq::<f32>(&expected.into_data(), Tolerance::relative(1e-5));
+    }
+
+    #[test]
+    fn rope_heads_first_matches_the_tensor_expression() {
+        let (len, heads, head_dim) = (37, 3, 16);
+        let device = Default::default();
+        let tables = crate::rope::RopeTables::<B>::new(500000.0, head_dim, heads, 5, len, &device);
+        let x = sample([2 * len, heads, head_dim], 6).reshape([2, len, heads, head_dim]);
+        let expected = tables.apply(x.clone()).swap_dims(1, 2);
+        let fused = tables.apply_heads_first(x);
+        assert_eq!(fused.dims(), [2, heads, len, head_dim]);
+        fused
+            .into_data()
+            .assert_approx_eq::<f32>(&expected.into_data(), Tolerance::relative(1e-6));
     }
 
     #[test]

@@ -1,7 +1,11 @@
 //! Rotary position embeddings in the rotate-half convention (spec §1; BURN_NOTES: burn's own
 //! `RotaryEncoding` pairs adjacent channels, LLaDA pairs channel `i` with `i + head_dim/2`).
 
+use std::sync::Arc;
+
 use burn::tensor::{backend::Backend, Tensor, TensorData};
+
+use crate::fused::rope_heads_first;
 
 /// Cosine and signed-sine tables for a run of positions, laid out `[1, len * heads * head_dim]`
 /// to match a `[batch, len, heads, head_dim]` tensor viewed as `[batch, len * heads * head_dim]`.
@@ -16,6 +20,8 @@ pub struct RopeTables<B: Backend> {
     pub heads: usize,
     /// Channels per head.
     pub head_dim: usize,
+    /// Host copies of `cos` and `signed_sin` for the fused CPU kernel (`crate::fused`).
+    host: Arc<(Vec<f32>, Vec<f32>)>,
 }
 
 impl<B: Backend> RopeTables<B> {
@@ -48,10 +54,11 @@ impl<B: Backend> RopeTables<B> {
             }
         }
         Self {
-            cos: Tensor::from_data(TensorData::new(cos, [1, n]), device),
-            signed_sin: Tensor::from_data(TensorData::new(sin, [1, n]), device),
+            cos: Tensor::from_data(TensorData::new(cos.clone(), [1, n]), device),
+            signed_sin: Tensor::from_data(TensorData::new(sin.clone(), [1, n]), device),
             heads,
             head_dim,
+            host: Arc::new((cos, sin)),
         }
     }
 
@@ -72,5 +79,14 @@ impl<B: Backend> RopeTables<B> {
         let out = x.reshape([b, n]) * self.cos.clone().cast(dtype)
             + swapped.reshape([b, n]) * self.signed_sin.clone().cast(dtype);
         out.reshape([b, t, h, hd])
+    }
+
+    /// [`apply`](Self::apply), then heads moved before positions: `[batch, heads, len, head_dim]`,
+    /// as attention consumes it. On flex in f32 one fused pass writes the result in that layout.
+    pub fn apply_heads_first(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        match rope_heads_first(&x, &self.host.0, &self.host.1) {
+            Some(out) => out,
+            None => self.apply(x).swap_dims(1, 2),
+        }
     }
 }
