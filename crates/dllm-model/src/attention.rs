@@ -7,6 +7,7 @@ use burn::tensor::{
 };
 
 use crate::cache::{splice, CacheUse, LayerKv};
+use crate::fused::attention_rows;
 use crate::linear::Linear;
 use crate::rope::RopeTables;
 
@@ -74,6 +75,9 @@ impl<B: Backend> Attention<B> {
         let v = self.repeat_kv(v);
         let total = k.dims()[2];
 
+        if let Some(out) = attention_rows(&q, &k, &v, key_padding) {
+            return self.attn_out.forward(out, adapter);
+        }
         let mask = key_padding.map(|m| {
             m.clone()
                 .reshape([batch, 1, 1, total])

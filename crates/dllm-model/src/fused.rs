@@ -1,5 +1,5 @@
-//! Fused, row-parallel CPU kernels for the elementwise parts of a block (spec §1): RMSNorm,
-//! the SwiGLU product `silu(gate) * up`, and RoPE written heads-first.
+//! Fused, row-parallel CPU kernels for the parts of a block between the projections (spec §1):
+//! RMSNorm, the SwiGLU product `silu(gate) * up`, RoPE written heads-first, and attention.
 //!
 //! burn's CPU backend (flex) runs elementwise ops on one thread, one op per pass over memory:
 //! `silu(g) * u` is four passes and a scalar `expf` per element, RMSNorm six. Profiled on the
@@ -9,7 +9,7 @@
 //! cores, and hand the result back; everywhere else they are the plain tensor expressions, so
 //! GPU backends keep their own kernels and autodiff records the usual graph.
 
-use burn::tensor::{activation::silu, backend::Backend, DType, Tensor, TensorData};
+use burn::tensor::{activation::silu, backend::Backend, Bool, DType, Tensor, TensorData};
 use rayon::prelude::*;
 
 /// Elements per parallel task: large enough to amortise rayon's dispatch.
@@ -120,6 +120,153 @@ pub fn rope_heads_first<B: Backend>(
     ))
 }
 
+/// Bidirectional attention `softmax(q k^T / sqrt(head_dim)) v` for `q` `[batch, heads, len,
+/// head_dim]` and `k`, `v` `[batch, heads, keys, head_dim]` (key/value heads already repeated),
+/// with `key_padding` `[batch, keys]` (true = hidden), returned as `[batch, len, heads *
+/// head_dim]`, the layout the output projection reads.
+///
+/// Each (batch, head) pair is one task: two single-threaded `gemm` calls around a softmax over
+/// rows held in cache, writing its `head_dim` columns of the output in place. Returns `None`
+/// where the host kernel does not apply; the caller then uses tensor ops.
+pub fn attention_rows<B: Backend>(
+    q: &Tensor<B, 4>,
+    k: &Tensor<B, 4>,
+    v: &Tensor<B, 4>,
+    key_padding: Option<&Tensor<B, 2, Bool>>,
+) -> Option<Tensor<B, 3>> {
+    let [batch, heads, len, head_dim] = q.dims();
+    let keys = k.dims()[2];
+    if !(uses_host_kernels(q) && uses_host_kernels(k) && uses_host_kernels(v))
+        || k.dims() != [batch, heads, keys, head_dim]
+        || v.dims() != k.dims()
+        || key_padding.is_some_and(|m| m.dims() != [batch, keys])
+        || len == 0
+        || keys == 0
+        || head_dim == 0
+    {
+        return None;
+    }
+    let device = q.device();
+    let (q, k, v) = (
+        host_values(q.clone()),
+        host_values(k.clone()),
+        host_values(v.clone()),
+    );
+    let hidden = key_padding.map(|m| {
+        m.clone()
+            .into_data()
+            .into_vec::<bool>()
+            .expect("a bool tensor reads as bool")
+    });
+    let width = heads * head_dim;
+    let mut out = vec![0.0f32; batch * len * width];
+    let out_ptr = SharedOut(out.as_mut_ptr());
+    let scale = (head_dim as f32).powf(-0.5);
+    (0..batch * heads).into_par_iter().for_each(|task| {
+        let (b, h) = (task / heads, task % heads);
+        let q = &q[task * len * head_dim..][..len * head_dim];
+        let k = &k[task * keys * head_dim..][..keys * head_dim];
+        let v = &v[task * keys * head_dim..][..keys * head_dim];
+        let mut scores = vec![0.0f32; len * keys];
+        // SAFETY: every slice above has the lengths passed to gemm with the strides given
+        // (row-major, `head_dim` or `keys` apart); `scores` is `len x keys`, row-major.
+        unsafe {
+            gemm::gemm(
+                len,
+                keys,
+                head_dim,
+                scores.as_mut_ptr(),
+                1,
+                keys as isize,
+                false,
+                q.as_ptr(),
+                1,
+                head_dim as isize,
+                k.as_ptr(),
+                head_dim as isize,
+                1,
+                0.0,
+                scale,
+                false,
+                false,
+                false,
+                gemm::Parallelism::None,
+            );
+        }
+        let hidden = hidden.as_ref().map(|m| &m[b * keys..(b + 1) * keys]);
+        for row in scores.chunks_mut(keys) {
+            if let Some(hidden) = hidden {
+                for (x, &off) in row.iter_mut().zip(hidden) {
+                    if off {
+                        *x = f32::NEG_INFINITY;
+                    }
+                }
+            }
+            softmax_in_place(row);
+        }
+        // Output rows of this task: `len` rows `width` apart, columns `h * head_dim ..`.
+        // SAFETY: the tasks write disjoint column ranges of `out`, which outlives the loop;
+        // rows `0..len` of `width` floats from `b * len * width` stay inside `out`.
+        unsafe {
+            let dst = out_ptr.get().add(b * len * width + h * head_dim);
+            gemm::gemm(
+                len,
+                head_dim,
+                keys,
+                dst,
+                1,
+                width as isize,
+                false,
+                scores.as_ptr(),
+                1,
+                keys as isize,
+                v.as_ptr(),
+                1,
+                head_dim as isize,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                gemm::Parallelism::None,
+            );
+        }
+    });
+    Some(Tensor::from_data(
+        TensorData::new(out, [batch, len, width]),
+        &device,
+    ))
+}
+
+/// The output buffer of [`attention_rows`], written by every task at disjoint places.
+#[derive(Clone, Copy)]
+struct SharedOut(*mut f32);
+
+// SAFETY: the tasks of `attention_rows` write disjoint elements and the buffer outlives them.
+unsafe impl Send for SharedOut {}
+unsafe impl Sync for SharedOut {}
+
+impl SharedOut {
+    /// The pointer (a method, so closures capture the `Sync` wrapper, not the raw field).
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
+/// `row <- softmax(row)`: a row of `-inf` gives NaN, as the tensor expression does.
+fn softmax_in_place(row: &mut [f32]) {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0.0f32;
+    for x in row.iter_mut() {
+        *x = exp_f32(*x - max);
+        sum += *x;
+    }
+    let inv = 1.0 / sum;
+    for x in row.iter_mut() {
+        *x *= inv;
+    }
+}
+
 /// `e^x` in f32, accurate to a few units in the last place, written without branches or calls
 /// so that loops over it vectorise (glibc's `expf` is a scalar call per element).
 ///
@@ -221,6 +368,37 @@ mod tests {
         fused
             .into_data()
             .assert_approx_eq::<f32>(&expected.into_data(), Tolerance::relative(1e-6));
+    }
+
+    #[test]
+    fn attention_rows_matches_the_tensor_expression() {
+        let (batch, heads, len, keys, head_dim) = (2, 3, 11, 29, 8);
+        let device = Default::default();
+        let q = sample([batch * heads, len, head_dim], 7).reshape([batch, heads, len, head_dim]);
+        let k = sample([batch * heads, keys, head_dim], 8).reshape([batch, heads, keys, head_dim]);
+        let v = sample([batch * heads, keys, head_dim], 9).reshape([batch, heads, keys, head_dim]);
+        let padding: Vec<bool> = (0..batch * keys)
+            .map(|i| i % keys < 4 * (i / keys))
+            .collect();
+        let padding =
+            Tensor::<B, 2, Bool>::from_data(TensorData::new(padding, [batch, keys]), &device);
+        let scores = q
+            .clone()
+            .matmul(k.clone().swap_dims(2, 3))
+            .mul_scalar((head_dim as f64).powf(-0.5));
+        let mask = padding
+            .clone()
+            .reshape([batch, 1, 1, keys])
+            .expand([batch, heads, len, keys]);
+        let expected =
+            burn::tensor::activation::softmax(scores.mask_fill(mask, f32::NEG_INFINITY), 3)
+                .matmul(v.clone())
+                .swap_dims(1, 2)
+                .reshape([batch, len, heads * head_dim]);
+        attention_rows(&q, &k, &v, Some(&padding))
+            .expect("flex f32 uses the host kernel")
+            .into_data()
+            .assert_approx_eq::<f32>(&expected.into_data(), Tolerance::relative(1e-4));
     }
 
     #[test]
