@@ -62,14 +62,19 @@ pub fn group_weights(
         // Raw reward as the weight.
         return (rewards.to_vec(), rewards.iter().map(|r| -r).collect());
     }
+    // The group softmax is invariant to a shift of its logits, so the rewards are centred on
+    // the group mean first: the same weights, but equal rewards contribute exactly nothing and
+    // a large `r / alpha` does not swamp `log_rnd`'s digits.
+    let mean_reward = rewards.iter().sum::<f64>() / rewards.len().max(1) as f64;
+    let centred = rewards.iter().map(|r| r - mean_reward);
     let (plus, minus): (Vec<f64>, Vec<f64>) = if alpha > 0.0 {
         log_rnd
             .iter()
-            .zip(rewards)
+            .zip(centred)
             .map(|(l, r)| (coeff * (l + r / alpha), coeff * (l - r / alpha)))
             .unzip()
     } else {
-        rewards.iter().map(|r| (coeff * r, -coeff * r)).unzip()
+        centred.map(|r| (coeff * r, -coeff * r)).unzip()
     };
     (softmax(&plus), softmax(&minus))
 }
