@@ -42,6 +42,10 @@ pub struct RunOptions {
     pub quiet: bool,
     /// Skip the evaluations before and after training.
     pub skip_eval: bool,
+    /// Stop once this many steps are done (counted from step 0), with a checkpoint there, as if
+    /// the run were interrupted: the learning-rate schedule still spans `train.steps`, so a
+    /// later `resume` continues exactly where an uninterrupted run would be.
+    pub stop_after: Option<usize>,
 }
 
 /// What a finished run reports (also written to `summary.json`).
@@ -195,7 +199,8 @@ pub fn train<AB: AutodiffBackend>(
     );
     bar.set_position(state.step as u64);
     let mut rewards_seen = Vec::new();
-    while state.step < t.steps {
+    let last_step = options.stop_after.map_or(t.steps, |n| n.min(t.steps));
+    while state.step < last_step {
         let step = state.step;
         let (m, line) = rollout_step(
             recipe,
@@ -229,7 +234,7 @@ pub fn train<AB: AutodiffBackend>(
                 &serde_json::json!({"step": state.step, "eval": r}),
             )?;
         }
-        if state.step % t.checkpoint_every.max(1) == 0 || state.step == t.steps {
+        if state.step % t.checkpoint_every.max(1) == 0 || state.step == last_step {
             checkpoint::save(
                 &run_dir,
                 &model,

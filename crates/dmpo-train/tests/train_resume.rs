@@ -52,6 +52,7 @@ fn quiet(resume: bool) -> RunOptions {
         resume,
         quiet: true,
         skip_eval: true,
+        stop_after: None,
     }
 }
 
@@ -62,9 +63,19 @@ fn resumed_run_equals_uninterrupted_run() {
         let full = recipe(tmp.path(), "full", algorithm, 3);
         train::<AB>(&full, Default::default(), &quiet(false)).unwrap();
 
-        // The same run stopped after 2 steps, then resumed to 3.
-        let part = recipe(tmp.path(), "part", algorithm, 2);
-        train::<AB>(&part, Default::default(), &quiet(false)).unwrap();
+        // The same run stopped after 2 steps (the 3-step cosine schedule unchanged), then
+        // resumed to 3.
+        let part = recipe(tmp.path(), "part", algorithm, 3);
+        let stopped = RunOptions {
+            stop_after: Some(2),
+            ..quiet(false)
+        };
+        assert_eq!(
+            train::<AB>(&part, Default::default(), &stopped)
+                .unwrap()
+                .steps,
+            2
+        );
         let resumed = recipe(tmp.path(), "part", algorithm, 3);
         let s = train::<AB>(&resumed, Default::default(), &quiet(true)).unwrap();
         assert_eq!(s.steps, 3);

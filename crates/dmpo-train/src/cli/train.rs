@@ -95,6 +95,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             resume: a.resume,
             quiet: a.quiet,
             skip_eval: a.skip_eval,
+            ..Default::default()
         },
     )?;
     Ok(())
