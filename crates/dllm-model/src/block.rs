@@ -1,7 +1,7 @@
 //! One LLaDA transformer block (spec §1): pre-norm attention and SwiGLU MLP, both residual.
 
 use burn::module::Module;
-use burn::tensor::{backend::Backend, Bool, Tensor};
+use burn::tensor::{activation::silu, backend::Backend, Bool, Tensor};
 
 use crate::attention::Attention;
 use crate::cache::CacheUse;
@@ -45,7 +45,8 @@ impl<B: Backend> Block<B> {
         let m = self.ff_norm.forward(x.clone());
         let gate = self.ff_proj.forward(m.clone(), adapter);
         let up = self.up_proj.forward(m, adapter);
-        x + self.ff_out.forward(swiglu(gate, up), adapter)
+        let hidden = swiglu(&gate, &up).unwrap_or_else(|| silu(gate) * up);
+        x + self.ff_out.forward(hidden, adapter)
     }
 
     /// The seven linear layers with their LLaDA names, in checkpoint order.

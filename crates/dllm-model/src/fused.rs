@@ -6,10 +6,11 @@
 //! bench model, these serial passes held the second core idle for about a quarter of a forward
 //! (docs/performance.md). On flex with f32 tensors outside autodiff (sampling, evaluation, the
 //! no-grad ELBO pass) these functions read the tensors out, compute each row in one pass on all
-//! cores, and hand the result back; everywhere else they are the plain tensor expressions, so
-//! GPU backends keep their own kernels and autodiff records the usual graph.
+//! cores, and hand the result back; everywhere else they return `None` and the caller runs its
+//! plain tensor expression, so GPU backends keep their own kernels and autodiff records the
+//! usual graph.
 
-use burn::tensor::{activation::silu, backend::Backend, Bool, DType, Tensor, TensorData};
+use burn::tensor::{backend::Backend, Bool, DType, Tensor, TensorData};
 use rayon::prelude::*;
 
 /// Elements per parallel task: large enough to amortise rayon's dispatch.
@@ -28,13 +29,15 @@ fn host_values<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
 }
 
 /// `silu(gate) * up`, elementwise, for tensors of the same shape.
-pub fn swiglu<B: Backend>(gate: Tensor<B, 3>, up: Tensor<B, 3>) -> Tensor<B, 3> {
-    if !(uses_host_kernels(&gate) && uses_host_kernels(&up)) || gate.dims() != up.dims() {
-        return silu(gate) * up;
+///
+/// Returns `None` where the host kernel does not apply; the caller then uses tensor ops.
+pub fn swiglu<B: Backend>(gate: &Tensor<B, 3>, up: &Tensor<B, 3>) -> Option<Tensor<B, 3>> {
+    if !uses_host_kernels(gate) || up.dtype() != DType::F32 || gate.dims() != up.dims() {
+        return None;
     }
     let (shape, device) = (gate.shape(), gate.device());
-    let mut out = host_values(gate);
-    let up = host_values(up);
+    let mut out = host_values(gate.clone());
+    let up = host_values(up.clone());
     out.par_chunks_mut(CHUNK)
         .zip(up.par_chunks(CHUNK))
         .for_each(|(g, u)| {
@@ -42,7 +45,7 @@ pub fn swiglu<B: Backend>(gate: Tensor<B, 3>, up: Tensor<B, 3>) -> Tensor<B, 3> 
                 *g = *g / (1.0 + exp_f32(-*g)) * u;
             }
         });
-    Tensor::from_data(TensorData::new(out, shape), &device)
+    Some(Tensor::from_data(TensorData::new(out, shape), &device))
 }
 
 /// `weight * x / sqrt(mean(x^2) + eps)` over the last dimension of `x` `[rows, d]`.
@@ -53,7 +56,7 @@ pub fn rms_norm_rows<B: Backend>(
     weight: &Tensor<B, 1>,
     eps: f64,
 ) -> Option<Tensor<B, 2>> {
-    if !(uses_host_kernels(x) && uses_host_kernels(weight)) {
+    if !uses_host_kernels(x) || weight.dtype() != DType::F32 {
         return None;
     }
     let [rows, d] = x.dims();
@@ -136,7 +139,9 @@ pub fn attention_rows<B: Backend>(
 ) -> Option<Tensor<B, 3>> {
     let [batch, heads, len, head_dim] = q.dims();
     let keys = k.dims()[2];
-    if !(uses_host_kernels(q) && uses_host_kernels(k) && uses_host_kernels(v))
+    if !uses_host_kernels(q)
+        || k.dtype() != DType::F32
+        || v.dtype() != DType::F32
         || k.dims() != [batch, heads, keys, head_dim]
         || v.dims() != k.dims()
         || key_padding.is_some_and(|m| m.dims() != [batch, keys])
@@ -337,8 +342,9 @@ mod tests {
     fn swiglu_matches_the_tensor_expression() {
         let gate = sample([3, 70, 129], 1);
         let up = sample([3, 70, 129], 2);
-        let expected = silu(gate.clone()) * up.clone();
-        swiglu(gate, up)
+        let expected = burn::tensor::activation::silu(gate.clone()) * up.clone();
+        swiglu(&gate, &up)
+            .expect("flex f32 uses the host kernel")
             .into_data()
             .assert_approx_eq::<f32>(&expected.into_data(), Tolerance::relative(1e-5));
     }
