@@ -4,40 +4,72 @@
 //! burn's CPU backend (flex) runs elementwise ops on one thread, one op per pass over memory:
 //! `silu(g) * u` is four passes and a scalar `expf` per element, RMSNorm six. Profiled on the
 //! bench model, these serial passes held the second core idle for about a quarter of a forward
-//! (docs/performance.md). On flex with f32 tensors outside autodiff (sampling, evaluation, the
-//! no-grad ELBO pass) these functions read the tensors out, compute each row in one pass on all
-//! cores, and hand the result back; everywhere else they return `None` and the caller runs its
-//! plain tensor expression, so GPU backends keep their own kernels and autodiff records the
-//! usual graph.
+//! (docs/performance.md). On flex with f32 tensors these functions compute each row in one pass
+//! on all cores — inside autodiff too, with hand-written backward passes (`flex_ops`) — and
+//! everywhere else they return `None` and the caller runs its plain tensor expression, so GPU
+//! backends keep their own kernels.
 
-use burn::tensor::{backend::Backend, Bool, DType, Tensor, TensorData};
+use burn::tensor::{backend::Backend, Bool, DType, Tensor};
 use rayon::prelude::*;
 
 /// Elements per parallel task: large enough to amortise rayon's dispatch.
-const CHUNK: usize = 16 * 1024;
+pub(crate) const CHUNK: usize = 16 * 1024;
 
-/// Whether `t` lives on plain flex in f32, where the fused host kernels apply.
-fn uses_host_kernels<B: Backend, const D: usize>(t: &Tensor<B, D>) -> bool {
-    t.dtype() == DType::F32 && B::name(&t.device()) == "flex"
+/// Whether every tensor is f32, the one precision the fused kernels compute in.
+fn all_f32(dtypes: &[DType]) -> bool {
+    dtypes.iter().all(|d| *d == DType::F32)
 }
 
-/// The tensor's f32 elements in row-major order.
-fn host_values<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
-    t.into_data()
-        .into_vec::<f32>()
-        .expect("uses_host_kernels checked the dtype is f32")
+#[cfg(feature = "flex")]
+use crate::flex_ops;
+
+/// Without flex compiled in, no tensor can take the fused kernels.
+#[cfg(not(feature = "flex"))]
+mod flex_ops {
+    use super::AttentionDims;
+    use burn::tensor::{backend::Backend, Bool, Tensor};
+
+    pub(crate) fn swiglu<B: Backend>(_: &Tensor<B, 3>, _: &Tensor<B, 3>) -> Option<Tensor<B, 3>> {
+        None
+    }
+    pub(crate) fn rms_norm_rows<B: Backend>(
+        _: &Tensor<B, 2>,
+        _: &Tensor<B, 1>,
+        _: f64,
+    ) -> Option<Tensor<B, 2>> {
+        None
+    }
+    pub(crate) fn rope_heads_first<B: Backend>(
+        _: &Tensor<B, 4>,
+        _: &[f32],
+        _: &[f32],
+    ) -> Option<Tensor<B, 4>> {
+        None
+    }
+    pub(crate) fn attention_rows<B: Backend>(
+        _: &Tensor<B, 4>,
+        _: &Tensor<B, 4>,
+        _: &Tensor<B, 4>,
+        _: Option<&Tensor<B, 2, Bool>>,
+        _: AttentionDims,
+    ) -> Option<Tensor<B, 3>> {
+        None
+    }
 }
 
 /// `silu(gate) * up`, elementwise, for tensors of the same shape.
 ///
-/// Returns `None` where the host kernel does not apply; the caller then uses tensor ops.
+/// Returns `None` where no fused kernel applies; the caller then uses tensor ops.
 pub fn swiglu<B: Backend>(gate: &Tensor<B, 3>, up: &Tensor<B, 3>) -> Option<Tensor<B, 3>> {
-    if !uses_host_kernels(gate) || up.dtype() != DType::F32 || gate.dims() != up.dims() {
+    if gate.dims() != up.dims() || !all_f32(&[gate.dtype(), up.dtype()]) {
         return None;
     }
-    let (shape, device) = (gate.shape(), gate.device());
-    let mut out = host_values(gate.clone());
-    let up = host_values(up.clone());
+    flex_ops::swiglu(gate, up)
+}
+
+/// `silu(gate) * up` over two slices of the same length, in parallel chunks.
+pub(crate) fn swiglu_host(gate: &[f32], up: &[f32]) -> Vec<f32> {
+    let mut out = gate.to_vec();
     out.par_chunks_mut(CHUNK)
         .zip(up.par_chunks(CHUNK))
         .for_each(|(g, u)| {
@@ -45,63 +77,72 @@ pub fn swiglu<B: Backend>(gate: &Tensor<B, 3>, up: &Tensor<B, 3>) -> Option<Tens
                 *g = *g / (1.0 + exp_f32(-*g)) * u;
             }
         });
-    Some(Tensor::from_data(TensorData::new(out, shape), &device))
+    out
 }
 
 /// `weight * x / sqrt(mean(x^2) + eps)` over the last dimension of `x` `[rows, d]`.
 ///
-/// Returns `None` where the host kernel does not apply; the caller then uses tensor ops.
+/// Returns `None` where no fused kernel applies; the caller then uses tensor ops.
 pub fn rms_norm_rows<B: Backend>(
     x: &Tensor<B, 2>,
     weight: &Tensor<B, 1>,
     eps: f64,
 ) -> Option<Tensor<B, 2>> {
-    if !uses_host_kernels(x) || weight.dtype() != DType::F32 {
+    let [_, d] = x.dims();
+    if d == 0 || weight.dims() != [d] || !all_f32(&[x.dtype(), weight.dtype()]) {
         return None;
     }
-    let [rows, d] = x.dims();
-    if d == 0 || weight.dims() != [d] {
-        return None;
-    }
-    let device = x.device();
-    let mut out = host_values(x.clone());
-    let weight = host_values(weight.clone());
+    flex_ops::rms_norm_rows(x, weight, eps)
+}
+
+/// [`rms_norm_rows`] on host slices: `x` holds rows of `weight.len()` values.
+pub(crate) fn rms_norm_host(x: &[f32], weight: &[f32], eps: f32) -> Vec<f32> {
+    let d = weight.len();
+    let mut out = x.to_vec();
     let rows_per_task = (CHUNK / d).max(1);
     out.par_chunks_mut(rows_per_task * d).for_each(|block| {
         for row in block.chunks_mut(d) {
-            let mean_square = row.iter().map(|v| v * v).sum::<f32>() / d as f32;
-            let inv_rms = 1.0 / (mean_square + eps as f32).sqrt();
-            for (v, &w) in row.iter_mut().zip(&weight) {
+            let inv_rms = inverse_rms(row, eps);
+            for (v, &w) in row.iter_mut().zip(weight) {
                 *v = *v * inv_rms * w;
             }
         }
     });
-    Some(Tensor::from_data(TensorData::new(out, [rows, d]), &device))
+    out
+}
+
+/// `1 / sqrt(mean(row^2) + eps)`.
+pub(crate) fn inverse_rms(row: &[f32], eps: f32) -> f32 {
+    let mean_square = row.iter().map(|v| v * v).sum::<f32>() / row.len() as f32;
+    1.0 / (mean_square + eps).sqrt()
 }
 
 /// Rotary embedding of `x` `[batch, len, heads, head_dim]` in the rotate-half convention,
 /// written as `[batch, heads, len, head_dim]`: `out = x * cos + swap_halves(x) * signed_sin` with
 /// the tables laid out `[len * heads * head_dim]` (see `RopeTables`).
 ///
-/// Returns `None` where the host kernel does not apply; the caller then uses tensor ops.
+/// Returns `None` where no fused kernel applies; the caller then uses tensor ops.
 pub fn rope_heads_first<B: Backend>(
     x: &Tensor<B, 4>,
     cos: &[f32],
     signed_sin: &[f32],
 ) -> Option<Tensor<B, 4>> {
-    let [batch, len, heads, head_dim] = x.dims();
-    let row = heads * head_dim;
-    if !uses_host_kernels(x)
-        || head_dim % 2 != 0
-        || cos.len() != len * row
-        || signed_sin.len() != len * row
+    let [_, len, heads, head_dim] = x.dims();
+    if head_dim % 2 != 0
+        || cos.len() != len * heads * head_dim
+        || signed_sin.len() != len * heads * head_dim
+        || !all_f32(&[x.dtype()])
     {
         return None;
     }
-    let half = head_dim / 2;
-    let device = x.device();
-    let src = host_values(x.clone());
-    let mut out = vec![0.0f32; src.len()];
+    flex_ops::rope_heads_first(x, cos, signed_sin)
+}
+
+/// [`rope_heads_first`] on host slices; `dims` is the input's `[batch, len, heads, head_dim]`.
+pub(crate) fn rope_host(x: &[f32], dims: [usize; 4], cos: &[f32], signed_sin: &[f32]) -> Vec<f32> {
+    let [_, len, heads, head_dim] = dims;
+    let (row, half) = (heads * head_dim, head_dim / 2);
+    let mut out = vec![0.0f32; x.len()];
     // One task per (batch, head): `len` output rows of `head_dim`, contiguous.
     out.par_chunks_mut((len * head_dim).max(1))
         .enumerate()
@@ -109,7 +150,7 @@ pub fn rope_heads_first<B: Backend>(
             let (b, h) = (task / heads, task % heads);
             for (t, dst) in dst.chunks_mut(head_dim).enumerate() {
                 let at = t * row + h * head_dim;
-                let x = &src[b * len * row + at..][..head_dim];
+                let x = &x[b * len * row + at..][..head_dim];
                 let (c, s) = (&cos[at..at + head_dim], &signed_sin[at..at + head_dim]);
                 for j in 0..head_dim {
                     let swapped = if j < half { x[j + half] } else { x[j - half] };
@@ -117,10 +158,54 @@ pub fn rope_heads_first<B: Backend>(
                 }
             }
         });
-    Some(Tensor::from_data(
-        TensorData::new(out, [batch, heads, len, head_dim]),
-        &device,
-    ))
+    out
+}
+
+/// Sizes of one attention call: `[batch, heads, len, head_dim]` queries against `keys` keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct AttentionDims {
+    /// Sequences.
+    pub batch: usize,
+    /// Heads (key/value heads already repeated).
+    pub heads: usize,
+    /// Query positions.
+    pub len: usize,
+    /// Key positions.
+    pub keys: usize,
+    /// Channels per head.
+    pub head_dim: usize,
+}
+
+impl AttentionDims {
+    /// The sizes of `q` `[batch, heads, len, head_dim]` against `k`, `v` `[batch, heads, keys,
+    /// head_dim]` with an optional `[batch, keys]` padding mask, if they agree and none is empty.
+    pub(crate) fn of(
+        q: [usize; 4],
+        k: [usize; 4],
+        v: [usize; 4],
+        padding: Option<[usize; 2]>,
+    ) -> Option<Self> {
+        let [batch, heads, len, head_dim] = q;
+        let keys = k[2];
+        let ok = k == [batch, heads, keys, head_dim]
+            && v == k
+            && padding.is_none_or(|p| p == [batch, keys])
+            && len > 0
+            && keys > 0
+            && head_dim > 0;
+        ok.then_some(Self {
+            batch,
+            heads,
+            len,
+            keys,
+            head_dim,
+        })
+    }
+
+    /// `1 / sqrt(head_dim)`.
+    pub(crate) fn scale(&self) -> f32 {
+        (self.head_dim as f32).powf(-0.5)
+    }
 }
 
 /// Bidirectional attention `softmax(q k^T / sqrt(head_dim)) v` for `q` `[batch, heads, len,
@@ -130,88 +215,92 @@ pub fn rope_heads_first<B: Backend>(
 ///
 /// Each (batch, head) pair is one task: two single-threaded `gemm` calls around a softmax over
 /// rows held in cache, writing its `head_dim` columns of the output in place. Returns `None`
-/// where the host kernel does not apply; the caller then uses tensor ops.
+/// where no fused kernel applies; the caller then uses tensor ops.
 pub fn attention_rows<B: Backend>(
     q: &Tensor<B, 4>,
     k: &Tensor<B, 4>,
     v: &Tensor<B, 4>,
     key_padding: Option<&Tensor<B, 2, Bool>>,
 ) -> Option<Tensor<B, 3>> {
-    let [batch, heads, len, head_dim] = q.dims();
-    let keys = k.dims()[2];
-    if !uses_host_kernels(q)
-        || k.dtype() != DType::F32
-        || v.dtype() != DType::F32
-        || k.dims() != [batch, heads, keys, head_dim]
-        || v.dims() != k.dims()
-        || key_padding.is_some_and(|m| m.dims() != [batch, keys])
-        || len == 0
-        || keys == 0
-        || head_dim == 0
-    {
+    let dims = AttentionDims::of(q.dims(), k.dims(), v.dims(), key_padding.map(|m| m.dims()))?;
+    if !all_f32(&[q.dtype(), k.dtype(), v.dtype()]) {
         return None;
     }
-    let device = q.device();
-    let (q, k, v) = (
-        host_values(q.clone()),
-        host_values(k.clone()),
-        host_values(v.clone()),
+    flex_ops::attention_rows(q, k, v, key_padding, dims)
+}
+
+/// A bool tensor's values in row-major order.
+pub(crate) fn host_mask<B: Backend, const D: usize>(m: &Tensor<B, D, Bool>) -> Vec<bool> {
+    m.clone()
+        .into_data()
+        .into_vec::<bool>()
+        .expect("a bool tensor reads as bool")
+}
+
+/// `scores <- softmax(scale * q k^T)` for one (batch, head) pair: `q` `[len, head_dim]`, `k`
+/// `[keys, head_dim]`, `hidden` the keys to leave out.
+pub(crate) fn attention_probs(
+    scores: &mut [f32],
+    q: &[f32],
+    k: &[f32],
+    hidden: Option<&[bool]>,
+    dims: AttentionDims,
+) {
+    let AttentionDims {
+        len,
+        keys,
+        head_dim,
+        ..
+    } = dims;
+    gemm_into(
+        scores,
+        keys,
+        Strided::rows(q, len, head_dim),
+        Strided::rows(k, keys, head_dim).transposed(),
+        dims.scale(),
     );
-    let hidden = key_padding.map(|m| {
-        m.clone()
-            .into_data()
-            .into_vec::<bool>()
-            .expect("a bool tensor reads as bool")
-    });
+    for row in scores.chunks_mut(keys) {
+        if let Some(hidden) = hidden {
+            for (x, &off) in row.iter_mut().zip(hidden) {
+                if off {
+                    *x = f32::NEG_INFINITY;
+                }
+            }
+        }
+        softmax_in_place(row);
+    }
+}
+
+/// [`attention_rows`] on host slices (`q`, `k`, `v` heads-first, `hidden` `[batch, keys]`).
+pub(crate) fn attention_host(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    hidden: Option<&[bool]>,
+    dims: AttentionDims,
+) -> Vec<f32> {
+    let AttentionDims {
+        batch,
+        heads,
+        len,
+        keys,
+        head_dim,
+    } = dims;
     let width = heads * head_dim;
     let mut out = vec![0.0f32; batch * len * width];
     let out_ptr = SharedOut(out.as_mut_ptr());
-    let scale = (head_dim as f32).powf(-0.5);
     (0..batch * heads).into_par_iter().for_each(|task| {
         let (b, h) = (task / heads, task % heads);
         let q = &q[task * len * head_dim..][..len * head_dim];
         let k = &k[task * keys * head_dim..][..keys * head_dim];
         let v = &v[task * keys * head_dim..][..keys * head_dim];
         let mut scores = vec![0.0f32; len * keys];
-        // SAFETY: every slice above has the lengths passed to gemm with the strides given
-        // (row-major, `head_dim` or `keys` apart); `scores` is `len x keys`, row-major.
-        unsafe {
-            gemm::gemm(
-                len,
-                keys,
-                head_dim,
-                scores.as_mut_ptr(),
-                1,
-                keys as isize,
-                false,
-                q.as_ptr(),
-                1,
-                head_dim as isize,
-                k.as_ptr(),
-                head_dim as isize,
-                1,
-                0.0,
-                scale,
-                false,
-                false,
-                false,
-                gemm::Parallelism::None,
-            );
-        }
-        let hidden = hidden.as_ref().map(|m| &m[b * keys..(b + 1) * keys]);
-        for row in scores.chunks_mut(keys) {
-            if let Some(hidden) = hidden {
-                for (x, &off) in row.iter_mut().zip(hidden) {
-                    if off {
-                        *x = f32::NEG_INFINITY;
-                    }
-                }
-            }
-            softmax_in_place(row);
-        }
+        let hidden = hidden.map(|m| &m[b * keys..(b + 1) * keys]);
+        attention_probs(&mut scores, q, k, hidden, dims);
         // Output rows of this task: `len` rows `width` apart, columns `h * head_dim ..`.
         // SAFETY: the tasks write disjoint column ranges of `out`, which outlives the loop;
-        // rows `0..len` of `width` floats from `b * len * width` stay inside `out`.
+        // rows `0..len` of `width` floats from `b * len * width` stay inside `out`; `scores`
+        // is `len x keys` and `v` `keys x head_dim`, both row-major.
         unsafe {
             let dst = out_ptr.get().add(b * len * width + h * head_dim);
             gemm::gemm(
@@ -237,10 +326,98 @@ pub fn attention_rows<B: Backend>(
             );
         }
     });
-    Some(Tensor::from_data(
-        TensorData::new(out, [batch, len, width]),
-        &device,
-    ))
+    out
+}
+
+/// A read-only strided matrix over a slice: element `(i, j)` is `data[i * row + j * col]`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Strided<'a> {
+    data: &'a [f32],
+    rows: usize,
+    cols: usize,
+    row: usize,
+    col: usize,
+}
+
+impl<'a> Strided<'a> {
+    /// `rows x cols`, row-major and contiguous.
+    pub(crate) fn rows(data: &'a [f32], rows: usize, cols: usize) -> Self {
+        Self::with_strides(data, rows, cols, cols, 1)
+    }
+
+    /// `rows x cols` with rows `row` apart and columns `col` apart.
+    pub(crate) fn with_strides(
+        data: &'a [f32],
+        rows: usize,
+        cols: usize,
+        row: usize,
+        col: usize,
+    ) -> Self {
+        let last = (rows.max(1) - 1) * row + (cols.max(1) - 1) * col;
+        assert!(
+            rows == 0 || cols == 0 || last < data.len(),
+            "strided view out of bounds"
+        );
+        Self {
+            data,
+            rows,
+            cols,
+            row,
+            col,
+        }
+    }
+
+    /// The transpose (a view, nothing moves).
+    pub(crate) fn transposed(self) -> Self {
+        Self {
+            rows: self.cols,
+            cols: self.rows,
+            row: self.col,
+            col: self.row,
+            ..self
+        }
+    }
+}
+
+/// `dst <- scale * a b` on one thread, `dst` row-major with rows `dst_row` apart.
+pub(crate) fn gemm_into(dst: &mut [f32], dst_row: usize, a: Strided, b: Strided, scale: f32) {
+    assert_eq!(a.cols, b.rows, "inner dimensions differ");
+    let (m, n) = (a.rows, b.cols);
+    if m == 0 || n == 0 {
+        return;
+    }
+    assert!((m - 1) * dst_row + n <= dst.len(), "gemm output out of bounds");
+    if a.cols == 0 {
+        for i in 0..m {
+            dst[i * dst_row..i * dst_row + n].fill(0.0);
+        }
+        return;
+    }
+    // SAFETY: `Strided::with_strides` and the assert above keep every element gemm reads or
+    // writes inside its slice; `dst` is borrowed mutably, the inputs immutably.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            a.cols,
+            dst.as_mut_ptr(),
+            1,
+            dst_row as isize,
+            false,
+            a.data.as_ptr(),
+            a.col as isize,
+            a.row as isize,
+            b.data.as_ptr(),
+            b.col as isize,
+            b.row as isize,
+            0.0,
+            scale,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
+    }
 }
 
 /// The output buffer of [`attention_rows`], written by every task at disjoint places.
@@ -304,7 +481,7 @@ pub fn exp_f32(x: f32) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use burn::tensor::Tolerance;
+    use burn::tensor::{TensorData, Tolerance};
 
     type B = burn::backend::Flex;
 
@@ -408,13 +585,21 @@ mod tests {
     }
 
     #[test]
-    fn other_backends_and_dtypes_fall_back() {
+    fn other_dtypes_fall_back_and_autodiff_flex_is_fused() {
         let x = sample([1, 4, 8], 5).reshape([4, 8]).cast(DType::F64);
         let weight = Tensor::<B, 1>::ones([8], &Default::default()).cast(DType::F64);
         assert!(rms_norm_rows(&x, &weight, 1e-5).is_none());
         type A = burn::backend::Autodiff<B>;
         let x = Tensor::<A, 2>::ones([4, 8], &Default::default());
         let w = Tensor::<A, 1>::ones([8], &Default::default());
+        assert!(rms_norm_rows(&x, &w, 1e-5).is_some());
+    }
+
+    #[test]
+    fn ndarray_falls_back() {
+        type N = burn::backend::NdArray;
+        let x = Tensor::<N, 2>::ones([4, 8], &Default::default());
+        let w = Tensor::<N, 1>::ones([8], &Default::default());
         assert!(rms_norm_rows(&x, &w, 1e-5).is_none());
     }
 }

@@ -20,6 +20,8 @@ pub mod block;
 pub mod cache;
 pub mod config;
 pub mod error;
+#[cfg(feature = "flex")]
+mod flex_ops;
 pub mod fused;
 pub mod linear;
 pub mod load;

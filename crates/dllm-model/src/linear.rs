@@ -51,12 +51,20 @@ impl<B: Backend> Linear<B> {
     }
 
     /// Applies the layer; the adapter contributes only when `adapter` is true.
+    ///
+    /// The batch and position dimensions are folded into one, so the product is a single 2-D
+    /// matrix multiply: under autodiff the weight gradient is then one `xᵀ dy` product instead
+    /// of one per sequence followed by a sum over the batch.
     pub fn forward(&self, x: Tensor<B, 3>, adapter: bool) -> Tensor<B, 3> {
+        let [batch, len, d_in] = x.dims();
+        let x = x.reshape([batch * len, d_in]);
         let y = linear(x.clone(), self.weight.val(), None);
-        match (&self.lora, adapter) {
+        let y = match (&self.lora, adapter) {
             (Some(lora), true) => y + lora.forward(x),
             _ => y,
-        }
+        };
+        let d_out = y.dims()[1];
+        y.reshape([batch, len, d_out])
     }
 }
 
@@ -89,8 +97,8 @@ impl<B: Backend> Lora<B> {
         self.a.val().dims()[1]
     }
 
-    /// `scale * dropout(x) A B`.
-    pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+    /// `scale * dropout(x) A B` for `x` `[rows, in]`.
+    pub fn forward(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
         let x = self.dropout.forward(x);
         let h = linear(x, self.a.val(), None);
         linear(h, self.b.val(), None) * self.scale

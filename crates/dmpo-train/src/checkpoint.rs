@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use burn::module::{AutodiffModule, Module};
 use burn::optim::Optimizer;
 use burn::record::{BinFileRecorder, FullPrecisionSettings, Recorder};
-use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::backend::{AutodiffBackend, Backend};
 use dllm_model::Llada;
 use serde::{Deserialize, Serialize};
 
@@ -38,9 +38,12 @@ fn recorder() -> BinFileRecorder<FullPrecisionSettings> {
 }
 
 /// Saves checkpoint `state.step` under `dir/checkpoints/step-N` and points `latest` at it.
+/// `reference` is saved too when given (a reference that moves during training).
+#[allow(clippy::too_many_arguments)]
 pub fn save<B, O>(
     dir: &Path,
     model: &Llada<B>,
+    reference: Option<&Llada<B::InnerBackend>>,
     optimizer: &O,
     state: TrainState,
     finetune: Finetune,
@@ -66,6 +69,12 @@ where
     recorder()
         .record(optimizer.to_record(), tmp.join("optimizer"))
         .map_err(|e| ckpt_err(&tmp, e))?;
+    if let Some(reference) = reference {
+        reference
+            .clone()
+            .save_file(tmp.join(REFERENCE_FILE), &recorder())
+            .map_err(|e| ckpt_err(&tmp, e))?;
+    }
     match finetune {
         Finetune::Lora => model.save_adapter(tmp.join("adapter"), base_model)?,
         Finetune::Full => {
@@ -82,6 +91,27 @@ where
     dllm_model::load::write_atomic(&root.join("latest"), name.as_bytes())?;
     prune(&root, keep)?;
     Ok(fin)
+}
+
+/// The moving reference's record inside a checkpoint directory (extension added by burn).
+const REFERENCE_FILE: &str = "reference";
+
+/// Restores a reference saved with the checkpoint at `path` into `reference`; `None` when the
+/// checkpoint has none (a reference that never moved).
+pub fn load_reference<B: Backend>(
+    path: &Path,
+    reference: &Llada<B>,
+    device: &B::Device,
+) -> Result<Option<Llada<B>>> {
+    let file = path.join(REFERENCE_FILE);
+    if !file.with_extension("bin").is_file() {
+        return Ok(None);
+    }
+    let loaded = reference
+        .clone()
+        .load_file(file, &recorder(), device)
+        .map_err(|e| ckpt_err(path, e))?;
+    Ok(Some(loaded))
 }
 
 /// Tokenizer files a Hugging Face model directory carries beside its weights.

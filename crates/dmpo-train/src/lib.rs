@@ -13,4 +13,5 @@ pub mod checkpoint;
 pub mod eval;
 pub mod optim;
 pub mod plot;
+pub mod reference;
 pub mod trainer;

@@ -277,6 +277,13 @@ pub struct TrainSection {
     pub checkpoint_every: usize,
     /// Evaluate every this many rollout steps (0 = only before and after).
     pub eval_every: usize,
+    /// Move the frozen reference toward the policy during training (TRL's `sync_ref_model`;
+    /// full fine-tuning only). Off by default, as in the spec.
+    pub sync_ref_model: bool,
+    /// Rollout steps between reference syncs (TRL's `ref_model_sync_steps`).
+    pub ref_model_sync_steps: usize,
+    /// `ref <- mixup * policy + (1 - mixup) * ref` at each sync (TRL's `ref_model_mixup_alpha`).
+    pub ref_model_mixup_alpha: f64,
 }
 
 impl Default for TrainSection {
@@ -299,6 +306,9 @@ impl Default for TrainSection {
             gradient_checkpointing: false,
             checkpoint_every: 10,
             eval_every: 0,
+            sync_ref_model: false,
+            ref_model_sync_steps: 512,
+            ref_model_mixup_alpha: 0.6,
         }
     }
 }
@@ -410,6 +420,20 @@ impl Recipe {
         }
         if t.max_grad_norm.is_nan() || t.max_grad_norm <= 0.0 {
             return bad("train.max_grad_norm", "must be positive");
+        }
+        if t.sync_ref_model {
+            if self.model.finetune != Finetune::Full {
+                return bad(
+                    "train.sync_ref_model",
+                    "needs model.finetune = \"full\" (with LoRA the reference is the adapter-free model)",
+                );
+            }
+            if t.ref_model_sync_steps == 0 {
+                return bad("train.ref_model_sync_steps", "must be positive");
+            }
+            if !(t.ref_model_mixup_alpha > 0.0 && t.ref_model_mixup_alpha <= 1.0) {
+                return bad("train.ref_model_mixup_alpha", "must be in (0, 1]");
+            }
         }
         if self.task.name.parse::<rewards::Task>().is_err() {
             return bad("task.name", "must be gsm8k, math, countdown or sudoku");

@@ -31,6 +31,7 @@ use crate::error::{Result, TrainError};
 use crate::eval::{evaluate, EvalResult};
 use crate::optim::{apply_update, learning_rate, UpdateOutcome};
 use crate::recipe::{Algorithm, Finetune, Recipe};
+use crate::reference::Reference;
 use crate::tasks::{completion_text, eval_items, prompt_ids, TrainData};
 
 /// Options of a run that are not hyperparameters.
@@ -79,12 +80,6 @@ pub fn stream_seed(seed: u64, step: usize, purpose: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-/// The reference policy: the adapter-disabled view (LoRA) or a frozen copy (full fine-tuning).
-enum Reference<B: Backend> {
-    AdapterOff,
-    Frozen(Box<Llada<B>>),
-}
-
 /// Trains with `recipe` on autodiff backend `AB`.
 pub fn train<AB: AutodiffBackend>(
     recipe: &Recipe,
@@ -108,7 +103,7 @@ pub fn train<AB: AutodiffBackend>(
         dtype: recipe.model.dtype,
     };
     let base = load_model::<AB>(&recipe.model.path, load, &device)?;
-    let (mut model, reference) = match recipe.model.finetune {
+    let (mut model, mut reference) = match recipe.model.finetune {
         Finetune::Lora => {
             let m = match &recipe.model.adapter {
                 Some(a) => base.load_adapter(a, &device)?,
@@ -142,6 +137,11 @@ pub fn train<AB: AutodiffBackend>(
         if let Some(ckpt) = checkpoint::latest(&run_dir)? {
             let (m, o, s) = checkpoint::load(&ckpt, model, optimizer, &device)?;
             (model, optimizer, state) = (m, o, s);
+            if let Reference::Frozen(frozen) = &mut reference {
+                if let Some(r) = checkpoint::load_reference(&ckpt, frozen, &device)? {
+                    **frozen = r;
+                }
+            }
             tracing::info!("resumed from {} at step {}", ckpt.display(), state.step);
         }
         truncate_metrics(&metrics_path, state.step)?;
@@ -234,10 +234,18 @@ pub fn train<AB: AutodiffBackend>(
                 &serde_json::json!({"step": state.step, "eval": r}),
             )?;
         }
+        if t.sync_ref_model && state.step % t.ref_model_sync_steps == 0 {
+            reference.sync(&model.valid(), t.ref_model_mixup_alpha)?;
+        }
         if state.step % t.checkpoint_every.max(1) == 0 || state.step == last_step {
+            let moving_reference = match &reference {
+                Reference::Frozen(r) if t.sync_ref_model => Some(r.as_ref()),
+                _ => None,
+            };
             checkpoint::save(
                 &run_dir,
                 &model,
+                moving_reference,
                 &optimizer,
                 state,
                 recipe.model.finetune,

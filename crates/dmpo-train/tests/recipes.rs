@@ -99,6 +99,17 @@ fn unknown_keys_and_bad_values_are_named() {
     assert!(e.contains("rollout") && e.contains("block_length"), "{e}");
     let e = err(MINIMAL, &["dmpo.num_replicates=3"]);
     assert!(e.contains("num_replicates"), "{e}");
+    let e = err(MINIMAL, &["train.sync_ref_model=true", "model.finetune=\"lora\""]);
+    assert!(e.contains("train.sync_ref_model"), "{e}");
+    let e = err(
+        MINIMAL,
+        &[
+            "train.sync_ref_model=true",
+            "model.finetune=\"full\"",
+            "train.ref_model_mixup_alpha=0",
+        ],
+    );
+    assert!(e.contains("train.ref_model_mixup_alpha"), "{e}");
     let e = err("[model\npath=", &[]);
     assert!(e.contains("bad.toml"), "{e}");
     let e = err("[task]\nname = \"sudoku\"\n", &[]);

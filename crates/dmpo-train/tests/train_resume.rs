@@ -14,8 +14,12 @@ fn root() -> PathBuf {
 }
 
 fn recipe(out: &Path, name: &str, algorithm: &str, steps: usize) -> Recipe {
+    recipe_with(out, name, algorithm, steps, &[])
+}
+
+fn recipe_with(out: &Path, name: &str, algorithm: &str, steps: usize, extra: &[&str]) -> Recipe {
     let r = root();
-    let overrides: Vec<String> = vec![
+    let mut overrides: Vec<String> = vec![
         format!("model.path=\"{}\"", r.join("models/tiny-sudoku").display()),
         format!("run.output_dir=\"{}\"", out.display()),
         format!("run.name=\"{name}\""),
@@ -29,6 +33,7 @@ fn recipe(out: &Path, name: &str, algorithm: &str, steps: usize) -> Recipe {
         "dmpo.num_replicates=2".into(),
         "eval.limit=4".into(),
     ];
+    overrides.extend(extra.iter().map(|s| s.to_string()));
     Recipe::load(&r.join("recipes/tiny-sudoku.toml"), &overrides).unwrap()
 }
 
@@ -59,13 +64,38 @@ fn quiet(resume: bool) -> RunOptions {
 #[test]
 fn resumed_run_equals_uninterrupted_run() {
     for algorithm in ["dmpo", "diffu_grpo"] {
+        check_resume(algorithm, &[]);
+    }
+}
+
+#[test]
+fn resumed_run_with_a_moving_reference_equals_uninterrupted_run() {
+    let sync = [
+        "train.sync_ref_model=true",
+        "train.ref_model_sync_steps=1",
+        "train.ref_model_mixup_alpha=0.5",
+    ];
+    let synced = check_resume("dmpo", &sync);
+    // The reference moved: from the second step on, log_rnd differs from a fixed reference.
+    let tmp = tempfile::tempdir().unwrap();
+    let fixed = recipe(tmp.path(), "fixed", "dmpo", 3);
+    train::<AB>(&fixed, Default::default(), &quiet(false)).unwrap();
+    let fixed = metrics(&fixed.run_dir());
+    assert_eq!(synced[0], fixed[0], "the first step runs before any sync");
+    assert_ne!(synced[2]["log_rnd_mean"], fixed[2]["log_rnd_mean"]);
+}
+
+/// Runs 3 steps uninterrupted, and 2 + resumed 1, and checks both give the same metrics;
+/// returns them.
+fn check_resume(algorithm: &str, extra: &[&str]) -> Vec<serde_json::Value> {
+    {
         let tmp = tempfile::tempdir().unwrap();
-        let full = recipe(tmp.path(), "full", algorithm, 3);
+        let full = recipe_with(tmp.path(), "full", algorithm, 3, extra);
         train::<AB>(&full, Default::default(), &quiet(false)).unwrap();
 
         // The same run stopped after 2 steps (the 3-step cosine schedule unchanged), then
         // resumed to 3.
-        let part = recipe(tmp.path(), "part", algorithm, 3);
+        let part = recipe_with(tmp.path(), "part", algorithm, 3, extra);
         let stopped = RunOptions {
             stop_after: Some(2),
             ..quiet(false)
@@ -76,7 +106,7 @@ fn resumed_run_equals_uninterrupted_run() {
                 .steps,
             2
         );
-        let resumed = recipe(tmp.path(), "part", algorithm, 3);
+        let resumed = recipe_with(tmp.path(), "part", algorithm, 3, extra);
         let s = train::<AB>(&resumed, Default::default(), &quiet(true)).unwrap();
         assert_eq!(s.steps, 3);
 
@@ -95,9 +125,12 @@ fn resumed_run_equals_uninterrupted_run() {
         ] {
             assert!(ckpt.join(f).is_file(), "{f} missing in {}", ckpt.display());
         }
+        let moving_reference = extra.contains(&"train.sync_ref_model=true");
+        assert_eq!(ckpt.join("reference.bin").is_file(), moving_reference);
         assert!(a
             .iter()
             .all(|m| m["loss"].as_f64().is_some_and(f64::is_finite)));
+        a
     }
 }
 
