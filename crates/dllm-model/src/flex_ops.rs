@@ -276,7 +276,11 @@ pub(crate) fn rms_norm_backward_host(
             let mut dw = vec![0.0f32; if want_weight { d } else { 0 }];
             for ((dx, x), dy) in dx.chunks_mut(d).zip(x.chunks(d)).zip(dy.chunks(d)) {
                 let r = inverse_rms(x, eps);
-                let dot: f32 = (0..d).map(|j| dy[j] * weight[j] * x[j]).sum::<f32>() * r / d as f32;
+                let mut dot = 0.0f32;
+                for j in 0..d {
+                    dot += dy[j] * weight[j] * x[j];
+                }
+                let dot = dot * r / d as f32;
                 for j in 0..d {
                     let normed = x[j] * r;
                     dx[j] = r * (dy[j] * weight[j] - normed * dot);
@@ -516,7 +520,7 @@ pub(crate) fn attention_backward_host(
             );
             let scale = dims.scale();
             for (ds, p) in d_scores.chunks_mut(keys).zip(probs.chunks(keys)) {
-                let dot: f32 = ds.iter().zip(p).map(|(d, p)| d * p).sum();
+                let dot = crate::fused::dot(ds, p);
                 for (d, &p) in ds.iter_mut().zip(p) {
                     *d = p * (*d - dot) * scale;
                 }

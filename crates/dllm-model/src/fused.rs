@@ -113,7 +113,7 @@ pub(crate) fn rms_norm_host(x: &[f32], weight: &[f32], eps: f32) -> Vec<f32> {
 
 /// `1 / sqrt(mean(row^2) + eps)`.
 pub(crate) fn inverse_rms(row: &[f32], eps: f32) -> f32 {
-    let mean_square = row.iter().map(|v| v * v).sum::<f32>() / row.len() as f32;
+    let mean_square = dot(row, row) / row.len() as f32;
     1.0 / (mean_square + eps).sqrt()
 }
 
@@ -436,17 +436,50 @@ impl SharedOut {
 }
 
 /// `row <- softmax(row)`: a row of `-inf` gives NaN, as the tensor expression does.
+///
+/// Written as three loops without a loop-carried float dependency (the reductions keep eight
+/// partial results), so that each vectorises.
 fn softmax_in_place(row: &mut [f32]) {
-    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mut sum = 0.0f32;
+    let max = lanes_reduce(row, f32::NEG_INFINITY, f32::max);
     for x in row.iter_mut() {
         *x = exp_f32(*x - max);
-        sum += *x;
     }
-    let inv = 1.0 / sum;
+    let inv = 1.0 / lanes_reduce(row, 0.0, |a, b| a + b);
     for x in row.iter_mut() {
         *x *= inv;
     }
+}
+
+/// `sum_i a_i b_i`, vectorised like [`lanes_reduce`].
+#[inline(always)]
+pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut lanes = [0.0f32; 8];
+    let (mut ca, mut cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    for (x, y) in (&mut ca).zip(&mut cb) {
+        for ((lane, &x), &y) in lanes.iter_mut().zip(x).zip(y) {
+            *lane += x * y;
+        }
+    }
+    for ((lane, &x), &y) in lanes.iter_mut().zip(ca.remainder()).zip(cb.remainder()) {
+        *lane += x * y;
+    }
+    lanes.into_iter().sum()
+}
+
+/// Reduces `values` with `op` over eight interleaved partial results, then combines those.
+#[inline(always)]
+fn lanes_reduce(values: &[f32], init: f32, op: impl Fn(f32, f32) -> f32) -> f32 {
+    let mut lanes = [init; 8];
+    let mut chunks = values.chunks_exact(8);
+    for chunk in &mut chunks {
+        for (lane, &v) in lanes.iter_mut().zip(chunk) {
+            *lane = op(*lane, v);
+        }
+    }
+    for (lane, &v) in lanes.iter_mut().zip(chunks.remainder()) {
+        *lane = op(*lane, v);
+    }
+    lanes.into_iter().fold(init, op)
 }
 
 /// `e^x` in f32, accurate to a few units in the last place, written without branches or calls
@@ -474,8 +507,11 @@ pub fn exp_f32(x: f32) -> f32 {
     let p = p * r + 0.5;
     let p = p * r + 1.0;
     let p = p * r + 1.0;
-    let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
-    p * scale
+    // `2^n` from the bits of `n + 127 + 2^23`, whose low mantissa bits hold `n + 127` (an
+    // integer in 1..=254 after the clamp): shifted into the exponent field. Integer ops only,
+    // unlike `n as i32`, whose saturating conversion does not vectorise.
+    let biased = (n + (127.0 + 8_388_608.0)).to_bits();
+    p * f32::from_bits(biased << 23)
 }
 
 #[cfg(test)]
