@@ -40,7 +40,7 @@ use rayon::prelude::*;
 
 use crate::fused::{
     attention_host, attention_probs, host_mask, inverse_rms, rms_norm_host, rope_host,
-    swiglu_host, AttentionDims, Strided, CHUNK,
+    swiglu_host, AttentionDims, HeadsView, Strided, CHUNK,
 };
 
 /// flex inside autodiff with checkpoint strategy `C`.
@@ -117,6 +117,27 @@ fn read(t: &FlexTensor) -> Cow<'_, [f32]> {
                 .to_vec(),
         ),
     }
+}
+
+/// `t` itself when its strides are non-negative (any transpose or slice), else a contiguous
+/// copy: either way readable through [`heads_view`].
+fn forward_strided(t: FlexTensor) -> FlexTensor {
+    if t.layout().has_positive_strides() {
+        t
+    } else {
+        t.to_contiguous()
+    }
+}
+
+/// A `[batch, heads, rows, head_dim]` view of a 4-D f32 flex tensor with non-negative strides.
+fn heads_view(t: &FlexTensor) -> HeadsView<'_> {
+    let layout = t.layout();
+    let dims: [usize; 4] = layout
+        .shape()
+        .dims::<4>();
+    let s = layout.strides();
+    let strides = [s[0], s[1], s[2], s[3]].map(|s| usize::try_from(s).expect("non-negative strides"));
+    HeadsView::new(t.storage::<f32>(), layout.start_offset(), dims, strides)
 }
 
 /// A flex tensor holding `values` with `shape`.
@@ -401,16 +422,23 @@ pub(crate) fn attention_rows<B: Backend>(
     let out_shape = [dims.batch, dims.len, dims.heads * dims.head_dim];
     let hidden = key_padding.map(host_mask);
     if is_flex::<B>() {
-        let (q, k, v) = (to_flex(q), to_flex(k), to_flex(v));
-        let out = attention_host(&read(&q), &read(&k), &read(&v), hidden.as_deref(), dims);
+        let [q, k, v] = [q, k, v].map(|t| forward_strided(to_flex(t)));
+        let out = attention_host(
+            heads_view(&q),
+            heads_view(&k),
+            heads_view(&v),
+            hidden.as_deref(),
+            dims,
+        );
         return Some(from_flex(flex_tensor(out, out_shape)));
     }
     with_autodiff_flex!(B, C => {
         let (q, k, v) = (to_ad::<B, C, 4>(q), to_ad::<B, C, 4>(k), to_ad::<B, C, 4>(v));
+        let [qp, kp, vp] = [&q, &k, &v].map(|t| forward_strided(t.primitive.clone()));
         let out = attention_host(
-            &read(&q.primitive),
-            &read(&k.primitive),
-            &read(&v.primitive),
+            heads_view(&qp),
+            heads_view(&kp),
+            heads_view(&vp),
             hidden.as_deref(),
             dims,
         );
@@ -443,10 +471,11 @@ impl Backward<Flex, 3> for AttentionBackward {
         let k: FlexTensor = ckpt.retrieve_node_output(k);
         let v: FlexTensor = ckpt.retrieve_node_output(v);
         let grad = grads.consume::<Flex>(&ops.node);
+        let [q, k, v] = [q, k, v].map(forward_strided);
         let [dq, dk, dv] = attention_backward_host(
-            &read(&q),
-            &read(&k),
-            &read(&v),
+            heads_view(&q),
+            heads_view(&k),
+            heads_view(&v),
             hidden.as_deref().map(Vec::as_slice),
             &read(&grad),
             dims,
@@ -474,9 +503,9 @@ impl Backward<Flex, 3> for AttentionBackward {
 /// `[dq, dk, dv]` (heads-first) of attention given the output gradient `[batch, len, heads *
 /// head_dim]`. One task per (batch, head); the probabilities are recomputed.
 pub(crate) fn attention_backward_host(
-    q: &[f32],
-    k: &[f32],
-    v: &[f32],
+    q: HeadsView,
+    k: HeadsView,
+    v: HeadsView,
     hidden: Option<&[bool]>,
     grad: &[f32],
     dims: AttentionDims,
@@ -498,9 +527,7 @@ pub(crate) fn attention_backward_host(
         .enumerate()
         .for_each(|(task, ((dq, dk), dv))| {
             let (b, h) = (task / heads, task % heads);
-            let q = &q[task * len * head_dim..][..len * head_dim];
-            let k = &k[task * keys * head_dim..][..keys * head_dim];
-            let v = &v[task * keys * head_dim..][..keys * head_dim];
+            let (q, k, v) = (q.matrix(b, h), k.matrix(b, h), v.matrix(b, h));
             let hidden = hidden.map(|m| &m[b * keys..(b + 1) * keys]);
             let mut probs = vec![0.0f32; len * keys];
             attention_probs(&mut probs, q, k, hidden, dims);
@@ -515,7 +542,7 @@ pub(crate) fn attention_backward_host(
                 &mut d_scores,
                 keys,
                 d_out,
-                Strided::rows(v, keys, head_dim).transposed(),
+                v.transposed(),
                 1.0,
             );
             let scale = dims.scale();
@@ -527,14 +554,8 @@ pub(crate) fn attention_backward_host(
             }
             let ds_view = Strided::rows(&d_scores, len, keys);
             // dQ = dS K, dK = dSᵀ Q
-            crate::fused::gemm_into(dq, head_dim, ds_view, Strided::rows(k, keys, head_dim), 1.0);
-            crate::fused::gemm_into(
-                dk,
-                head_dim,
-                ds_view.transposed(),
-                Strided::rows(q, len, head_dim),
-                1.0,
-            );
+            crate::fused::gemm_into(dq, head_dim, ds_view, k, 1.0);
+            crate::fused::gemm_into(dk, head_dim, ds_view.transposed(), q, 1.0);
         });
     [dq, dk, dv]
 }
@@ -659,13 +680,16 @@ mod tests {
         let device = Default::default();
         let q = random::<B::InnerBackend, 4>([batch, heads, len, head_dim], 11);
         let k = random::<B::InnerBackend, 4>([batch, heads, keys, head_dim], 12);
-        let v = random::<B::InnerBackend, 4>([batch, heads, keys, head_dim], 13);
+        // `v` enters position-major and is transposed inside the op, as in the model: the
+        // fused kernel reads it through strides.
+        let v = random::<B::InnerBackend, 4>([batch, keys, heads, head_dim], 13);
         let r = random::<B::InnerBackend, 3>([batch, len, heads * head_dim], 14);
         let padding: Vec<bool> = (0..batch * keys).map(|i| i % keys < 3 * (i / keys)).collect();
         let padding = Tensor::<B, 2, Bool>::from_data(TensorData::new(padding, [batch, keys]), &device);
         let inputs = [q, k, v];
         let fused = output_and_grads::<B, 4, 3>(&inputs, &r, |t| {
-            crate::fused::attention_rows(&t[0], &t[1], &t[2], Some(&padding)).expect("fused")
+            let v = t[2].clone().swap_dims(1, 2);
+            crate::fused::attention_rows(&t[0], &t[1], &v, Some(&padding)).expect("fused")
         });
         let plain = output_and_grads::<B, 4, 3>(&inputs, &r, |t| {
             let scores = t[0]
@@ -677,7 +701,7 @@ mod tests {
                 .reshape([batch, 1, 1, keys])
                 .expand([batch, heads, len, keys]);
             softmax(scores.mask_fill(mask, f32::NEG_INFINITY), 3)
-                .matmul(t[2].clone())
+                .matmul(t[2].clone().swap_dims(1, 2))
                 .swap_dims(1, 2)
                 .reshape([batch, len, heads * head_dim])
         });

@@ -241,24 +241,13 @@ pub(crate) fn host_mask<B: Backend, const D: usize>(m: &Tensor<B, D, Bool>) -> V
 /// `[keys, head_dim]`, `hidden` the keys to leave out.
 pub(crate) fn attention_probs(
     scores: &mut [f32],
-    q: &[f32],
-    k: &[f32],
+    q: Strided,
+    k: Strided,
     hidden: Option<&[bool]>,
     dims: AttentionDims,
 ) {
-    let AttentionDims {
-        len,
-        keys,
-        head_dim,
-        ..
-    } = dims;
-    gemm_into(
-        scores,
-        keys,
-        Strided::rows(q, len, head_dim),
-        Strided::rows(k, keys, head_dim).transposed(),
-        dims.scale(),
-    );
+    let keys = dims.keys;
+    gemm_into(scores, keys, q, k.transposed(), dims.scale());
     for row in scores.chunks_mut(keys) {
         if let Some(hidden) = hidden {
             for (x, &off) in row.iter_mut().zip(hidden) {
@@ -271,11 +260,54 @@ pub(crate) fn attention_probs(
     }
 }
 
-/// [`attention_rows`] on host slices (`q`, `k`, `v` heads-first, `hidden` `[batch, keys]`).
+/// A read-only `[batch, heads, rows, head_dim]` view with arbitrary non-negative strides, so
+/// that attention reads a transposed tensor (`v` after `swap_dims`) without copying it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct HeadsView<'a> {
+    data: &'a [f32],
+    offset: usize,
+    dims: [usize; 4],
+    strides: [usize; 4],
+}
+
+impl<'a> HeadsView<'a> {
+    /// Element `[b, h, r, c]` at `data[offset + b s0 + h s1 + r s2 + c s3]`.
+    pub(crate) fn new(data: &'a [f32], offset: usize, dims: [usize; 4], strides: [usize; 4]) -> Self {
+        let last: usize = dims
+            .iter()
+            .zip(&strides)
+            .map(|(&d, &s)| d.saturating_sub(1) * s)
+            .sum();
+        assert!(
+            dims.contains(&0) || offset + last < data.len(),
+            "heads view out of bounds"
+        );
+        Self {
+            data,
+            offset,
+            dims,
+            strides,
+        }
+    }
+
+    /// The `[rows, head_dim]` matrix of sequence `b`, head `h`.
+    pub(crate) fn matrix(&self, b: usize, h: usize) -> Strided<'a> {
+        let base = self.offset + b * self.strides[0] + h * self.strides[1];
+        Strided::with_strides(
+            &self.data[base..],
+            self.dims[2],
+            self.dims[3],
+            self.strides[2],
+            self.strides[3],
+        )
+    }
+}
+
+/// [`attention_rows`] on host views (`q`, `k`, `v` heads-first, `hidden` `[batch, keys]`).
 pub(crate) fn attention_host(
-    q: &[f32],
-    k: &[f32],
-    v: &[f32],
+    q: HeadsView,
+    k: HeadsView,
+    v: HeadsView,
     hidden: Option<&[bool]>,
     dims: AttentionDims,
 ) -> Vec<f32> {
@@ -291,16 +323,14 @@ pub(crate) fn attention_host(
     let out_ptr = SharedOut(out.as_mut_ptr());
     (0..batch * heads).into_par_iter().for_each(|task| {
         let (b, h) = (task / heads, task % heads);
-        let q = &q[task * len * head_dim..][..len * head_dim];
-        let k = &k[task * keys * head_dim..][..keys * head_dim];
-        let v = &v[task * keys * head_dim..][..keys * head_dim];
         let mut scores = vec![0.0f32; len * keys];
         let hidden = hidden.map(|m| &m[b * keys..(b + 1) * keys]);
-        attention_probs(&mut scores, q, k, hidden, dims);
+        attention_probs(&mut scores, q.matrix(b, h), k.matrix(b, h), hidden, dims);
+        let v = v.matrix(b, h);
         // Output rows of this task: `len` rows `width` apart, columns `h * head_dim ..`.
         // SAFETY: the tasks write disjoint column ranges of `out`, which outlives the loop;
         // rows `0..len` of `width` floats from `b * len * width` stay inside `out`; `scores`
-        // is `len x keys` and `v` `keys x head_dim`, both row-major.
+        // is `len x keys` row-major and `v` a checked `keys x head_dim` view.
         unsafe {
             let dst = out_ptr.get().add(b * len * width + h * head_dim);
             gemm::gemm(
@@ -314,9 +344,9 @@ pub(crate) fn attention_host(
                 scores.as_ptr(),
                 1,
                 keys as isize,
-                v.as_ptr(),
-                1,
-                head_dim as isize,
+                v.data.as_ptr(),
+                v.col as isize,
+                v.row as isize,
                 0.0,
                 1.0,
                 false,

@@ -32,6 +32,8 @@ fn recipe_with(out: &Path, name: &str, algorithm: &str, steps: usize, extra: &[&
         "train.checkpoint_every=1".into(),
         "dmpo.num_replicates=2".into(),
         "eval.limit=4".into(),
+        // A fixed reference unless a test asks for a moving one.
+        "train.sync_ref_model=false".into(),
     ];
     overrides.extend(extra.iter().map(|s| s.to_string()));
     Recipe::load(&r.join("recipes/tiny-sudoku.toml"), &overrides).unwrap()
