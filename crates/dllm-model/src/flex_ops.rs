@@ -39,8 +39,8 @@ use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
 use crate::fused::{
-    attention_host, attention_probs, host_mask, inverse_rms, rms_norm_host, rope_host,
-    swiglu_host, AttentionDims, HeadsView, Strided, CHUNK,
+    attention_host, attention_probs, host_mask, inverse_rms, rms_norm_host, rope_host, swiglu_host,
+    AttentionDims, HeadsView, Strided, CHUNK,
 };
 
 /// flex inside autodiff with checkpoint strategy `C`.
@@ -102,8 +102,10 @@ fn to_ad<B: Backend, C: CheckpointStrategy, const D: usize>(
 fn from_ad<B: Backend, C: CheckpointStrategy, const D: usize>(
     t: FloatTensor<Ad<C>>,
 ) -> Tensor<B, D> {
-    same_type(Tensor::<Ad<C>, D>::from_primitive(TensorPrimitive::Float(t)))
-        .expect("B is autodiff flex")
+    same_type(Tensor::<Ad<C>, D>::from_primitive(TensorPrimitive::Float(
+        t,
+    )))
+    .expect("B is autodiff flex")
 }
 
 /// The f32 values of a flex tensor in row-major order, borrowed when already laid out so.
@@ -132,11 +134,10 @@ fn forward_strided(t: FlexTensor) -> FlexTensor {
 /// A `[batch, heads, rows, head_dim]` view of a 4-D f32 flex tensor with non-negative strides.
 fn heads_view(t: &FlexTensor) -> HeadsView<'_> {
     let layout = t.layout();
-    let dims: [usize; 4] = layout
-        .shape()
-        .dims::<4>();
+    let dims: [usize; 4] = layout.shape().dims::<4>();
     let s = layout.strides();
-    let strides = [s[0], s[1], s[2], s[3]].map(|s| usize::try_from(s).expect("non-negative strides"));
+    let strides =
+        [s[0], s[1], s[2], s[3]].map(|s| usize::try_from(s).expect("non-negative strides"));
     HeadsView::new(t.storage::<f32>(), layout.start_offset(), dims, strides)
 }
 
@@ -531,20 +532,19 @@ pub(crate) fn attention_backward_host(
             let hidden = hidden.map(|m| &m[b * keys..(b + 1) * keys]);
             let mut probs = vec![0.0f32; len * keys];
             attention_probs(&mut probs, q, k, hidden, dims);
-            let d_out =
-                Strided::with_strides(&grad[b * len * width + h * head_dim..], len, head_dim, width, 1);
+            let d_out = Strided::with_strides(
+                &grad[b * len * width + h * head_dim..],
+                len,
+                head_dim,
+                width,
+                1,
+            );
             let probs_view = Strided::rows(&probs, len, keys);
             // dV = Pᵀ dO
             crate::fused::gemm_into(dv, head_dim, probs_view.transposed(), d_out, 1.0);
             // dP = dO Vᵀ, then dS = P ⊙ (dP - rowsum(P ⊙ dP)) · scale, in place.
             let mut d_scores = vec![0.0f32; len * keys];
-            crate::fused::gemm_into(
-                &mut d_scores,
-                keys,
-                d_out,
-                v.transposed(),
-                1.0,
-            );
+            crate::fused::gemm_into(&mut d_scores, keys, d_out, v.transposed(), 1.0);
             let scale = dims.scale();
             for (ds, p) in d_scores.chunks_mut(keys).zip(probs.chunks(keys)) {
                 let dot = crate::fused::dot(ds, p);
@@ -599,7 +599,11 @@ mod tests {
     }
 
     /// Runs `op` on fresh leaves made from `inputs` and returns the output and each gradient.
-    fn output_and_grads<B: burn::tensor::backend::AutodiffBackend, const D: usize, const O: usize>(
+    fn output_and_grads<
+        B: burn::tensor::backend::AutodiffBackend,
+        const D: usize,
+        const O: usize,
+    >(
         inputs: &[Tensor<B::InnerBackend, D>],
         r: &Tensor<B::InnerBackend, O>,
         op: impl Fn(&[Tensor<B, D>]) -> Tensor<B, O>,
@@ -609,7 +613,9 @@ mod tests {
             .map(|t| Tensor::from_inner(t.clone()).require_grad())
             .collect();
         let out = op(&leaves);
-        let grads = (out.clone() * Tensor::from_inner(r.clone())).sum().backward();
+        let grads = (out.clone() * Tensor::from_inner(r.clone()))
+            .sum()
+            .backward();
         let grads = leaves
             .iter()
             .map(|l| l.grad(&grads).expect("every input gets a gradient"))
@@ -666,11 +672,21 @@ mod tests {
     #[test]
     fn rope_gradients_match_autodiff() {
         let (len, heads, head_dim) = (13, 3, 8);
-        let tables = crate::rope::RopeTables::<A>::new(10000.0, head_dim, heads, 3, len, &Default::default());
+        let tables = crate::rope::RopeTables::<A>::new(
+            10000.0,
+            head_dim,
+            heads,
+            3,
+            len,
+            &Default::default(),
+        );
         let x = random::<Flex, 4>([2, len, heads, head_dim], 9);
         let r = random::<Flex, 4>([2, heads, len, head_dim], 10);
-        let fused = output_and_grads::<A, 4, 4>(&[x.clone()], &r, |t| tables.apply_heads_first(t[0].clone()));
-        let plain = output_and_grads::<A, 4, 4>(&[x], &r, |t| tables.apply(t[0].clone()).swap_dims(1, 2));
+        let fused = output_and_grads::<A, 4, 4>(std::slice::from_ref(&x), &r, |t| {
+            tables.apply_heads_first(t[0].clone())
+        });
+        let plain =
+            output_and_grads::<A, 4, 4>(&[x], &r, |t| tables.apply(t[0].clone()).swap_dims(1, 2));
         assert_close(fused.0, plain.0, "output");
         assert_close(fused.1[0].clone(), plain.1[0].clone(), "gradient");
     }
@@ -684,8 +700,11 @@ mod tests {
         // fused kernel reads it through strides.
         let v = random::<B::InnerBackend, 4>([batch, keys, heads, head_dim], 13);
         let r = random::<B::InnerBackend, 3>([batch, len, heads * head_dim], 14);
-        let padding: Vec<bool> = (0..batch * keys).map(|i| i % keys < 3 * (i / keys)).collect();
-        let padding = Tensor::<B, 2, Bool>::from_data(TensorData::new(padding, [batch, keys]), &device);
+        let padding: Vec<bool> = (0..batch * keys)
+            .map(|i| i % keys < 3 * (i / keys))
+            .collect();
+        let padding =
+            Tensor::<B, 2, Bool>::from_data(TensorData::new(padding, [batch, keys]), &device);
         let inputs = [q, k, v];
         let fused = output_and_grads::<B, 4, 3>(&inputs, &r, |t| {
             let v = t[2].clone().swap_dims(1, 2);
@@ -706,7 +725,10 @@ mod tests {
                 .reshape([batch, len, heads * head_dim])
         });
         assert_close(fused.0, plain.0, "output");
-        for (name, (f, p)) in ["dq", "dk", "dv"].iter().zip(fused.1.into_iter().zip(plain.1)) {
+        for (name, (f, p)) in ["dq", "dk", "dv"]
+            .iter()
+            .zip(fused.1.into_iter().zip(plain.1))
+        {
             assert_close(f, p, name);
         }
     }
@@ -727,7 +749,9 @@ mod tests {
         let u = g.clone();
         let out = swiglu(&g, &u).expect("fused");
         assert!(!out.is_require_grad());
-        out.into_data()
-            .assert_approx_eq::<f32>(&(silu(g.clone()) * g).into_data(), Tolerance::relative(1e-5));
+        out.into_data().assert_approx_eq::<f32>(
+            &(silu(g.clone()) * g).into_data(),
+            Tolerance::relative(1e-5),
+        );
     }
 }

@@ -272,7 +272,12 @@ pub(crate) struct HeadsView<'a> {
 
 impl<'a> HeadsView<'a> {
     /// Element `[b, h, r, c]` at `data[offset + b s0 + h s1 + r s2 + c s3]`.
-    pub(crate) fn new(data: &'a [f32], offset: usize, dims: [usize; 4], strides: [usize; 4]) -> Self {
+    pub(crate) fn new(
+        data: &'a [f32],
+        offset: usize,
+        dims: [usize; 4],
+        strides: [usize; 4],
+    ) -> Self {
         let last: usize = dims
             .iter()
             .zip(&strides)
@@ -416,7 +421,10 @@ pub(crate) fn gemm_into(dst: &mut [f32], dst_row: usize, a: Strided, b: Strided,
     if m == 0 || n == 0 {
         return;
     }
-    assert!((m - 1) * dst_row + n <= dst.len(), "gemm output out of bounds");
+    assert!(
+        (m - 1) * dst_row + n <= dst.len(),
+        "gemm output out of bounds"
+    );
     if a.cols == 0 {
         for i in 0..m {
             dst[i * dst_row..i * dst_row + n].fill(0.0);

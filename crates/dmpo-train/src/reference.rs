@@ -77,7 +77,9 @@ struct MixParams<B: Backend, I: Iterator<Item = (Vec<usize>, Tensor<B, 1>)>> {
     error: Option<TrainError>,
 }
 
-impl<B: Backend, I: Iterator<Item = (Vec<usize>, Tensor<B, 1>)>> ModuleMapper<B> for MixParams<B, I> {
+impl<B: Backend, I: Iterator<Item = (Vec<usize>, Tensor<B, 1>)>> ModuleMapper<B>
+    for MixParams<B, I>
+{
     fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
         let (id, tensor, mapper) = param.consume();
         let dims = tensor.dims();

@@ -99,7 +99,10 @@ fn unknown_keys_and_bad_values_are_named() {
     assert!(e.contains("rollout") && e.contains("block_length"), "{e}");
     let e = err(MINIMAL, &["dmpo.num_replicates=3"]);
     assert!(e.contains("num_replicates"), "{e}");
-    let e = err(MINIMAL, &["train.sync_ref_model=true", "model.finetune=\"lora\""]);
+    let e = err(
+        MINIMAL,
+        &["train.sync_ref_model=true", "model.finetune=\"lora\""],
+    );
     assert!(e.contains("train.sync_ref_model"), "{e}");
     let e = err(
         MINIMAL,
