@@ -39,8 +39,9 @@ use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
 use crate::fused::{
-    attention_host, attention_probs, host_mask, inverse_rms, rms_norm_host, rope_host, swiglu_host,
-    AttentionDims, HeadsView, Strided, CHUNK,
+    attention_host, attention_probs, host_mask, inverse_rms, rms_norm_host, rope_host,
+    row_max_and_exp_sum, swiglu_host, token_log_probs_host, AttentionDims, HeadsView, Strided,
+    CHUNK,
 };
 
 /// flex inside autodiff with checkpoint strategy `C`.
@@ -409,6 +410,96 @@ pub(crate) fn rope_backward_host(
 }
 
 // ---------------------------------------------------------------------------------------------
+// Token log-probabilities
+
+/// `log softmax(logits)[target]` `[n, len]` on flex (plain or autodiff); `None` elsewhere.
+/// `targets` are checked to lie in the vocabulary.
+pub(crate) fn token_log_probs<B: Backend>(
+    logits: &Tensor<B, 3>,
+    targets: Vec<usize>,
+) -> Option<Tensor<B, 2>> {
+    let [n, len, vocab] = logits.dims();
+    if is_flex::<B>() {
+        let out = token_log_probs_host(&read(&to_flex(logits)), &targets, vocab);
+        return Some(from_flex(flex_tensor(out, [n, len])));
+    }
+    with_autodiff_flex!(B, C => {
+        let logits = to_ad::<B, C, 3>(logits);
+        let out = token_log_probs_host(&read(&logits.primitive), &targets, vocab);
+        let out = flex_tensor(out, [n, len]);
+        let out = match TokenLogProbsBackward
+            .prepare::<C>([logits.node.clone()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(mut prep) => {
+                let state = (prep.checkpoint(&logits), Arc::new(targets), [n, len, vocab]);
+                prep.finish(state, out)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(out),
+        };
+        from_ad::<B, C, 2>(out)
+    })
+}
+
+/// Backward of [`token_log_probs`]; state: the logits, the targets and the logits' shape.
+#[derive(Debug)]
+struct TokenLogProbsBackward;
+
+impl Backward<Flex, 1> for TokenLogProbsBackward {
+    type State = (NodeId, Arc<Vec<usize>>, [usize; 3]);
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, ckpt: &mut Checkpointer) {
+        let (logits, targets, shape) = ops.state;
+        let grad = grads.consume::<Flex>(&ops.node);
+        let [logits_node] = ops.parents;
+        if let Some(node) = logits_node {
+            let logits: FlexTensor = ckpt.retrieve_node_output(logits);
+            let d = token_log_probs_backward_host(&read(&logits), &targets, &read(&grad), shape[2]);
+            grads.register::<Flex>(node.id, flex_tensor(d, shape));
+        }
+    }
+}
+
+/// The logits' gradient `g (onehot(target) - softmax(row))` per row, zero for rows with `g = 0`
+/// (positions the loss does not count, e.g. unmasked ones).
+pub(crate) fn token_log_probs_backward_host(
+    logits: &[f32],
+    targets: &[usize],
+    grad: &[f32],
+    vocab: usize,
+) -> Vec<f32> {
+    let mut d = vec![0.0f32; logits.len()];
+    let rows_per_task = (CHUNK / vocab).max(1);
+    d.par_chunks_mut(rows_per_task * vocab)
+        .zip(logits.par_chunks(rows_per_task * vocab))
+        .zip(
+            targets
+                .par_chunks(rows_per_task)
+                .zip(grad.par_chunks(rows_per_task)),
+        )
+        .for_each(|((d, logits), (targets, grad))| {
+            for (((d, row), &t), &g) in d
+                .chunks_mut(vocab)
+                .zip(logits.chunks(vocab))
+                .zip(targets)
+                .zip(grad)
+            {
+                if g == 0.0 {
+                    continue;
+                }
+                let (max, sum) = row_max_and_exp_sum(row);
+                let scale = -g / sum;
+                for (d, &x) in d.iter_mut().zip(row) {
+                    *d = scale * crate::fused::exp_f32(x - max);
+                }
+                d[t] += g;
+            }
+        });
+    d
+}
+
+// ---------------------------------------------------------------------------------------------
 // Attention
 
 /// Attention on flex (plain or autodiff), output `[batch, len, heads * head_dim]`; `None`
@@ -741,6 +832,30 @@ mod tests {
     #[test]
     fn attention_gradients_match_autodiff_with_checkpointing() {
         attention_case::<Balanced>();
+    }
+
+    #[test]
+    fn token_log_probs_and_gradients_match_autodiff() {
+        let (n, len, vocab) = (3, 7, 37);
+        let logits = random::<Flex, 3>([n, len, vocab], 15).mul_scalar(3.0);
+        let ids: Vec<i64> = (0..n * len).map(|i| ((i * 7 + 3) % vocab) as i64).collect();
+        let targets = Tensor::<A, 3, burn::tensor::Int>::from_data(
+            TensorData::new(ids, [n, len, 1]),
+            &Default::default(),
+        );
+        // Zero weight on some positions: their rows take the skip path of the backward pass.
+        let r = random::<Flex, 2>([n, len], 16)
+            .mask_fill(random::<Flex, 2>([n, len], 17).greater_elem(0.5), 0.0);
+        let fused = output_and_grads::<A, 3, 2>(std::slice::from_ref(&logits), &r, |t| {
+            crate::fused::token_log_probs(t[0].clone(), targets.clone())
+        });
+        let plain = output_and_grads::<A, 3, 2>(std::slice::from_ref(&logits), &r, |t| {
+            burn::tensor::activation::log_softmax(t[0].clone(), 2)
+                .gather(2, targets.clone())
+                .reshape([n, len])
+        });
+        assert_close(fused.0, plain.0, "output");
+        assert_close(fused.1[0].clone(), plain.1[0].clone(), "gradient");
     }
 
     #[test]

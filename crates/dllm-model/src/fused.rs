@@ -12,7 +12,7 @@
 // Without the flex backend compiled in, the host kernels have no caller.
 #![cfg_attr(not(feature = "flex"), allow(dead_code))]
 
-use burn::tensor::{backend::Backend, Bool, DType, Tensor};
+use burn::tensor::{activation::log_softmax, backend::Backend, Bool, DType, Int, Tensor};
 use rayon::prelude::*;
 
 /// Elements per parallel task: large enough to amortise rayon's dispatch.
@@ -33,6 +33,12 @@ mod flex_ops {
     use burn::tensor::{backend::Backend, Bool, Tensor};
 
     pub(crate) fn swiglu<B: Backend>(_: &Tensor<B, 3>, _: &Tensor<B, 3>) -> Option<Tensor<B, 3>> {
+        None
+    }
+    pub(crate) fn token_log_probs<B: Backend>(
+        _: &Tensor<B, 3>,
+        _: Vec<usize>,
+    ) -> Option<Tensor<B, 2>> {
         None
     }
     pub(crate) fn rms_norm_rows<B: Backend>(
@@ -159,6 +165,68 @@ pub(crate) fn rope_host(x: &[f32], dims: [usize; 4], cos: &[f32], signed_sin: &[
                     let swapped = if j < half { x[j + half] } else { x[j - half] };
                     dst[j] = x[j] * c[j] + swapped * s[j];
                 }
+            }
+        });
+    out
+}
+
+/// `log softmax(logits)[target]` over the vocabulary: `logits` `[n, len, vocab]`, `targets`
+/// `[n, len, 1]`, result `[n, len]` — the per-token log-likelihood of the ELBO and of the
+/// training losses (spec §3, §4, §6).
+///
+/// On the CPU backend (plain or autodiff) one parallel pass per row computes the log-sum-exp
+/// and picks the target, and the backward pass writes `g (onehot - softmax)` only for rows with
+/// a non-zero gradient (the masked positions); elsewhere it is `log_softmax` then `gather`.
+pub fn token_log_probs<B: Backend>(
+    logits: Tensor<B, 3>,
+    targets: Tensor<B, 3, Int>,
+) -> Tensor<B, 2> {
+    let [n, len, vocab] = logits.dims();
+    if targets.dims() == [n, len, 1] && vocab > 0 && all_f32(&[logits.dtype()]) {
+        let ids: Vec<i64> = targets
+            .clone()
+            .into_data()
+            .convert::<i64>()
+            .to_vec::<i64>()
+            .unwrap_or_default();
+        if ids.len() == n * len && ids.iter().all(|&t| t >= 0 && (t as usize) < vocab) {
+            let ids: Vec<usize> = ids.into_iter().map(|t| t as usize).collect();
+            if let Some(out) = flex_ops::token_log_probs(&logits, ids) {
+                return out;
+            }
+        }
+    }
+    log_softmax(logits, 2).gather(2, targets).reshape([n, len])
+}
+
+/// `(max, sum exp(x - max))` of a row, vectorised.
+#[inline(always)]
+pub(crate) fn row_max_and_exp_sum(row: &[f32]) -> (f32, f32) {
+    let max = lanes_reduce(row, f32::NEG_INFINITY, f32::max);
+    let mut lanes = [0.0f32; 8];
+    let mut chunks = row.chunks_exact(8);
+    for chunk in &mut chunks {
+        for (lane, &x) in lanes.iter_mut().zip(chunk) {
+            *lane += exp_f32(x - max);
+        }
+    }
+    for (lane, &x) in lanes.iter_mut().zip(chunks.remainder()) {
+        *lane += exp_f32(x - max);
+    }
+    (max, lanes.into_iter().sum())
+}
+
+/// [`token_log_probs`] on host rows of `vocab` logits, one target per row.
+pub(crate) fn token_log_probs_host(logits: &[f32], targets: &[usize], vocab: usize) -> Vec<f32> {
+    let mut out = vec![0.0f32; targets.len()];
+    let rows_per_task = (CHUNK / vocab).max(1);
+    out.par_chunks_mut(rows_per_task)
+        .zip(logits.par_chunks(rows_per_task * vocab))
+        .zip(targets.par_chunks(rows_per_task))
+        .for_each(|((out, logits), targets)| {
+            for ((o, row), &t) in out.iter_mut().zip(logits.chunks(vocab)).zip(targets) {
+                let (max, sum) = row_max_and_exp_sum(row);
+                *o = row[t] - max - sum.ln();
             }
         });
     out

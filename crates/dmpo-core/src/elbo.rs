@@ -10,7 +10,7 @@
 
 use std::ops::Range;
 
-use burn::tensor::{activation::log_softmax, backend::Backend, Tensor};
+use burn::tensor::{backend::Backend, Tensor};
 use rand::Rng;
 
 use crate::batch::{float_values, SequenceBatch};
@@ -64,9 +64,7 @@ pub fn masked_logprob_sums<B: Backend, M: LogitsModel<B> + ?Sized>(
         .mask_fill(full_mask, model.mask_token_id() as i64);
     let logits = model.completion_logits(noisy, prompt_len, padding);
     let targets = ids.narrow(1, prompt_len, gen_len).reshape([n, gen_len, 1]);
-    let token_logp = log_softmax(logits, 2)
-        .gather(2, targets)
-        .reshape([n, gen_len]);
+    let token_logp = dllm_model::fused::token_log_probs(logits, targets);
     let in_mask = masks.completion_mask_tensor::<B>(rows, &device);
     (token_logp * in_mask).sum_dim(1).reshape([n])
 }

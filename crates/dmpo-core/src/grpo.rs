@@ -10,7 +10,7 @@
 //!
 //! wd1 (ratio-free): `L = -sum_i (softmax_group(A)_i - softmax_group(-A)_i) * sum_j logp_ij`.
 
-use burn::tensor::{activation::log_softmax, backend::Backend, Bool, Tensor, TensorData};
+use burn::tensor::{backend::Backend, Bool, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
 use crate::batch::{float_values, SequenceBatch};
@@ -79,7 +79,7 @@ pub fn mean_field_logprobs<B: Backend, M: LogitsModel<B> + ?Sized>(
         .mask_fill(mask, model.mask_token_id() as i64);
     let logits = model.completion_logits(noisy, p, batch.key_padding.clone());
     let targets = batch.completion_ids().reshape([n, l, 1]);
-    Ok(log_softmax(logits, 2).gather(2, targets).reshape([n, l]))
+    Ok(dllm_model::fused::token_log_probs(logits, targets))
 }
 
 /// What [`diffu_grpo_loss`] reports.
