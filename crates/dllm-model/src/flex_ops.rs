@@ -34,7 +34,7 @@ use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::autodiff::NodeId;
 use burn::backend::{Autodiff, Flex};
 use burn::tensor::ops::FloatTensor;
-use burn::tensor::{backend::Backend, Bool, Tensor, TensorData, TensorPrimitive};
+use burn::tensor::{backend::Backend, Bool, Int, Tensor, TensorData, TensorPrimitive};
 use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
@@ -58,6 +58,15 @@ fn same_type<T: 'static, U: 'static>(t: T) -> Option<U> {
 /// Whether `B` is plain flex.
 fn is_flex<B: Backend>() -> bool {
     TypeId::of::<B>() == TypeId::of::<Flex>()
+}
+
+/// Whether `B` is flex, plain or inside autodiff: the backends these kernels serve. Checked
+/// before any host-side preparation, so other backends pay nothing.
+fn runs_on_flex<B: Backend>() -> bool {
+    let b = TypeId::of::<B>();
+    b == TypeId::of::<Flex>()
+        || b == TypeId::of::<Ad<NoCheckpointing>>()
+        || b == TypeId::of::<Ad<BalancedCheckpointing>>()
 }
 
 /// Runs `$body` with the type `$C` bound to the checkpoint strategy when `$B` is
@@ -115,9 +124,9 @@ fn read(t: &FlexTensor) -> Cow<'_, [f32]> {
         Some(values) => Cow::Borrowed(values),
         None => Cow::Owned(
             t.to_contiguous()
-                .as_slice::<f32>()
-                .expect("the fused kernels only take f32 tensors")
-                .to_vec(),
+                .into_data()
+                .into_vec::<f32>()
+                .expect("the fused kernels only take f32 tensors"),
         ),
     }
 }
@@ -147,6 +156,33 @@ fn flex_tensor(values: Vec<f32>, shape: impl Into<burn::tensor::Shape>) -> FlexT
     FlexTensor::from_data(TensorData::new(values, shape))
 }
 
+/// Records `out` as the result of the compute-bound `op` on `inputs`: when any input is tracked,
+/// the inputs are checkpointed (kept, never recomputed) and `state` builds the backward state
+/// from their ids.
+fn record<C, O, S, const N: usize>(
+    op: O,
+    inputs: [&FloatTensor<Ad<C>>; N],
+    out: FlexTensor,
+    state: impl FnOnce([NodeId; N]) -> S,
+) -> FloatTensor<Ad<C>>
+where
+    C: CheckpointStrategy,
+    O: Backward<Flex, N, State = S>,
+    S: Clone + Send + std::fmt::Debug + 'static,
+{
+    match op
+        .prepare::<C>(inputs.map(|t| t.node.clone()))
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(mut prep) => {
+            let ids = inputs.map(|t| prep.checkpoint(t));
+            prep.finish(state(ids), out)
+        }
+        OpsKind::UnTracked(prep) => prep.finish(out),
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // SwiGLU
 
@@ -160,17 +196,7 @@ pub(crate) fn swiglu<B: Backend>(gate: &Tensor<B, 3>, up: &Tensor<B, 3>) -> Opti
     with_autodiff_flex!(B, C => {
         let (gate, up) = (to_ad::<B, C, 3>(gate), to_ad::<B, C, 3>(up));
         let out = flex_tensor(swiglu_host(&read(&gate.primitive), &read(&up.primitive)), shape);
-        let out = match SwigluBackward
-            .prepare::<C>([gate.node.clone(), up.node.clone()])
-            .compute_bound()
-            .stateful()
-        {
-            OpsKind::Tracked(mut prep) => {
-                let state = (prep.checkpoint(&gate), prep.checkpoint(&up), shape);
-                prep.finish(state, out)
-            }
-            OpsKind::UnTracked(prep) => prep.finish(out),
-        };
+        let out = record::<C, _, _, 2>(SwigluBackward, [&gate, &up], out, |[g, u]| (g, u, shape));
         from_ad::<B, C, 3>(out)
     })
 }
@@ -236,17 +262,7 @@ pub(crate) fn rms_norm_rows<B: Backend>(
         let (x, weight) = (to_ad::<B, C, 2>(x), to_ad::<B, C, 1>(weight));
         let out = rms_norm_host(&read(&x.primitive), &read(&weight.primitive), eps);
         let out = flex_tensor(out, shape);
-        let out = match RmsNormBackward
-            .prepare::<C>([x.node.clone(), weight.node.clone()])
-            .compute_bound()
-            .stateful()
-        {
-            OpsKind::Tracked(mut prep) => {
-                let state = (prep.checkpoint(&x), prep.checkpoint(&weight), shape, eps);
-                prep.finish(state, out)
-            }
-            OpsKind::UnTracked(prep) => prep.finish(out),
-        };
+        let out = record::<C, _, _, 2>(RmsNormBackward, [&x, &weight], out, |[x, w]| (x, w, shape, eps));
         from_ad::<B, C, 2>(out)
     })
 }
@@ -412,13 +428,25 @@ pub(crate) fn rope_backward_host(
 // ---------------------------------------------------------------------------------------------
 // Token log-probabilities
 
-/// `log softmax(logits)[target]` `[n, len]` on flex (plain or autodiff); `None` elsewhere.
-/// `targets` are checked to lie in the vocabulary.
+/// `log softmax(logits)[target]` `[n, len]` on flex (plain or autodiff); `None` elsewhere and
+/// when a target lies outside the vocabulary (the caller's `gather` then reports it).
 pub(crate) fn token_log_probs<B: Backend>(
     logits: &Tensor<B, 3>,
-    targets: Vec<usize>,
+    targets: &Tensor<B, 3, Int>,
 ) -> Option<Tensor<B, 2>> {
+    if !runs_on_flex::<B>() {
+        return None;
+    }
     let [n, len, vocab] = logits.dims();
+    let targets: Vec<usize> = targets
+        .clone()
+        .into_data()
+        .convert::<i64>()
+        .to_vec::<i64>()
+        .ok()?
+        .into_iter()
+        .map(|t| usize::try_from(t).ok().filter(|&t| t < vocab))
+        .collect::<Option<_>>()?;
     if is_flex::<B>() {
         let out = token_log_probs_host(&read(&to_flex(logits)), &targets, vocab);
         return Some(from_flex(flex_tensor(out, [n, len])));
@@ -427,17 +455,9 @@ pub(crate) fn token_log_probs<B: Backend>(
         let logits = to_ad::<B, C, 3>(logits);
         let out = token_log_probs_host(&read(&logits.primitive), &targets, vocab);
         let out = flex_tensor(out, [n, len]);
-        let out = match TokenLogProbsBackward
-            .prepare::<C>([logits.node.clone()])
-            .compute_bound()
-            .stateful()
-        {
-            OpsKind::Tracked(mut prep) => {
-                let state = (prep.checkpoint(&logits), Arc::new(targets), [n, len, vocab]);
-                prep.finish(state, out)
-            }
-            OpsKind::UnTracked(prep) => prep.finish(out),
-        };
+        let out = record::<C, _, _, 1>(TokenLogProbsBackward, [&logits], out, |[l]| {
+            (l, Arc::new(targets), [n, len, vocab])
+        });
         from_ad::<B, C, 2>(out)
     })
 }
@@ -511,6 +531,9 @@ pub(crate) fn attention_rows<B: Backend>(
     key_padding: Option<&Tensor<B, 2, Bool>>,
     dims: AttentionDims,
 ) -> Option<Tensor<B, 3>> {
+    if !runs_on_flex::<B>() {
+        return None;
+    }
     let out_shape = [dims.batch, dims.len, dims.heads * dims.head_dim];
     let hidden = key_padding.map(host_mask);
     if is_flex::<B>() {
@@ -535,17 +558,9 @@ pub(crate) fn attention_rows<B: Backend>(
             dims,
         );
         let out = flex_tensor(out, out_shape);
-        let out = match AttentionBackward
-            .prepare::<C>([q.node.clone(), k.node.clone(), v.node.clone()])
-            .compute_bound()
-            .stateful()
-        {
-            OpsKind::Tracked(mut prep) => {
-                let inputs = [prep.checkpoint(&q), prep.checkpoint(&k), prep.checkpoint(&v)];
-                prep.finish((inputs, hidden.map(Arc::new), dims), out)
-            }
-            OpsKind::UnTracked(prep) => prep.finish(out),
-        };
+        let out = record::<C, _, _, 3>(AttentionBackward, [&q, &k, &v], out, |inputs| {
+            (inputs, hidden.map(Arc::new), dims)
+        });
         from_ad::<B, C, 3>(out)
     })
 }

@@ -30,14 +30,14 @@ use crate::flex_ops;
 #[cfg(not(feature = "flex"))]
 mod flex_ops {
     use super::AttentionDims;
-    use burn::tensor::{backend::Backend, Bool, Tensor};
+    use burn::tensor::{backend::Backend, Bool, Int, Tensor};
 
     pub(crate) fn swiglu<B: Backend>(_: &Tensor<B, 3>, _: &Tensor<B, 3>) -> Option<Tensor<B, 3>> {
         None
     }
     pub(crate) fn token_log_probs<B: Backend>(
         _: &Tensor<B, 3>,
-        _: Vec<usize>,
+        _: &Tensor<B, 3, Int>,
     ) -> Option<Tensor<B, 2>> {
         None
     }
@@ -183,17 +183,8 @@ pub fn token_log_probs<B: Backend>(
 ) -> Tensor<B, 2> {
     let [n, len, vocab] = logits.dims();
     if targets.dims() == [n, len, 1] && vocab > 0 && all_f32(&[logits.dtype()]) {
-        let ids: Vec<i64> = targets
-            .clone()
-            .into_data()
-            .convert::<i64>()
-            .to_vec::<i64>()
-            .unwrap_or_default();
-        if ids.len() == n * len && ids.iter().all(|&t| t >= 0 && (t as usize) < vocab) {
-            let ids: Vec<usize> = ids.into_iter().map(|t| t as usize).collect();
-            if let Some(out) = flex_ops::token_log_probs(&logits, ids) {
-                return out;
-            }
+        if let Some(out) = flex_ops::token_log_probs(&logits, &targets) {
+            return out;
         }
     }
     log_softmax(logits, 2).gather(2, targets).reshape([n, len])
