@@ -56,6 +56,9 @@ pub(crate) fn splice<B: Backend>(
     fresh: Tensor<B, 4>,
     start: usize,
 ) -> Tensor<B, 4> {
+    if let Some(out) = crate::fused::splice_positions(cached, &fresh, start) {
+        return out;
+    }
     let total = cached.dims()[2];
     let span = fresh.dims()[2];
     let mut parts = Vec::with_capacity(3);

@@ -39,9 +39,9 @@ use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
 use crate::fused::{
-    attention_host, attention_probs, host_mask, inverse_rms, rms_norm_host, rope_host,
-    row_max_and_exp_sum, swiglu_host, token_log_probs_host, AttentionDims, HeadsView, Strided,
-    CHUNK,
+    argmax_with_confidence_host, attention_host, attention_probs, host_mask, inverse_rms,
+    rms_norm_host, rope_host, row_max_and_exp_sum, splice_host, swiglu_host, token_log_probs_host,
+    AttentionDims, HeadsView, Strided, CHUNK,
 };
 
 /// flex inside autodiff with checkpoint strategy `C`.
@@ -181,6 +181,48 @@ where
         }
         OpsKind::UnTracked(prep) => prep.finish(out),
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// KV-cache splice
+
+/// `cached` with positions `[start, start + span)` replaced by `fresh`, on plain flex (the
+/// cache is read outside autodiff); `None` on other backends.
+pub(crate) fn splice_positions<B: Backend>(
+    cached: &Tensor<B, 4>,
+    fresh: &Tensor<B, 4>,
+    start: usize,
+) -> Option<Tensor<B, 4>> {
+    if !is_flex::<B>() {
+        return None;
+    }
+    let shape = cached.dims();
+    let (cached, fresh) = (
+        forward_strided(to_flex(cached)),
+        forward_strided(to_flex(fresh)),
+    );
+    let out = splice_host(heads_view(&cached), heads_view(&fresh), start);
+    Some(from_flex(flex_tensor(out, shape)))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Sampler candidates
+
+/// Argmax of `logits + noise` and its probability under `logits`, per row, on plain flex;
+/// `None` on other backends.
+pub(crate) fn argmax_with_confidence<B: Backend>(
+    logits: &Tensor<B, 3>,
+    noise: Option<&[f32]>,
+) -> Option<(Vec<i64>, Vec<f32>)> {
+    if !is_flex::<B>() {
+        return None;
+    }
+    let vocab = logits.dims()[2];
+    Some(argmax_with_confidence_host(
+        &read(&to_flex(logits)),
+        noise,
+        vocab,
+    ))
 }
 
 // ---------------------------------------------------------------------------------------------

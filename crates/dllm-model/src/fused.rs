@@ -64,6 +64,19 @@ mod flex_ops {
     ) -> Option<Tensor<B, 3>> {
         None
     }
+    pub(crate) fn splice_positions<B: Backend>(
+        _: &Tensor<B, 4>,
+        _: &Tensor<B, 4>,
+        _: usize,
+    ) -> Option<Tensor<B, 4>> {
+        None
+    }
+    pub(crate) fn argmax_with_confidence<B: Backend>(
+        _: &Tensor<B, 3>,
+        _: Option<&[f32]>,
+    ) -> Option<(Vec<i64>, Vec<f32>)> {
+        None
+    }
 }
 
 /// `silu(gate) * up`, elementwise, for tensors of the same shape.
@@ -223,6 +236,69 @@ pub(crate) fn token_log_probs_host(logits: &[f32], targets: &[usize], vocab: usi
     out
 }
 
+/// A sampler step's candidates (spec §2, steps 2–3): per row of `logits` `[batch, n, vocab]`,
+/// the index of the largest `logits + noise` (the first on ties; `noise` is the tempered Gumbel
+/// noise, row-major like `logits`, or `None` at temperature 0) and its untempered probability
+/// `softmax(logits)[index]`.
+///
+/// On the CPU backend one parallel pass per row replaces the argmax, log-sum-exp and gather
+/// passes over `[batch, n, vocab]`; `None` elsewhere (the logits stay on the device).
+pub fn argmax_with_confidence<B: Backend>(
+    logits: &Tensor<B, 3>,
+    noise: Option<&[f32]>,
+) -> Option<(Vec<i64>, Vec<f32>)> {
+    let [batch, n, vocab] = logits.dims();
+    if vocab == 0
+        || noise.is_some_and(|z| z.len() != batch * n * vocab)
+        || !all_f32(&[logits.dtype()])
+    {
+        return None;
+    }
+    flex_ops::argmax_with_confidence(logits, noise)
+}
+
+/// [`argmax_with_confidence`] on host rows of `vocab` logits.
+pub(crate) fn argmax_with_confidence_host(
+    logits: &[f32],
+    noise: Option<&[f32]>,
+    vocab: usize,
+) -> (Vec<i64>, Vec<f32>) {
+    let rows = logits.len() / vocab;
+    let mut picked = vec![(0i64, 0.0f32); rows];
+    let rows_per_task = (CHUNK / vocab).max(1);
+    picked
+        .par_chunks_mut(rows_per_task)
+        .enumerate()
+        .for_each(|(task, out)| {
+            let first = task * rows_per_task;
+            for (i, o) in out.iter_mut().enumerate() {
+                let at = (first + i) * vocab;
+                let row = &logits[at..at + vocab];
+                let best = match noise {
+                    None => first_argmax(row.iter().copied()),
+                    Some(z) => {
+                        let z = &z[at..at + vocab];
+                        first_argmax(row.iter().zip(z).map(|(l, z)| l + z))
+                    }
+                };
+                let (max, sum) = row_max_and_exp_sum(row);
+                *o = (best as i64, exp_f32(row[best] - max) / sum);
+            }
+        });
+    picked.into_iter().unzip()
+}
+
+/// Index of the first largest value (NaN never wins).
+fn first_argmax(values: impl Iterator<Item = f32>) -> usize {
+    let mut best = (0, f32::NEG_INFINITY);
+    for (i, v) in values.enumerate() {
+        if v > best.1 {
+            best = (i, v);
+        }
+    }
+    best.0
+}
+
 /// Sizes of one attention call: `[batch, heads, len, head_dim]` queries against `keys` keys.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct AttentionDims {
@@ -320,6 +396,46 @@ pub(crate) fn attention_probs(
         }
         softmax_in_place(row);
     }
+}
+
+/// `cached` `[batch, heads, total, head_dim]` with positions `[start, start + span)` replaced
+/// by `fresh` `[batch, heads, span, head_dim]` (a KV-cache read, spec §2).
+///
+/// On the CPU backend one copy per row reads both tensors through their strides (`v` arrives
+/// transposed); `None` elsewhere, and the caller concatenates slices.
+pub fn splice_positions<B: Backend>(
+    cached: &Tensor<B, 4>,
+    fresh: &Tensor<B, 4>,
+    start: usize,
+) -> Option<Tensor<B, 4>> {
+    let ([b, h, total, hd], [fb, fh, span, fd]) = (cached.dims(), fresh.dims());
+    if (b, h, hd) != (fb, fh, fd)
+        || start + span > total
+        || !all_f32(&[cached.dtype(), fresh.dtype()])
+    {
+        return None;
+    }
+    flex_ops::splice_positions(cached, fresh, start)
+}
+
+/// [`splice_positions`] on host views: `[batch, heads, total, head_dim]`, row-major.
+pub(crate) fn splice_host(cached: HeadsView, fresh: HeadsView, start: usize) -> Vec<f32> {
+    let [batch, heads, total, head_dim] = cached.dims;
+    let span = fresh.dims[2];
+    let mut out = Vec::with_capacity(batch * heads * total * head_dim);
+    for b in 0..batch {
+        for h in 0..heads {
+            let (c, f) = (cached.matrix(b, h), fresh.matrix(b, h));
+            for r in 0..total {
+                if (start..start + span).contains(&r) {
+                    f.push_row(r - start, &mut out);
+                } else {
+                    c.push_row(r, &mut out);
+                }
+            }
+        }
+    }
+    out
 }
 
 /// A read-only `[batch, heads, rows, head_dim]` view with arbitrary non-negative strides, so
@@ -461,6 +577,16 @@ impl<'a> Strided<'a> {
             cols,
             row,
             col,
+        }
+    }
+
+    /// Appends row `i` to `out`.
+    pub(crate) fn push_row(&self, i: usize, out: &mut Vec<f32>) {
+        let first = i * self.row;
+        if self.col == 1 {
+            out.extend_from_slice(&self.data[first..first + self.cols]);
+        } else {
+            out.extend((0..self.cols).map(|j| self.data[first + j * self.col]));
         }
     }
 
@@ -718,6 +844,85 @@ mod tests {
             .expect("flex f32 uses the host kernel")
             .into_data()
             .assert_approx_eq::<f32>(&expected.into_data(), Tolerance::relative(1e-4));
+    }
+
+    #[test]
+    fn splice_positions_equals_slicing_and_concatenating() {
+        let (batch, heads, total, head_dim) = (2, 3, 13, 8);
+        let cached =
+            sample([batch * heads, total, head_dim], 10).reshape([batch, heads, total, head_dim]);
+        for (start, span) in [(0, 4), (5, 3), (9, 4), (0, 13)] {
+            // As the attention layer produces it: `[batch, span, heads, head_dim]` moved
+            // heads-first, so the kernel reads a transposed view.
+            let fresh = sample([batch * span, heads, head_dim], 11 + start as u64)
+                .reshape([batch, span, heads, head_dim])
+                .swap_dims(1, 2);
+            let mut parts = Vec::new();
+            if start > 0 {
+                parts.push(cached.clone().narrow(2, 0, start));
+            }
+            parts.push(fresh.clone());
+            if start + span < total {
+                parts.push(cached.clone().narrow(2, start + span, total - start - span));
+            }
+            let expected = Tensor::cat(parts, 2);
+            let got = splice_positions(&cached, &fresh, start).expect("flex f32 is fused");
+            assert_eq!(got.dims(), [batch, heads, total, head_dim]);
+            got.into_data()
+                .assert_approx_eq::<f32>(&expected.into_data(), Tolerance::absolute(0.0));
+        }
+        let too_long =
+            sample([batch * heads, 4, head_dim], 12).reshape([batch, heads, 4, head_dim]);
+        assert!(splice_positions(&cached, &too_long, 10).is_none());
+    }
+
+    #[test]
+    fn argmax_with_confidence_matches_the_tensor_expression() {
+        let (batch, n, vocab) = (3, 5, 301);
+        let mut logits = sample([batch, n, vocab], 13);
+        // A tie in row 0: the first index wins, as with `argmax`.
+        logits = logits.slice_assign(
+            [0..1, 0..1, 7..8],
+            Tensor::full([1, 1, 1], 100.0, &Default::default()),
+        );
+        logits = logits.slice_assign(
+            [0..1, 0..1, 9..10],
+            Tensor::full([1, 1, 1], 100.0, &Default::default()),
+        );
+        let noise: Vec<f32> = sample([batch, n, vocab], 14)
+            .into_data()
+            .to_vec::<f32>()
+            .unwrap();
+        for noise in [None, Some(noise.as_slice())] {
+            let scores = match noise {
+                Some(z) => {
+                    logits.clone()
+                        + Tensor::from_data(
+                            TensorData::new(z.to_vec(), [batch, n, vocab]),
+                            &Default::default(),
+                        )
+                }
+                None => logits.clone(),
+            };
+            let x0 = scores.argmax(2);
+            let conf = burn::tensor::activation::softmax(logits.clone(), 2)
+                .gather(2, x0.clone())
+                .reshape([batch * n]);
+            let (got_x0, got_conf) =
+                argmax_with_confidence(&logits, noise).expect("flex f32 is fused");
+            assert_eq!(
+                got_x0,
+                x0.reshape([batch * n])
+                    .into_data()
+                    .convert::<i64>()
+                    .to_vec::<i64>()
+                    .unwrap()
+            );
+            TensorData::new(got_conf, [batch * n])
+                .assert_approx_eq::<f32>(&conf.into_data(), Tolerance::relative(1e-5));
+        }
+        assert_eq!(argmax_with_confidence(&logits, None).unwrap().0[0], 7);
+        assert!(argmax_with_confidence(&logits, Some(&noise[..10])).is_none());
     }
 
     #[test]

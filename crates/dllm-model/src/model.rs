@@ -42,6 +42,10 @@ pub enum LogitPositions<B: Backend> {
     Range(Range<usize>),
     /// Per-row positions `[batch, n]`.
     Gather(Tensor<B, 2, Int>),
+    /// Positions `[n]` in the flattened `[batch * len]` sequence (row `r`, position `j` is
+    /// `r * len + j`); the logits come back as `[1, n, vocab]`. Rows may contribute any number of
+    /// positions, so a loss over masked tokens pays the LM head only where it is evaluated.
+    Flat(Tensor<B, 1, Int>),
 }
 
 /// Options of a forward pass beyond the token ids.
@@ -200,6 +204,14 @@ impl<B: Backend> Llada<B> {
                 let d = hidden.dims()[2];
                 let idx = idx.clone().reshape([b, n, 1]).expand([b, n, d]);
                 hidden.gather(1, idx)
+            }
+            LogitPositions::Flat(idx) => {
+                let [b, len, d] = hidden.dims();
+                let n = idx.dims()[0];
+                hidden
+                    .reshape([b * len, d])
+                    .select(0, idx.clone())
+                    .reshape([1, n, d])
             }
         };
         match &self.head {

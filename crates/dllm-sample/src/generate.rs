@@ -350,35 +350,58 @@ impl<'m, B: Backend> Sampler<'m, B> {
         let [batch, n, vocab] = logits.dims();
         let t = self.config.temperature;
         // spec §2 step 2: argmax(logits + T * gumbel), gumbel = -ln(-ln u).
-        let scores = if t > 0.0 {
-            let noise: Vec<f32> = (0..batch * n * vocab)
+        let noise: Option<Vec<f32>> = (t > 0.0).then(|| {
+            (0..batch * n * vocab)
                 .map(|_| {
                     let u: f64 = self.rng.random::<f64>().max(f64::MIN_POSITIVE);
                     (-(-u.ln()).ln() * t) as f32
                 })
-                .collect();
-            logits.clone()
-                + Tensor::<B, 3>::from_data(TensorData::new(noise, [batch, n, vocab]), &self.device)
-        } else {
-            logits.clone()
+                .collect()
+        });
+        // spec §2 step 3: confidence softmax(logits)[x0], untempered, or uniform draws.
+        let (x0, conf) = match dllm_model::fused::argmax_with_confidence(&logits, noise.as_deref())
+        {
+            Some(fused) => fused,
+            None => self.candidates_on_device(logits, noise),
+        };
+        match self.config.remasking {
+            Remasking::LowConfidence => (x0, conf),
+            Remasking::Random => (
+                x0,
+                (0..batch * n).map(|_| self.rng.random::<f32>()).collect(),
+            ),
+        }
+    }
+
+    /// [`Self::candidates`]' argmax and confidence as tensor operations (backends without a
+    /// fused kernel); only the `[batch, n]` results are read back.
+    fn candidates_on_device(
+        &self,
+        logits: Tensor<B, 3>,
+        noise: Option<Vec<f32>>,
+    ) -> (Vec<i64>, Vec<f32>) {
+        let [batch, n, vocab] = logits.dims();
+        let scores = match noise {
+            Some(noise) => {
+                logits.clone()
+                    + Tensor::<B, 3>::from_data(
+                        TensorData::new(noise, [batch, n, vocab]),
+                        &self.device,
+                    )
+            }
+            None => logits.clone(),
         };
         let x0 = scores.argmax(2);
-        let conf = match self.config.remasking {
-            // spec §2 step 3: softmax(logits)[x0], untempered.
-            Remasking::LowConfidence => {
-                let max = logits.clone().max_dim(2);
-                let lse = max.clone() + (logits.clone() - max).exp().sum_dim(2).log();
-                let chosen = logits.gather(2, x0.clone());
-                (chosen - lse)
-                    .exp()
-                    .reshape([batch * n])
-                    .into_data()
-                    .convert::<f32>()
-                    .to_vec::<f32>()
-                    .expect("f32")
-            }
-            Remasking::Random => (0..batch * n).map(|_| self.rng.random::<f32>()).collect(),
-        };
+        let max = logits.clone().max_dim(2);
+        let lse = max.clone() + (logits.clone() - max).exp().sum_dim(2).log();
+        let chosen = logits.gather(2, x0.clone());
+        let conf = (chosen - lse)
+            .exp()
+            .reshape([batch * n])
+            .into_data()
+            .convert::<f32>()
+            .to_vec::<f32>()
+            .expect("f32");
         let x0 = x0
             .reshape([batch * n])
             .into_data()

@@ -10,7 +10,7 @@
 
 use std::ops::Range;
 
-use burn::tensor::{backend::Backend, Tensor};
+use burn::tensor::{backend::Backend, IndexingUpdateOp, Int, Tensor, TensorData};
 use rand::Rng;
 
 use crate::batch::{float_values, SequenceBatch};
@@ -45,7 +45,8 @@ pub(crate) fn check_masks<B: Backend>(
 }
 
 /// `sum_{j in M_r} log p_theta(x_j | x~_r)` for the replicate rows `rows` (`r = k * batch + i`),
-/// `[rows.len()]`. Differentiable when `B` is an autodiff backend.
+/// `[rows.len()]`. Differentiable when `B` is an autodiff backend. The LM head and the
+/// log-softmax run only at the masked positions (the only ones the sum reads).
 pub fn masked_logprob_sums<B: Backend, M: LogitsModel<B> + ?Sized>(
     model: &M,
     batch: &SequenceBatch<B>,
@@ -55,18 +56,42 @@ pub fn masked_logprob_sums<B: Backend, M: LogitsModel<B> + ?Sized>(
     let n = rows.len();
     let device = batch.input_ids.device();
     let (prompt_len, gen_len) = (batch.prompt_len, batch.gen_len());
+    // Flat completion positions `i * gen_len + j` of the masked tokens, and the row of each.
+    let mut positions = Vec::new();
+    let mut owners = Vec::new();
+    for (i, r) in rows.clone().enumerate() {
+        for (j, _) in masks.row(r).iter().enumerate().filter(|(_, m)| **m) {
+            positions.push((i * gen_len + j) as i64);
+            owners.push(i as i64);
+        }
+    }
+    let count = positions.len();
+    if count == 0 {
+        return Tensor::zeros([n], &device);
+    }
+    let positions = Tensor::<B, 1, Int>::from_data(TensorData::new(positions, [count]), &device);
+    let owners = Tensor::<B, 1, Int>::from_data(TensorData::new(owners, [count]), &device);
     let samples: Vec<usize> = rows.clone().map(|r| masks.sample_of(r)).collect();
     let (ids, padding) = batch.select_rows(&samples);
-    let full_mask = masks.full_mask_tensor::<B>(rows.clone(), prompt_len, &device);
+    let full_mask = masks.full_mask_tensor::<B>(rows, prompt_len, &device);
     // x~: masked completion positions replaced by MASK, prompt untouched (spec §3).
     let noisy = ids
         .clone()
         .mask_fill(full_mask, model.mask_token_id() as i64);
-    let logits = model.completion_logits(noisy, prompt_len, padding);
-    let targets = ids.narrow(1, prompt_len, gen_len).reshape([n, gen_len, 1]);
-    let token_logp = dllm_model::fused::token_log_probs(logits, targets);
-    let in_mask = masks.completion_mask_tensor::<B>(rows, &device);
-    (token_logp * in_mask).sum_dim(1).reshape([n])
+    let logits = model.completion_logits_at(noisy, prompt_len, padding, positions.clone());
+    let vocab = logits.dims()[1];
+    let targets = ids
+        .narrow(1, prompt_len, gen_len)
+        .reshape([n * gen_len])
+        .select(0, positions)
+        .reshape([1, count, 1]);
+    let token_logp = dllm_model::fused::token_log_probs(logits.reshape([1, count, vocab]), targets);
+    Tensor::zeros([n], &device).select_assign(
+        0,
+        owners,
+        token_logp.reshape([count]),
+        IndexingUpdateOp::Add,
+    )
 }
 
 /// Per-row weights `L / (K * m_r)` of the estimator (spec §3), replicate-major `[K * batch]`.

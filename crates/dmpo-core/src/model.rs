@@ -16,6 +16,21 @@ pub trait LogitsModel<B: Backend> {
         key_padding: Option<Tensor<B, 2, Bool>>,
     ) -> Tensor<B, 3>;
 
+    /// Logits `[n, vocab]` at `n` completion positions given as flat indices `r * gen_len + j`
+    /// (row `r` of `input_ids`, completion position `j`). A loss over masked tokens needs the LM
+    /// head only there; the default computes every completion position and selects.
+    fn completion_logits_at(
+        &self,
+        input_ids: Tensor<B, 2, Int>,
+        prompt_len: usize,
+        key_padding: Option<Tensor<B, 2, Bool>>,
+        positions: Tensor<B, 1, Int>,
+    ) -> Tensor<B, 2> {
+        let logits = self.completion_logits(input_ids, prompt_len, key_padding);
+        let [rows, gen_len, vocab] = logits.dims();
+        logits.reshape([rows * gen_len, vocab]).select(0, positions)
+    }
+
     /// Id of the MASK token.
     fn mask_token_id(&self) -> u32;
 
@@ -39,6 +54,30 @@ fn llada_logits<B: Backend>(
     model.forward_with(input_ids, &options, &LogitPositions::Range(prompt_len..seq))
 }
 
+/// LLaDA's logits at flat completion positions `r * gen_len + j`, `[n, vocab]`: the LM head runs
+/// only there.
+fn llada_logits_at<B: Backend>(
+    model: &Llada<B>,
+    input_ids: Tensor<B, 2, Int>,
+    prompt_len: usize,
+    key_padding: Option<Tensor<B, 2, Bool>>,
+    positions: Tensor<B, 1, Int>,
+    adapter: bool,
+) -> Tensor<B, 2> {
+    let seq = input_ids.dims()[1];
+    let gen_len = seq - prompt_len;
+    // r * gen_len + j  ->  r * seq + prompt_len + j
+    let rows = positions.clone().div_scalar(gen_len as i64);
+    let flat = positions + rows.mul_scalar(prompt_len as i64) + prompt_len as i64;
+    let options = ForwardOptions {
+        key_padding,
+        adapter,
+    };
+    let logits = model.forward_with(input_ids, &options, &LogitPositions::Flat(flat));
+    let [_, n, vocab] = logits.dims();
+    logits.reshape([n, vocab])
+}
+
 /// The policy: LLaDA with its LoRA adapters (if any) enabled.
 impl<B: Backend> LogitsModel<B> for Llada<B> {
     fn completion_logits(
@@ -48,6 +87,16 @@ impl<B: Backend> LogitsModel<B> for Llada<B> {
         key_padding: Option<Tensor<B, 2, Bool>>,
     ) -> Tensor<B, 3> {
         llada_logits(self, input_ids, prompt_len, key_padding, true)
+    }
+
+    fn completion_logits_at(
+        &self,
+        input_ids: Tensor<B, 2, Int>,
+        prompt_len: usize,
+        key_padding: Option<Tensor<B, 2, Bool>>,
+        positions: Tensor<B, 1, Int>,
+    ) -> Tensor<B, 2> {
+        llada_logits_at(self, input_ids, prompt_len, key_padding, positions, true)
     }
 
     fn mask_token_id(&self) -> u32 {
@@ -71,6 +120,16 @@ impl<B: Backend> LogitsModel<B> for AdapterDisabled<'_, B> {
         key_padding: Option<Tensor<B, 2, Bool>>,
     ) -> Tensor<B, 3> {
         llada_logits(self.0, input_ids, prompt_len, key_padding, false)
+    }
+
+    fn completion_logits_at(
+        &self,
+        input_ids: Tensor<B, 2, Int>,
+        prompt_len: usize,
+        key_padding: Option<Tensor<B, 2, Bool>>,
+        positions: Tensor<B, 1, Int>,
+    ) -> Tensor<B, 2> {
+        llada_logits_at(self.0, input_ids, prompt_len, key_padding, positions, false)
     }
 
     fn mask_token_id(&self) -> u32 {

@@ -174,6 +174,70 @@ fn key_padding_is_passed_to_the_model() {
     assert_close(plain[0][1], masked[0][1], 1e-5);
 }
 
+/// Sees a model only through its logits at every completion position, so that
+/// `completion_logits_at` falls back to the trait's default (select after the full LM head).
+struct FullLogits<'a>(&'a dyn LogitsModel<B>);
+
+impl LogitsModel<B> for FullLogits<'_> {
+    fn completion_logits(
+        &self,
+        input_ids: burn::tensor::Tensor<B, 2, burn::tensor::Int>,
+        prompt_len: usize,
+        key_padding: Option<burn::tensor::Tensor<B, 2, burn::tensor::Bool>>,
+    ) -> burn::tensor::Tensor<B, 3> {
+        self.0.completion_logits(input_ids, prompt_len, key_padding)
+    }
+
+    fn mask_token_id(&self) -> u32 {
+        self.0.mask_token_id()
+    }
+
+    fn vocab_size(&self) -> usize {
+        self.0.vocab_size()
+    }
+}
+
+#[test]
+fn llada_logits_at_masked_positions_only_equal_the_full_logits() {
+    let policy = tiny_llada_lora::<B>(1);
+    let reference = AdapterDisabled(&policy);
+    let pad = burn::tensor::Tensor::<B, 2, burn::tensor::Bool>::from_bool(
+        burn::tensor::TensorData::new(
+            (0..22).map(|i| i == 0 || i == 1).collect::<Vec<_>>(),
+            [2, 11],
+        ),
+        &Default::default(),
+    );
+    let batch = llada_batch().with_key_padding(pad).unwrap();
+    let masks = ReplicateMasks::sample(
+        &mut ChaCha8Rng::seed_from_u64(4),
+        &batch.eos_index,
+        batch.gen_len(),
+        &opts(4, true),
+    )
+    .unwrap();
+    // Rows 1.. : the flat positions are relative to the chunk, not to the whole batch.
+    let rows = 1..masks.rows();
+    for model in [&policy as &dyn LogitsModel<B>, &reference] {
+        let fast = values(masked_logprob_sums(model, &batch, &masks, rows.clone()));
+        let full = values(masked_logprob_sums(
+            &FullLogits(model),
+            &batch,
+            &masks,
+            rows.clone(),
+        ));
+        assert_eq!(fast.len(), rows.len());
+        for (a, b) in fast.iter().zip(&full) {
+            assert_close(*a, *b, 1e-5);
+        }
+        assert!(fast.iter().any(|v| *v < -1e-3), "{fast:?}");
+    }
+    // A chunk without any masked position sums to zero.
+    let none = ReplicateMasks::from_rows(1, 2, 6, vec![false; 12]).unwrap();
+    let zero = values(masked_logprob_sums(&policy, &batch, &none, 0..2));
+    assert_eq!(zero, vec![0.0, 0.0]);
+}
+
 /// `E_lambda E_M [f(M)]` with `lambda ~ U(0.1, 1)` (or `U(0, 1)`), `M ~ Bernoulli(lambda)^L`, and
 /// `f` given on every subset; `complement` evaluates `f(M^c)` instead (antithetic replicates).
 fn exact_expectation(f: &[f64], l: usize, clamp: bool, complement: bool) -> f64 {
