@@ -40,8 +40,8 @@ use rayon::prelude::*;
 
 use crate::fused::{
     argmax_with_confidence_host, attention_host, attention_probs, host_mask, inverse_rms,
-    rms_norm_host, rope_host, row_max_and_exp_sum, splice_host, swiglu_host, token_log_probs_host,
-    AttentionDims, HeadsView, Strided, CHUNK,
+    matmul_host, rms_norm_host, rope_host, row_max_and_exp_sum, splice_host, swiglu_host,
+    token_log_probs_host, AttentionDims, HeadsView, Strided, CHUNK,
 };
 
 /// flex inside autodiff with checkpoint strategy `C`.
@@ -203,6 +203,35 @@ pub(crate) fn splice_positions<B: Backend>(
     );
     let out = splice_host(heads_view(&cached), heads_view(&fresh), start);
     Some(from_flex(flex_tensor(out, shape)))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Linear products
+
+/// A 2-D f32 flex tensor with non-negative strides as a strided matrix.
+fn matrix_view(t: &FlexTensor) -> Strided<'_> {
+    let layout = t.layout();
+    let [rows, cols] = layout.shape().dims::<2>();
+    let s = layout.strides();
+    let [row, col] = [s[0], s[1]].map(|s| usize::try_from(s).expect("non-negative strides"));
+    Strided::with_strides(
+        &t.storage::<f32>()[layout.start_offset()..],
+        rows,
+        cols,
+        row,
+        col,
+    )
+}
+
+/// `x w` on plain flex (inference); `None` on other backends, autodiff included.
+pub(crate) fn matmul_2d<B: Backend>(x: &Tensor<B, 2>, w: &Tensor<B, 2>) -> Option<Tensor<B, 2>> {
+    if !is_flex::<B>() {
+        return None;
+    }
+    let ([rows, _], [_, cols]) = (x.dims(), w.dims());
+    let (x, w) = (forward_strided(to_flex(x)), forward_strided(to_flex(w)));
+    let out = matmul_host(matrix_view(&x), matrix_view(&w));
+    Some(from_flex(flex_tensor(out, [rows, cols])))
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -77,6 +77,12 @@ mod flex_ops {
     ) -> Option<(Vec<i64>, Vec<f32>)> {
         None
     }
+    pub(crate) fn matmul_2d<B: Backend>(
+        _: &Tensor<B, 2>,
+        _: &Tensor<B, 2>,
+    ) -> Option<Tensor<B, 2>> {
+        None
+    }
 }
 
 /// `silu(gate) * up`, elementwise, for tensors of the same shape.
@@ -542,6 +548,63 @@ pub(crate) fn attention_host(
     out
 }
 
+/// `x w` for `x` `[rows, k]` and `w` `[k, cols]` (a linear layer's product).
+///
+/// On the plain CPU backend (inference: sampling, evaluation, the no-grad ELBO pass) the
+/// product is written straight into a fresh buffer that becomes the output tensor; flex's
+/// `matmul` zero-fills a byte buffer and copies it into an aligned one first, two extra passes
+/// over every output (docs/performance.md). `None` elsewhere.
+pub fn matmul_2d<B: Backend>(x: &Tensor<B, 2>, w: &Tensor<B, 2>) -> Option<Tensor<B, 2>> {
+    let ([rows, k], [k2, cols]) = (x.dims(), w.dims());
+    if k != k2 || rows == 0 || cols == 0 || k == 0 || !all_f32(&[x.dtype(), w.dtype()]) {
+        return None;
+    }
+    flex_ops::matmul_2d(x, w)
+}
+
+/// Products at least this large (`rows k cols`) use both cores, as flex's own `matmul` does.
+const PARALLEL_GEMM: usize = 192 * 192 * 192;
+
+/// `a b` into a new row-major buffer, on all cores when large enough.
+pub(crate) fn matmul_host(a: Strided, b: Strided) -> Vec<f32> {
+    assert_eq!(a.cols, b.rows, "inner dimensions differ");
+    let (m, n, k) = (a.rows, b.cols, a.cols);
+    let parallelism = if m * n * k >= PARALLEL_GEMM {
+        gemm::Parallelism::Rayon(0)
+    } else {
+        gemm::Parallelism::None
+    };
+    let mut out: Vec<f32> = Vec::with_capacity(m * n);
+    // SAFETY: `Strided::with_strides` keeps every element gemm reads inside its slice; the
+    // destination is the vector's capacity, `m x n` row-major, which gemm writes in full without
+    // reading it (`read_dst = false`) before the length is set.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            out.as_mut_ptr(),
+            1,
+            n as isize,
+            false,
+            a.data.as_ptr(),
+            a.col as isize,
+            a.row as isize,
+            b.data.as_ptr(),
+            b.col as isize,
+            b.row as isize,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            parallelism,
+        );
+        out.set_len(m * n);
+    }
+    out
+}
+
 /// A read-only strided matrix over a slice: element `(i, j)` is `data[i * row + j * col]`.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Strided<'a> {
@@ -923,6 +986,35 @@ mod tests {
         }
         assert_eq!(argmax_with_confidence(&logits, None).unwrap().0[0], 7);
         assert!(argmax_with_confidence(&logits, Some(&noise[..10])).is_none());
+    }
+
+    #[test]
+    fn matmul_2d_matches_matmul_for_plain_and_transposed_inputs() {
+        // Small (one thread) and large (both cores) products.
+        for (rows, k, cols) in [(7, 5, 3), (300, 200, 260)] {
+            let x = sample([1, rows, k], 15).reshape([rows, k]);
+            let w = sample([1, k, cols], 16).reshape([k, cols]);
+            let expected = x.clone().matmul(w.clone()).into_data();
+            let wt = sample([1, cols, k], 16).reshape([cols, k]).transpose();
+            let xt = sample([1, k, rows], 15).reshape([k, rows]).transpose();
+            for (a, b) in [(&x, &w), (&xt, &wt)] {
+                let want = a.clone().matmul(b.clone()).into_data();
+                matmul_2d(a, b)
+                    .expect("flex f32 is fused")
+                    .into_data()
+                    .assert_approx_eq::<f32>(&want, Tolerance::relative(1e-5));
+            }
+            matmul_2d(&x, &w)
+                .unwrap()
+                .into_data()
+                .assert_approx_eq::<f32>(&expected, Tolerance::relative(1e-5));
+        }
+        let x = sample([1, 4, 8], 17).reshape([4, 8]);
+        assert!(matmul_2d(&x, &x).is_none(), "inner dimensions differ");
+        type A = burn::backend::Autodiff<B>;
+        let a = Tensor::<A, 2>::ones([4, 8], &Default::default());
+        let b = Tensor::<A, 2>::ones([8, 2], &Default::default());
+        assert!(matmul_2d(&a, &b).is_none(), "autodiff keeps burn's matmul");
     }
 
     #[test]

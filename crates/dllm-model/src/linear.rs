@@ -58,7 +58,9 @@ impl<B: Backend> Linear<B> {
     pub fn forward(&self, x: Tensor<B, 3>, adapter: bool) -> Tensor<B, 3> {
         let [batch, len, d_in] = x.dims();
         let x = x.reshape([batch * len, d_in]);
-        let y = linear(x.clone(), self.weight.val(), None);
+        let weight = self.weight.val();
+        let y =
+            crate::fused::matmul_2d(&x, &weight).unwrap_or_else(|| linear(x.clone(), weight, None));
         let y = match (&self.lora, adapter) {
             (Some(lora), true) => y + lora.forward(x),
             _ => y,
