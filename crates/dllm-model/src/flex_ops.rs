@@ -223,15 +223,48 @@ fn matrix_view(t: &FlexTensor) -> Strided<'_> {
     )
 }
 
-/// `x w` on plain flex (inference); `None` on other backends, autodiff included.
+/// `x w` on flex, plain or inside autodiff (where the backward pass writes `dy wᵀ` and
+/// `xᵀ dy` the same way); `None` on other backends.
 pub(crate) fn matmul_2d<B: Backend>(x: &Tensor<B, 2>, w: &Tensor<B, 2>) -> Option<Tensor<B, 2>> {
-    if !is_flex::<B>() {
-        return None;
-    }
     let ([rows, _], [_, cols]) = (x.dims(), w.dims());
-    let (x, w) = (forward_strided(to_flex(x)), forward_strided(to_flex(w)));
-    let out = matmul_host(matrix_view(&x), matrix_view(&w));
-    Some(from_flex(flex_tensor(out, [rows, cols])))
+    let product = |x: FlexTensor, w: FlexTensor| {
+        let (x, w) = (forward_strided(x), forward_strided(w));
+        flex_tensor(matmul_host(matrix_view(&x), matrix_view(&w)), [rows, cols])
+    };
+    if is_flex::<B>() {
+        return Some(from_flex(product(to_flex(x), to_flex(w))));
+    }
+    with_autodiff_flex!(B, C => {
+        let (x, w) = (to_ad::<B, C, 2>(x), to_ad::<B, C, 2>(w));
+        let out = product(x.primitive.clone(), w.primitive.clone());
+        let out = record::<C, _, _, 2>(Matmul2dBackward, [&x, &w], out, |[x, w]| (x, w));
+        from_ad::<B, C, 2>(out)
+    })
+}
+
+/// Backward of [`matmul_2d`]; state: the two inputs.
+#[derive(Debug)]
+struct Matmul2dBackward;
+
+impl Backward<Flex, 2> for Matmul2dBackward {
+    type State = (NodeId, NodeId);
+
+    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, ckpt: &mut Checkpointer) {
+        let (x, w) = ops.state;
+        let x = forward_strided(ckpt.retrieve_node_output::<FlexTensor>(x));
+        let w = forward_strided(ckpt.retrieve_node_output::<FlexTensor>(w));
+        let grad = forward_strided(grads.consume::<Flex>(&ops.node));
+        let (x, w, dy) = (matrix_view(&x), matrix_view(&w), matrix_view(&grad));
+        let [x_node, w_node] = ops.parents;
+        if let Some(node) = x_node {
+            let dx = matmul_host(dy, w.transposed());
+            grads.register::<Flex>(node.id, flex_tensor(dx, x.shape()));
+        }
+        if let Some(node) = w_node {
+            let dw = matmul_host(x.transposed(), dy);
+            grads.register::<Flex>(node.id, flex_tensor(dw, w.shape()));
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -813,6 +846,67 @@ mod tests {
         for (i, (f, p)) in fused.1.into_iter().zip(plain.1).enumerate() {
             assert_close(f, p, &format!("gradient {i}"));
         }
+    }
+
+    #[test]
+    fn matmul_gradients_match_autodiff() {
+        // Large enough for the parallel product; the weight also as a transposed view.
+        let (rows, k, cols) = (300, 64, 200);
+        let x = random::<Flex, 2>([rows, k], 21);
+        let w = random::<Flex, 2>([k, cols], 22);
+        let wt = random::<Flex, 2>([cols, k], 23);
+        let r = random::<Flex, 2>([rows, cols], 24);
+        for transpose in [false, true] {
+            let w = if transpose { wt.clone() } else { w.clone() };
+            let shape_w = |t: &Tensor<A, 2>| {
+                if transpose {
+                    t.clone().transpose()
+                } else {
+                    t.clone()
+                }
+            };
+            // Both inputs ride as one list: x, then w.
+            let leaves = |t: &[Tensor<A, 2>]| (t[0].clone(), shape_w(&t[1]));
+            let fused = output_and_grads_mixed(&x, &w, &r, |t| {
+                let (x, w) = leaves(t);
+                matmul_2d(&x, &w).expect("autodiff flex is fused")
+            });
+            let plain = output_and_grads_mixed(&x, &w, &r, |t| {
+                let (x, w) = leaves(t);
+                x.matmul(w)
+            });
+            assert_close(fused.0, plain.0, "output");
+            assert_close(fused.1, plain.1, "input gradient");
+            assert_close(fused.2, plain.2, "weight gradient");
+        }
+        // A frozen weight: only the input gets a gradient.
+        let xa = Tensor::<A, 2>::from_inner(x).require_grad();
+        let wa = Tensor::<A, 2>::from_inner(random([k, cols], 25));
+        let grads = matmul_2d(&xa, &wa).expect("fused").sum().backward();
+        assert!(xa.grad(&grads).is_some());
+        assert!(wa.grad(&grads).is_none());
+    }
+
+    /// [`output_and_grads`] for two inputs of different shapes.
+    fn output_and_grads_mixed(
+        x: &Tensor<Flex, 2>,
+        w: &Tensor<Flex, 2>,
+        r: &Tensor<Flex, 2>,
+        op: impl Fn(&[Tensor<A, 2>]) -> Tensor<A, 2>,
+    ) -> (Tensor<Flex, 2>, Tensor<Flex, 2>, Tensor<Flex, 2>) {
+        let leaves = [
+            Tensor::<A, 2>::from_inner(x.clone()).require_grad(),
+            Tensor::<A, 2>::from_inner(w.clone()).require_grad(),
+        ];
+        let out = op(&leaves);
+        let grads = (out.clone() * Tensor::from_inner(r.clone()))
+            .sum()
+            .backward();
+        (
+            out.inner(),
+            leaves[0].grad(&grads).expect("input gradient"),
+            leaves[1].grad(&grads).expect("weight gradient"),
+        )
     }
 
     #[test]

@@ -550,8 +550,8 @@ pub(crate) fn attention_host(
 
 /// `x w` for `x` `[rows, k]` and `w` `[k, cols]` (a linear layer's product).
 ///
-/// On the plain CPU backend (inference: sampling, evaluation, the no-grad ELBO pass) the
-/// product is written straight into a fresh buffer that becomes the output tensor; flex's
+/// On the CPU backend (plain or autodiff) the product — and under autodiff both gradient
+/// products — is written straight into a fresh buffer that becomes the output tensor; flex's
 /// `matmul` zero-fills a byte buffer and copies it into an aligned one first, two extra passes
 /// over every output (docs/performance.md). `None` elsewhere.
 pub fn matmul_2d<B: Backend>(x: &Tensor<B, 2>, w: &Tensor<B, 2>) -> Option<Tensor<B, 2>> {
@@ -641,6 +641,11 @@ impl<'a> Strided<'a> {
             row,
             col,
         }
+    }
+
+    /// `[rows, cols]`.
+    pub(crate) fn shape(&self) -> [usize; 2] {
+        [self.rows, self.cols]
     }
 
     /// Appends row `i` to `out`.
@@ -1014,7 +1019,14 @@ mod tests {
         type A = burn::backend::Autodiff<B>;
         let a = Tensor::<A, 2>::ones([4, 8], &Default::default());
         let b = Tensor::<A, 2>::ones([8, 2], &Default::default());
-        assert!(matmul_2d(&a, &b).is_none(), "autodiff keeps burn's matmul");
+        assert!(matmul_2d(&a, &b).is_some(), "autodiff flex is fused too");
+        type N = burn::backend::NdArray;
+        let a = Tensor::<N, 2>::ones([4, 8], &Default::default());
+        let b = Tensor::<N, 2>::ones([8, 2], &Default::default());
+        assert!(
+            matmul_2d(&a, &b).is_none(),
+            "other backends keep burn's matmul"
+        );
     }
 
     #[test]
