@@ -33,8 +33,8 @@ pub struct Args {
     /// Block length.
     #[arg(long, default_value_t = 8)]
     pub block_length: usize,
-    /// Steps per generated token.
-    #[arg(long, default_value_t = 0.5)]
+    /// Steps per generated token (1.0: DMPO's protocol and the tiny recipes'; 0.5: d1's).
+    #[arg(long, default_value_t = 1.0)]
     pub steps_per_token: f64,
     /// Items (0 = all).
     #[arg(long, default_value_t = 256)]
