@@ -861,7 +861,8 @@ eps 1e-8, weight decay 0.01); stopped because {stop}.\n\
 first {n} puzzles of the shipped 4x4 test set (8 blanks each); {well:.1}% of completions are \
 well-formed (`<answer>` + 16 digits + `</answer>`), {solved:.1}% of puzzles fully solved. \
 Measured on the saved files, sampler gen_length {gl}, block_length {bl}, steps {st}, \
-temperature 0 (low-confidence remasking), the RL recipe's setting.\n\
+temperature 0 (low-confidence remasking): d1's evaluation protocol, 2 tokens per step (the RL \
+recipes evaluate at one token per step, DMPO's protocol: see `docs/training.md`).\n\
 - Training wall time: {secs:.0} s on the machine that built it.\n\
 - `model.safetensors`: {bytes} bytes (f32).\n\
 \n\
