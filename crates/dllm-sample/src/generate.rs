@@ -359,26 +359,29 @@ impl<'m, B: Backend> Sampler<'m, B> {
                 .collect()
         });
         // spec §2 step 3: confidence softmax(logits)[x0], untempered, or uniform draws.
+        let low_confidence = self.config.remasking == Remasking::LowConfidence;
         let (x0, conf) = match dllm_model::fused::argmax_with_confidence(&logits, noise.as_deref())
         {
             Some(fused) => fused,
-            None => self.candidates_on_device(logits, noise),
+            None => self.candidates_on_device(logits, noise, low_confidence),
         };
-        match self.config.remasking {
-            Remasking::LowConfidence => (x0, conf),
-            Remasking::Random => (
+        if low_confidence {
+            (x0, conf)
+        } else {
+            (
                 x0,
                 (0..batch * n).map(|_| self.rng.random::<f32>()).collect(),
-            ),
+            )
         }
     }
 
-    /// [`Self::candidates`]' argmax and confidence as tensor operations (backends without a
-    /// fused kernel); only the `[batch, n]` results are read back.
+    /// [`Self::candidates`]' argmax and (when `confidence`) its probability as tensor
+    /// operations (backends without a fused kernel); only `[batch, n]` results are read back.
     fn candidates_on_device(
         &self,
         logits: Tensor<B, 3>,
         noise: Option<Vec<f32>>,
+        confidence: bool,
     ) -> (Vec<i64>, Vec<f32>) {
         let [batch, n, vocab] = logits.dims();
         let scores = match noise {
@@ -392,16 +395,20 @@ impl<'m, B: Backend> Sampler<'m, B> {
             None => logits.clone(),
         };
         let x0 = scores.argmax(2);
-        let max = logits.clone().max_dim(2);
-        let lse = max.clone() + (logits.clone() - max).exp().sum_dim(2).log();
-        let chosen = logits.gather(2, x0.clone());
-        let conf = (chosen - lse)
-            .exp()
-            .reshape([batch * n])
-            .into_data()
-            .convert::<f32>()
-            .to_vec::<f32>()
-            .expect("f32");
+        let conf = if confidence {
+            let max = logits.clone().max_dim(2);
+            let lse = max.clone() + (logits.clone() - max).exp().sum_dim(2).log();
+            let chosen = logits.gather(2, x0.clone());
+            (chosen - lse)
+                .exp()
+                .reshape([batch * n])
+                .into_data()
+                .convert::<f32>()
+                .to_vec::<f32>()
+                .expect("f32")
+        } else {
+            Vec::new()
+        };
         let x0 = x0
             .reshape([batch * n])
             .into_data()
