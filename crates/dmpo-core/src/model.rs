@@ -38,42 +38,43 @@ pub trait LogitsModel<B: Backend> {
     fn vocab_size(&self) -> usize;
 }
 
+/// LLaDA's logits at `positions`, with its adapters on or off.
 fn llada_logits<B: Backend>(
     model: &Llada<B>,
     input_ids: Tensor<B, 2, Int>,
-    prompt_len: usize,
     key_padding: Option<Tensor<B, 2, Bool>>,
     adapter: bool,
+    positions: &LogitPositions<B>,
 ) -> Tensor<B, 3> {
-    let seq = input_ids.dims()[1];
     let options = ForwardOptions {
         key_padding,
         adapter,
     };
-    // Memory-aware: the LM head runs only at completion positions.
-    model.forward_with(input_ids, &options, &LogitPositions::Range(prompt_len..seq))
+    model.forward_with(input_ids, &options, positions)
 }
 
-/// LLaDA's logits at flat completion positions `r * gen_len + j`, `[n, vocab]`: the LM head runs
-/// only there.
-fn llada_logits_at<B: Backend>(
-    model: &Llada<B>,
-    input_ids: Tensor<B, 2, Int>,
+/// Completion positions `prompt_len..seq` of every row: the LM head runs only there.
+fn completion_range<B: Backend>(
+    input_ids: &Tensor<B, 2, Int>,
     prompt_len: usize,
-    key_padding: Option<Tensor<B, 2, Bool>>,
+) -> LogitPositions<B> {
+    LogitPositions::Range(prompt_len..input_ids.dims()[1])
+}
+
+/// Flat completion positions `r * gen_len + j` as positions `r * seq + prompt_len + j` of the
+/// flattened sequence: the LM head runs only there, and the logits come back `[n, vocab]`.
+fn flat_positions<B: Backend>(
+    input_ids: &Tensor<B, 2, Int>,
+    prompt_len: usize,
     positions: Tensor<B, 1, Int>,
-    adapter: bool,
-) -> Tensor<B, 2> {
-    let seq = input_ids.dims()[1];
-    let gen_len = seq - prompt_len;
-    // r * gen_len + j  ->  r * seq + prompt_len + j
+) -> LogitPositions<B> {
+    let gen_len = input_ids.dims()[1] - prompt_len;
     let rows = positions.clone().div_scalar(gen_len as i64);
-    let flat = positions + rows.mul_scalar(prompt_len as i64) + prompt_len as i64;
-    let options = ForwardOptions {
-        key_padding,
-        adapter,
-    };
-    let logits = model.forward_with(input_ids, &options, &LogitPositions::Flat(flat));
+    LogitPositions::Flat(positions + rows.mul_scalar(prompt_len as i64) + prompt_len as i64)
+}
+
+/// `[1, n, vocab]` logits of a [`LogitPositions::Flat`] call as `[n, vocab]`.
+fn squeeze_flat<B: Backend>(logits: Tensor<B, 3>) -> Tensor<B, 2> {
     let [_, n, vocab] = logits.dims();
     logits.reshape([n, vocab])
 }
@@ -86,7 +87,8 @@ impl<B: Backend> LogitsModel<B> for Llada<B> {
         prompt_len: usize,
         key_padding: Option<Tensor<B, 2, Bool>>,
     ) -> Tensor<B, 3> {
-        llada_logits(self, input_ids, prompt_len, key_padding, true)
+        let positions = completion_range(&input_ids, prompt_len);
+        llada_logits(self, input_ids, key_padding, true, &positions)
     }
 
     fn completion_logits_at(
@@ -96,7 +98,8 @@ impl<B: Backend> LogitsModel<B> for Llada<B> {
         key_padding: Option<Tensor<B, 2, Bool>>,
         positions: Tensor<B, 1, Int>,
     ) -> Tensor<B, 2> {
-        llada_logits_at(self, input_ids, prompt_len, key_padding, positions, true)
+        let positions = flat_positions(&input_ids, prompt_len, positions);
+        squeeze_flat(llada_logits(self, input_ids, key_padding, true, &positions))
     }
 
     fn mask_token_id(&self) -> u32 {
@@ -119,7 +122,8 @@ impl<B: Backend> LogitsModel<B> for AdapterDisabled<'_, B> {
         prompt_len: usize,
         key_padding: Option<Tensor<B, 2, Bool>>,
     ) -> Tensor<B, 3> {
-        llada_logits(self.0, input_ids, prompt_len, key_padding, false)
+        let positions = completion_range(&input_ids, prompt_len);
+        llada_logits(self.0, input_ids, key_padding, false, &positions)
     }
 
     fn completion_logits_at(
@@ -129,7 +133,14 @@ impl<B: Backend> LogitsModel<B> for AdapterDisabled<'_, B> {
         key_padding: Option<Tensor<B, 2, Bool>>,
         positions: Tensor<B, 1, Int>,
     ) -> Tensor<B, 2> {
-        llada_logits_at(self.0, input_ids, prompt_len, key_padding, positions, false)
+        let positions = flat_positions(&input_ids, prompt_len, positions);
+        squeeze_flat(llada_logits(
+            self.0,
+            input_ids,
+            key_padding,
+            false,
+            &positions,
+        ))
     }
 
     fn mask_token_id(&self) -> u32 {

@@ -146,6 +146,17 @@ fn two_models_in_one_call_equal_separate_calls_on_the_same_masks() {
     }
 }
 
+/// Key padding for [`llada_batch`]: the two leading pads of row 0.
+fn row_0_left_padding() -> burn::tensor::Tensor<B, 2, burn::tensor::Bool> {
+    burn::tensor::Tensor::from_bool(
+        burn::tensor::TensorData::new(
+            (0..22).map(|i| i == 0 || i == 1).collect::<Vec<_>>(),
+            [2, 11],
+        ),
+        &Default::default(),
+    )
+}
+
 #[test]
 fn key_padding_is_passed_to_the_model() {
     let model = tiny_llada::<B>();
@@ -158,13 +169,7 @@ fn key_padding_is_passed_to_the_model() {
     )
     .unwrap();
     let plain = elbo_with_masks::<B>(&[&model], &batch, &masks, BUDGET).unwrap();
-    let pad = burn::tensor::Tensor::<B, 2, burn::tensor::Bool>::from_bool(
-        burn::tensor::TensorData::new(
-            (0..22).map(|i| i == 0 || i == 1).collect::<Vec<_>>(),
-            [2, 11],
-        ),
-        &Default::default(),
-    );
+    let pad = row_0_left_padding();
     let padded = batch.clone().with_key_padding(pad).unwrap();
     let masked = elbo_with_masks::<B>(&[&model], &padded, &masks, BUDGET).unwrap();
     assert!(
@@ -201,13 +206,7 @@ impl LogitsModel<B> for FullLogits<'_> {
 fn llada_logits_at_masked_positions_only_equal_the_full_logits() {
     let policy = tiny_llada_lora::<B>(1);
     let reference = AdapterDisabled(&policy);
-    let pad = burn::tensor::Tensor::<B, 2, burn::tensor::Bool>::from_bool(
-        burn::tensor::TensorData::new(
-            (0..22).map(|i| i == 0 || i == 1).collect::<Vec<_>>(),
-            [2, 11],
-        ),
-        &Default::default(),
-    );
+    let pad = row_0_left_padding();
     let batch = llada_batch().with_key_padding(pad).unwrap();
     let masks = ReplicateMasks::sample(
         &mut ChaCha8Rng::seed_from_u64(4),
