@@ -132,6 +132,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     dispatch(args.backend, Pretrain { args, out })?
 }
 
+/// A pretraining run for the backend dispatcher: the arguments and the output directory.
 struct Pretrain {
     args: Args,
     out: PathBuf,
