@@ -4,7 +4,8 @@
 //!   several models on the same masks;
 //! - [`weights`]: importance weights `w+`, `w-`, adaptive coefficient, baselines (spec §4);
 //! - [`wdce`], [`ddo`]: the DMPO losses (spec §4);
-//! - [`grpo`]: the diffu-GRPO and wd1 baselines (spec §6).
+//! - [`grpo`]: the diffu-GRPO and wd1 baselines (spec §6);
+//! - [`sft`]: LLaDA's supervised masked-diffusion loss, which trains a base model (spec §1).
 //!
 //! Inputs follow one layout, [`SequenceBatch`]: `[batch, prompt_len + gen_len]` ids with
 //! prompts left-padded to `prompt_len`, groups of `G` completions contiguous. Randomness comes
@@ -21,6 +22,7 @@ pub mod grpo;
 pub mod loss;
 pub mod masks;
 pub mod model;
+pub mod sft;
 pub mod wdce;
 pub mod weights;
 
@@ -33,6 +35,7 @@ pub use grpo::{diffu_grpo_loss, grpo_advantages, mean_field_logprobs, wd1_loss, 
 pub use loss::LossOutput;
 pub use masks::{sample_prompt_mask, MaskOptions, ReplicateMasks};
 pub use model::{AdapterDisabled, LogitsModel};
+pub use sft::{sft_loss, sft_loss_with_masks, SftDiagnostics, SftMasks};
 pub use wdce::{wdce_loss, wdce_loss_with_masks, WdceDiagnostics};
 pub use weights::{rollout_weights, RolloutWeights, WeightDiagnostics};
 

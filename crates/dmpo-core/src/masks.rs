@@ -51,6 +51,12 @@ pub fn clamp_lambda(u: f64) -> f64 {
     0.1 + 0.9 * u
 }
 
+/// One mask row of `gen_len` positions, each masked independently with probability `lambda`
+/// (one uniform draw per position, in order; spec §3).
+pub fn mask_row<R: Rng + ?Sized>(rng: &mut R, lambda: f64, gen_len: usize) -> Vec<bool> {
+    (0..gen_len).map(|_| rng.random::<f64>() < lambda).collect()
+}
+
 impl ReplicateMasks {
     /// Fresh masks for `batch` with the configured replicate scheme (one draw per optimisation
     /// step of WDCE and DDO, spec §4).
@@ -145,7 +151,7 @@ impl ReplicateMasks {
             for _ in 0..batch {
                 let u: f64 = rng.random();
                 let lambda = if options.clamp { clamp_lambda(u) } else { u };
-                masked.extend((0..gen_len).map(|_| rng.random::<f64>() < lambda));
+                masked.extend(mask_row(rng, lambda, gen_len));
             }
         }
         if options.antithetic {

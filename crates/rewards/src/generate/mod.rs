@@ -1,5 +1,6 @@
 //! Seedable generators of unlimited training data (spec §7 tasks): 4x4 Sudoku with a
-//! unique solution and a chosen number of blanks, and Countdown with 3–4 numbers and a
+//! unique solution and a chosen number of blanks (optionally outside an excluded set, with a
+//! flawed row-only solver for imperfect demonstrations), and Countdown with 3–4 numbers and a
 //! guaranteed solution. Both use `ChaCha8Rng` seeded explicitly, so the same seed (and
 //! the same crate versions) gives the same data on every platform.
 
@@ -7,7 +8,10 @@ mod countdown;
 mod sudoku;
 
 pub use countdown::{countdown_item, countdown_items, CountdownConfig};
-pub use sudoku::{random_solution, sudoku_items, sudoku_puzzle, MAX_UNIQUE_BLANKS};
+pub use sudoku::{
+    random_solution, row_only_fill, sudoku_item_excluding, sudoku_items, sudoku_puzzle,
+    MAX_UNIQUE_BLANKS,
+};
 
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
