@@ -1,11 +1,11 @@
 //! `cargo xtask compare`: held-out accuracy of several runs against rollouts, grouped by
-//! algorithm — a Markdown table (per seed, mean and spread) and a PNG plot of the group means.
+//! algorithm — a Markdown table (per seed, mean and spread) and a PNG or SVG plot of the group means.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, ensure, Context};
-use dmpo_train::plot::{line_plot, Series};
+use dmpo_train::plot::{line_plot, ImageFormat, Labels, Series};
 use dmpo_train::recipe::Recipe;
 
 /// Arguments of `cargo xtask compare`.
@@ -14,7 +14,7 @@ pub struct Args {
     /// Run directories (each with `recipe.toml`, `summary.json` and optionally `eval.jsonl`).
     #[arg(required = true)]
     pub runs: Vec<PathBuf>,
-    /// Where to write the plot of mean accuracy against rollouts.
+    /// Where to write the plot of mean accuracy against rollouts (`.png` or `.svg`).
     #[arg(long, default_value = "runs/compare.png")]
     pub plot: PathBuf,
     /// Generation length whose accuracy is compared (default: the first one evaluated).
@@ -95,6 +95,8 @@ fn mean_std(v: &[f64]) -> (f64, f64) {
 
 /// Runs `cargo xtask compare`.
 pub fn run(a: Args) -> anyhow::Result<()> {
+    // The plot format is checked before the runs are read, so a wrong extension fails at once.
+    ImageFormat::from_path(&a.plot)?;
     let runs = a
         .runs
         .iter()
@@ -169,8 +171,11 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     }
     line_plot(
         &a.plot,
-        "held-out accuracy (%) against rollouts",
-        "rollouts",
+        &Labels {
+            title: "Held-out accuracy against rollouts",
+            x: "rollouts",
+            y: "accuracy (%)",
+        },
         &series,
     )?;
     println!("\nplot: {}", a.plot.display());

@@ -36,6 +36,9 @@ pub enum TrainError {
     /// A reward could not be computed.
     #[error(transparent)]
     Reward(#[from] rewards::Error),
+    /// A plot could not be drawn.
+    #[error(transparent)]
+    Plot(#[from] crate::plot::PlotError),
     /// A checkpoint is missing or unreadable.
     #[error("checkpoint {path}: {message}")]
     Checkpoint {
