@@ -7,8 +7,8 @@ use burn::tensor::{
 };
 
 use crate::cache::{splice, CacheUse, LayerKv};
-use crate::fused::attention_rows;
 use crate::linear::Linear;
+use crate::ops::attention_rows;
 use crate::rope::RopeTables;
 
 /// LLaDA's attention: `attn_out(softmax(q k^T / sqrt(hd)) v)` with RoPE on `q` and `k`,

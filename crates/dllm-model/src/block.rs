@@ -5,9 +5,9 @@ use burn::tensor::{activation::silu, backend::Backend, Bool, Tensor};
 
 use crate::attention::Attention;
 use crate::cache::CacheUse;
-use crate::fused::swiglu;
 use crate::linear::Linear;
 use crate::norm::RmsNorm;
+use crate::ops::swiglu;
 use crate::rope::RopeTables;
 
 /// `x += attn(attn_norm(x))`; `x += ff_out(silu(ff_proj(m)) * up_proj(m))`, `m = ff_norm(x)`.

@@ -56,7 +56,7 @@ pub(crate) fn splice<B: Backend>(
     fresh: Tensor<B, 4>,
     start: usize,
 ) -> Tensor<B, 4> {
-    if let Some(out) = crate::fused::splice_positions(cached, &fresh, start) {
+    if let Some(out) = crate::ops::splice_positions(cached, &fresh, start) {
         return out;
     }
     let total = cached.dims()[2];

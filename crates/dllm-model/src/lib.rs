@@ -20,14 +20,13 @@ pub mod block;
 pub mod cache;
 pub mod config;
 pub mod error;
-#[cfg(feature = "flex")]
-mod flex_ops;
-pub mod fused;
+mod kernels;
 pub mod linear;
 pub mod load;
 pub mod lora;
 pub mod model;
 pub mod norm;
+pub mod ops;
 pub mod rope;
 pub mod tensor_file;
 pub mod tokenizer;

@@ -60,7 +60,7 @@ impl<B: Backend> Linear<B> {
         let x = x.reshape([batch * len, d_in]);
         let weight = self.weight.val();
         let y =
-            crate::fused::matmul_2d(&x, &weight).unwrap_or_else(|| linear(x.clone(), weight, None));
+            crate::ops::matmul_2d(&x, &weight).unwrap_or_else(|| linear(x.clone(), weight, None));
         let y = match (&self.lora, adapter) {
             (Some(lora), true) => y + lora.forward(x),
             _ => y,

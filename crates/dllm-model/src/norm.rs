@@ -3,7 +3,7 @@
 use burn::module::{Module, Param};
 use burn::tensor::{backend::Backend, DType, Tensor};
 
-use crate::fused::rms_norm_rows;
+use crate::ops::rms_norm_rows;
 
 /// Root-mean-square layer norm with a learned per-channel weight.
 #[derive(Module, Debug)]

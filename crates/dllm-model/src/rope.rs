@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use burn::tensor::{backend::Backend, Tensor, TensorData};
 
-use crate::fused::rope_heads_first;
+use crate::ops::rope_heads_first;
 
 /// Cosine and signed-sine tables for a run of positions, laid out `[1, len * heads * head_dim]`
 /// to match a `[batch, len, heads, head_dim]` tensor viewed as `[batch, len * heads * head_dim]`.
@@ -20,7 +20,7 @@ pub struct RopeTables<B: Backend> {
     pub heads: usize,
     /// Channels per head.
     pub head_dim: usize,
-    /// Host copies of `cos` and `signed_sin` for the fused CPU kernel (`crate::fused`).
+    /// Host copies of `cos` and `signed_sin` for the fused CPU kernel (`crate::ops`).
     host: Arc<(Vec<f32>, Vec<f32>)>,
 }
 

@@ -360,8 +360,7 @@ impl<'m, B: Backend> Sampler<'m, B> {
         });
         // spec §2 step 3: confidence softmax(logits)[x0], untempered, or uniform draws.
         let low_confidence = self.config.remasking == Remasking::LowConfidence;
-        let (x0, conf) = match dllm_model::fused::argmax_with_confidence(&logits, noise.as_deref())
-        {
+        let (x0, conf) = match dllm_model::ops::argmax_with_confidence(&logits, noise.as_deref()) {
             Some(fused) => fused,
             None => self.candidates_on_device(logits, noise, low_confidence),
         };

@@ -85,7 +85,7 @@ pub fn masked_logprob_sums<B: Backend, M: LogitsModel<B> + ?Sized>(
         .reshape([n * gen_len])
         .select(0, positions)
         .reshape([1, count, 1]);
-    let token_logp = dllm_model::fused::token_log_probs(logits.reshape([1, count, vocab]), targets);
+    let token_logp = dllm_model::ops::token_log_probs(logits.reshape([1, count, vocab]), targets);
     Tensor::zeros([n], &device).select_assign(
         0,
         owners,

@@ -79,7 +79,7 @@ pub fn mean_field_logprobs<B: Backend, M: LogitsModel<B> + ?Sized>(
         .mask_fill(mask, model.mask_token_id() as i64);
     let logits = model.completion_logits(noisy, p, batch.key_padding.clone());
     let targets = batch.completion_ids().reshape([n, l, 1]);
-    Ok(dllm_model::fused::token_log_probs(logits, targets))
+    Ok(dllm_model::ops::token_log_probs(logits, targets))
 }
 
 /// What [`diffu_grpo_loss`] reports.
