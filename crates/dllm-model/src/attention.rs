@@ -7,8 +7,10 @@ use burn::tensor::{
 };
 
 use crate::cache::{splice, CacheUse, LayerKv};
+use crate::config::LladaConfig;
 use crate::linear::Linear;
 use crate::ops::attention_rows;
+use crate::params::ParamSource;
 use crate::rope::RopeTables;
 
 /// LLaDA's attention: `attn_out(softmax(q k^T / sqrt(hd)) v)` with RoPE on `q` and `k`,
@@ -32,6 +34,27 @@ pub struct Attention<B: Backend> {
 }
 
 impl<B: Backend> Attention<B> {
+    /// The attention of the block named `block` (`{block}.q_proj`, …) for `config`, from
+    /// `source`: `q_proj`, `k_proj`, `v_proj`, then `attn_out`.
+    pub fn build<S: ParamSource<B> + ?Sized>(
+        config: &LladaConfig,
+        block: &str,
+        source: &mut S,
+    ) -> Result<Self, S::Error> {
+        let d = config.d_model;
+        let hd = config.head_dim();
+        let kv = config.num_kv_heads() * hd;
+        Ok(Self {
+            q_proj: Linear::build(&format!("{block}.q_proj"), d, d, source)?,
+            k_proj: Linear::build(&format!("{block}.k_proj"), d, kv, source)?,
+            v_proj: Linear::build(&format!("{block}.v_proj"), d, kv, source)?,
+            attn_out: Linear::build(&format!("{block}.attn_out"), d, d, source)?,
+            n_heads: config.n_heads,
+            n_kv_heads: config.num_kv_heads(),
+            head_dim: hd,
+        })
+    }
+
     /// Attends from the tokens of `x` (`[batch, len, d]`) to every key position.
     ///
     /// `key_padding` (`[batch, total_len]`, true = padding) hides keys; `None` reproduces the

@@ -5,9 +5,11 @@ use burn::tensor::{activation::silu, backend::Backend, Bool, Tensor};
 
 use crate::attention::Attention;
 use crate::cache::CacheUse;
+use crate::config::LladaConfig;
 use crate::linear::Linear;
 use crate::norm::RmsNorm;
 use crate::ops::swiglu;
+use crate::params::ParamSource;
 use crate::rope::RopeTables;
 
 /// `x += attn(attn_norm(x))`; `x += ff_out(silu(ff_proj(m)) * up_proj(m))`, `m = ff_norm(x)`.
@@ -28,6 +30,26 @@ pub struct Block<B: Backend> {
 }
 
 impl<B: Backend> Block<B> {
+    /// The block named `name` (`model.transformer.blocks.{i}`) for `config`, from `source`:
+    /// `attn_norm`, the attention, `ff_norm`, `ff_proj`, `up_proj`, then `ff_out`.
+    pub fn build<S: ParamSource<B> + ?Sized>(
+        config: &LladaConfig,
+        name: &str,
+        source: &mut S,
+    ) -> Result<Self, S::Error> {
+        let d = config.d_model;
+        let hidden = config.mlp_hidden();
+        let eps = config.rms_norm_eps;
+        Ok(Self {
+            attn_norm: RmsNorm::build(&format!("{name}.attn_norm"), d, eps, source)?,
+            attn: Attention::build(config, name, source)?,
+            ff_norm: RmsNorm::build(&format!("{name}.ff_norm"), d, eps, source)?,
+            ff_proj: Linear::build(&format!("{name}.ff_proj"), d, hidden, source)?,
+            up_proj: Linear::build(&format!("{name}.up_proj"), d, hidden, source)?,
+            ff_out: Linear::build(&format!("{name}.ff_out"), hidden, d, source)?,
+        })
+    }
+
     /// Applies the block to `x` `[batch, len, d]`.
     pub(crate) fn forward(
         &self,

@@ -27,6 +27,7 @@ pub mod lora;
 pub mod model;
 pub mod norm;
 pub mod ops;
+pub mod params;
 pub mod rope;
 pub mod tensor_file;
 pub mod tokenizer;

@@ -4,6 +4,8 @@ use burn::module::{Module, Param};
 use burn::nn::Dropout;
 use burn::tensor::{backend::Backend, module::linear, Distribution, Tensor};
 
+use crate::params::ParamSource;
+
 /// `y = x W` with `W` stored `[in, out]` (burn's layout; Hugging Face stores `[out, in]` and the
 /// loader transposes), plus `scale * dropout(x) A B` when an adapter is attached and enabled.
 #[derive(Module, Debug)]
@@ -36,13 +38,15 @@ impl<B: Backend> Linear<B> {
         }
     }
 
-    /// A randomly initialised layer, `N(0, std)`.
-    pub fn init(d_in: usize, d_out: usize, std: f64, device: &B::Device) -> Self {
-        Self::from_weight(Tensor::random(
-            [d_in, d_out],
-            Distribution::Normal(0.0, std),
-            device,
-        ))
+    /// The layer named `name` (its weight is `{name}.weight`), `[d_in, d_out]`, from `source`.
+    pub fn build<S: ParamSource<B> + ?Sized>(
+        name: &str,
+        d_in: usize,
+        d_out: usize,
+        source: &mut S,
+    ) -> Result<Self, S::Error> {
+        let weight = source.linear_weight(&format!("{name}.weight"), d_in, d_out)?;
+        Ok(Self::from_weight(weight))
     }
 
     /// Input and output sizes.

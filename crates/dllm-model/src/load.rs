@@ -2,35 +2,22 @@
 
 use std::path::{Path, PathBuf};
 
-use burn::module::Param;
 use burn::tensor::{backend::Backend, DType, Tensor};
 use safetensors::{Dtype, View};
 
-use crate::attention::Attention;
-use crate::block::Block;
 use crate::config::{config_path, LladaConfig};
 use crate::error::{ModelError, Result};
-use crate::linear::Linear;
 use crate::model::Llada;
-use crate::norm::RmsNorm;
-use crate::weights::{HostTensor, WeightDType, WeightFiles};
+use crate::params::Checkpoint;
+use crate::weights::{WeightDType, WeightFiles};
 
-/// Prefix of every tensor name in a LLaDA checkpoint.
-pub const PREFIX: &str = "model.transformer";
+pub use crate::params::PREFIX;
 
 /// Options for [`load_model`].
 #[derive(Debug, Clone, Copy, Default)]
 pub struct LoadOptions {
     /// Element type of the loaded weights (checkpoints in bf16 are upcast to f32 by default).
     pub dtype: WeightDType,
-}
-
-fn burn_dtype(d: WeightDType) -> DType {
-    match d {
-        WeightDType::F32 => DType::F32,
-        WeightDType::BF16 => DType::BF16,
-        WeightDType::F16 => DType::F16,
-    }
 }
 
 /// Loads `config.json` and the weights of a model directory.
@@ -46,94 +33,15 @@ pub fn load_model<B: Backend>(
 }
 
 /// Builds the model from opened weight files; every tensor's presence and shape is checked
-/// against the config, and tensors the config does not account for are refused.
+/// against the config, and tensors the config does not account for are refused
+/// ([`Checkpoint`] as the [`Llada::build`] source).
 pub fn from_weights<B: Backend>(
     config: &LladaConfig,
     weights: &WeightFiles,
     options: LoadOptions,
     device: &B::Device,
 ) -> Result<Llada<B>> {
-    let dtype = burn_dtype(options.dtype);
-    let d = config.d_model;
-    let hd = config.head_dim();
-    let kv = config.num_kv_heads() * hd;
-    let hidden = config.mlp_hidden();
-    let e = config.embed_size();
-
-    let tensor = |host: HostTensor| Tensor::<B, 2>::from_data(host.into_data(), (device, dtype));
-    let matrix = |name: String, shape: [usize; 2]| -> Result<Param<Tensor<B, 2>>> {
-        Ok(Param::from_tensor(tensor(weights.read(
-            &name,
-            &shape,
-            options.dtype,
-        )?)))
-    };
-    // Hugging Face stores linear weights `[out, in]`; burn's linear wants `[in, out]`.
-    let linear = |name: String, d_in: usize, d_out: usize| -> Result<Linear<B>> {
-        let host = weights.read(&name, &[d_out, d_in], options.dtype)?;
-        Ok(Linear::from_weight(tensor(host.transposed())))
-    };
-    let norm = |name: String| -> Result<RmsNorm<B>> {
-        let host = weights.read(&name, &[d], options.dtype)?;
-        Ok(RmsNorm {
-            weight: Param::from_tensor(Tensor::<B, 1>::from_data(
-                host.into_data(),
-                (device, dtype),
-            )),
-            eps: config.rms_norm_eps,
-        })
-    };
-
-    let mut blocks = Vec::with_capacity(config.n_layers);
-    for i in 0..config.n_layers {
-        let p = format!("{PREFIX}.blocks.{i}");
-        blocks.push(Block {
-            attn_norm: norm(format!("{p}.attn_norm.weight"))?,
-            attn: Attention {
-                q_proj: linear(format!("{p}.q_proj.weight"), d, d)?,
-                k_proj: linear(format!("{p}.k_proj.weight"), d, kv)?,
-                v_proj: linear(format!("{p}.v_proj.weight"), d, kv)?,
-                attn_out: linear(format!("{p}.attn_out.weight"), d, d)?,
-                n_heads: config.n_heads,
-                n_kv_heads: config.num_kv_heads(),
-                head_dim: hd,
-            },
-            ff_norm: norm(format!("{p}.ff_norm.weight"))?,
-            ff_proj: linear(format!("{p}.ff_proj.weight"), d, hidden)?,
-            up_proj: linear(format!("{p}.up_proj.weight"), d, hidden)?,
-            ff_out: linear(format!("{p}.ff_out.weight"), hidden, d)?,
-        });
-    }
-    let model = Llada {
-        wte: matrix(format!("{PREFIX}.wte.weight"), [e, d])?,
-        blocks,
-        ln_f: norm(format!("{PREFIX}.ln_f.weight"))?,
-        head: if config.weight_tying {
-            None
-        } else {
-            Some(linear(format!("{PREFIX}.ff_out.weight"), d, e)?)
-        },
-        config: config.clone(),
-    };
-    let unused = weights.unused();
-    if let Some(first) = unused.first() {
-        return Err(ModelError::Safetensors {
-            path: weights.file_of(first),
-            message: format!(
-                "config/weights mismatch: {} tensor(s) not used by the config ({}), e.g. `{first}`",
-                unused.len(),
-                describe(config)
-            ),
-        });
-    }
-    Ok(model)
-}
-
-fn describe(c: &LladaConfig) -> String {
-    format!(
-        "n_layers {}, d_model {}, weight_tying {}",
-        c.n_layers, c.d_model, c.weight_tying
-    )
+    Llada::build(config, &mut Checkpoint::new(weights, options.dtype, device))
 }
 
 /// A named tensor on the host, ready to be written to safetensors.

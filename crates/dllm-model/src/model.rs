@@ -7,14 +7,14 @@
 use std::ops::Range;
 
 use burn::module::{Module, Param};
-use burn::tensor::{backend::Backend, module::embedding, Bool, Distribution, Int, Tensor};
+use burn::tensor::{backend::Backend, module::embedding, Bool, Int, Tensor};
 
-use crate::attention::Attention;
 use crate::block::Block;
 use crate::cache::{CacheUse, KvCache};
 use crate::config::LladaConfig;
 use crate::linear::Linear;
 use crate::norm::RmsNorm;
+use crate::params::{ParamSource, RandomInit, PREFIX};
 use crate::rope::RopeTables;
 
 /// The LLaDA model: embeddings, blocks, final norm and LM head.
@@ -78,42 +78,44 @@ impl<B: Backend> ForwardOptions<B> {
 }
 
 impl<B: Backend> Llada<B> {
-    /// A randomly initialised model (`N(0, 0.02)` weights, unit norms), for pretraining.
+    /// A randomly initialised model (`N(0, 0.02)` weights, unit norms), for pretraining; the
+    /// draws come from the backend's generator (`B::seed`) in the order [`build`](Self::build)
+    /// asks for them.
     pub fn init(config: &LladaConfig, device: &B::Device) -> Self {
-        let std = 0.02;
+        let Ok(model) = Self::build(config, &mut RandomInit::new(0.02, device));
+        model
+    }
+
+    /// The model of `config` with every parameter from `source`: each block in turn, then the
+    /// embeddings `wte`, the final norm `ln_f` and (untied) the LM head; then
+    /// [`ParamSource::finish`] (a checkpoint refuses tensors the config does not use).
+    pub fn build<S: ParamSource<B> + ?Sized>(
+        config: &LladaConfig,
+        source: &mut S,
+    ) -> Result<Self, S::Error> {
         let d = config.d_model;
-        let hd = config.head_dim();
-        let kv = config.num_kv_heads() * hd;
-        let hidden = config.mlp_hidden();
-        let blocks = (0..config.n_layers)
-            .map(|_| Block {
-                attn_norm: RmsNorm::init(d, config.rms_norm_eps, device),
-                attn: Attention {
-                    q_proj: Linear::init(d, d, std, device),
-                    k_proj: Linear::init(d, kv, std, device),
-                    v_proj: Linear::init(d, kv, std, device),
-                    attn_out: Linear::init(d, d, std, device),
-                    n_heads: config.n_heads,
-                    n_kv_heads: config.num_kv_heads(),
-                    head_dim: hd,
-                },
-                ff_norm: RmsNorm::init(d, config.rms_norm_eps, device),
-                ff_proj: Linear::init(d, hidden, std, device),
-                up_proj: Linear::init(d, hidden, std, device),
-                ff_out: Linear::init(hidden, d, std, device),
-            })
-            .collect();
-        Self {
-            wte: Param::from_tensor(Tensor::random(
-                [config.embed_size(), d],
-                Distribution::Normal(0.0, std),
-                device,
-            )),
-            blocks,
-            ln_f: RmsNorm::init(d, config.rms_norm_eps, device),
-            head: (!config.weight_tying).then(|| Linear::init(d, config.embed_size(), std, device)),
-            config: config.clone(),
+        let e = config.embed_size();
+        let mut blocks = Vec::with_capacity(config.n_layers);
+        for i in 0..config.n_layers {
+            blocks.push(Block::build(
+                config,
+                &format!("{PREFIX}.blocks.{i}"),
+                source,
+            )?);
         }
+        let model = Self {
+            wte: Param::from_tensor(source.embedding(&format!("{PREFIX}.wte.weight"), e, d)?),
+            blocks,
+            ln_f: RmsNorm::build(&format!("{PREFIX}.ln_f"), d, config.rms_norm_eps, source)?,
+            head: if config.weight_tying {
+                None
+            } else {
+                Some(Linear::build(&format!("{PREFIX}.ff_out"), d, e, source)?)
+            },
+            config: config.clone(),
+        };
+        source.finish(config)?;
+        Ok(model)
     }
 
     /// Logits for every position of `input_ids` `[batch, len]`: `[batch, len, embedding_size]`.

@@ -4,6 +4,7 @@ use burn::module::{Module, Param};
 use burn::tensor::{backend::Backend, DType, Tensor};
 
 use crate::ops::rms_norm_rows;
+use crate::params::ParamSource;
 
 /// Root-mean-square layer norm with a learned per-channel weight.
 #[derive(Module, Debug)]
@@ -15,12 +16,19 @@ pub struct RmsNorm<B: Backend> {
 }
 
 impl<B: Backend> RmsNorm<B> {
-    /// A norm with unit weight.
-    pub fn init(d_model: usize, eps: f64, device: &B::Device) -> Self {
-        Self {
-            weight: Param::from_tensor(Tensor::ones([d_model], device)),
+    /// The norm named `name` (its weight is `{name}.weight`) over `d_model` channels, from
+    /// `source`.
+    pub fn build<S: ParamSource<B> + ?Sized>(
+        name: &str,
+        d_model: usize,
+        eps: f64,
+        source: &mut S,
+    ) -> Result<Self, S::Error> {
+        let weight = source.norm_weight(&format!("{name}.weight"), d_model)?;
+        Ok(Self {
+            weight: Param::from_tensor(weight),
             eps,
-        }
+        })
     }
 
     /// `weight * x / sqrt(mean(x^2) + eps)`, the statistics in f32 and cast back before the

@@ -1,0 +1,271 @@
+//! Where a model's parameters come from while it is built.
+//!
+//! One constructor per module — [`Llada::build`](crate::Llada::build),
+//! [`Block::build`](crate::block::Block::build),
+//! [`Attention::build`](crate::attention::Attention::build),
+//! [`Linear::build`](crate::linear::Linear::build), [`RmsNorm::build`](crate::norm::RmsNorm::build)
+//! — asks a [`ParamSource`] for each of its tensors by its exact name in a LLaDA checkpoint
+//! (`model.transformer.blocks.0.q_proj.weight`, …) and its shape, so random initialisation
+//! and checkpoint loading build the same tree the same way, in the same order: every block
+//! (`attn_norm`, `q_proj`, `k_proj`, `v_proj`, `attn_out`, `ff_norm`, `ff_proj`, `up_proj`,
+//! `ff_out`), then `wte`, `ln_f` and the untied head.
+//!
+//! - [`RandomInit`] ignores the names: linear weights and the embedding table are drawn from
+//!   `N(0, std)` by the backend's (seedable) generator in that order, norm weights are ones.
+//! - [`Checkpoint`] reads each tensor from [`WeightFiles`], checks its shape, converts it to the
+//!   requested element type, and once the model is built refuses any tensor nobody asked for.
+
+use std::convert::Infallible;
+
+use burn::tensor::{backend::Backend, DType, Distribution, Tensor};
+
+use crate::config::LladaConfig;
+use crate::error::ModelError;
+use crate::weights::{HostTensor, WeightDType, WeightFiles};
+
+/// Prefix of every tensor name in a LLaDA checkpoint.
+pub const PREFIX: &str = "model.transformer";
+
+/// A supplier of the tensors a model is built from, asked for each by its checkpoint name.
+pub trait ParamSource<B: Backend> {
+    /// Why a tensor cannot be supplied.
+    type Error;
+
+    /// The weight `[d_in, d_out]` of the linear layer whose weight is named `name` (checkpoints
+    /// store it `[d_out, d_in]`).
+    fn linear_weight(
+        &mut self,
+        name: &str,
+        d_in: usize,
+        d_out: usize,
+    ) -> Result<Tensor<B, 2>, Self::Error>;
+
+    /// The embedding table `[rows, cols]` named `name`.
+    fn embedding(
+        &mut self,
+        name: &str,
+        rows: usize,
+        cols: usize,
+    ) -> Result<Tensor<B, 2>, Self::Error>;
+
+    /// The per-channel weight `[d]` of the norm whose weight is named `name`.
+    fn norm_weight(&mut self, name: &str, d: usize) -> Result<Tensor<B, 1>, Self::Error>;
+
+    /// Called once the model of `config` is built: whatever the source holds beyond what was
+    /// asked for is an error here.
+    fn finish(&mut self, config: &LladaConfig) -> Result<(), Self::Error>;
+}
+
+/// Fresh parameters: `N(0, std)` matrices, unit norm weights.
+pub struct RandomInit<'d, B: Backend> {
+    std: f64,
+    device: &'d B::Device,
+}
+
+impl<'d, B: Backend> RandomInit<'d, B> {
+    /// Matrices drawn from `N(0, std)` on `device`.
+    pub fn new(std: f64, device: &'d B::Device) -> Self {
+        Self { std, device }
+    }
+
+    /// A `[rows, cols]` matrix from `N(0, std)`.
+    fn normal(&self, rows: usize, cols: usize) -> Tensor<B, 2> {
+        Tensor::random(
+            [rows, cols],
+            Distribution::Normal(0.0, self.std),
+            self.device,
+        )
+    }
+}
+
+impl<B: Backend> ParamSource<B> for RandomInit<'_, B> {
+    type Error = Infallible;
+
+    fn linear_weight(
+        &mut self,
+        _: &str,
+        d_in: usize,
+        d_out: usize,
+    ) -> Result<Tensor<B, 2>, Infallible> {
+        Ok(self.normal(d_in, d_out))
+    }
+
+    fn embedding(&mut self, _: &str, rows: usize, cols: usize) -> Result<Tensor<B, 2>, Infallible> {
+        Ok(self.normal(rows, cols))
+    }
+
+    fn norm_weight(&mut self, _: &str, d: usize) -> Result<Tensor<B, 1>, Infallible> {
+        Ok(Tensor::ones([d], self.device))
+    }
+
+    fn finish(&mut self, _: &LladaConfig) -> Result<(), Infallible> {
+        Ok(())
+    }
+}
+
+/// Parameters read from opened checkpoint files by name, shape-checked, in one element type.
+pub struct Checkpoint<'a, B: Backend> {
+    weights: &'a WeightFiles,
+    dtype: WeightDType,
+    device: &'a B::Device,
+}
+
+impl<'a, B: Backend> Checkpoint<'a, B> {
+    /// Tensors of `weights`, converted to `dtype`, on `device`.
+    pub fn new(weights: &'a WeightFiles, dtype: WeightDType, device: &'a B::Device) -> Self {
+        Self {
+            weights,
+            dtype,
+            device,
+        }
+    }
+
+    /// A host tensor on the device, in the requested element type.
+    fn upload<const D: usize>(&self, host: HostTensor) -> Tensor<B, D> {
+        Tensor::from_data(host.into_data(), (self.device, burn_dtype(self.dtype)))
+    }
+}
+
+impl<B: Backend> ParamSource<B> for Checkpoint<'_, B> {
+    type Error = ModelError;
+
+    fn linear_weight(
+        &mut self,
+        name: &str,
+        d_in: usize,
+        d_out: usize,
+    ) -> Result<Tensor<B, 2>, ModelError> {
+        // Hugging Face stores linear weights `[out, in]`; burn's linear wants `[in, out]`.
+        let host = self.weights.read(name, &[d_out, d_in], self.dtype)?;
+        Ok(self.upload(host.transposed()))
+    }
+
+    fn embedding(
+        &mut self,
+        name: &str,
+        rows: usize,
+        cols: usize,
+    ) -> Result<Tensor<B, 2>, ModelError> {
+        let host = self.weights.read(name, &[rows, cols], self.dtype)?;
+        Ok(self.upload(host))
+    }
+
+    fn norm_weight(&mut self, name: &str, d: usize) -> Result<Tensor<B, 1>, ModelError> {
+        let host = self.weights.read(name, &[d], self.dtype)?;
+        Ok(self.upload(host))
+    }
+
+    /// Refuses the tensors of the files that the model of `config` did not read.
+    fn finish(&mut self, config: &LladaConfig) -> Result<(), ModelError> {
+        let unused = self.weights.unused();
+        match unused.first() {
+            None => Ok(()),
+            Some(first) => Err(ModelError::Safetensors {
+                path: self.weights.file_of(first),
+                message: format!(
+                    "config/weights mismatch: {} tensor(s) not used by the config ({}), e.g. `{first}`",
+                    unused.len(),
+                    describe(config)
+                ),
+            }),
+        }
+    }
+}
+
+/// burn's element type for a weight type.
+fn burn_dtype(d: WeightDType) -> DType {
+    match d {
+        WeightDType::F32 => DType::F32,
+        WeightDType::BF16 => DType::BF16,
+        WeightDType::F16 => DType::F16,
+    }
+}
+
+/// The config fields that decide which tensors a checkpoint must hold.
+fn describe(c: &LladaConfig) -> String {
+    format!(
+        "n_layers {}, d_model {}, weight_tying {}",
+        c.n_layers, c.d_model, c.weight_tying
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Llada;
+    use burn::backend::Flex;
+
+    /// Records what the model asks for and hands out zeros.
+    #[derive(Default)]
+    struct Requests {
+        asked: Vec<String>,
+        finished: usize,
+    }
+
+    impl ParamSource<Flex> for Requests {
+        type Error = Infallible;
+
+        fn linear_weight(
+            &mut self,
+            name: &str,
+            d_in: usize,
+            d_out: usize,
+        ) -> Result<Tensor<Flex, 2>, Infallible> {
+            self.asked.push(format!("{name} {:?}", [d_in, d_out]));
+            Ok(Tensor::zeros([d_in, d_out], &Default::default()))
+        }
+
+        fn embedding(
+            &mut self,
+            name: &str,
+            rows: usize,
+            cols: usize,
+        ) -> Result<Tensor<Flex, 2>, Infallible> {
+            self.asked.push(format!("{name} {:?}", [rows, cols]));
+            Ok(Tensor::zeros([rows, cols], &Default::default()))
+        }
+
+        fn norm_weight(&mut self, name: &str, d: usize) -> Result<Tensor<Flex, 1>, Infallible> {
+            self.asked.push(format!("{name} {:?}", [d]));
+            Ok(Tensor::zeros([d], &Default::default()))
+        }
+
+        fn finish(&mut self, _: &LladaConfig) -> Result<(), Infallible> {
+            self.finished += 1;
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn the_model_asks_for_every_tensor_once_by_its_checkpoint_name_in_order() {
+        let mut config = LladaConfig::tiny(8, 1, 4, 12, 10, 9, 8);
+        config.n_kv_heads = Some(2);
+        let mut requests = Requests::default();
+        let Ok(model) = Llada::<Flex>::build(&config, &mut requests);
+        let block = "model.transformer.blocks.0";
+        let want = [
+            format!("{block}.attn_norm.weight [8]"),
+            format!("{block}.q_proj.weight [8, 8]"),
+            format!("{block}.k_proj.weight [8, 4]"),
+            format!("{block}.v_proj.weight [8, 4]"),
+            format!("{block}.attn_out.weight [8, 8]"),
+            format!("{block}.ff_norm.weight [8]"),
+            format!("{block}.ff_proj.weight [8, 12]"),
+            format!("{block}.up_proj.weight [8, 12]"),
+            format!("{block}.ff_out.weight [12, 8]"),
+            "model.transformer.wte.weight [10, 8]".to_string(),
+            "model.transformer.ln_f.weight [8]".to_string(),
+            "model.transformer.ff_out.weight [8, 10]".to_string(),
+        ];
+        assert_eq!(requests.asked, want);
+        assert_eq!(requests.finished, 1);
+        assert_eq!(model.blocks[0].attn.n_kv_heads, 2);
+        assert_eq!(model.blocks[0].attn_norm.eps, config.rms_norm_eps);
+
+        config.weight_tying = true;
+        let mut requests = Requests::default();
+        let Ok(model) = Llada::<Flex>::build(&config, &mut requests);
+        assert_eq!(requests.asked[..], want[..11]);
+        assert!(model.head.is_none());
+    }
+}
