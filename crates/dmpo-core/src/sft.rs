@@ -99,7 +99,7 @@ pub fn sft_loss_with_masks<B: Backend, M: LogitsModel<B> + ?Sized>(
         .mask_fill(full_mask, model.mask_token_id() as i64);
     let logits = model.completion_logits(noisy, prompt_len, batch.key_padding.clone());
     let targets = batch.completion_ids().reshape([n, gen_len, 1]);
-    // `log_softmax` then `gather`, not `dllm_model::fused::token_log_probs`: on flex that kernel
+    // `log_softmax` then `gather`, not `dllm_model::ops::token_log_probs`: on flex that kernel
     // differs in the last bit, and `cargo xtask pretrain` rebuilds the embedded model bit for bit
     // with this arithmetic.
     let token_logp = log_softmax(logits, 2)
