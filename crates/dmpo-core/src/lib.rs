@@ -32,7 +32,7 @@ pub use error::{DmpoError, Result};
 pub use grpo::{diffu_grpo_loss, grpo_advantages, mean_field_logprobs, wd1_loss, GrpoDiagnostics};
 pub use loss::LossOutput;
 pub use masks::{sample_prompt_mask, MaskOptions, ReplicateMasks};
-pub use model::{AdapterDisabled, LogitsModel};
+pub use model::{LogitsModel, ModelView};
 pub use wdce::{wdce_loss, wdce_loss_with_masks, WdceDiagnostics};
 pub use weights::{rollout_weights, RolloutWeights, WeightDiagnostics};
 

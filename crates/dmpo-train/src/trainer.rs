@@ -17,8 +17,7 @@ use dllm_model::{load_model, Llada, LladaTokenizer, LoadOptions};
 use dllm_sample::generate;
 use dmpo_core::{
     diffu_grpo_loss, elbo_log_likelihood, grpo_advantages, mean_field_logprobs, rollout_weights,
-    sample_prompt_mask, wd1_loss, AdapterDisabled, DmpoLoss, LogitsModel, MaskOptions,
-    RolloutWeights, SequenceBatch,
+    sample_prompt_mask, wd1_loss, DmpoLoss, MaskOptions, ModelView, RolloutWeights, SequenceBatch,
 };
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::SeedableRng;
@@ -443,13 +442,9 @@ fn rollout_step<AB: AutodiffBackend>(
         Algorithm::Dmpo => {
             // 3. ELBO of each rollout under the rollout policy and the reference, same masks (§3).
             let clock = Instant::now();
-            let off = AdapterDisabled(&policy);
-            let reference_model: &dyn LogitsModel<AB::InnerBackend> = match reference {
-                Reference::AdapterOff => &off,
-                Reference::Frozen(m) => m.as_ref(),
-            };
+            let (current, reference_model) = (ModelView::policy(&policy), reference.view(&policy));
             let elbo = elbo_log_likelihood(
-                &[&policy, reference_model],
+                &[&current, &reference_model],
                 &inner_batch,
                 &MaskOptions::from(&recipe.dmpo),
                 recipe.dmpo.elbo_memory_budget_bytes,
@@ -485,12 +480,13 @@ fn rollout_step<AB: AutodiffBackend>(
                  -> Result<Tensor<AB, 1>> {
                     let sub = batch_on(pass)?;
                     let sub_w = slice_weights(&weights, pass, t.group_size);
+                    let model = ModelView::policy(model);
                     Ok(match recipe.dmpo.loss {
                         DmpoLoss::Wdce => {
-                            dmpo_core::wdce_loss(model, &sub, &sub_w, &recipe.dmpo, rng)?.loss
+                            dmpo_core::wdce_loss(&model, &sub, &sub_w, &recipe.dmpo, rng)?.loss
                         }
                         DmpoLoss::Ddo => {
-                            dmpo_core::ddo_loss(model, &sub, &sub_w, &recipe.dmpo, rng)?.loss
+                            dmpo_core::ddo_loss(&model, &sub, &sub_w, &recipe.dmpo, rng)?.loss
                         }
                     })
                 };
@@ -513,19 +509,15 @@ fn rollout_step<AB: AutodiffBackend>(
                 .count() as f64
                 / (rows / t.group_size) as f64;
             // Per iteration: a prompt mask, the old policy's and the reference's log-probs (§6).
-            let off = AdapterDisabled(&policy);
-            let reference_model: &dyn LogitsModel<AB::InnerBackend> = match reference {
-                Reference::AdapterOff => &off,
-                Reference::Frozen(m) => m.as_ref(),
-            };
+            let (current, reference_model) = (ModelView::policy(&policy), reference.view(&policy));
             let mut plan = Vec::new();
             for _ in 0..t.num_iterations {
                 let mask =
                     sample_prompt_mask(&mut rng, rows, prompt_len, recipe.grpo.p_mask_prompt);
-                let old = to_host(mean_field_logprobs(&policy, &inner_batch, &mask)?);
+                let old = to_host(mean_field_logprobs(&current, &inner_batch, &mask)?);
                 let reff = if recipe.grpo.beta > 0.0 && t.algorithm == Algorithm::DiffuGrpo {
                     Some(to_host(mean_field_logprobs(
-                        reference_model,
+                        &reference_model,
                         &inner_batch,
                         &mask,
                     )?))
@@ -547,7 +539,7 @@ fn rollout_step<AB: AutodiffBackend>(
                         .iter()
                         .flat_map(|&r| mask[r * prompt_len..(r + 1) * prompt_len].iter().copied())
                         .collect();
-                    let logp = mean_field_logprobs(model, &sub, &sub_mask)?;
+                    let logp = mean_field_logprobs(&ModelView::policy(model), &sub, &sub_mask)?;
                     let sub_adv: Vec<f64> = pass.iter().map(|&r| adv[r]).collect();
                     let cmask = sub.completion_mask_tensor();
                     let out = match t.algorithm {
