@@ -24,7 +24,7 @@ pub mod model;
 pub mod wdce;
 pub mod weights;
 
-pub use batch::SequenceBatch;
+pub use batch::{HostBatch, SequenceBatch};
 pub use config::{Baseline, DmpoConfig, DmpoLoss, GrpoConfig};
 pub use ddo::{ddo_loss, ddo_loss_with_masks, ddo_objective, DdoDiagnostics};
 pub use elbo::{elbo_log_likelihood, elbo_with_masks, ElboEstimate};
