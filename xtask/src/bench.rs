@@ -13,7 +13,7 @@ use dllm_model::tensor_file::read_ints;
 use dllm_model::{load_model, Llada, LoadOptions};
 use dllm_sample::{generate, CacheKind, SamplerConfig};
 use dmpo_core::masks::ReplicateMasks;
-use dmpo_core::{wdce_loss_with_masks, DmpoConfig, RolloutWeights, SequenceBatch};
+use dmpo_core::{wdce_loss_with_masks, DmpoConfig, ModelView, RolloutWeights, SequenceBatch};
 use serde::Serialize;
 
 /// Arguments of `cargo xtask bench`.
@@ -297,7 +297,13 @@ fn dmpo_step<B: Backend>(a: &Args, device: &B::Device) -> anyhow::Result<(f64, V
     let mut times = Vec::new();
     for i in 0..=a.reps.max(1) {
         let t = Instant::now();
-        let out = wdce_loss_with_masks(&model, &batch, &rollout, &config, &masks)?;
+        let out = wdce_loss_with_masks(
+            &ModelView::policy(&model),
+            &batch,
+            &rollout,
+            &config,
+            &masks,
+        )?;
         let loss: f32 = out
             .loss
             .clone()

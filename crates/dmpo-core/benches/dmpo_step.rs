@@ -13,7 +13,7 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use dllm_model::tensor_file::read_ints;
 use dllm_model::{load_model, Llada, LoadOptions};
 use dmpo_core::masks::ReplicateMasks;
-use dmpo_core::{wdce_loss_with_masks, DmpoConfig, RolloutWeights, SequenceBatch};
+use dmpo_core::{wdce_loss_with_masks, DmpoConfig, ModelView, RolloutWeights, SequenceBatch};
 
 type AB = Autodiff<Flex>;
 const PROMPT: usize = 64;
@@ -80,7 +80,8 @@ fn bench(c: &mut Criterion) {
         .init::<AB, Llada<AB>>();
     let mut model = Some(model);
     let mut step = |model: Llada<AB>| -> Llada<AB> {
-        let out = wdce_loss_with_masks(&model, &inp.batch, &inp.rollout, &inp.config, &inp.masks)
+        let policy = ModelView::policy(&model);
+        let out = wdce_loss_with_masks(&policy, &inp.batch, &inp.rollout, &inp.config, &inp.masks)
             .expect("loss");
         let grads = GradientsParams::from_grads(out.loss.backward(), &model);
         optim.step(1e-4, model, grads)
@@ -108,9 +109,10 @@ fn bench(c: &mut Criterion) {
     });
     group.bench_function("wdce_fwd_bwd_b4_s256", |b| {
         b.iter(|| {
-            let m = model.as_ref().unwrap();
-            let out = wdce_loss_with_masks(m, &inp.batch, &inp.rollout, &inp.config, &inp.masks)
-                .expect("loss");
+            let policy = ModelView::policy(model.as_ref().unwrap());
+            let out =
+                wdce_loss_with_masks(&policy, &inp.batch, &inp.rollout, &inp.config, &inp.masks)
+                    .expect("loss");
             out.loss.backward()
         })
     });

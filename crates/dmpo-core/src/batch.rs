@@ -6,6 +6,10 @@
 //! (`rows g*G .. (g+1)*G`). `eos_index[i]` is the index *within the completion* of row `i`'s
 //! first EOS token, or `gen_len` when it has none (the reference's `eos_idx`); the
 //! "completion mask" keeps positions `j <= eos_index[i]`.
+//!
+//! A rollout is kept on the host as a [`HostBatch`], from which [`SequenceBatch`]es of any rows
+//! (the whole rollout, or one micro-batch) are built on a device; [`gather_rows`] and
+//! [`rows_tensor`] select rows of other per-row host matrices the same way.
 
 use burn::tensor::{backend::Backend, Bool, Int, Tensor, TensorData};
 
@@ -149,6 +153,152 @@ impl<B: Backend> SequenceBatch<B> {
     }
 }
 
+/// A batch of sequences held on the host, in the [`SequenceBatch`] layout (row-major ids,
+/// EOS positions, optional key padding), from which device batches of chosen rows are built.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HostBatch {
+    ids: Vec<i64>,
+    seq_len: usize,
+    prompt_len: usize,
+    eos_index: Vec<usize>,
+    key_padding: Option<Vec<bool>>,
+}
+
+impl HostBatch {
+    /// A batch of `eos_index.len()` rows of `seq_len` ids each (`ids` row-major), prompts of
+    /// `prompt_len`, and an optional row-major key padding mask of the ids' shape.
+    pub fn new(
+        ids: Vec<i64>,
+        seq_len: usize,
+        prompt_len: usize,
+        eos_index: Vec<usize>,
+        key_padding: Option<Vec<bool>>,
+    ) -> Result<Self> {
+        let rows = eos_index.len();
+        if ids.len() != rows * seq_len {
+            return Err(DmpoError::shape(format!(
+                "{} ids for {rows} rows of length {seq_len}",
+                ids.len()
+            )));
+        }
+        if prompt_len >= seq_len {
+            return Err(DmpoError::shape(format!(
+                "prompt_len {prompt_len} leaves no completion in sequences of length {seq_len}"
+            )));
+        }
+        if let Some(e) = eos_index.iter().find(|&&e| e > seq_len - prompt_len) {
+            return Err(DmpoError::shape(format!(
+                "EOS index {e} beyond the completion length {}",
+                seq_len - prompt_len
+            )));
+        }
+        if let Some(p) = &key_padding {
+            if p.len() != ids.len() {
+                return Err(DmpoError::shape(format!(
+                    "key padding of {} entries for {} ids",
+                    p.len(),
+                    ids.len()
+                )));
+            }
+        }
+        Ok(Self {
+            ids,
+            seq_len,
+            prompt_len,
+            eos_index,
+            key_padding,
+        })
+    }
+
+    /// Number of sequences.
+    pub fn len(&self) -> usize {
+        self.eos_index.len()
+    }
+
+    /// Whether the batch holds no sequence.
+    pub fn is_empty(&self) -> bool {
+        self.eos_index.is_empty()
+    }
+
+    /// Length of the (left-padded) prompt part.
+    pub fn prompt_len(&self) -> usize {
+        self.prompt_len
+    }
+
+    /// Total length `prompt_len + gen_len`.
+    pub fn seq_len(&self) -> usize {
+        self.seq_len
+    }
+
+    /// Completion length `L`.
+    pub fn gen_len(&self) -> usize {
+        self.seq_len - self.prompt_len
+    }
+
+    /// The rows `rows` (indices into the batch, in that order, repeats allowed) as a device
+    /// batch; an error when a row is out of range.
+    pub fn select<B: Backend>(
+        &self,
+        rows: &[usize],
+        device: &B::Device,
+    ) -> Result<SequenceBatch<B>> {
+        let ids = gather_rows(&self.ids, self.seq_len, rows)?;
+        let ids = Tensor::<B, 2, Int>::from_data(
+            TensorData::new(ids, [rows.len(), self.seq_len]),
+            device,
+        );
+        let eos = rows.iter().map(|&r| self.eos_index[r]).collect();
+        let mut batch = SequenceBatch::with_eos_index(ids, self.prompt_len, eos)?;
+        if let Some(p) = &self.key_padding {
+            let mask = gather_rows(p, self.seq_len, rows)?;
+            batch = batch.with_key_padding(Tensor::<B, 2, Bool>::from_data(
+                TensorData::new(mask, [rows.len(), self.seq_len]),
+                device,
+            ))?;
+        }
+        Ok(batch)
+    }
+
+    /// Every row, in order, as a device batch.
+    pub fn to_device<B: Backend>(&self, device: &B::Device) -> Result<SequenceBatch<B>> {
+        let rows: Vec<usize> = (0..self.len()).collect();
+        self.select(&rows, device)
+    }
+}
+
+/// The rows `rows` (in that order, repeats allowed) of a row-major host matrix of rows of
+/// `width` values; an error when a row lies beyond `values`.
+pub fn gather_rows<T: Copy>(values: &[T], width: usize, rows: &[usize]) -> Result<Vec<T>> {
+    let mut out = Vec::with_capacity(rows.len() * width);
+    for &r in rows {
+        let row = r
+            .checked_mul(width)
+            .and_then(|start| values.get(start..start.checked_add(width)?))
+            .ok_or_else(|| {
+                DmpoError::shape(format!(
+                    "row {r} beyond a matrix of {} values in rows of {width}",
+                    values.len()
+                ))
+            })?;
+        out.extend_from_slice(row);
+    }
+    Ok(out)
+}
+
+/// [`gather_rows`] of a row-major `f32` host matrix as a `[rows.len(), width]` tensor.
+pub fn rows_tensor<B: Backend>(
+    values: &[f32],
+    width: usize,
+    rows: &[usize],
+    device: &B::Device,
+) -> Result<Tensor<B, 2>> {
+    let data = gather_rows(values, width, rows)?;
+    Ok(Tensor::from_data(
+        TensorData::new(data, [rows.len(), width]),
+        device,
+    ))
+}
+
 /// Index of the first `eos` in `completion`, or its length when absent.
 pub fn first_eos(completion: &[i64], eos: i64) -> usize {
     completion
@@ -171,4 +321,73 @@ pub(crate) fn float_values<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f
         .convert::<f64>()
         .to_vec::<f64>()
         .expect("float tensor data converts to f64")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    type B = burn::backend::Flex;
+
+    /// Three rows of a 2-token prompt and a 3-token completion, the first row left-padded.
+    fn host(padding: bool) -> HostBatch {
+        let ids = vec![0, 1, 10, 11, 12, 2, 3, 20, 21, 22, 4, 5, 30, 31, 32];
+        let pad = padding.then(|| (0..15).map(|i| i == 0).collect());
+        HostBatch::new(ids, 5, 2, vec![3, 1, 0], pad).unwrap()
+    }
+
+    fn ids(batch: &SequenceBatch<B>) -> Vec<i64> {
+        int_values(batch.input_ids.clone())
+    }
+
+    #[test]
+    fn selected_rows_come_in_the_asked_order() {
+        let host = host(true);
+        assert_eq!((host.len(), host.gen_len()), (3, 3));
+        let batch = host.select::<B>(&[2, 0, 0], &Default::default()).unwrap();
+        assert_eq!(
+            ids(&batch),
+            [4, 5, 30, 31, 32, 0, 1, 10, 11, 12, 0, 1, 10, 11, 12]
+        );
+        assert_eq!(
+            (batch.prompt_len, &batch.eos_index[..]),
+            (2, &[0, 3, 3][..])
+        );
+        let pad = batch
+            .key_padding
+            .unwrap()
+            .into_data()
+            .to_vec::<bool>()
+            .unwrap();
+        assert_eq!(pad, (0..15).map(|i| i == 5 || i == 10).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn the_whole_batch_keeps_every_row_and_no_padding_means_none() {
+        let batch = host(false).to_device::<B>(&Default::default()).unwrap();
+        assert_eq!(ids(&batch), host(false).ids);
+        assert_eq!(batch.eos_index, [3, 1, 0]);
+        assert!(batch.key_padding.is_none());
+    }
+
+    #[test]
+    fn bad_shapes_and_rows_are_refused() {
+        assert!(HostBatch::new(vec![0; 14], 5, 2, vec![0; 3], None).is_err());
+        assert!(HostBatch::new(vec![0; 15], 5, 5, vec![0; 3], None).is_err());
+        assert!(HostBatch::new(vec![0; 15], 5, 2, vec![4, 0, 0], None).is_err());
+        assert!(HostBatch::new(vec![0; 15], 5, 2, vec![0; 3], Some(vec![false; 5])).is_err());
+        assert!(host(true).select::<B>(&[3], &Default::default()).is_err());
+    }
+
+    #[test]
+    fn gathered_rows_of_host_matrices() {
+        let m = [1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0];
+        assert_eq!(gather_rows(&m, 2, &[2, 0]).unwrap(), [5.0, 6.0, 1.0, 2.0]);
+        assert!(gather_rows(&m, 2, &[3]).is_err());
+        assert!(gather_rows(&m, 4, &[1]).is_err());
+        assert!(gather_rows(&m, 0, &[5]).unwrap().is_empty());
+        let t = rows_tensor::<B>(&m, 3, &[1], &Default::default()).unwrap();
+        assert_eq!(t.dims(), [1, 3]);
+        assert_eq!(t.into_data().to_vec::<f32>().unwrap(), [4.0, 5.0, 6.0]);
+    }
 }

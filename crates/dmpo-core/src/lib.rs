@@ -26,7 +26,7 @@ pub mod sft;
 pub mod wdce;
 pub mod weights;
 
-pub use batch::SequenceBatch;
+pub use batch::{HostBatch, SequenceBatch};
 pub use config::{Baseline, DmpoConfig, DmpoLoss, GrpoConfig};
 pub use ddo::{ddo_loss, ddo_loss_with_masks, ddo_objective, DdoDiagnostics};
 pub use elbo::{elbo_log_likelihood, elbo_with_masks, ElboEstimate};
@@ -34,7 +34,7 @@ pub use error::{DmpoError, Result};
 pub use grpo::{diffu_grpo_loss, grpo_advantages, mean_field_logprobs, wd1_loss, GrpoDiagnostics};
 pub use loss::LossOutput;
 pub use masks::{sample_prompt_mask, MaskOptions, ReplicateMasks};
-pub use model::{AdapterDisabled, LogitsModel};
+pub use model::{LogitsModel, ModelView};
 pub use sft::{sft_loss, sft_loss_with_masks, SftDiagnostics, SftMasks};
 pub use wdce::{wdce_loss, wdce_loss_with_masks, WdceDiagnostics};
 pub use weights::{rollout_weights, RolloutWeights, WeightDiagnostics};

@@ -1,6 +1,7 @@
 //! `LogitsModel`: what the objective needs from a denoiser — logits at the completion
-//! positions of (partially masked) sequences. Implemented for the LLaDA policy (adapter on),
-//! for its reference view (adapter off), and by test oracles.
+//! positions of (partially masked) sequences. Implemented once for LLaDA, by [`ModelView`]
+//! (the policy with its adapter on, or its reference view with the adapter off), and by test
+//! oracles.
 
 use burn::tensor::{backend::Backend, Bool, Int, Tensor};
 use dllm_model::{ForwardOptions, Llada, LogitPositions};
@@ -38,21 +39,6 @@ pub trait LogitsModel<B: Backend> {
     fn vocab_size(&self) -> usize;
 }
 
-/// LLaDA's logits at `positions`, with its adapters on or off.
-fn llada_logits<B: Backend>(
-    model: &Llada<B>,
-    input_ids: Tensor<B, 2, Int>,
-    key_padding: Option<Tensor<B, 2, Bool>>,
-    adapter: bool,
-    positions: &LogitPositions<B>,
-) -> Tensor<B, 3> {
-    let options = ForwardOptions {
-        key_padding,
-        adapter,
-    };
-    model.forward_with(input_ids, &options, positions)
-}
-
 /// Completion positions `prompt_len..seq` of every row: the LM head runs only there.
 fn completion_range<B: Backend>(
     input_ids: &Tensor<B, 2, Int>,
@@ -79,43 +65,47 @@ fn squeeze_flat<B: Backend>(logits: Tensor<B, 3>) -> Tensor<B, 2> {
     logits.reshape([n, vocab])
 }
 
-/// The policy: LLaDA with its LoRA adapters (if any) enabled.
-impl<B: Backend> LogitsModel<B> for Llada<B> {
-    fn completion_logits(
+/// LLaDA seen as a denoiser: the policy (adapters on, as trained) or its reference view (the
+/// same weights with every LoRA adapter disabled, spec §3). The one [`LogitsModel`] of LLaDA.
+#[derive(Debug, Clone, Copy)]
+pub struct ModelView<'a, B: Backend> {
+    model: &'a Llada<B>,
+    adapter: bool,
+}
+
+impl<'a, B: Backend> ModelView<'a, B> {
+    /// `model` as it is: its LoRA adapters (if any) on. A model without adapters is seen whole.
+    pub fn policy(model: &'a Llada<B>) -> Self {
+        Self {
+            model,
+            adapter: true,
+        }
+    }
+
+    /// DMPO's reference policy under LoRA: the same weights with every adapter disabled (spec §3).
+    pub fn without_adapter(model: &'a Llada<B>) -> Self {
+        Self {
+            model,
+            adapter: false,
+        }
+    }
+
+    /// The logits at `positions`, with this view's adapter setting.
+    fn logits(
         &self,
         input_ids: Tensor<B, 2, Int>,
-        prompt_len: usize,
         key_padding: Option<Tensor<B, 2, Bool>>,
+        positions: &LogitPositions<B>,
     ) -> Tensor<B, 3> {
-        let positions = completion_range(&input_ids, prompt_len);
-        llada_logits(self, input_ids, key_padding, true, &positions)
-    }
-
-    fn completion_logits_at(
-        &self,
-        input_ids: Tensor<B, 2, Int>,
-        prompt_len: usize,
-        key_padding: Option<Tensor<B, 2, Bool>>,
-        positions: Tensor<B, 1, Int>,
-    ) -> Tensor<B, 2> {
-        let positions = flat_positions(&input_ids, prompt_len, positions);
-        squeeze_flat(llada_logits(self, input_ids, key_padding, true, &positions))
-    }
-
-    fn mask_token_id(&self) -> u32 {
-        self.config.mask_token_id
-    }
-
-    fn vocab_size(&self) -> usize {
-        self.config.embed_size()
+        let options = ForwardOptions {
+            key_padding,
+            adapter: self.adapter,
+        };
+        self.model.forward_with(input_ids, &options, positions)
     }
 }
 
-/// DMPO's reference policy: the same LLaDA weights with every adapter disabled (spec §3).
-#[derive(Debug, Clone, Copy)]
-pub struct AdapterDisabled<'a, B: Backend>(pub &'a Llada<B>);
-
-impl<B: Backend> LogitsModel<B> for AdapterDisabled<'_, B> {
+impl<B: Backend> LogitsModel<B> for ModelView<'_, B> {
     fn completion_logits(
         &self,
         input_ids: Tensor<B, 2, Int>,
@@ -123,7 +113,7 @@ impl<B: Backend> LogitsModel<B> for AdapterDisabled<'_, B> {
         key_padding: Option<Tensor<B, 2, Bool>>,
     ) -> Tensor<B, 3> {
         let positions = completion_range(&input_ids, prompt_len);
-        llada_logits(self.0, input_ids, key_padding, false, &positions)
+        self.logits(input_ids, key_padding, &positions)
     }
 
     fn completion_logits_at(
@@ -134,20 +124,14 @@ impl<B: Backend> LogitsModel<B> for AdapterDisabled<'_, B> {
         positions: Tensor<B, 1, Int>,
     ) -> Tensor<B, 2> {
         let positions = flat_positions(&input_ids, prompt_len, positions);
-        squeeze_flat(llada_logits(
-            self.0,
-            input_ids,
-            key_padding,
-            false,
-            &positions,
-        ))
+        squeeze_flat(self.logits(input_ids, key_padding, &positions))
     }
 
     fn mask_token_id(&self) -> u32 {
-        self.0.config.mask_token_id
+        self.model.config.mask_token_id
     }
 
     fn vocab_size(&self) -> usize {
-        self.0.config.embed_size()
+        self.model.config.embed_size()
     }
 }

@@ -154,6 +154,7 @@ mod tests {
 
     use super::*;
     use crate::batch::{float_values, int_values};
+    use crate::model::ModelView;
 
     type AB = Autodiff<Flex>;
 
@@ -224,7 +225,7 @@ mod tests {
         let model = tiny_model::<AB>(0);
         let mut rng = ChaCha8Rng::seed_from_u64(1);
         for _ in 0..4 {
-            let out = sft_loss(&model, &batch::<AB>(), 1e-3, &mut rng).unwrap();
+            let out = sft_loss(&ModelView::policy(&model), &batch::<AB>(), 1e-3, &mut rng).unwrap();
             let loss = float_values(out.loss)[0];
             assert!(loss.is_finite() && loss >= 0.0, "loss {loss}");
             assert!((0.0..=1.0).contains(&out.diagnostics.masked_fraction));
@@ -235,7 +236,8 @@ mod tests {
     fn matches_a_direct_computation_on_a_random_model() {
         let model = tiny_model::<Flex>(2);
         let masks = fixed_masks();
-        let out = sft_loss_with_masks(&model, &batch::<Flex>(), &masks).unwrap();
+        let out =
+            sft_loss_with_masks(&ModelView::policy(&model), &batch::<Flex>(), &masks).unwrap();
         assert_eq!(out.diagnostics.masked_fraction, 3.0 / 8.0);
 
         // By hand: MASK at the masked completion positions, logits of the whole sequence, f64
@@ -286,7 +288,7 @@ mod tests {
             seen: RefCell::new(Vec::new()),
         };
         let masks = fixed_masks();
-        let out = sft_loss_with_masks(&model, &batch::<AB>(), &masks).unwrap();
+        let out = sft_loss_with_masks(&ModelView::policy(&model), &batch::<AB>(), &masks).unwrap();
         let grads = out.loss.backward();
         let grad = float_values(table.grad(&grads).unwrap());
         let clean = int_values(batch::<AB>().input_ids.inner());
@@ -341,7 +343,7 @@ mod tests {
     fn masks_must_fit_the_batch() {
         let model = tiny_model::<Flex>(0);
         let three = SftMasks::sample(&mut ChaCha8Rng::seed_from_u64(0), 3, 4, 0.5).unwrap();
-        assert!(sft_loss_with_masks(&model, &batch::<Flex>(), &three).is_err());
+        assert!(sft_loss_with_masks(&ModelView::policy(&model), &batch::<Flex>(), &three).is_err());
         let masks = ReplicateMasks::from_rows(2, 1, 4, vec![true; 8]).unwrap();
         assert!(SftMasks::new(vec![0.5], masks).is_err());
         let masks = ReplicateMasks::from_rows(1, 2, 4, vec![true; 8]).unwrap();

@@ -15,8 +15,50 @@ use crate::error::{DmpoError, Result};
 /// Bounds of the adaptive coefficient (spec §4).
 pub const COEFF_RANGE: (f64, f64) = (0.01, 0.99);
 
-/// Reward standard deviations below this count as a zero-variance group.
+/// Reward standard deviations below this count as a zero-variance group (see
+/// [`rewards_are_constant`]).
+///
+/// `1e-6`: far above the rounding left in the standard deviation of equal rewards (a few ulps,
+/// below `1e-15` for rewards of order one), far below the smallest spread of unequal rewards of
+/// the shipped tasks (Sudoku rewards are cell fractions `k / e`, `e <= 16` empty cells, so two
+/// different rewards of a group of at most 16 give a standard deviation of at least
+/// `1 / (16 * 4)`). Any threshold between those, `1e-12` included, classifies every such group
+/// the same way; `1e-6` also leaves room for rewards of larger magnitude.
 pub const ZERO_STD: f64 = 1e-6;
+
+/// Whether a group's rewards are all equal, up to rounding: their unbiased standard deviation
+/// lies below [`ZERO_STD`]. The one definition of a zero-variance group, for every algorithm.
+pub fn rewards_are_constant(group: &[f64]) -> bool {
+    std_unbiased(group) < ZERO_STD
+}
+
+/// Fraction of the groups of `group_size` contiguous rewards that are constant
+/// ([`rewards_are_constant`]); `NaN` without a whole group.
+pub fn zero_variance_fraction(rewards: &[f64], group_size: usize) -> f64 {
+    if group_size == 0 || rewards.len() < group_size {
+        return f64::NAN;
+    }
+    let groups = rewards.len() / group_size;
+    rewards
+        .chunks_exact(group_size)
+        .filter(|g| rewards_are_constant(g))
+        .count() as f64
+        / groups as f64
+}
+
+/// Mean over the groups of `group_size` contiguous rewards of their unbiased standard
+/// deviation; `NaN` without a whole group.
+pub fn mean_group_std(rewards: &[f64], group_size: usize) -> f64 {
+    if group_size == 0 || rewards.len() < group_size {
+        return f64::NAN;
+    }
+    let groups = rewards.len() / group_size;
+    rewards
+        .chunks_exact(group_size)
+        .map(std_unbiased)
+        .sum::<f64>()
+        / groups as f64
+}
 
 /// `log_rnd_i = ell_ref_i - ell_cur_i` (spec §4).
 pub fn log_rnd(ell_ref: &[f64], ell_cur: &[f64]) -> Vec<f64> {
@@ -164,6 +206,55 @@ impl RolloutWeights {
         self.w_plus.is_empty()
     }
 
+    /// The weights of the samples `rows` (indices into the batch), which must hold whole
+    /// groups, each group's rows contiguous and in order (a micro-batch of the rollout).
+    pub fn select_rows(&self, rows: &[usize]) -> Result<Self> {
+        let g = self.group_size;
+        let n = self.len();
+        if g == 0 || n % g != 0 || [self.w_minus.len(), self.ell_cur.len()] != [n, n] {
+            return Err(DmpoError::shape(format!(
+                "{n} w+, {} w-, {} ell_cur do not form groups of {g}",
+                self.w_minus.len(),
+                self.ell_cur.len()
+            )));
+        }
+        if self.coeffs.len() != n / g {
+            return Err(DmpoError::shape(format!(
+                "{} coefficients for {} groups",
+                self.coeffs.len(),
+                n / g
+            )));
+        }
+        if rows.len() % g != 0 {
+            return Err(DmpoError::shape(format!(
+                "{} rows do not form groups of {g}",
+                rows.len()
+            )));
+        }
+        for group in rows.chunks(g) {
+            let start = group[0];
+            if start % g != 0
+                || start + g > n
+                || group.iter().enumerate().any(|(i, &r)| r != start + i)
+            {
+                return Err(DmpoError::shape(format!(
+                    "rows {group:?} are not one whole group of {g} of {n} samples"
+                )));
+            }
+        }
+        Ok(Self {
+            group_size: g,
+            w_plus: rows.iter().map(|&r| self.w_plus[r]).collect(),
+            w_minus: rows.iter().map(|&r| self.w_minus[r]).collect(),
+            ell_cur: rows.iter().map(|&r| self.ell_cur[r]).collect(),
+            coeffs: rows
+                .iter()
+                .step_by(g)
+                .map(|&r| self.coeffs[r / g])
+                .collect(),
+        })
+    }
+
     /// The per-sample advantages `A` under `baseline` (spec §4); `ell_theta` (detached, this
     /// step's masks) is needed by [`Baseline::Unbiased`] only.
     pub fn advantages(
@@ -276,8 +367,7 @@ pub fn rollout_weights(
         ess: ess_g,
         log_rnd_mean: lr_mean,
         log_rnd_std: lr_std,
-        zero_variance_fraction: reward_std.iter().filter(|&&s| s < ZERO_STD).count() as f64
-            / groups as f64,
+        zero_variance_fraction: zero_variance_fraction(rewards, group_size),
         reward_std,
         coeff_mean: mean(&coeffs),
     };

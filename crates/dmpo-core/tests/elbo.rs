@@ -6,7 +6,7 @@ mod common;
 use common::*;
 use dmpo_core::elbo::{ell_from_row_sums, masked_logprob_sums, row_weights};
 use dmpo_core::masks::{MaskOptions, ReplicateMasks};
-use dmpo_core::{elbo_log_likelihood, elbo_with_masks, AdapterDisabled, LogitsModel};
+use dmpo_core::{elbo_log_likelihood, elbo_with_masks, LogitsModel, ModelView};
 use proptest::prelude::*;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -117,9 +117,10 @@ fn llada_batch() -> dmpo_core::SequenceBatch<B> {
 
 #[test]
 fn two_models_in_one_call_equal_separate_calls_on_the_same_masks() {
-    let policy = tiny_llada_lora::<B>(1);
-    let reference = AdapterDisabled(&policy);
+    let lora = tiny_llada_lora::<B>(1);
+    let (policy, reference) = (ModelView::policy(&lora), ModelView::without_adapter(&lora));
     let base = tiny_llada::<B>();
+    let base = ModelView::policy(&base);
     let batch = llada_batch();
     let est = elbo_log_likelihood::<B, _>(
         &[&policy, &reference],
@@ -159,7 +160,8 @@ fn row_0_left_padding() -> burn::tensor::Tensor<B, 2, burn::tensor::Bool> {
 
 #[test]
 fn key_padding_is_passed_to_the_model() {
-    let model = tiny_llada::<B>();
+    let llada = tiny_llada::<B>();
+    let model = ModelView::policy(&llada);
     let batch = llada_batch();
     let masks = ReplicateMasks::sample(
         &mut ChaCha8Rng::seed_from_u64(1),
@@ -204,8 +206,8 @@ impl LogitsModel<B> for FullLogits<'_> {
 
 #[test]
 fn llada_logits_at_masked_positions_only_equal_the_full_logits() {
-    let policy = tiny_llada_lora::<B>(1);
-    let reference = AdapterDisabled(&policy);
+    let lora = tiny_llada_lora::<B>(1);
+    let (policy, reference) = (ModelView::policy(&lora), ModelView::without_adapter(&lora));
     let pad = row_0_left_padding();
     let batch = llada_batch().with_key_padding(pad).unwrap();
     let masks = ReplicateMasks::sample(
@@ -271,7 +273,8 @@ fn exact_expectation(f: &[f64], l: usize, clamp: bool, complement: bool) -> f64 
 
 #[test]
 fn estimator_mean_matches_exact_enumeration_of_masks() {
-    let model = tiny_llada::<B>();
+    let llada = tiny_llada::<B>();
+    let model = ModelView::policy(&llada);
     let (prompt, completion) = ([5i64, 17, 42], [7i64, 100, 3, 298]);
     let l = completion.len();
     // f(M) = (L / max(1, |M|)) * sum_{j in M} log p(x_j | x~_M) for all 2^L subsets.

@@ -12,7 +12,7 @@ use dllm_model::{Llada, LladaConfig, LoraConfig};
 use dmpo_core::masks::{sample_prompt_mask, MaskOptions, ReplicateMasks};
 use dmpo_core::{
     diffu_grpo_loss, mean_field_logprobs, wdce_loss_with_masks, Baseline, DmpoConfig, GrpoConfig,
-    RolloutWeights, SequenceBatch,
+    ModelView, RolloutWeights, SequenceBatch,
 };
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -177,14 +177,26 @@ fn wdce_gradient_matches_finite_differences() {
             baseline,
             ..DmpoConfig::default()
         };
-        let loss = wdce_loss_with_masks(&model, &batch::<AB>(), &rollout, &config, &masks)
-            .unwrap()
-            .loss;
+        let loss = wdce_loss_with_masks(
+            &ModelView::policy(&model),
+            &batch::<AB>(),
+            &rollout,
+            &config,
+            &masks,
+        )
+        .unwrap()
+        .loss;
         let worst = check(&model, loss, |m| {
             scalar(
-                wdce_loss_with_masks(m, &batch::<Flex>(), &rollout, &config, &masks)
-                    .unwrap()
-                    .loss,
+                wdce_loss_with_masks(
+                    &ModelView::policy(m),
+                    &batch::<Flex>(),
+                    &rollout,
+                    &config,
+                    &masks,
+                )
+                .unwrap()
+                .loss,
             )
         });
         eprintln!("WDCE ({baseline:?}) worst relative error {worst:.2e}");
@@ -199,8 +211,14 @@ fn diffu_grpo_gradient_matches_finite_differences() {
     let prompt_mask = sample_prompt_mask(&mut ChaCha8Rng::seed_from_u64(2), 4, 3, 0.15);
     // Old and reference log-probs: the current ones shifted by fixed offsets, so that some
     // ratios are clipped and the KL term is non-zero.
-    let current =
-        values(mean_field_logprobs(&model.valid(), &batch::<Flex>(), &prompt_mask).unwrap());
+    let current = values(
+        mean_field_logprobs(
+            &ModelView::policy(&model.valid()),
+            &batch::<Flex>(),
+            &prompt_mask,
+        )
+        .unwrap(),
+    );
     let old: Vec<f64> = current
         .iter()
         .enumerate()
@@ -214,7 +232,7 @@ fn diffu_grpo_gradient_matches_finite_differences() {
     let advantages = [1.2, -0.8, 0.5, -0.9];
     let config = GrpoConfig::default();
     let b_ad = batch::<AB>();
-    let logp = mean_field_logprobs(&model, &b_ad, &prompt_mask).unwrap();
+    let logp = mean_field_logprobs(&ModelView::policy(&model), &b_ad, &prompt_mask).unwrap();
     let out = grpo_on(logp, &b_ad, &old, &reference, &advantages, &config);
     eprintln!(
         "clip ratio {}, kl {:?}",
@@ -223,7 +241,7 @@ fn diffu_grpo_gradient_matches_finite_differences() {
     assert!(out.diagnostics.clip_ratio > 0.0 && out.diagnostics.clip_ratio < 1.0);
     let worst = check(&model, out.loss, |m| {
         let b = batch::<Flex>();
-        let logp = mean_field_logprobs(m, &b, &prompt_mask).unwrap();
+        let logp = mean_field_logprobs(&ModelView::policy(m), &b, &prompt_mask).unwrap();
         scalar(grpo_on(logp, &b, &old, &reference, &advantages, &config).loss)
     });
     eprintln!("diffu-GRPO worst relative error {worst:.2e}");

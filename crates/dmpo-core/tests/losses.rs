@@ -9,7 +9,8 @@ use dmpo_core::masks::ReplicateMasks;
 use dmpo_core::weights::softmax;
 use dmpo_core::{
     ddo_loss_with_masks, ddo_objective, diffu_grpo_loss, grpo_advantages, mean_field_logprobs,
-    wd1_loss, wdce_loss, wdce_loss_with_masks, Baseline, DmpoConfig, GrpoConfig, RolloutWeights,
+    wd1_loss, wdce_loss, wdce_loss_with_masks, Baseline, DmpoConfig, GrpoConfig, ModelView,
+    RolloutWeights,
 };
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -101,7 +102,8 @@ fn wdce_unbiased_baseline_uses_this_steps_ell_theta() {
 
 #[test]
 fn wdce_draws_fresh_masks_each_call() {
-    let model = tiny_llada::<B>();
+    let llada = tiny_llada::<B>();
+    let model = ModelView::policy(&llada);
     let batch = batch_rows::<B>(
         &[
             vec![3, 4, 10, 11, 12, 13, 14, 15],
@@ -278,7 +280,8 @@ fn wd1_by_hand() {
 
 #[test]
 fn mean_field_logprobs_mask_the_whole_completion() {
-    let model = tiny_llada::<B>();
+    let llada = tiny_llada::<B>();
+    let model = ModelView::policy(&llada);
     let batch = batch_rows::<B>(
         &[vec![3, 4, 5, 10, 11, 12], vec![6, 7, 8, 20, 21, 298]],
         3,

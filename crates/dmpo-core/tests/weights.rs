@@ -5,10 +5,96 @@ mod common;
 
 use common::assert_close;
 use dmpo_core::weights::{
-    adaptive_coeff, apply_baseline, ess, group_weights, log_rnd, softmax, std_unbiased,
+    adaptive_coeff, apply_baseline, ess, group_weights, log_rnd, mean_group_std,
+    rewards_are_constant, softmax, std_unbiased, zero_variance_fraction, ZERO_STD,
 };
-use dmpo_core::{rollout_weights, Baseline, DmpoConfig};
+use dmpo_core::{rollout_weights, Baseline, DmpoConfig, RolloutWeights};
 use proptest::prelude::*;
+
+/// Two groups of two samples with distinct values everywhere.
+fn two_groups() -> RolloutWeights {
+    RolloutWeights {
+        group_size: 2,
+        w_plus: vec![0.1, 0.9, 0.3, 0.7],
+        w_minus: vec![0.6, 0.4, 0.8, 0.2],
+        ell_cur: vec![-1.0, -2.0, -3.0, -4.0],
+        coeffs: vec![0.5, 0.25],
+    }
+}
+
+#[test]
+fn selected_rows_keep_their_weights_and_group_coefficients() {
+    let w = two_groups();
+    let second = w.select_rows(&[2, 3]).unwrap();
+    assert_eq!(
+        second,
+        RolloutWeights {
+            group_size: 2,
+            w_plus: vec![0.3, 0.7],
+            w_minus: vec![0.8, 0.2],
+            ell_cur: vec![-3.0, -4.0],
+            coeffs: vec![0.25],
+        }
+    );
+    assert_eq!(w.select_rows(&[0, 1, 2, 3]).unwrap(), w);
+    assert_eq!(w.select_rows(&[2, 3, 0, 1]).unwrap().coeffs, [0.25, 0.5]);
+}
+
+#[test]
+fn selected_rows_must_be_whole_groups() {
+    let w = two_groups();
+    for rows in [&[0][..], &[1, 2], &[1, 0], &[2, 4], &[0, 1, 2]] {
+        assert!(w.select_rows(rows).is_err(), "{rows:?}");
+    }
+    let mut short = two_groups();
+    short.coeffs.pop();
+    assert!(short.select_rows(&[0, 1]).is_err());
+}
+
+#[test]
+fn zero_variance_groups_and_group_std() {
+    assert!(rewards_are_constant(&[0.5, 0.5, 0.5]));
+    assert!(rewards_are_constant(&[1.0]));
+    assert!(!rewards_are_constant(&[0.5, 0.5 + 1e-3]));
+    let rewards = [1.0, 0.0, 2.0, 2.0, 0.25, 0.25];
+    assert_eq!(zero_variance_fraction(&rewards, 2), 2.0 / 3.0);
+    assert_close(
+        mean_group_std(&rewards, 2),
+        std_unbiased(&[1.0, 0.0]) / 3.0,
+        1e-15,
+    );
+    assert!(zero_variance_fraction(&rewards, 0).is_nan());
+    assert!(mean_group_std(&[1.0], 2).is_nan());
+}
+
+/// Sudoku rewards are cell fractions `k / e` (`e` empty cells of a 4x4 grid): in groups of up to
+/// 16 rewards, equal rewards leave a standard deviation far below [`ZERO_STD`] and unequal ones
+/// one far above it, so every threshold between `1e-12` and `1e-6` classifies them alike.
+#[test]
+fn sudoku_reward_groups_are_far_from_the_zero_variance_threshold() {
+    let mut largest_equal = 0.0f64;
+    let mut smallest_unequal = f64::INFINITY;
+    for empty in 1..=16u32 {
+        let fraction = |k: u32| k as f64 / empty as f64;
+        for group in 2..=16usize {
+            for k in 0..=empty {
+                largest_equal = largest_equal.max(std_unbiased(&vec![fraction(k); group]));
+                // The closest unequal group: one reward off by one cell, the rest equal.
+                for other in [k.wrapping_sub(1), k + 1] {
+                    if other <= empty {
+                        let mut g = vec![fraction(k); group];
+                        g[0] = fraction(other);
+                        smallest_unequal = smallest_unequal.min(std_unbiased(&g));
+                    }
+                }
+            }
+        }
+    }
+    assert!(largest_equal < 1e-12, "{largest_equal}");
+    assert!(smallest_unequal > 1e-6, "{smallest_unequal}");
+    assert!(largest_equal < ZERO_STD && ZERO_STD < smallest_unequal);
+    assert!(smallest_unequal >= 1.0 / 64.0 - 1e-15, "{smallest_unequal}");
+}
 
 #[test]
 fn log_rnd_is_ref_minus_cur() {

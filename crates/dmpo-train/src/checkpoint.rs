@@ -16,7 +16,7 @@ use crate::error::{Result, TrainError};
 use crate::recipe::Finetune;
 
 /// Counters restored on resume.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct TrainState {
     /// Rollout steps completed.
     pub step: usize,

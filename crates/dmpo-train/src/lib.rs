@@ -9,9 +9,12 @@ pub mod tasks;
 
 pub use error::{Result, TrainError};
 pub use recipe::Recipe;
+pub mod algorithm;
 pub mod checkpoint;
 pub mod eval;
+pub mod metrics;
 pub mod optim;
 pub mod plot;
 pub mod reference;
+pub mod rollout;
 pub mod trainer;

@@ -10,6 +10,7 @@
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
 use burn::tensor::{backend::Backend, Tensor};
 use dllm_model::Llada;
+use dmpo_core::ModelView;
 
 use crate::error::{Result, TrainError};
 
@@ -22,6 +23,15 @@ pub enum Reference<B: Backend> {
 }
 
 impl<B: Backend> Reference<B> {
+    /// The reference as a denoiser, for a step whose no-grad policy is `policy`: the policy with
+    /// its adapters off, or the frozen copy (which has no adapter, so it is seen whole).
+    pub fn view<'a>(&'a self, policy: &'a Llada<B>) -> ModelView<'a, B> {
+        match self {
+            Reference::AdapterOff => ModelView::without_adapter(policy),
+            Reference::Frozen(model) => ModelView::policy(model),
+        }
+    }
+
     /// Moves a frozen reference toward `policy`: `ref <- mixup * policy + (1 - mixup) * ref`,
     /// parameter by parameter (`mixup = 1` copies the policy).
     pub fn sync(&mut self, policy: &Llada<B>, mixup: f64) -> Result<()> {

@@ -11,7 +11,9 @@ use dllm_model::backend::{dispatch, BackendKind, BackendTask};
 use dllm_model::tensor_file::{read_floats, read_ints};
 use dllm_model::{load_model, LoadOptions};
 use dllm_sample::{generate, SamplerConfig};
-use dmpo_core::{wdce_loss_with_masks, DmpoConfig, ReplicateMasks, RolloutWeights, SequenceBatch};
+use dmpo_core::{
+    wdce_loss_with_masks, DmpoConfig, ModelView, ReplicateMasks, RolloutWeights, SequenceBatch,
+};
 
 /// The repository root: `DMPO_REPO` when set (a GPU bundle), else this checkout.
 fn tiny() -> PathBuf {
@@ -80,7 +82,14 @@ impl BackendTask for Run {
             num_replicates: 2,
             ..Default::default()
         };
-        let out = wdce_loss_with_masks(&model, &batch, &weights, &config, &masks).unwrap();
+        let out = wdce_loss_with_masks(
+            &ModelView::policy(&model),
+            &batch,
+            &weights,
+            &config,
+            &masks,
+        )
+        .unwrap();
         let loss: f64 = out.loss.clone().into_scalar().elem();
         let grads = out.loss.backward();
         let head = model.head.as_ref().unwrap().weight.val();

@@ -8,7 +8,7 @@ use burn::optim::{AdamWConfig, GradientsParams};
 use burn::tensor::{Int, Tensor, TensorData};
 use dllm_model::{load_model, LladaTokenizer, LoadOptions};
 use dllm_sample::{generate, SamplerConfig};
-use dmpo_core::{wdce_loss, Baseline, DmpoConfig, RolloutWeights, SequenceBatch};
+use dmpo_core::{wdce_loss, Baseline, DmpoConfig, ModelView, RolloutWeights, SequenceBatch};
 use dmpo_train::optim::apply_update;
 use dmpo_train::recipe::PromptStyle;
 use dmpo_train::tasks::{completion_text, prompt_ids};
@@ -75,7 +75,14 @@ fn positive_weights_pull_greedy_decoding_to_the_sequence() {
     let mut first_loss = None;
     let mut last_loss = 0.0;
     for _ in 0..30 {
-        let out = wdce_loss(&model, &batch, &weights, &config, &mut rng).unwrap();
+        let out = wdce_loss(
+            &ModelView::policy(&model),
+            &batch,
+            &weights,
+            &config,
+            &mut rng,
+        )
+        .unwrap();
         let value: f64 = burn::tensor::ElementConversion::elem(out.loss.clone().into_scalar());
         first_loss.get_or_insert(value);
         last_loss = value;

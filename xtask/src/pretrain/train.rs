@@ -238,7 +238,13 @@ fn train<B: AutodiffBackend>(
     let mut steps = 0;
     while steps < args.max_steps {
         let batch = step_batch::<B>(args, steps, inputs, device)?;
-        let loss = dmpo_core::sft_loss(&model, &batch, T_EPS, &mut mask_rng)?.loss;
+        let loss = dmpo_core::sft_loss(
+            &dmpo_core::ModelView::policy(&model),
+            &batch,
+            T_EPS,
+            &mut mask_rng,
+        )?
+        .loss;
         let value: f64 = loss.clone().into_scalar().elem();
         ensure!(value.is_finite(), "non-finite loss {value} at step {steps}");
         let grads = GradientsParams::from_grads(loss.backward(), &model);

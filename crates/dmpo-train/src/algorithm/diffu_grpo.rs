@@ -1,0 +1,140 @@
+//! The diffu-GRPO and wd1 updates of a rollout (spec §6): group-normalised advantages; per
+//! iteration a prompt mask with the old policy's (and, for diffu-GRPO with a KL term, the
+//! reference's) one-step mean-field log-probs; then one update per iteration.
+
+use std::time::Instant;
+
+use burn::optim::Optimizer;
+use burn::tensor::{backend::AutodiffBackend, backend::Backend, Tensor};
+use dllm_model::Llada;
+use dmpo_core::batch::{gather_rows, rows_tensor};
+use dmpo_core::{
+    diffu_grpo_loss, grpo_advantages, mean_field_logprobs, sample_prompt_mask, wd1_loss, ModelView,
+    SequenceBatch,
+};
+use rand_chacha::ChaCha8Rng;
+
+use super::{Learner, PhaseSeconds, UpdateInputs};
+use crate::error::Result;
+use crate::recipe::Algorithm;
+
+/// What a diffu-GRPO or wd1 update reports.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DiffuGrpoDiagnostics {
+    /// Per-row group-normalised advantages (spec §6).
+    pub advantages: Vec<f64>,
+    /// Seconds per phase.
+    pub seconds: PhaseSeconds,
+}
+
+/// One iteration's prompt mask and the no-grad log-probs `[rows, gen_len]` (row-major, on the
+/// host) computed on it.
+struct Iteration {
+    /// `[rows * prompt_len]`: prompt positions masked in this iteration.
+    prompt_mask: Vec<bool>,
+    /// The rollout policy's log-probs.
+    old_logp: Vec<f32>,
+    /// The reference's log-probs, when the loss has a KL term.
+    ref_logp: Option<Vec<f32>>,
+}
+
+/// diffu-GRPO's (`Algorithm::DiffuGrpo`) or wd1's (`Algorithm::Wd1`) `num_iterations` updates
+/// of `model` on `inputs.rollout`.
+pub fn update<AB, O>(
+    mut model: Llada<AB>,
+    inputs: &UpdateInputs<'_, AB>,
+    learner: &mut Learner<'_, O>,
+    rng: &mut ChaCha8Rng,
+) -> Result<(Llada<AB>, DiffuGrpoDiagnostics)>
+where
+    AB: AutodiffBackend,
+    O: Optimizer<Llada<AB>, AB>,
+{
+    let (recipe, rollout) = (inputs.recipe, inputs.rollout);
+    let (config, t) = (&recipe.grpo, &recipe.train);
+    let batch = rollout
+        .sequences
+        .to_device::<AB::InnerBackend>(inputs.device)?;
+    let (rows, prompt_len, gen_len) = (rollout.len(), batch.prompt_len, batch.gen_len());
+
+    let clock = Instant::now();
+    let advantages = grpo_advantages(&rollout.rewards, rollout.group_size, config.scale_rewards)?;
+    // Per iteration: a prompt mask, the old policy's and the reference's log-probs (§6).
+    let with_reference = config.beta > 0.0 && t.algorithm == Algorithm::DiffuGrpo;
+    let mut iterations = Vec::with_capacity(t.num_iterations);
+    for _ in 0..t.num_iterations {
+        let prompt_mask = sample_prompt_mask(rng, rows, prompt_len, config.p_mask_prompt);
+        let old_logp = host_logprobs(&inputs.policy, &batch, &prompt_mask)?;
+        let ref_logp = if with_reference {
+            Some(host_logprobs(&inputs.reference, &batch, &prompt_mask)?)
+        } else {
+            None
+        };
+        iterations.push(Iteration {
+            prompt_mask,
+            old_logp,
+            ref_logp,
+        });
+    }
+    let elbo_seconds = clock.elapsed().as_secs_f64();
+
+    let clock = Instant::now();
+    let passes = rollout.micro_batches(t.micro_batch);
+    for it in &iterations {
+        let loss_of =
+            |model: &Llada<AB>, pass: &[usize], _: &mut ChaCha8Rng| -> Result<Tensor<AB, 1>> {
+                let sub = rollout.sequences.select::<AB>(pass, inputs.device)?;
+                let sub_mask = gather_rows(&it.prompt_mask, prompt_len, pass)?;
+                let logp = mean_field_logprobs(&ModelView::policy(model), &sub, &sub_mask)?;
+                let sub_advantages: Vec<f64> = pass.iter().map(|&r| advantages[r]).collect();
+                let completion_mask = sub.completion_mask_tensor();
+                let loss = match t.algorithm {
+                    Algorithm::Wd1 => {
+                        wd1_loss(logp, &sub_advantages, t.group_size, completion_mask)?.loss
+                    }
+                    _ => {
+                        let pick =
+                            |v: &Vec<f32>| rows_tensor::<AB>(v, gen_len, pass, inputs.device);
+                        diffu_grpo_loss(
+                            logp,
+                            Some(pick(&it.old_logp)?),
+                            it.ref_logp.as_ref().map(pick).transpose()?,
+                            &sub_advantages,
+                            completion_mask,
+                            config,
+                        )?
+                        .loss
+                    }
+                };
+                // Mean-over-tokens losses: weight each pass by its share of the rows.
+                Ok(loss * (pass.len() as f64 / rows as f64))
+            };
+        model = learner.update(model, &passes, rng, loss_of)?;
+    }
+    let seconds = PhaseSeconds {
+        elbo: elbo_seconds,
+        optimize: clock.elapsed().as_secs_f64(),
+    };
+    Ok((
+        model,
+        DiffuGrpoDiagnostics {
+            advantages,
+            seconds,
+        },
+    ))
+}
+
+/// `model`'s one-step mean-field log-probs of `batch` under `prompt_mask`, as row-major `f32` on
+/// the host.
+fn host_logprobs<B: Backend>(
+    model: &ModelView<'_, B>,
+    batch: &SequenceBatch<B>,
+    prompt_mask: &[bool],
+) -> Result<Vec<f32>> {
+    let logp = mean_field_logprobs(model, batch, prompt_mask)?;
+    Ok(logp
+        .into_data()
+        .convert::<f32>()
+        .to_vec::<f32>()
+        .expect("f32 data"))
+}

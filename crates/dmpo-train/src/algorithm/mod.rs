@@ -1,0 +1,172 @@
+//! The algorithms' update of a scored [`Rollout`]: DMPO (spec §4, [`dmpo`]) and the diffu-GRPO /
+//! wd1 baselines (spec §6, [`diffu_grpo`]). Each scores the rollout under the no-grad policy and
+//! the reference, then applies `num_iterations` optimiser updates through a [`Learner`], and
+//! reports its own diagnostics.
+
+pub mod diffu_grpo;
+pub mod dmpo;
+
+use burn::optim::{GradientsAccumulator, GradientsParams, Optimizer};
+use burn::tensor::{backend::AutodiffBackend, ElementConversion, Tensor};
+use dllm_model::Llada;
+use dmpo_core::ModelView;
+use rand_chacha::ChaCha8Rng;
+
+use crate::checkpoint::TrainState;
+use crate::error::Result;
+use crate::optim::{apply_update, learning_rate, UpdateOutcome};
+use crate::recipe::{Recipe, TrainSection};
+use crate::rollout::Rollout;
+
+pub use diffu_grpo::DiffuGrpoDiagnostics;
+pub use dmpo::DmpoDiagnostics;
+
+/// What an algorithm reads to update the policy on a rollout.
+pub struct UpdateInputs<'a, AB: AutodiffBackend> {
+    /// The run's recipe (algorithm settings).
+    pub recipe: &'a Recipe,
+    /// The scored rollout.
+    pub rollout: &'a Rollout,
+    /// The no-grad policy that generated the rollout.
+    pub policy: ModelView<'a, AB::InnerBackend>,
+    /// The reference policy.
+    pub reference: ModelView<'a, AB::InnerBackend>,
+    /// Where batches are built.
+    pub device: &'a AB::Device,
+}
+
+/// Seconds an algorithm spent scoring the rollout under the no-grad models (`elbo`) and in its
+/// optimiser updates (`optimize`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PhaseSeconds {
+    /// Log-likelihoods (DMPO: ELBOs; diffu-GRPO: old and reference log-probs).
+    pub elbo: f64,
+    /// The `num_iterations` updates.
+    pub optimize: f64,
+}
+
+/// What an algorithm's update of one rollout reports.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Diagnostics {
+    /// DMPO's.
+    Dmpo(DmpoDiagnostics),
+    /// diffu-GRPO's or wd1's.
+    DiffuGrpo(DiffuGrpoDiagnostics),
+}
+
+impl Diagnostics {
+    /// Seconds per phase.
+    pub fn seconds(&self) -> PhaseSeconds {
+        match self {
+            Self::Dmpo(d) => d.seconds,
+            Self::DiffuGrpo(d) => d.seconds,
+        }
+    }
+
+    /// The per-row advantages the update used (`None` when they could not be formed).
+    pub fn advantages(&self) -> Option<&[f64]> {
+        match self {
+            Self::Dmpo(d) => d.advantages.as_deref(),
+            Self::DiffuGrpo(d) => Some(&d.advantages),
+        }
+    }
+}
+
+/// What the optimiser updates of one rollout step did.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct UpdateLog {
+    /// Loss of every update (applied or skipped).
+    pub losses: Vec<f64>,
+    /// Pre-clip global gradient norm of every applied update.
+    pub grad_norms: Vec<f64>,
+    /// Learning rate of the last update (0 before any).
+    pub lr: f64,
+}
+
+/// The optimiser side of the updates: the optimiser, the schedule, the run's update counters
+/// and the step's [`UpdateLog`].
+pub struct Learner<'a, O> {
+    optimizer: &'a mut O,
+    train: &'a TrainSection,
+    total_updates: usize,
+    state: &'a mut TrainState,
+    log: UpdateLog,
+}
+
+impl<'a, O> Learner<'a, O> {
+    /// A learner for one rollout step; `total_updates` spans the learning-rate schedule.
+    pub fn new(
+        optimizer: &'a mut O,
+        train: &'a TrainSection,
+        total_updates: usize,
+        state: &'a mut TrainState,
+    ) -> Self {
+        Self {
+            optimizer,
+            train,
+            total_updates,
+            state,
+            log: UpdateLog::default(),
+        }
+    }
+
+    /// One optimiser update: sums `loss_of` over the micro-batches `passes` (whole groups),
+    /// accumulating gradients of the finite ones, then clips globally and applies them (or skips
+    /// the update when the loss or the gradient is not finite).
+    pub fn update<AB>(
+        &mut self,
+        model: Llada<AB>,
+        passes: &[Vec<usize>],
+        rng: &mut ChaCha8Rng,
+        mut loss_of: impl FnMut(&Llada<AB>, &[usize], &mut ChaCha8Rng) -> Result<Tensor<AB, 1>>,
+    ) -> Result<Llada<AB>>
+    where
+        AB: AutodiffBackend,
+        O: Optimizer<Llada<AB>, AB>,
+    {
+        let mut acc = GradientsAccumulator::<Llada<AB>>::new();
+        let mut loss = 0.0;
+        for pass in passes {
+            let out = loss_of(&model, pass, rng)?;
+            let value: f64 = out.clone().into_scalar().elem();
+            loss += value;
+            if value.is_finite() {
+                acc.accumulate(&model, GradientsParams::from_grads(out.backward(), &model));
+            }
+        }
+        let t = self.train;
+        self.log.lr = learning_rate(
+            t,
+            self.state.updates + self.state.skipped,
+            self.total_updates,
+        );
+        let (model, outcome) = apply_update(
+            model,
+            self.optimizer,
+            acc.grads(),
+            loss,
+            self.log.lr,
+            t.max_grad_norm,
+        );
+        match outcome {
+            UpdateOutcome::Applied { grad_norm } => {
+                self.state.updates += 1;
+                self.log.grad_norms.push(grad_norm);
+            }
+            UpdateOutcome::SkippedNonFinite => {
+                self.state.skipped += 1;
+                tracing::warn!(
+                    "step {}: non-finite loss ({loss}) or gradient, update skipped",
+                    self.state.step
+                );
+            }
+        }
+        self.log.losses.push(loss);
+        Ok(model)
+    }
+
+    /// The log of the updates applied through this learner.
+    pub fn finish(self) -> UpdateLog {
+        self.log
+    }
+}

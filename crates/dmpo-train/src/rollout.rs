@@ -1,0 +1,178 @@
+//! The data of a rollout step (spec §5): the step's prompts, `G` completions of each sampled
+//! from the policy, their rewards, gathered into one [`Rollout`] that the algorithms read.
+
+use std::collections::BTreeMap;
+
+use burn::tensor::backend::Backend;
+use dllm_model::{Llada, LladaTokenizer};
+use dllm_sample::{generate, Generation, SamplerConfig};
+use dmpo_core::weights::{mean_group_std, zero_variance_fraction};
+use dmpo_core::HostBatch;
+use rewards::{Task, TaskItem};
+
+use crate::error::Result;
+use crate::recipe::Recipe;
+use crate::tasks::{completion_text, prompt_ids, TrainData};
+use crate::trainer::{stream_seed, SAMPLER_STREAM};
+
+/// Where a run's rollouts come from: the recipe, its task and training data, the tokenizer.
+pub struct RolloutSource<'a> {
+    /// The run's recipe (prompt style, sampler, group size, seed).
+    pub recipe: &'a Recipe,
+    /// The task whose rewards score the completions.
+    pub task: Task,
+    /// Encodes prompts and decodes completions.
+    pub tokenizer: &'a LladaTokenizer,
+    /// The training prompts.
+    pub data: &'a TrainData,
+}
+
+/// The completions sampled for a step's prompts, not yet scored.
+pub struct Samples {
+    /// The step's task items, one per prompt.
+    items: Vec<TaskItem>,
+    /// `G` completions per prompt, contiguous.
+    generation: Generation,
+    /// The policy's end-of-sequence id.
+    eos_token_id: u32,
+}
+
+/// A scored rollout: the sequences and rewards of a step, groups of `G` rows contiguous.
+pub struct Rollout {
+    /// Padded prompt + completion of every row, in the layout of [`dmpo_core::SequenceBatch`].
+    pub sequences: HostBatch,
+    /// Completions per prompt `G`.
+    pub group_size: usize,
+    /// Reward of each row.
+    pub rewards: Vec<f64>,
+    /// Mean over the rows of each reward component.
+    pub reward_components: BTreeMap<String, f64>,
+}
+
+impl RolloutSource<'_> {
+    /// Step `step`'s prompts, `G` completions each from `policy` (the sampler seeded for the
+    /// step).
+    pub fn sample<B: Backend>(&self, policy: &Llada<B>, step: usize) -> Result<Samples> {
+        let (recipe, t) = (self.recipe, &self.recipe.train);
+        let items = self.data.batch(recipe.run.seed, step, t.prompts_per_step)?;
+        let mut prompts = Vec::with_capacity(items.len() * t.group_size);
+        for item in &items {
+            let ids = prompt_ids(
+                self.tokenizer,
+                item,
+                recipe.task.prompt_style,
+                false,
+                recipe.task.max_prompt_tokens,
+            )?;
+            prompts.extend(std::iter::repeat_n(ids, t.group_size));
+        }
+        let mut sampler = recipe.rollout.clone();
+        sampler.seed = stream_seed(recipe.run.seed, step, SAMPLER_STREAM);
+        sampler.adapter = true;
+        Ok(Samples {
+            items,
+            generation: generate(policy, &prompts, &sampler)?,
+            eos_token_id: policy.config.eos_token_id,
+        })
+    }
+
+    /// Scores `samples` with the task's training reward and gathers them into a [`Rollout`].
+    pub fn score(&self, samples: Samples) -> Result<Rollout> {
+        let group_size = self.recipe.train.group_size;
+        let generation = &samples.generation;
+        let rows = generation.completions.len();
+        let mut rewards = Vec::with_capacity(rows);
+        let mut reward_components = BTreeMap::<String, f64>::new();
+        for (row, ids) in generation.completions.iter().enumerate() {
+            let text = completion_text(self.tokenizer, ids, samples.eos_token_id)?;
+            let item = &samples.items[row / group_size];
+            let r = rewards::training_reward(self.task, &text, item)?;
+            for (name, v) in &r.components {
+                *reward_components.entry(name.to_string()).or_default() += v / rows as f64;
+            }
+            rewards.push(r.total());
+        }
+        Ok(Rollout {
+            sequences: host_batch(generation, &self.recipe.rollout)?,
+            group_size,
+            rewards,
+            reward_components,
+        })
+    }
+}
+
+/// The sequences of `generation` (sampled with `sampler`) on the host, with the key padding of
+/// the left-padded prompts when the sampler masks padding.
+fn host_batch(generation: &Generation, sampler: &SamplerConfig) -> Result<HostBatch> {
+    let prompt_len = generation.prompt_len();
+    let gen_len = sampler.gen_length;
+    let seq_len = prompt_len + gen_len;
+    let ids: Vec<i64> = generation
+        .sequences()
+        .iter()
+        .flatten()
+        .map(|&t| t as i64)
+        .collect();
+    let eos_index = generation
+        .eos_position
+        .iter()
+        .map(|e| e.unwrap_or(gen_len))
+        .collect();
+    let padding = sampler.padding_mask.then(|| {
+        generation
+            .pad_lengths
+            .iter()
+            .flat_map(|&p| (0..seq_len).map(move |i| i < p))
+            .collect()
+    });
+    Ok(HostBatch::new(
+        ids, seq_len, prompt_len, eos_index, padding,
+    )?)
+}
+
+impl Rollout {
+    /// Number of rows (prompts times `G`).
+    pub fn len(&self) -> usize {
+        self.rewards.len()
+    }
+
+    /// Whether the rollout holds no row.
+    pub fn is_empty(&self) -> bool {
+        self.rewards.is_empty()
+    }
+
+    /// Completion tokens generated.
+    pub fn generated_tokens(&self) -> usize {
+        self.sequences.len() * self.sequences.gen_len()
+    }
+
+    /// Mean reward over the rows (`NaN` when empty).
+    pub fn reward_mean(&self) -> f64 {
+        if self.rewards.is_empty() {
+            f64::NAN
+        } else {
+            self.rewards.iter().sum::<f64>() / self.rewards.len() as f64
+        }
+    }
+
+    /// Mean within-group reward standard deviation.
+    pub fn reward_std(&self) -> f64 {
+        mean_group_std(&self.rewards, self.group_size)
+    }
+
+    /// Fraction of groups whose rewards are constant ([`dmpo_core::weights::rewards_are_constant`]).
+    pub fn zero_variance_fraction(&self) -> f64 {
+        zero_variance_fraction(&self.rewards, self.group_size)
+    }
+
+    /// The rows split into micro-batches of whole groups, `micro_batch` rows at most (one group
+    /// at least), in order.
+    pub fn micro_batches(&self, micro_batch: usize) -> Vec<Vec<usize>> {
+        let groups_per_pass = (micro_batch / self.group_size).max(1);
+        (0..self.len())
+            .collect::<Vec<_>>()
+            .chunks(groups_per_pass * self.group_size)
+            .map(|c| c.to_vec())
+            .collect()
+    }
+}
