@@ -1,4 +1,4 @@
-//! Bidirectional multi-head attention with grouped-query support (spec §1).
+//! Bidirectional multi-head attention with grouped-query support (docs/algorithm.md §1).
 
 use burn::module::Module;
 use burn::tensor::{

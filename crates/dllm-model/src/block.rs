@@ -1,4 +1,4 @@
-//! One LLaDA transformer block (spec §1): pre-norm attention and SwiGLU MLP, both residual.
+//! One LLaDA transformer block (docs/algorithm.md §1): pre-norm attention and SwiGLU MLP, both residual.
 
 use burn::module::Module;
 use burn::tensor::{activation::silu, backend::Backend, Bool, Tensor};

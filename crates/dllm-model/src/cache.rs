@@ -1,4 +1,4 @@
-//! Key/value cache for Fast-dLLM style decoding (spec §2: prefix and dual cache).
+//! Key/value cache for Fast-dLLM style decoding (docs/algorithm.md §2: prefix and dual cache).
 //!
 //! A full forward pass records every layer's keys and values (after RoPE) for the whole
 //! sequence. A later pass over a span `[start, end)` recomputes keys and values only for that

@@ -1,4 +1,4 @@
-//! `LladaConfig`: the Hugging Face `config.json` of a LLaDA checkpoint (spec §1).
+//! `LladaConfig`: the Hugging Face `config.json` of a LLaDA checkpoint (docs/algorithm.md §1).
 
 use std::path::{Path, PathBuf};
 

@@ -1,4 +1,4 @@
-//! The LLaDA masked-diffusion language model on burn (spec §1).
+//! The LLaDA masked-diffusion language model on burn (docs/algorithm.md §1).
 //!
 //! Load a Hugging Face checkpoint directory and run it:
 //!

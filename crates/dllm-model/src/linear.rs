@@ -1,4 +1,4 @@
-//! A bias-free linear layer with an optional LoRA adapter (spec §5: LoRA on LLaDA's linears).
+//! A bias-free linear layer with an optional LoRA adapter (docs/algorithm.md §5: LoRA on LLaDA's linears).
 
 use burn::module::{Module, Param};
 use burn::nn::Dropout;

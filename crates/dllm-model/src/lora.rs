@@ -1,6 +1,6 @@
 //! LoRA adapters on LLaDA's seven linear layers, saved and loaded in the PEFT layout
 //! (`adapter_config.json` + `adapter_model.safetensors`), so adapters move between this
-//! toolkit and Python PEFT in both directions (spec §5).
+//! toolkit and Python PEFT in both directions (docs/algorithm.md §5).
 
 use std::path::Path;
 

@@ -1,4 +1,4 @@
-//! `Llada`: the masked-diffusion transformer (spec §1).
+//! `Llada`: the masked-diffusion transformer (docs/algorithm.md §1).
 //!
 //! `logits = ff_out(ln_f(blocks(wte[ids])))`, bidirectional attention, untied head (or tied
 //! when `weight_tying`). Forward passes can return logits for a subset of positions only, keep

@@ -1,4 +1,4 @@
-//! RMSNorm as LLaDA computes it: statistics in f32, weight only, no bias (spec §1).
+//! RMSNorm as LLaDA computes it: statistics in f32, weight only, no bias (docs/algorithm.md §1).
 
 use burn::module::{Module, Param};
 use burn::tensor::{backend::Backend, DType, Tensor};

@@ -1,4 +1,4 @@
-//! The CPU kernels' entry points, named by what they compute (spec §1–§6).
+//! The CPU kernels' entry points, named by what they compute (docs/algorithm.md §1–§6).
 //!
 //! On burn's flex backend with f32 tensors — plain or inside autodiff — each runs one parallel
 //! pass per row instead of a chain of single-threaded tensor ops (see `src/kernels/`). On every

@@ -1,4 +1,4 @@
-//! Rotary position embeddings in the rotate-half convention (spec §1; BURN_NOTES: burn's own
+//! Rotary position embeddings in the rotate-half convention (docs/algorithm.md §1; BURN_NOTES: burn's own
 //! `RotaryEncoding` pairs adjacent channels, LLaDA pairs channel `i` with `i + head_dim/2`).
 
 use std::sync::Arc;

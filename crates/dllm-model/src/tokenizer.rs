@@ -1,4 +1,4 @@
-//! `tokenizer.json` loading and the LLaDA chat template (spec §1).
+//! `tokenizer.json` loading and the LLaDA chat template (docs/algorithm.md §1).
 
 use std::path::{Path, PathBuf};
 

@@ -1,4 +1,4 @@
-//! The tiny LLaDA checkpoint reproduces the reference PyTorch logits (spec §1).
+//! The tiny LLaDA checkpoint reproduces the reference PyTorch logits (docs/algorithm.md §1).
 
 mod common;
 

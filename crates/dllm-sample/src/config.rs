@@ -1,4 +1,4 @@
-//! Sampler settings (spec §2).
+//! Sampler settings (docs/algorithm.md §2).
 
 use serde::{Deserialize, Serialize};
 

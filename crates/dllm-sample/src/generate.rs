@@ -1,4 +1,4 @@
-//! LLaDA's `generate` (spec §2), exact by default, with Fast-dLLM caches and threshold decoding.
+//! LLaDA's `generate` (docs/algorithm.md §2), exact by default, with Fast-dLLM caches and threshold decoding.
 //!
 //! The loop keeps the sequences on the host and, each step, asks the model for logits only at
 //! the positions that can be committed (the current block, plus any earlier position that is
@@ -305,7 +305,7 @@ impl<'m, B: Backend> Sampler<'m, B> {
         };
         self.nfe += if cfg { 2 } else { 1 };
         let logits = if cfg {
-            // spec §2: un + (cfg + 1) * (cond - un)
+            // docs/algorithm.md §2: un + (cfg + 1) * (cond - un)
             let cond = logits.clone().narrow(0, 0, self.batch);
             let un = logits.narrow(0, self.batch, self.batch);
             un.clone() + (cond - un) * (self.config.cfg_scale + 1.0)
@@ -349,7 +349,7 @@ impl<'m, B: Backend> Sampler<'m, B> {
     fn candidates(&mut self, logits: Tensor<B, 3>) -> (Vec<i64>, Vec<f32>) {
         let [batch, n, vocab] = logits.dims();
         let t = self.config.temperature;
-        // spec §2 step 2: argmax(logits + T * gumbel), gumbel = -ln(-ln u).
+        // docs/algorithm.md §2 step 2: argmax(logits + T * gumbel), gumbel = -ln(-ln u).
         let noise: Option<Vec<f32>> = (t > 0.0).then(|| {
             (0..batch * n * vocab)
                 .map(|_| {
@@ -358,7 +358,7 @@ impl<'m, B: Backend> Sampler<'m, B> {
                 })
                 .collect()
         });
-        // spec §2 step 3: confidence softmax(logits)[x0], untempered, or uniform draws.
+        // docs/algorithm.md §2 step 3: confidence softmax(logits)[x0], untempered, or uniform draws.
         let low_confidence = self.config.remasking == Remasking::LowConfidence;
         let (x0, conf) = match dllm_model::ops::argmax_with_confidence(&logits, noise.as_deref()) {
             Some(fused) => fused,

@@ -1,4 +1,4 @@
-//! Sampling from LLaDA-style masked diffusion LMs (spec §2).
+//! Sampling from LLaDA-style masked diffusion LMs (docs/algorithm.md §2).
 //!
 //! ```no_run
 //! use dllm_model::{load_model, LoadOptions};

@@ -1,4 +1,4 @@
-//! LLaDA's `get_num_transfer_tokens` (spec §2, step 4).
+//! LLaDA's `get_num_transfer_tokens` (docs/algorithm.md §2, step 4).
 
 /// How many tokens to commit at each of `steps` steps when `masked` positions are masked at
 /// the start of a block: `masked / steps` per step, the remainder added one each to the first

@@ -1,10 +1,10 @@
-//! `DmpoConfig` and `GrpoConfig`: the hyperparameters, with the reference defaults (spec §3–§6).
+//! `DmpoConfig` and `GrpoConfig`: the hyperparameters, with the reference defaults (docs/algorithm.md §3–§6).
 
 use serde::{Deserialize, Serialize};
 
 use crate::error::{DmpoError, Result};
 
-/// Which baseline is subtracted from the positive weights `w+` (spec §4, "weight baseline").
+/// Which baseline is subtracted from the positive weights `w+` (docs/algorithm.md §4, "weight baseline").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Baseline {
@@ -19,7 +19,7 @@ pub enum Baseline {
     None,
 }
 
-/// Which DMPO loss is optimised (spec §4).
+/// Which DMPO loss is optimised (docs/algorithm.md §4).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum DmpoLoss {
@@ -29,7 +29,7 @@ pub enum DmpoLoss {
     Ddo,
 }
 
-/// DMPO hyperparameters (spec §3–§4). Defaults are the reference recipe's.
+/// DMPO hyperparameters (docs/algorithm.md §3–§4). Defaults are the reference recipe's.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DmpoConfig {
@@ -126,7 +126,7 @@ impl DmpoConfig {
     }
 }
 
-/// diffu-GRPO and wd1 hyperparameters (spec §6), d1's defaults.
+/// diffu-GRPO and wd1 hyperparameters (docs/algorithm.md §6), d1's defaults.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct GrpoConfig {

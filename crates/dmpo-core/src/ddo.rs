@@ -1,4 +1,4 @@
-//! The DDO loss, weighted direct discriminative optimisation (spec §4):
+//! The DDO loss, weighted direct discriminative optimisation (docs/algorithm.md §4):
 //!
 //! `L = -mean(A * logsigmoid(beta * gap_real)) - alpha_ddo * mean(logsigmoid(-beta * gap_fake))`,
 //! `gap = ell_theta(x) - ell_cur(x)`.
@@ -32,7 +32,7 @@ pub struct DdoDiagnostics {
     pub gap_fake: Vec<f64>,
 }
 
-/// The DDO objective from the log-likelihood estimates (spec §4), `[1]`.
+/// The DDO objective from the log-likelihood estimates (docs/algorithm.md §4), `[1]`.
 pub fn ddo_objective<B: Backend>(
     ell_real: Tensor<B, 1>,
     ell_fake: Tensor<B, 1>,
@@ -69,7 +69,7 @@ pub fn ddo_loss_with_masks<B: Backend, M: LogitsModel<B> + ?Sized>(
     }
     let device = batch.input_ids.device();
     let sums = masked_logprob_sums(model, batch, masks, 0..k * n).reshape([k, n]);
-    // spec §3: ell = mean over a set of replicates of (L / m) * sum_{j in M} log p.
+    // docs/algorithm.md §3: ell = mean over a set of replicates of (L / m) * sum_{j in M} log p.
     let set_size = |r: usize| -> f64 {
         match (config.ddo_independent_sets, r / n < k / 2) {
             (false, _) => k as f64,

@@ -1,4 +1,4 @@
-//! The masked-diffusion ELBO estimator of a completion's log-likelihood (spec §3):
+//! The masked-diffusion ELBO estimator of a completion's log-likelihood (docs/algorithm.md §3):
 //!
 //! `ell(x) = (1/K) * sum_k (L / m_k) * sum_{j in M_k} log softmax(f(x~_k))_j[x_j]`,
 //! `m_k = max(1, #M_k)`, `x~_k` = `x` with the positions of `M_k` replaced by MASK.
@@ -74,7 +74,7 @@ pub fn masked_logprob_sums<B: Backend, M: LogitsModel<B> + ?Sized>(
     let samples: Vec<usize> = rows.clone().map(|r| masks.sample_of(r)).collect();
     let (ids, padding) = batch.select_rows(&samples);
     let full_mask = masks.full_mask_tensor::<B>(rows, prompt_len, &device);
-    // x~: masked completion positions replaced by MASK, prompt untouched (spec §3).
+    // x~: masked completion positions replaced by MASK, prompt untouched (docs/algorithm.md §3).
     let noisy = ids
         .clone()
         .mask_fill(full_mask, model.mask_token_id() as i64);
@@ -94,7 +94,7 @@ pub fn masked_logprob_sums<B: Backend, M: LogitsModel<B> + ?Sized>(
     )
 }
 
-/// Per-row weights `L / (K * m_r)` of the estimator (spec §3), replicate-major `[K * batch]`.
+/// Per-row weights `L / (K * m_r)` of the estimator (docs/algorithm.md §3), replicate-major `[K * batch]`.
 pub fn row_weights(masks: &ReplicateMasks) -> Vec<f64> {
     let l = masks.gen_len as f64;
     let k = masks.replicates as f64;
@@ -103,7 +103,7 @@ pub fn row_weights(masks: &ReplicateMasks) -> Vec<f64> {
         .collect()
 }
 
-/// `ell_i = (1/K) sum_k (L / m_k) s_{k,i}` from the row sums `s` (spec §3), `[batch]`.
+/// `ell_i = (1/K) sum_k (L / m_k) s_{k,i}` from the row sums `s` (docs/algorithm.md §3), `[batch]`.
 pub fn ell_from_row_sums(row_sums: &[f64], masks: &ReplicateMasks) -> Vec<f64> {
     let mut ell = vec![0.0; masks.batch];
     for (r, (s, w)) in row_sums.iter().zip(row_weights(masks)).enumerate() {
@@ -154,7 +154,7 @@ pub fn elbo_with_masks<B: Backend>(
 }
 
 /// Draws fresh replicate masks from `rng` and returns the ELBO of every completion under every
-/// model in `models` on those same masks (spec §3). No gradient is kept.
+/// model in `models` on those same masks (docs/algorithm.md §3). No gradient is kept.
 pub fn elbo_log_likelihood<B: Backend, R: Rng + ?Sized>(
     models: &[&dyn LogitsModel<B>],
     batch: &SequenceBatch<B>,

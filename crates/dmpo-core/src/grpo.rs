@@ -1,4 +1,4 @@
-//! The diffu-GRPO baseline and wd1 (spec §6).
+//! The diffu-GRPO baseline and wd1 (docs/algorithm.md §6).
 //!
 //! - one-step mean-field per-token log-probs: a single forward pass with the completion fully
 //!   masked and each prompt token masked with probability `p_mask_prompt` (new mask per inner
@@ -20,7 +20,7 @@ use crate::loss::{tensor_from, LossOutput};
 use crate::model::LogitsModel;
 use crate::weights::{mean, softmax, std_unbiased};
 
-/// GRPO's group-normalised advantages (spec §6): `r - mean_group(r)`, divided by
+/// GRPO's group-normalised advantages (docs/algorithm.md §6): `r - mean_group(r)`, divided by
 /// `std_group(r) + 1e-4` (unbiased std) when `scale_rewards`.
 pub fn grpo_advantages(
     rewards: &[f64],
@@ -49,7 +49,7 @@ pub fn grpo_advantages(
 }
 
 /// Per-token log-probs `[batch, gen_len]` of the completions under the one-step mean-field
-/// approximation (spec §6): completion fully masked, prompt positions masked where
+/// approximation (docs/algorithm.md §6): completion fully masked, prompt positions masked where
 /// `prompt_mask` (`[batch * prompt_len]`, see [`crate::masks::sample_prompt_mask`]) is true.
 pub fn mean_field_logprobs<B: Backend, M: LogitsModel<B> + ?Sized>(
     model: &M,
@@ -91,7 +91,7 @@ pub struct GrpoDiagnostics {
     pub clip_ratio: f64,
 }
 
-/// The diffu-GRPO loss (spec §6) from per-token log-probs `[batch, gen_len]`.
+/// The diffu-GRPO loss (docs/algorithm.md §6) from per-token log-probs `[batch, gen_len]`.
 ///
 /// `old_logp`: the log-probs of the policy that generated the samples on this iteration's mask
 /// (`None`: the detached current ones, ratio 1). `ref_logp`: the reference's, required when
@@ -117,7 +117,7 @@ pub fn diffu_grpo_loss<B: Backend>(
     let device = logp.device();
     let old = old_logp.unwrap_or_else(|| logp.clone().detach());
     let a = tensor_from::<B, 2>(advantages, [n, 1], &device);
-    // rho = exp(logp - logp_old); per-token loss -min(rho A, clip(rho) A) (spec §6).
+    // rho = exp(logp - logp_old); per-token loss -min(rho A, clip(rho) A) (docs/algorithm.md §6).
     let ratio = (logp.clone() - old).exp();
     let clipped = ratio
         .clone()
@@ -155,7 +155,7 @@ pub fn diffu_grpo_loss<B: Backend>(
     })
 }
 
-/// The wd1 loss (spec §6) from per-token log-probs `[batch, gen_len]`, with groups of
+/// The wd1 loss (docs/algorithm.md §6) from per-token log-probs `[batch, gen_len]`, with groups of
 /// `group_size` contiguous samples; the diagnostics are the net weights `w+ - w-`.
 pub fn wd1_loss<B: Backend>(
     logp: Tensor<B, 2>,

@@ -1,11 +1,11 @@
-//! The DMPO objective for masked-diffusion LLMs (spec §3–§6), generic over burn backends.
+//! The DMPO objective for masked-diffusion LLMs (docs/algorithm.md §3–§6), generic over burn backends.
 //!
-//! - [`elbo`]: the ELBO estimator of a completion's log-likelihood (spec §3), under one or
+//! - [`elbo`]: the ELBO estimator of a completion's log-likelihood (docs/algorithm.md §3), under one or
 //!   several models on the same masks;
-//! - [`weights`]: importance weights `w+`, `w-`, adaptive coefficient, baselines (spec §4);
-//! - [`wdce`], [`ddo`]: the DMPO losses (spec §4);
-//! - [`grpo`]: the diffu-GRPO and wd1 baselines (spec §6);
-//! - [`sft`]: LLaDA's supervised masked-diffusion loss, which trains a base model (spec §1).
+//! - [`weights`]: importance weights `w+`, `w-`, adaptive coefficient, baselines (docs/algorithm.md §4);
+//! - [`wdce`], [`ddo`]: the DMPO losses (docs/algorithm.md §4);
+//! - [`grpo`]: the diffu-GRPO and wd1 baselines (docs/algorithm.md §6);
+//! - [`sft`]: LLaDA's supervised masked-diffusion loss, which trains a base model (docs/algorithm.md §1).
 //!
 //! Inputs follow one layout, [`SequenceBatch`]: `[batch, prompt_len + gen_len]` ids with
 //! prompts left-padded to `prompt_len`, groups of `G` completions contiguous. Randomness comes

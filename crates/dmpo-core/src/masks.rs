@@ -1,5 +1,5 @@
-//! Mask sampling for the ELBO estimator and the losses (spec §3) and for diffu-GRPO's prompt
-//! masking (spec §6). All randomness comes from an explicit, seedable RNG so that training is
+//! Mask sampling for the ELBO estimator and the losses (docs/algorithm.md §3) and for diffu-GRPO's prompt
+//! masking (docs/algorithm.md §6). All randomness comes from an explicit, seedable RNG so that training is
 //! deterministic (use `rand_chacha::ChaCha8Rng::seed_from_u64`).
 
 use burn::tensor::{backend::Backend, Bool, Tensor, TensorData};
@@ -8,7 +8,7 @@ use rand::Rng;
 use crate::config::DmpoConfig;
 use crate::error::{DmpoError, Result};
 
-/// How replicate masks are drawn (spec §3).
+/// How replicate masks are drawn (docs/algorithm.md §3).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct MaskOptions {
     /// Number of replicates `K`.
@@ -46,20 +46,20 @@ pub struct ReplicateMasks {
     pub masked: Vec<bool>,
 }
 
-/// The clamped masking probability `0.1 + 0.9 u` (spec §3).
+/// The clamped masking probability `0.1 + 0.9 u` (docs/algorithm.md §3).
 pub fn clamp_lambda(u: f64) -> f64 {
     0.1 + 0.9 * u
 }
 
 /// One mask row of `gen_len` positions, each masked independently with probability `lambda`
-/// (one uniform draw per position, in order; spec §3).
+/// (one uniform draw per position, in order; docs/algorithm.md §3).
 pub fn mask_row<R: Rng + ?Sized>(rng: &mut R, lambda: f64, gen_len: usize) -> Vec<bool> {
     (0..gen_len).map(|_| rng.random::<f64>() < lambda).collect()
 }
 
 impl ReplicateMasks {
     /// Fresh masks for `batch` with the configured replicate scheme (one draw per optimisation
-    /// step of WDCE and DDO, spec §4).
+    /// step of WDCE and DDO, docs/algorithm.md §4).
     pub fn for_batch<B: Backend, R: Rng + ?Sized>(
         rng: &mut R,
         batch: &crate::batch::SequenceBatch<B>,
@@ -98,7 +98,7 @@ impl ReplicateMasks {
     }
 
     /// One replicate from a whole-sequence 0/1 mask `[batch * seq]` (non-zero = masked) whose
-    /// first `prompt` positions of every row must be unmasked (spec §3: the prompt is never
+    /// first `prompt` positions of every row must be unmasked (docs/algorithm.md §3: the prompt is never
     /// masked); the completion part becomes the replicate.
     pub fn from_sequence_mask(
         mask: &[i64],
@@ -127,7 +127,7 @@ impl ReplicateMasks {
     /// Draws fresh masks: per replicate and sample `lambda ~ U(0,1)` (clamped to `[0.1, 1]` if
     /// asked), each completion position masked independently with probability `lambda`;
     /// antithetic replicates take the complement; positions after `eos_index[i]` are unmasked
-    /// when `mask_after_eos` is false (spec §3).
+    /// when `mask_after_eos` is false (docs/algorithm.md §3).
     pub fn sample<R: Rng + ?Sized>(
         rng: &mut R,
         eos_index: &[usize],
@@ -155,7 +155,7 @@ impl ReplicateMasks {
             }
         }
         if options.antithetic {
-            // spec §3: replicates K/2..K-1 are the complements of replicates 0..K/2-1.
+            // docs/algorithm.md §3: replicates K/2..K-1 are the complements of replicates 0..K/2-1.
             let first: Vec<bool> = masked.iter().map(|&m| !m).collect();
             masked.extend(first);
         }
@@ -185,7 +185,7 @@ impl ReplicateMasks {
         self.row(r).iter().filter(|&&m| m).count()
     }
 
-    /// `m = max(1, #masked)` of row `r` (spec §3).
+    /// `m = max(1, #masked)` of row `r` (docs/algorithm.md §3).
     pub fn m_clamped(&self, r: usize) -> usize {
         self.count(r).max(1)
     }
@@ -225,7 +225,7 @@ impl ReplicateMasks {
     }
 }
 
-/// diffu-GRPO's prompt mask (spec §6): `[batch * prompt_len]`, each prompt position masked
+/// diffu-GRPO's prompt mask (docs/algorithm.md §6): `[batch * prompt_len]`, each prompt position masked
 /// independently with probability `p` (the completion is always fully masked).
 pub fn sample_prompt_mask<R: Rng + ?Sized>(
     rng: &mut R,

@@ -66,7 +66,7 @@ fn squeeze_flat<B: Backend>(logits: Tensor<B, 3>) -> Tensor<B, 2> {
 }
 
 /// LLaDA seen as a denoiser: the policy (adapters on, as trained) or its reference view (the
-/// same weights with every LoRA adapter disabled, spec §3). The one [`LogitsModel`] of LLaDA.
+/// same weights with every LoRA adapter disabled, docs/algorithm.md §3). The one [`LogitsModel`] of LLaDA.
 #[derive(Debug, Clone, Copy)]
 pub struct ModelView<'a, B: Backend> {
     model: &'a Llada<B>,
@@ -82,7 +82,7 @@ impl<'a, B: Backend> ModelView<'a, B> {
         }
     }
 
-    /// DMPO's reference policy under LoRA: the same weights with every adapter disabled (spec §3).
+    /// DMPO's reference policy under LoRA: the same weights with every adapter disabled (docs/algorithm.md §3).
     pub fn without_adapter(model: &'a Llada<B>) -> Self {
         Self {
             model,

@@ -1,11 +1,11 @@
-//! LLaDA's supervised masked-diffusion objective, the loss that trains a base denoiser (spec §1)
+//! LLaDA's supervised masked-diffusion objective, the loss that trains a base denoiser (docs/algorithm.md §1)
 //! on prompt + completion pairs:
 //!
 //! `L = -(1/(B * L)) * sum_i (1/t_i) * sum_{j in M_i} log softmax(f(x~_i))_j[x_ij]`,
 //!
 //! `t_i = t_min + (1 - t_min) u_i` with `u_i ~ U(0, 1)`, each completion position of sample `i` in
 //! `M_i` independently with probability `t_i`, and `x~_i` = `x_i` with the positions of `M_i`
-//! replaced by MASK, the prompt never masked (the masking of spec §3, one replicate, every
+//! replaced by MASK, the prompt never masked (the masking of docs/algorithm.md §3, one replicate, every
 //! completion position maskable). A mean over the `B * L` completion positions.
 
 use burn::tensor::activation::log_softmax;
@@ -105,7 +105,7 @@ pub fn sft_loss_with_masks<B: Backend, M: LogitsModel<B> + ?Sized>(
     let token_logp = log_softmax(logits, 2)
         .gather(2, targets)
         .reshape([n, gen_len]);
-    // spec §1: a masked position of sample i weighs 1/t_i, an unmasked one 0.
+    // docs/algorithm.md §1: a masked position of sample i weighs 1/t_i, an unmasked one 0.
     let weights: Vec<f64> = (0..n)
         .flat_map(|i| {
             let t = masks.ratios[i];

@@ -1,8 +1,8 @@
-//! The WDCE loss, weighted denoising cross-entropy (spec §4):
+//! The WDCE loss, weighted denoising cross-entropy (docs/algorithm.md §4):
 //!
 //! `L = (1/K) * sum_k sum_i A_i * (1/m_ik) * sum_{j in M_ik} CE_ikj`, `CE = -log softmax(f_theta(x~))[x]`,
 //!
-//! with masks redrawn at every optimisation step (antithetic, clamped, as in spec §3). A sum over
+//! with masks redrawn at every optimisation step (antithetic, clamped, as in docs/algorithm.md §3). A sum over
 //! the batch, not a mean; the constant factor `L` is dropped.
 
 use burn::tensor::backend::Backend;
@@ -69,7 +69,7 @@ pub fn wdce_loss_with_masks<B: Backend, M: LogitsModel<B> + ?Sized>(
         config.centering_strength,
         ell_theta.as_deref(),
     )?;
-    // spec §4: row r = (k, i) contributes A_i / (K * m_ik) * sum_j CE = -A_i / (K * m_ik) * sum_j log p.
+    // docs/algorithm.md §4: row r = (k, i) contributes A_i / (K * m_ik) * sum_j CE = -A_i / (K * m_ik) * sum_j log p.
     let k = masks.replicates as f64;
     let coef: Vec<f64> = (0..rows)
         .map(|r| -advantages[masks.sample_of(r)] / (k * masks.m_clamped(r) as f64))

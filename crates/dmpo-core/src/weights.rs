@@ -1,4 +1,4 @@
-//! DMPO importance weights (spec §4), on plain `f64` slices: the `G` completions of a prompt
+//! DMPO importance weights (docs/algorithm.md §4), on plain `f64` slices: the `G` completions of a prompt
 //! form a group, groups are contiguous in the batch.
 //!
 //! - `log_rnd_i = ell_ref(x_i) - ell_cur(x_i)`
@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::{Baseline, DmpoConfig};
 use crate::error::{DmpoError, Result};
 
-/// Bounds of the adaptive coefficient (spec §4).
+/// Bounds of the adaptive coefficient (docs/algorithm.md §4).
 pub const COEFF_RANGE: (f64, f64) = (0.01, 0.99);
 
 /// Reward standard deviations below this count as a zero-variance group (see
@@ -60,7 +60,7 @@ pub fn mean_group_std(rewards: &[f64], group_size: usize) -> f64 {
         / groups as f64
 }
 
-/// `log_rnd_i = ell_ref_i - ell_cur_i` (spec §4).
+/// `log_rnd_i = ell_ref_i - ell_cur_i` (docs/algorithm.md §4).
 pub fn log_rnd(ell_ref: &[f64], ell_cur: &[f64]) -> Vec<f64> {
     ell_ref.iter().zip(ell_cur).map(|(r, c)| r - c).collect()
 }
@@ -73,7 +73,7 @@ pub fn softmax(xs: &[f64]) -> Vec<f64> {
     e.into_iter().map(|x| x / z).collect()
 }
 
-/// Effective sample size fraction `1 / (G * sum w^2)` of normalised weights (spec §4).
+/// Effective sample size fraction `1 / (G * sum w^2)` of normalised weights (docs/algorithm.md §4).
 pub fn ess(weights: &[f64]) -> f64 {
     1.0 / (weights.len() as f64 * weights.iter().map(|w| w * w).sum::<f64>())
 }
@@ -92,7 +92,7 @@ pub fn std_unbiased(xs: &[f64]) -> f64 {
     (xs.iter().map(|x| (x - m) * (x - m)).sum::<f64>() / (xs.len() - 1) as f64).sqrt()
 }
 
-/// `(w+, w-)` of one group for a coefficient `c` (spec §4), including the `alpha = 0` and
+/// `(w+, w-)` of one group for a coefficient `c` (docs/algorithm.md §4), including the `alpha = 0` and
 /// `alpha = -1` modes.
 pub fn group_weights(
     log_rnd: &[f64],
@@ -151,7 +151,7 @@ pub fn adaptive_coeff(log_rnd: &[f64], rewards: &[f64], alpha: f64, threshold: f
     0.5 * (lo + hi)
 }
 
-/// Applies a baseline to one group (spec §4). `unbiased_factor` is
+/// Applies a baseline to one group (docs/algorithm.md §4). `unbiased_factor` is
 /// `softmax_group(ell_theta - ell_cur)` and is required by [`Baseline::Unbiased`] only.
 pub fn apply_baseline(
     w_plus: &[f64],
@@ -255,7 +255,7 @@ impl RolloutWeights {
         })
     }
 
-    /// The per-sample advantages `A` under `baseline` (spec §4); `ell_theta` (detached, this
+    /// The per-sample advantages `A` under `baseline` (docs/algorithm.md §4); `ell_theta` (detached, this
     /// step's masks) is needed by [`Baseline::Unbiased`] only.
     pub fn advantages(
         &self,
@@ -313,7 +313,7 @@ pub struct WeightDiagnostics {
 }
 
 /// The weights and their diagnostics for a rollout batch of `ell_cur`, `ell_ref` and rewards,
-/// with groups of `group_size` contiguous samples (spec §4).
+/// with groups of `group_size` contiguous samples (docs/algorithm.md §4).
 pub fn rollout_weights(
     ell_cur: &[f64],
     ell_ref: &[f64],

@@ -1,4 +1,4 @@
-//! The ELBO estimator (spec §3): hand-computed values, the oracle property, one call for two
+//! The ELBO estimator (docs/algorithm.md §3): hand-computed values, the oracle property, one call for two
 //! models on the same masks, chunking, and its mean against exact enumeration of all masks.
 
 mod common;

@@ -1,4 +1,4 @@
-//! Finite-difference gradient checks of WDCE (spec §4) and diffu-GRPO (spec §6) on a tiny
+//! Finite-difference gradient checks of WDCE (docs/algorithm.md §4) and diffu-GRPO (docs/algorithm.md §6) on a tiny
 //! LLaDA with LoRA adapters, in f64 (Flex computes in the device's default float dtype, set to
 //! F64 for this test binary), central differences on LoRA parameters.
 

@@ -1,4 +1,4 @@
-//! WDCE, DDO (spec §4), diffu-GRPO and wd1 (spec §6) against hand-computed values.
+//! WDCE, DDO (docs/algorithm.md §4), diffu-GRPO and wd1 (docs/algorithm.md §6) against hand-computed values.
 
 mod common;
 

@@ -1,4 +1,4 @@
-//! Mask sampling (spec §3, §6): antithetic complements, clamp, prompt and EOS handling,
+//! Mask sampling (docs/algorithm.md §3, §6): antithetic complements, clamp, prompt and EOS handling,
 //! determinism.
 
 mod common;

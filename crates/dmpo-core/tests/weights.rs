@@ -1,4 +1,4 @@
-//! Importance weights (spec §4): hand-computed values for every mode and baseline, and the
+//! Importance weights (docs/algorithm.md §4): hand-computed values for every mode and baseline, and the
 //! properties the paper relies on.
 
 mod common;

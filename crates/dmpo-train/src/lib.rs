@@ -1,4 +1,4 @@
-//! DMPO training for diffusion LLMs (spec §5): trainer, recipes, checkpoints, metrics, and the
+//! DMPO training for diffusion LLMs (docs/algorithm.md §5): trainer, recipes, checkpoints, metrics, and the
 //! `dmpo` command line.
 #![warn(missing_docs)]
 

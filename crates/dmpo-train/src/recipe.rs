@@ -1,4 +1,4 @@
-//! Recipes: every hyperparameter of a run in one TOML file (spec §5 defaults), unknown keys
+//! Recipes: every hyperparameter of a run in one TOML file (docs/algorithm.md §5 defaults), unknown keys
 //! refused by name, `section.key=value` overrides from the command line.
 
 use std::path::{Path, PathBuf};
@@ -31,10 +31,10 @@ pub struct Recipe {
     /// Optimisation.
     #[serde(default)]
     pub train: TrainSection,
-    /// DMPO objective (spec §3–§4).
+    /// DMPO objective (docs/algorithm.md §3–§4).
     #[serde(default)]
     pub dmpo: DmpoConfig,
-    /// diffu-GRPO / wd1 baseline (spec §6).
+    /// diffu-GRPO / wd1 baseline (docs/algorithm.md §6).
     #[serde(default)]
     pub grpo: GrpoConfig,
     /// Evaluation.
@@ -43,7 +43,7 @@ pub struct Recipe {
 }
 
 fn default_rollout() -> SamplerConfig {
-    // spec §2: DMPO's training rollout — prefix cache, 256 tokens, block 32, 128 steps, T 0.2.
+    // docs/algorithm.md §2: DMPO's training rollout — prefix cache, 256 tokens, block 32, 128 steps, T 0.2.
     SamplerConfig {
         gen_length: 256,
         block_length: 32,
@@ -129,7 +129,7 @@ mod dtype_serde {
     }
 }
 
-/// `[lora]` (spec §5: r 128, alpha 64, dropout 0.05, all seven linears).
+/// `[lora]` (docs/algorithm.md §5: r 128, alpha 64, dropout 0.05, all seven linears).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LoraSection {
@@ -172,7 +172,7 @@ impl LoraSection {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum PromptStyle {
-    /// The reference system prompt and task template (spec §7), in the chat template.
+    /// The reference system prompt and task template (docs/algorithm.md §7), in the chat template.
     Reference,
     /// The bare puzzle/question in the chat template (for tiny models).
     Compact,
@@ -196,7 +196,7 @@ pub struct TaskSection {
     /// Blank cells of generated Sudoku puzzles (range, inclusive).
     #[serde(default = "default_blanks")]
     pub sudoku_blanks: [usize; 2],
-    /// Longest prompt in tokens (left-truncated beyond), spec §5: 200.
+    /// Longest prompt in tokens (left-truncated beyond), docs/algorithm.md §5: 200.
     #[serde(default = "default_max_prompt")]
     pub max_prompt_tokens: usize,
 }
@@ -239,7 +239,7 @@ pub enum Schedule {
     Cosine,
 }
 
-/// `[train]` (spec §5 defaults).
+/// `[train]` (docs/algorithm.md §5 defaults).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TrainSection {

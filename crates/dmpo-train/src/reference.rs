@@ -1,7 +1,7 @@
-//! The reference policy `p_ref` of the DMPO target `p* ∝ p_ref exp(r / alpha)` (spec §4), and
+//! The reference policy `p_ref` of the DMPO target `p* ∝ p_ref exp(r / alpha)` (docs/algorithm.md §4), and
 //! TRL-style reference synchronisation.
 //!
-//! With LoRA the reference is the model with its adapters disabled (spec §5); with full
+//! With LoRA the reference is the model with its adapters disabled (docs/algorithm.md §5); with full
 //! fine-tuning it is a frozen copy of the initial weights. Optionally (TRL's `sync_ref_model`,
 //! full fine-tuning only) every `ref_model_sync_steps` rollout steps the frozen copy moves toward
 //! the policy: `ref <- mixup * policy + (1 - mixup) * ref`. The target then keeps moving ahead of

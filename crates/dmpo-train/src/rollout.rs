@@ -1,4 +1,4 @@
-//! The data of a rollout step (spec §5): the step's prompts, `G` completions of each sampled
+//! The data of a rollout step (docs/algorithm.md §5): the step's prompts, `G` completions of each sampled
 //! from the policy, their rewards, gathered into one [`Rollout`] that the algorithms read.
 
 use std::collections::BTreeMap;

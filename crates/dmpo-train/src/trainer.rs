@@ -1,9 +1,9 @@
-//! The DMPO training loop (spec §5), readable top to bottom:
+//! The DMPO training loop (docs/algorithm.md §5), readable top to bottom:
 //!
 //! for each rollout step: sample prompts → `G` rollouts each → rewards ([`crate::rollout`]) →
 //! the algorithm's updates ([`crate::algorithm`]: DMPO's ELBOs under the rollout policy and the
 //! reference on shared masks, importance weights, `num_iterations` optimiser updates with fresh
-//! masks; or diffu-GRPO's and wd1's, spec §6) → one metrics row ([`crate::metrics`]); then
+//! masks; or diffu-GRPO's and wd1's, docs/algorithm.md §6) → one metrics row ([`crate::metrics`]); then
 //! evaluation, reference sync and checkpoints as the recipe asks.
 
 use std::path::{Path, PathBuf};
@@ -297,7 +297,7 @@ struct StepContext<'a, AB: AutodiffBackend, O> {
 }
 
 impl<AB: AutodiffBackend, O: Optimizer<Llada<AB>, AB>> StepContext<'_, AB, O> {
-    /// One rollout step (spec §5): rollouts, rewards, the algorithm's updates, the metrics row.
+    /// One rollout step (docs/algorithm.md §5): rollouts, rewards, the algorithm's updates, the metrics row.
     fn rollout_step(&mut self, model: Llada<AB>) -> Result<(Llada<AB>, StepMetrics)> {
         let recipe = self.source.recipe;
         let (seed, step) = (recipe.run.seed, self.state.step);
@@ -315,7 +315,7 @@ impl<AB: AutodiffBackend, O: Optimizer<Llada<AB>, AB>> StepContext<'_, AB, O> {
         let rollout = self.source.score(samples)?;
         let reward_secs = clock.elapsed().as_secs_f64();
 
-        // 3. The algorithm's updates: DMPO (spec §3–§4) or diffu-GRPO / wd1 (spec §6).
+        // 3. The algorithm's updates: DMPO (docs/algorithm.md §3–§4) or diffu-GRPO / wd1 (docs/algorithm.md §6).
         let inputs = UpdateInputs::<AB> {
             recipe,
             rollout: &rollout,

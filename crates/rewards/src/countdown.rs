@@ -1,5 +1,5 @@
 //! Countdown: training reward (DMPO `reward_func.py::compute_score`), d1 evaluation
-//! (`parse_countdown_answers`) and an exact solver (spec §7).
+//! (`parse_countdown_answers`) and an exact solver (docs/algorithm.md §7).
 //!
 //! The reference evaluates answers with Python `eval`; here the safe evaluator in
 //! [`crate::expr`] computes the same value. Both references use Python's Unicode `\d`
@@ -96,7 +96,7 @@ pub fn score(completion: &str, numbers: &[f64], target: f64) -> f64 {
     }
 }
 
-/// The Countdown training reward (one component, spec §7).
+/// The Countdown training reward (one component, docs/algorithm.md §7).
 pub fn training_reward(completion: &str, numbers: &[i64], target: i64) -> RewardBreakdown {
     let nums: Vec<f64> = numbers.iter().map(|&n| n as f64).collect();
     RewardBreakdown {

@@ -1,4 +1,4 @@
-//! Task data loaders for the reference formats (spec §7): GSM8K JSONL (`question`,
+//! Task data loaders for the reference formats (docs/algorithm.md §7): GSM8K JSONL (`question`,
 //! `answer` with `####`), MATH JSONL (`problem`, `answer` or `solution`), Countdown JSONL
 //! (`{"input": "30,100,93", "output": "23"}` or `{"nums": [..], "target": n}`), Sudoku CSV
 //! (`Puzzle,Solution`), and Parquet with the same columns (cargo feature `parquet`).

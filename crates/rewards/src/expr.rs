@@ -1,4 +1,4 @@
-//! A safe arithmetic evaluator for Countdown answers (spec §7), replacing the
+//! A safe arithmetic evaluator for Countdown answers (docs/algorithm.md §7), replacing the
 //! reference's Python `eval` while keeping its results.
 //!
 //! Grammar (Python's, restricted to what the reference's character filter

@@ -1,5 +1,5 @@
 //! GSM8K: training reward components (DMPO/d1 `reward_func.py`) and d1 evaluation
-//! parsing (`parse_and_get_acc.py::parse_gsm_answers`), spec §7.
+//! parsing (`parse_and_get_acc.py::parse_gsm_answers`), docs/algorithm.md §7.
 //!
 //! The reference's format regexes run under Python `re.match` **without** `re.DOTALL`:
 //! they are anchored at the start of the completion and `.` does not cross a newline.
@@ -120,7 +120,7 @@ pub fn correctness(text: &str, answer: &str) -> f64 {
     }
 }
 
-/// All five GSM8K training components for one completion (spec §7, max 4.0).
+/// All five GSM8K training components for one completion (docs/algorithm.md §7, max 4.0).
 pub fn training_reward(completion: &str, answer: &str) -> RewardBreakdown {
     RewardBreakdown {
         components: vec![

@@ -1,6 +1,6 @@
 //! Safe verifiers, prompts, task data and generators for the DMPO tasks — GSM8K,
 //! MATH500, Countdown and 4x4 Sudoku — with the reference's exact reward values and the
-//! d1 evaluation protocol (spec §7). Stands alone: no model code, no other workspace crate.
+//! d1 evaluation protocol (docs/algorithm.md §7, §8). Stands alone: no model code, no other workspace crate.
 //!
 //! ```
 //! use rewards::{training_reward, eval_correct, Task, TaskItem};

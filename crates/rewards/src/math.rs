@@ -1,6 +1,6 @@
 //! MATH / MATH500: `\boxed{}` extraction, training reward (DMPO `reward_func.py`:
 //! `correctness_reward_func_math` + `boxed_and_answer_tags_format_reward`) and d1
-//! evaluation (`parse_math_answers`), spec §7.
+//! evaluation (`parse_math_answers`), docs/algorithm.md §7.
 
 use regex::Regex;
 use std::sync::LazyLock;
@@ -92,7 +92,7 @@ pub fn format(completion: &str) -> f64 {
     (tag + boxed) * 0.5
 }
 
-/// Both MATH training components (spec §7, max 3.0). `answer` may be the final answer
+/// Both MATH training components (docs/algorithm.md §7, max 3.0). `answer` may be the final answer
 /// or a full solution containing `\boxed{}`.
 pub fn training_reward(completion: &str, answer: &str) -> RewardBreakdown {
     RewardBreakdown {

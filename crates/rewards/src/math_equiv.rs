@@ -1,5 +1,5 @@
 //! Hendrycks MATH answer normalisation (`strip_string`) and equivalence (`is_equiv`),
-//! as in DMPO's `math500_utils.py` and d1's `parser_helper.py` (spec §7).
+//! as in DMPO's `math500_utils.py` and d1's `parser_helper.py` (docs/algorithm.md §7).
 //!
 //! The reference's helpers raise on some inputs (an `assert` in `remove_right_units`,
 //! `IndexError` in `fix_sqrt`/`fix_fracs`, `ValueError` from `int()` in `fix_a_slash_b`);
@@ -97,7 +97,7 @@ pub fn fix_sqrt(string: &str) -> Result<String, Raised> {
     Ok(new_string)
 }
 
-/// `strip_string`: the Hendrycks MATH normalisation (spec §7): drop newlines, `\!`,
+/// `strip_string`: the Hendrycks MATH normalisation (docs/algorithm.md §7): drop newlines, `\!`,
 /// `\left`/`\right`, degrees, `\$`, right-hand units, `\%`; `tfrac`/`dfrac` → `frac`;
 /// `.5` → `0.5`; drop a short `k = ` prefix; fix `\sqrt`, `\frac`; remove spaces;
 /// `0.5` → `\frac{1}{2}`; `a/b` → `\frac{a}{b}`.

@@ -1,4 +1,4 @@
-//! Prompts (spec §7): the reference system prompts and per-task user-prompt templates
+//! Prompts (docs/algorithm.md §7): the reference system prompts and per-task user-prompt templates
 //! for training (DMPO `data_utils.py`) and evaluation (d1 `eval/*.py`).
 //!
 //! These return the *user message content* as plain strings. The chat template
@@ -7,7 +7,7 @@
 
 use crate::task::{GroundTruth, TaskItem};
 
-/// The training system prompt (spec §7).
+/// The training system prompt (docs/algorithm.md §7).
 pub const SYSTEM_PROMPT: &str =
     "\nRespond in the following format:\n<reasoning>\n...\n</reasoning>\n<answer>\n...\n</answer>\n";
 
@@ -32,7 +32,7 @@ pub fn python_list(numbers: &[i64]) -> String {
     format!("[{}]", inner.join(", "))
 }
 
-/// The training user prompt of an item (DMPO `data_utils.py`, spec §7).
+/// The training user prompt of an item (DMPO `data_utils.py`, docs/algorithm.md §7).
 pub fn training_prompt(item: &TaskItem) -> String {
     match &item.truth {
         GroundTruth::Gsm8k { .. } => format!("{SYSTEM_PROMPT}\n\n{}", item.question),

@@ -1,6 +1,6 @@
 //! Small re-implementations of the Python built-ins the reference scorers rely on
 //! (`str.strip`, `str.isdigit`, `int()`, `float()`), so the Rust scorers agree with
-//! the Python ones on odd inputs (spec §7: "reproduce their behaviour exactly").
+//! the Python ones on odd inputs (docs/algorithm.md §7: "reproduce their behaviour exactly").
 
 use regex::Regex;
 use std::sync::LazyLock;

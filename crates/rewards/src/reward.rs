@@ -1,4 +1,4 @@
-//! The uniform reward / evaluation API over the four tasks (spec §7).
+//! The uniform reward / evaluation API over the four tasks (docs/algorithm.md §7).
 
 use serde::Serialize;
 
@@ -90,7 +90,7 @@ fn check(task: Task, item: &TaskItem) -> Result<(), Error> {
 }
 
 /// The training reward of one completion (the text the model generated after the
-/// prompt), with the reference's exact component values (spec §7).
+/// prompt), with the reference's exact component values (docs/algorithm.md §7).
 ///
 /// Errors only when `item`'s ground truth belongs to another task.
 pub fn training_reward(
@@ -111,7 +111,7 @@ pub fn training_reward(
     })
 }
 
-/// Whether one completion is correct under the d1 evaluation protocol (spec §7).
+/// Whether one completion is correct under the d1 evaluation protocol (docs/algorithm.md §8.2).
 ///
 /// Errors only when `item`'s ground truth belongs to another task.
 pub fn eval_correct(task: Task, completion: &str, item: &TaskItem) -> Result<EvalScore, Error> {

@@ -1,4 +1,4 @@
-//! Scoring of generation files in the d1/DMPO evaluation JSON layout (spec §7):
+//! Scoring of generation files in the d1/DMPO evaluation JSON layout (docs/algorithm.md §8.3):
 //! `{"generations": [{"question", "generations", "ground_truth"}, ...], ...}`, one or more
 //! shard files per run. Accuracy is correct / processed over all items of all files
 //! (for Sudoku: correct empty cells / empty cells), as d1's `parse_and_get_acc.py`.

@@ -1,5 +1,5 @@
 //! 4x4 Sudoku: training reward (DMPO `reward_func.py::sudoku_reward_func`), d1
-//! evaluation (`parse_sudoku_answers`) and a solver that counts solutions (spec §7).
+//! evaluation (`parse_sudoku_answers`) and a solver that counts solutions (docs/algorithm.md §7).
 //!
 //! Grids are 16-character strings read left-to-right, top-to-bottom; `0` = empty.
 
@@ -85,7 +85,7 @@ pub fn validate_solution(answer: &str, puzzle: &str, solution: &str) -> f64 {
     correct_cells(answer, puzzle, solution) as f64 / empty as f64
 }
 
-/// The Sudoku training reward (one component, spec §7).
+/// The Sudoku training reward (one component, docs/algorithm.md §7).
 pub fn training_reward(completion: &str, puzzle: &str, solution: &str) -> RewardBreakdown {
     let v = extract_answer(completion).map_or(0.0, |a| validate_solution(&a, puzzle, solution));
     RewardBreakdown {

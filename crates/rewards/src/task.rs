@@ -1,4 +1,4 @@
-//! The four tasks (spec §7) and a task item: question text plus ground truth.
+//! The four tasks (docs/algorithm.md §7) and a task item: question text plus ground truth.
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -6,7 +6,7 @@ use std::str::FromStr;
 
 use crate::Error;
 
-/// One of the reference tasks (spec §7).
+/// One of the reference tasks (docs/algorithm.md §7).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Task {

@@ -1,4 +1,4 @@
-//! Differential test against the Python references (spec §7): `fixtures/reference_cases.json`
+//! Differential test against the Python references (docs/algorithm.md §7): `fixtures/reference_cases.json`
 //! holds completions (hand-written edge cases, real LLaDA generations from d1's
 //! `eval/eval_baselines/`, and mutations of them) with the values computed by running
 //! DMPO's `reward_func.py`/`math500_utils.py` and d1's `parse_and_get_acc.py` on them.

@@ -2,7 +2,7 @@
 //!
 //! A character-level tokenizer is trained with the `tokenizers` crate over the formatted
 //! training text, then a small LLaDA-layout model learns 4x4 Sudoku with LLaDA's supervised
-//! masked-diffusion objective (spec §1, [`dmpo_core::sft`]): per sequence `t ~ U(eps, 1)`, each
+//! masked-diffusion objective (docs/algorithm.md §1, [`dmpo_core::sft`]): per sequence `t ~ U(eps, 1)`, each
 //! completion token masked with probability `t`, loss = sum of masked cross-entropies / `t`,
 //! divided by `batch * gen_length`. Training stops at the first periodic evaluation whose greedy
 //! cell accuracy on the held-out test puzzles reaches `--target-accuracy` (with well-formed

@@ -1,4 +1,4 @@
-//! A sampler step's candidates (spec §2, steps 2–3): per row of logits, the argmax of the
+//! A sampler step's candidates (docs/algorithm.md §2, steps 2–3): per row of logits, the argmax of the
 //! (noised) logits and the softmax probability of that pick, in one pass. The sampler runs
 //! outside autodiff, so there is no backward pass.
 
@@ -11,7 +11,7 @@ use super::{all_f32, CHUNK};
 #[cfg(feature = "flex")]
 use super::flex::{is_flex, read, to_flex};
 
-/// A sampler step's candidates (spec §2, steps 2–3): per row of `logits` `[batch, n, vocab]`,
+/// A sampler step's candidates (docs/algorithm.md §2, steps 2–3): per row of `logits` `[batch, n, vocab]`,
 /// the index of the largest `logits + noise` (the first on ties; `noise` is the tempered Gumbel
 /// noise, row-major like `logits`, or `None` at temperature 0) and its untempered probability
 /// `softmax(logits)[index]`.

@@ -1,5 +1,5 @@
 //! Bidirectional attention `O = P V`, `P = softmax(scale Q Kᵀ)` with `scale = 1 / sqrt(head_dim)`
-//! and an optional key-padding mask (spec §1), one task per (batch, head).
+//! and an optional key-padding mask (docs/algorithm.md §1), one task per (batch, head).
 //!
 //! Gradients (`P` recomputed in the backward pass, not stored; checked against autodiff of the
 //! tensor expression in the tests): `dV = Pᵀ dO`, `dP = dO Vᵀ`,

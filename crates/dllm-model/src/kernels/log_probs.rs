@@ -1,5 +1,5 @@
 //! Per-token log-likelihoods `log softmax(logits)[target]` over the vocabulary, the quantity
-//! the ELBO and the training losses sum (spec §3, §4, §6).
+//! the ELBO and the training losses sum (docs/algorithm.md §3, §4, §6).
 //!
 //! Gradient: `d logits = g (onehot(target) - softmax(logits))` per row, written only for rows
 //! with `g ≠ 0` (positions the loss counts); checked against autodiff of `log_softmax` then
@@ -32,7 +32,7 @@ use std::sync::Arc;
 
 /// `log softmax(logits)[target]` over the vocabulary: `logits` `[n, len, vocab]`, `targets`
 /// `[n, len, 1]`, result `[n, len]` — the per-token log-likelihood of the ELBO and of the
-/// training losses (spec §3, §4, §6).
+/// training losses (docs/algorithm.md §3, §4, §6).
 ///
 /// On the CPU backend (plain or autodiff) one parallel pass per row computes the log-sum-exp
 /// and picks the target, and the backward pass writes `g (onehot - softmax)` only for rows with

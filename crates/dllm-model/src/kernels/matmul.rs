@@ -1,4 +1,4 @@
-//! The 2-D product `y = x w` of a linear layer (spec §1), written straight into the buffer that
+//! The 2-D product `y = x w` of a linear layer (docs/algorithm.md §1), written straight into the buffer that
 //! becomes the output tensor.
 //!
 //! Gradients: `dx = dy wᵀ`, `dw = xᵀ dy`, written the same way; checked against autodiff of

@@ -1,5 +1,5 @@
 //! Hand-written, row-parallel CPU kernels for the model's elementwise and attention work
-//! (spec §1) and for the per-token quantities the sampler and the losses read (spec §2–§6).
+//! (docs/algorithm.md §1) and for the per-token quantities the sampler and the losses read (docs/algorithm.md §2–§6).
 //!
 //! burn's CPU backend (flex) runs elementwise ops on one thread, one op per pass over memory:
 //! `silu(g) * u` is four passes and a scalar `expf` per element, RMSNorm six. Profiled on the

@@ -1,4 +1,4 @@
-//! RMSNorm over rows, `y = w x r` with `r = (mean(x²) + eps)^-½` (spec §1).
+//! RMSNorm over rows, `y = w x r` with `r = (mean(x²) + eps)^-½` (docs/algorithm.md §1).
 //!
 //! Gradients (derived from the forward formula; checked against autodiff of the tensor
 //! expression in the tests): `dw = Σ_rows dy x r`, `dx = r (dy w - x r · r mean(dy w x))`.

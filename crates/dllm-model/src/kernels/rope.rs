@@ -1,4 +1,4 @@
-//! Rotary position embedding in the rotate-half convention, written heads-first (spec §1):
+//! Rotary position embedding in the rotate-half convention, written heads-first (docs/algorithm.md §1):
 //! `y_j = x_j c_j + x_p(j) s_j`, where `p` swaps the halves of a head and `s` is the signed sine.
 //!
 //! Gradient (a linear map; checked against autodiff of the tensor expression in the tests):

@@ -1,4 +1,4 @@
-//! The KV-cache splice (spec §2): cached keys or values with a run of positions replaced by
+//! The KV-cache splice (docs/algorithm.md §2): cached keys or values with a run of positions replaced by
 //! freshly computed ones, copied row by row through both tensors' strides. The cache is read
 //! outside autodiff, so there is no backward pass.
 
@@ -11,7 +11,7 @@ use super::gemm::HeadsView;
 use super::flex::{flex_tensor, forward_strided, from_flex, heads_view, is_flex, to_flex};
 
 /// `cached` `[batch, heads, total, head_dim]` with positions `[start, start + span)` replaced
-/// by `fresh` `[batch, heads, span, head_dim]` (a KV-cache read, spec §2).
+/// by `fresh` `[batch, heads, span, head_dim]` (a KV-cache read, docs/algorithm.md §2).
 ///
 /// On the CPU backend one copy per row reads both tensors through their strides (`v` arrives
 /// transposed); `None` elsewhere, and the caller concatenates slices.

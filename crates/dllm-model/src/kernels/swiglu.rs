@@ -1,4 +1,4 @@
-//! The SwiGLU product `y = silu(g) u = g σ(g) u` of the MLP (spec §1), elementwise.
+//! The SwiGLU product `y = silu(g) u = g σ(g) u` of the MLP (docs/algorithm.md §1), elementwise.
 //!
 //! Gradient (derived from the forward formula; checked against autodiff of the tensor
 //! expression in the tests): `dg = dy u σ(g) (1 + g (1 - σ(g)))`, `du = dy g σ(g)`.

@@ -1,4 +1,4 @@
-//! The diffu-GRPO and wd1 updates of a rollout (spec §6): group-normalised advantages; per
+//! The diffu-GRPO and wd1 updates of a rollout (docs/algorithm.md §6): group-normalised advantages; per
 //! iteration a prompt mask with the old policy's (and, for diffu-GRPO with a KL term, the
 //! reference's) one-step mean-field log-probs; then one update per iteration.
 
@@ -21,7 +21,7 @@ use crate::recipe::Algorithm;
 /// What a diffu-GRPO or wd1 update reports.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DiffuGrpoDiagnostics {
-    /// Per-row group-normalised advantages (spec §6).
+    /// Per-row group-normalised advantages (docs/algorithm.md §6).
     pub advantages: Vec<f64>,
     /// Seconds per phase.
     pub seconds: PhaseSeconds,

@@ -1,4 +1,4 @@
-//! DMPO's update of a rollout (spec §3–§4): ELBOs under the rollout policy and the reference on
+//! DMPO's update of a rollout (docs/algorithm.md §3–§4): ELBOs under the rollout policy and the reference on
 //! shared masks, importance weights per group, then `num_iterations` WDCE or DDO updates with
 //! fresh masks each.
 
@@ -19,7 +19,7 @@ use crate::error::Result;
 /// What a DMPO update reports.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DmpoDiagnostics {
-    /// The importance weights' diagnostics (ESS, `log_rnd`; spec §4).
+    /// The importance weights' diagnostics (ESS, `log_rnd`; docs/algorithm.md §4).
     pub weights: WeightDiagnostics,
     /// Per-row advantages under the recipe's baseline (`None` when it cannot form them).
     pub advantages: Option<Vec<f64>>,

@@ -1,5 +1,5 @@
-//! The algorithms' update of a scored [`Rollout`]: DMPO (spec §4, [`dmpo`]) and the diffu-GRPO /
-//! wd1 baselines (spec §6, [`diffu_grpo`]). Each scores the rollout under the no-grad policy and
+//! The algorithms' update of a scored [`Rollout`]: DMPO (docs/algorithm.md §4, [`dmpo`]) and the diffu-GRPO /
+//! wd1 baselines (docs/algorithm.md §6, [`diffu_grpo`]). Each scores the rollout under the no-grad policy and
 //! the reference, then applies `num_iterations` optimiser updates through a [`Learner`], and
 //! reports its own diagnostics.
 

@@ -1,4 +1,4 @@
-//! Seedable generators of unlimited training data (spec §7 tasks): 4x4 Sudoku with a
+//! Seedable generators of unlimited training data (docs/algorithm.md §7 tasks): 4x4 Sudoku with a
 //! unique solution and a chosen number of blanks (optionally outside an excluded set, with a
 //! flawed row-only solver for imperfect demonstrations), and Countdown with 3–4 numbers and a
 //! guaranteed solution. Both use `ChaCha8Rng` seeded explicitly, so the same seed (and
