@@ -288,7 +288,7 @@ mod tests {
             seen: RefCell::new(Vec::new()),
         };
         let masks = fixed_masks();
-        let out = sft_loss_with_masks(&ModelView::policy(&model), &batch::<AB>(), &masks).unwrap();
+        let out = sft_loss_with_masks(&model, &batch::<AB>(), &masks).unwrap();
         let grads = out.loss.backward();
         let grad = float_values(table.grad(&grads).unwrap());
         let clean = int_values(batch::<AB>().input_ids.inner());
