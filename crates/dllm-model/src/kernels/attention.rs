@@ -18,18 +18,7 @@ use super::flex::{
     runs_on_flex, to_ad, to_flex, with_autodiff_flex,
 };
 #[cfg(feature = "flex")]
-use burn::backend::autodiff::{
-    checkpoint::base::Checkpointer,
-    grads::Gradients,
-    ops::{Backward, Ops},
-    NodeId,
-};
-#[cfg(feature = "flex")]
-use burn::backend::Flex;
-#[cfg(feature = "flex")]
-use burn_flex::FlexTensor;
-#[cfg(feature = "flex")]
-use std::sync::Arc;
+use super::flex::op_prelude::*;
 
 /// Sizes of one attention call: `[batch, heads, len, head_dim]` queries against `keys` keys.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -21,6 +21,18 @@ use burn_flex::FlexTensor;
 
 use super::gemm::{HeadsView, Strided};
 
+/// What a kernel file needs to write its autodiff op, imported whole
+/// (`use super::flex::op_prelude::*`) so no kernel repeats the list.
+pub(super) mod op_prelude {
+    pub(crate) use burn::backend::autodiff::checkpoint::base::Checkpointer;
+    pub(crate) use burn::backend::autodiff::grads::Gradients;
+    pub(crate) use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+    pub(crate) use burn::backend::autodiff::NodeId;
+    pub(crate) use burn::backend::Flex;
+    pub(crate) use burn_flex::FlexTensor;
+    pub(crate) use std::sync::Arc;
+}
+
 /// flex inside autodiff with checkpoint strategy `C`.
 pub(super) type Ad<C> = Autodiff<Flex, C>;
 

@@ -17,18 +17,7 @@ use super::flex::{
     with_autodiff_flex,
 };
 #[cfg(feature = "flex")]
-use burn::backend::autodiff::{
-    checkpoint::base::Checkpointer,
-    grads::Gradients,
-    ops::{Backward, Ops},
-    NodeId,
-};
-#[cfg(feature = "flex")]
-use burn::backend::Flex;
-#[cfg(feature = "flex")]
-use burn_flex::FlexTensor;
-#[cfg(feature = "flex")]
-use std::sync::Arc;
+use super::flex::op_prelude::*;
 
 /// `log softmax(logits)[target]` over the vocabulary: `logits` `[n, len, vocab]`, `targets`
 /// `[n, len, 1]`, result `[n, len]` — the per-token log-likelihood of the ELBO and of the

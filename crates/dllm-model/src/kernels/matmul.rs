@@ -15,16 +15,7 @@ use super::flex::{
     with_autodiff_flex,
 };
 #[cfg(feature = "flex")]
-use burn::backend::autodiff::{
-    checkpoint::base::Checkpointer,
-    grads::Gradients,
-    ops::{Backward, Ops},
-    NodeId,
-};
-#[cfg(feature = "flex")]
-use burn::backend::Flex;
-#[cfg(feature = "flex")]
-use burn_flex::FlexTensor;
+use super::flex::op_prelude::*;
 
 /// `x w` for `x` `[rows, k]` and `w` `[k, cols]` (a linear layer's product).
 ///

@@ -14,16 +14,7 @@ use super::flex::{
     flex_tensor, from_ad, from_flex, is_flex, read, record, to_ad, to_flex, with_autodiff_flex,
 };
 #[cfg(feature = "flex")]
-use burn::backend::autodiff::{
-    checkpoint::base::Checkpointer,
-    grads::Gradients,
-    ops::{Backward, Ops},
-    NodeId,
-};
-#[cfg(feature = "flex")]
-use burn::backend::Flex;
-#[cfg(feature = "flex")]
-use burn_flex::FlexTensor;
+use super::flex::op_prelude::*;
 
 /// `silu(gate) * up`, elementwise, for tensors of the same shape.
 ///
