@@ -73,6 +73,7 @@ impl BackendTask for Eval {
         let items = eval_items(&section, task, a.limit)?;
         let tokenizer = LladaTokenizer::from_file(a.model.join("tokenizer.json"))?;
         let mut model = load_model::<B>(&a.model, LoadOptions::default(), &device)?;
+        tokenizer.check_model(&model.config)?;
         if let Some(ad) = &a.adapter {
             model = model.load_adapter(ad, &device)?;
         }

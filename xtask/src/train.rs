@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 use dmpo_train::cli::train::run_recipe;
+use dmpo_train::run_dir::{holds_run, StartMode};
 use dmpo_train::trainer::RunOptions;
 use dmpo_train::Recipe;
 
@@ -40,10 +41,22 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     if let Some(b) = a.backend {
         recipe.run.device = b;
     }
+    // The demo starts clean: a previous run in its directory is replaced, and it says so.
+    let start = if a.resume {
+        StartMode::Resume
+    } else {
+        if holds_run(&recipe.run_dir()) {
+            println!(
+                "starting clean: replacing the previous run in {} (pass --resume to continue it)",
+                recipe.run_dir().display()
+            );
+        }
+        StartMode::Overwrite
+    };
     run_recipe(
         recipe,
         RunOptions {
-            resume: a.resume,
+            start,
             ..Default::default()
         },
     )?;

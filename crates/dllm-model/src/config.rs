@@ -114,6 +114,10 @@ fn default_true() -> bool {
     true
 }
 
+/// The most parameters a config may imply (10 trillion, beyond any released dLLM): larger
+/// values are corrupt configs, refused before anything is allocated.
+pub const MAX_PARAMETERS: u128 = 10_000_000_000_000;
+
 impl LladaConfig {
     /// Reads and validates `config.json`.
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
@@ -224,7 +228,7 @@ impl LladaConfig {
                 return bad(field, "must be positive".into());
             }
         }
-        if self.d_model % self.n_heads != 0 {
+        if !self.d_model.is_multiple_of(self.n_heads) {
             return bad(
                 "n_heads",
                 format!(
@@ -233,14 +237,14 @@ impl LladaConfig {
                 ),
             );
         }
-        if self.head_dim() % 2 != 0 {
+        if !self.head_dim().is_multiple_of(2) {
             return bad(
                 "n_heads",
                 format!("head dim {} must be even for RoPE", self.head_dim()),
             );
         }
         let kv = self.num_kv_heads();
-        if kv == 0 || self.n_heads % kv != 0 {
+        if kv == 0 || !self.n_heads.is_multiple_of(kv) {
             return bad(
                 "n_kv_heads",
                 format!("{kv} does not divide n_heads {}", self.n_heads),
@@ -277,15 +281,34 @@ impl LladaConfig {
         if self.rope_theta.is_nan() || self.rope_theta <= 0.0 {
             return bad("rope_theta", "must be positive".into());
         }
-        if self.rms_norm_eps.is_nan() || self.rms_norm_eps <= 0.0 {
-            return bad("rms_norm_eps", "must be positive".into());
+        if !(self.rms_norm_eps > 0.0 && self.rms_norm_eps < 1.0) {
+            return bad("rms_norm_eps", "must be in (0, 1)".into());
+        }
+        if self.max_sequence_length == 0 {
+            return bad("max_sequence_length", "must be positive".into());
+        }
+        // Sizes are multiplied together below and when allocating: bound the product first.
+        let params = self.num_params_u128();
+        if params > MAX_PARAMETERS {
+            return bad(
+                "n_layers",
+                format!(
+                    "the config implies {params} parameters (n_layers {}, d_model {}, \
+                     mlp hidden {}, embedding {}), more than any model this loads \
+                     ({MAX_PARAMETERS})",
+                    self.n_layers,
+                    self.d_model,
+                    self.mlp_hidden(),
+                    self.embed_size()
+                ),
+            );
         }
         Ok(())
     }
 
     /// Dimension of one attention head.
     pub fn head_dim(&self) -> usize {
-        self.d_model / self.n_heads
+        self.d_model.checked_div(self.n_heads).unwrap_or(0)
     }
 
     /// Number of key/value heads actually used.
@@ -300,7 +323,7 @@ impl LladaConfig {
     /// Inner MLP size actually used.
     pub fn mlp_hidden(&self) -> usize {
         self.mlp_hidden_size
-            .unwrap_or(self.mlp_ratio * self.d_model)
+            .unwrap_or(self.mlp_ratio.saturating_mul(self.d_model))
     }
 
     /// Rows of the embedding table (and columns of the logits).
@@ -310,15 +333,18 @@ impl LladaConfig {
 
     /// Number of parameters of the base model.
     pub fn num_params(&self) -> usize {
-        let d = self.d_model;
-        let kv = self.num_kv_heads() * self.head_dim();
-        let per_block = 2 * d + d * d * 2 + 2 * d * kv + 3 * d * self.mlp_hidden();
-        let head = if self.weight_tying {
-            0
-        } else {
-            self.embed_size() * d
-        };
-        self.embed_size() * d + self.n_layers * per_block + d + head
+        usize::try_from(self.num_params_u128()).unwrap_or(usize::MAX)
+    }
+
+    /// [`Self::num_params`] without overflow, for any config (validated or not).
+    pub fn num_params_u128(&self) -> u128 {
+        let d = self.d_model as u128;
+        let kv = (self.num_kv_heads() as u128) * (self.head_dim() as u128);
+        let mlp = self.mlp_hidden() as u128;
+        let embed = self.embed_size() as u128;
+        let per_block = 2 * d + d * d * 2 + 2 * d * kv + 3 * d * mlp;
+        let head = if self.weight_tying { 0 } else { embed * d };
+        embed * d + (self.n_layers as u128) * per_block + d + head
     }
 
     /// Writes the config as pretty JSON.

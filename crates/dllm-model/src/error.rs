@@ -69,6 +69,18 @@ pub enum ModelError {
         /// The dtype found.
         dtype: String,
     },
+    /// A tensor holds a NaN or an infinity (a corrupt or diverged checkpoint).
+    #[error("{path}: tensor `{tensor}` holds a non-finite value ({value}) at flat index {index}")]
+    NonFinite {
+        /// The file holding the tensor.
+        path: PathBuf,
+        /// The tensor's name.
+        tensor: String,
+        /// Row-major index of the first non-finite element.
+        index: usize,
+        /// The value (`NaN`, `inf` or `-inf`).
+        value: String,
+    },
     /// No weights were found in a model directory.
     #[error("{path}: no `model.safetensors` or `model.safetensors.index.json` found")]
     NoWeights {

@@ -66,7 +66,12 @@ impl<B: Backend> Linear<B> {
         let y =
             crate::ops::matmul_2d(&x, &weight).unwrap_or_else(|| linear(x.clone(), weight, None));
         let y = match (&self.lora, adapter) {
-            (Some(lora), true) => y + lora.forward(x),
+            // The sum in the adapter's dtype, then back to the base's (PEFT's order).
+            (Some(lora), true) => {
+                let dtype = y.dtype();
+                let update = lora.forward(x);
+                (y.cast(update.dtype()) + update).cast(dtype)
+            }
             _ => y,
         };
         let d_out = y.dims()[1];
@@ -103,10 +108,12 @@ impl<B: Backend> Lora<B> {
         self.a.val().dims()[1]
     }
 
-    /// `scale * dropout(x) A B` for `x` `[rows, in]`.
+    /// `scale * dropout(x) A B` for `x` `[rows, in]`, computed in the adapter's dtype (f32 on a
+    /// bf16 or f16 base, as PEFT casts `x` to `lora_A`'s dtype).
     pub fn forward(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
-        let x = self.dropout.forward(x);
-        let h = linear(x, self.a.val(), None);
+        let a = self.a.val();
+        let x = self.dropout.forward(x).cast(a.dtype());
+        let h = linear(x, a, None);
         linear(h, self.b.val(), None) * self.scale
     }
 

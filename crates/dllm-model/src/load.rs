@@ -8,7 +8,7 @@ use safetensors::{Dtype, View};
 use crate::config::{config_path, LladaConfig};
 use crate::error::{ModelError, Result};
 use crate::model::Llada;
-use crate::params::Checkpoint;
+use crate::params::{Checkpoint, Verify};
 use crate::weights::{WeightDType, WeightFiles};
 
 pub use crate::params::PREFIX;
@@ -41,7 +41,33 @@ pub fn from_weights<B: Backend>(
     options: LoadOptions,
     device: &B::Device,
 ) -> Result<Llada<B>> {
+    check_dtype_supported::<B>(options.dtype, device)?;
     Llada::build(config, &mut Checkpoint::new(weights, options.dtype, device))
+}
+
+/// Refuses a weight dtype the backend cannot compute in on `device` (burn's WGPU backend has
+/// no bf16 arithmetic, for example), instead of a panic deep inside a kernel.
+pub fn check_dtype_supported<B: Backend>(dtype: WeightDType, device: &B::Device) -> Result<()> {
+    let burn = dtype.burn();
+    if B::supports_dtype(device, burn) {
+        return Ok(());
+    }
+    Err(ModelError::Input(format!(
+        "the {} backend cannot compute in {burn:?} on this device; load the weights as f32 \
+         (or f16 where the device supports it)",
+        B::name(device)
+    )))
+}
+
+/// Validates a model directory exactly as [`load_model`] would (config, every tensor's presence,
+/// shape, dtype and finiteness, no tensor left over) without keeping any weight: one tensor is
+/// in memory at a time. Returns the config.
+pub fn verify_model<B: Backend>(dir: impl AsRef<Path>, device: &B::Device) -> Result<LladaConfig> {
+    let dir = dir.as_ref();
+    let config = LladaConfig::from_file(config_path(dir))?;
+    let weights = WeightFiles::open_dir(dir)?;
+    Llada::<B>::build(&config, &mut Verify::new(&weights, device))?;
+    Ok(config)
 }
 
 /// A named tensor on the host, ready to be written to safetensors.

@@ -61,6 +61,13 @@ impl LoraConfig {
         if self.r == 0 {
             return Err(ModelError::config(path, "r", "rank must be positive"));
         }
+        if !(self.lora_alpha > 0.0 && self.lora_alpha.is_finite()) {
+            return Err(ModelError::config(
+                path,
+                "lora_alpha",
+                "must be positive and finite",
+            ));
+        }
         if !(0.0..1.0).contains(&self.lora_dropout) {
             return Err(ModelError::config(
                 path,
@@ -112,6 +119,18 @@ impl<B: Backend> Llada<B> {
             for (name, lin) in block.linears_mut() {
                 if config.targets(name) {
                     let [d_in, d_out] = lin.dims();
+                    if config.r > d_in.min(d_out) {
+                        return Err(ModelError::config(
+                            Path::new("<lora config>"),
+                            "r",
+                            format!(
+                                "rank {} exceeds the rank of `{name}` ({d_in} x {d_out}): an \
+                                 update of that rank cannot be more than min(in, out) = {}",
+                                config.r,
+                                d_in.min(d_out)
+                            ),
+                        ));
+                    }
                     let mut lora = Lora::init(
                         d_in,
                         d_out,
@@ -133,7 +152,8 @@ impl<B: Backend> Llada<B> {
         for block in &mut self.blocks {
             for (_, lin) in block.linears_mut() {
                 if let Some(lora) = lin.lora.take() {
-                    let merged = lin.weight.val() + lora.delta();
+                    let weight = lin.weight.val();
+                    let merged = weight.clone() + lora.delta().cast(weight.dtype());
                     lin.weight = Param::from_tensor(merged.detach());
                 }
             }
@@ -212,12 +232,9 @@ impl<B: Backend> Llada<B> {
         }
         let weights = WeightFiles::open_file(&file)?;
         let mut model = self.no_grad();
-        let dtype = model.wte.val().dtype();
-        let wdtype = match dtype {
-            burn::tensor::DType::BF16 => WeightDType::BF16,
-            burn::tensor::DType::F16 => WeightDType::F16,
-            _ => WeightDType::F32,
-        };
+        // Adapters are f32 whatever the base's dtype (PEFT's `autocast_adapter_dtype`): they
+        // are what training updates.
+        let (dtype, wdtype) = (burn::tensor::DType::F32, WeightDType::F32);
         for (i, block) in model.blocks.iter_mut().enumerate() {
             for (name, lin) in block.linears_mut() {
                 lin.lora = None;

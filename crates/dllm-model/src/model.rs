@@ -7,7 +7,7 @@
 use std::ops::Range;
 
 use burn::module::{Module, Param};
-use burn::tensor::{backend::Backend, module::embedding, Bool, Int, Tensor};
+use burn::tensor::{backend::Backend, module::embedding, Bool, DType, Int, Tensor};
 
 use crate::block::Block;
 use crate::cache::{CacheUse, KvCache};
@@ -95,7 +95,7 @@ impl<B: Backend> Llada<B> {
     ) -> Result<Self, S::Error> {
         let d = config.d_model;
         let e = config.embed_size();
-        let mut blocks = Vec::with_capacity(config.n_layers);
+        let mut blocks = Vec::new();
         for i in 0..config.n_layers {
             blocks.push(Block::build(
                 config,
@@ -196,7 +196,9 @@ impl<B: Backend> Llada<B> {
         self.ln_f.forward(x)
     }
 
-    /// Applies the LM head at the chosen positions of `hidden` `[batch, len, d]`.
+    /// Applies the LM head at the chosen positions of `hidden` `[batch, len, d]`. Logits are
+    /// f32 whatever the weights' dtype (the head runs in the weights' dtype; the sampler's noise,
+    /// log-softmax and losses then work in f32, as d1 and DMPO call `.float()` on them).
     pub fn logits(&self, hidden: Tensor<B, 3>, positions: &LogitPositions<B>) -> Tensor<B, 3> {
         let selected = match positions {
             LogitPositions::All => hidden,
@@ -216,10 +218,11 @@ impl<B: Backend> Llada<B> {
                     .reshape([1, n, d])
             }
         };
-        match &self.head {
+        let logits = match &self.head {
             Some(head) => head.forward(selected, true),
             None => burn::tensor::module::linear(selected, self.wte.val().transpose(), None),
-        }
+        };
+        logits.cast(DType::F32)
     }
 
     /// Number of parameters (base model and adapters).

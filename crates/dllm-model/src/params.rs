@@ -17,7 +17,7 @@
 
 use std::convert::Infallible;
 
-use burn::tensor::{backend::Backend, DType, Distribution, Tensor};
+use burn::tensor::{backend::Backend, Distribution, Tensor};
 
 use crate::config::LladaConfig;
 use crate::error::ModelError;
@@ -122,7 +122,7 @@ impl<'a, B: Backend> Checkpoint<'a, B> {
 
     /// A host tensor on the device, in the requested element type.
     fn upload<const D: usize>(&self, host: HostTensor) -> Tensor<B, D> {
-        Tensor::from_data(host.into_data(), (self.device, burn_dtype(self.dtype)))
+        Tensor::from_data(host.into_data(), (self.device, self.dtype.burn()))
     }
 }
 
@@ -157,27 +157,77 @@ impl<B: Backend> ParamSource<B> for Checkpoint<'_, B> {
 
     /// Refuses the tensors of the files that the model of `config` did not read.
     fn finish(&mut self, config: &LladaConfig) -> Result<(), ModelError> {
-        let unused = self.weights.unused();
-        match unused.first() {
-            None => Ok(()),
-            Some(first) => Err(ModelError::Safetensors {
-                path: self.weights.file_of(first),
-                message: format!(
-                    "config/weights mismatch: {} tensor(s) not used by the config ({}), e.g. `{first}`",
-                    unused.len(),
-                    describe(config)
-                ),
-            }),
-        }
+        unused_tensors(self.weights, config)
     }
 }
 
-/// burn's element type for a weight type.
-fn burn_dtype(d: WeightDType) -> DType {
-    match d {
-        WeightDType::F32 => DType::F32,
-        WeightDType::BF16 => DType::BF16,
-        WeightDType::F16 => DType::F16,
+/// Checks a checkpoint the way [`Checkpoint`] loads it — every tensor present, of the right
+/// shape and a readable dtype, finite, and none left over — one tensor at a time, keeping
+/// nothing: the model it builds has empty (`[0, …]`) parameters and is only thrown away.
+/// `dmpo inspect` uses it to validate a model directory without holding its weights.
+pub struct Verify<'a, B: Backend> {
+    weights: &'a WeightFiles,
+    device: &'a B::Device,
+}
+
+impl<'a, B: Backend> Verify<'a, B> {
+    /// Checks the tensors of `weights`; placeholders are made on `device`.
+    pub fn new(weights: &'a WeightFiles, device: &'a B::Device) -> Self {
+        Self { weights, device }
+    }
+
+    /// Reads and checks one tensor, then drops it.
+    fn check(&self, name: &str, shape: &[usize]) -> Result<(), ModelError> {
+        self.weights.read(name, shape, WeightDType::F32).map(drop)
+    }
+}
+
+impl<B: Backend> ParamSource<B> for Verify<'_, B> {
+    type Error = ModelError;
+
+    fn linear_weight(
+        &mut self,
+        name: &str,
+        d_in: usize,
+        d_out: usize,
+    ) -> Result<Tensor<B, 2>, ModelError> {
+        self.check(name, &[d_out, d_in])?;
+        Ok(Tensor::zeros([0, 0], self.device))
+    }
+
+    fn embedding(
+        &mut self,
+        name: &str,
+        rows: usize,
+        cols: usize,
+    ) -> Result<Tensor<B, 2>, ModelError> {
+        self.check(name, &[rows, cols])?;
+        Ok(Tensor::zeros([0, 0], self.device))
+    }
+
+    fn norm_weight(&mut self, name: &str, d: usize) -> Result<Tensor<B, 1>, ModelError> {
+        self.check(name, &[d])?;
+        Ok(Tensor::zeros([0], self.device))
+    }
+
+    fn finish(&mut self, config: &LladaConfig) -> Result<(), ModelError> {
+        unused_tensors(self.weights, config)
+    }
+}
+
+/// Refuses the tensors of `weights` that the model of `config` did not read.
+fn unused_tensors(weights: &WeightFiles, config: &LladaConfig) -> Result<(), ModelError> {
+    let unused = weights.unused();
+    match unused.first() {
+        None => Ok(()),
+        Some(first) => Err(ModelError::Safetensors {
+            path: weights.file_of(first),
+            message: format!(
+                "config/weights mismatch: {} tensor(s) not used by the config ({}), e.g. `{first}`",
+                unused.len(),
+                describe(config)
+            ),
+        }),
     }
 }
 

@@ -18,8 +18,27 @@ pub struct Array<T> {
     pub shape: Vec<usize>,
 }
 
+/// The largest array file read (1 GiB, 134M `i64` ids): a larger or endless input (such as
+/// `/dev/zero`) is refused before it fills memory.
+pub const MAX_FILE_BYTES: u64 = 1 << 30;
+
 fn open(path: &Path) -> Result<Vec<u8>> {
-    std::fs::read(path).map_err(|e| ModelError::io(path, e))
+    use std::io::Read;
+    let file = std::fs::File::open(path).map_err(|e| ModelError::io(path, e))?;
+    let mut bytes = Vec::new();
+    file.take(MAX_FILE_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| ModelError::io(path, e))?;
+    if bytes.len() as u64 > MAX_FILE_BYTES {
+        return Err(ModelError::Safetensors {
+            path: path.to_path_buf(),
+            message: format!(
+                "larger than the {} MiB an array file may hold",
+                MAX_FILE_BYTES >> 20
+            ),
+        });
+    }
+    Ok(bytes)
 }
 
 fn view<'a>(

@@ -38,6 +38,8 @@ impl ChatMessage {
 #[derive(Clone)]
 pub struct LladaTokenizer {
     inner: Tokenizer,
+    /// The file it was loaded from (named in errors).
+    path: PathBuf,
     /// Beginning-of-text token, e.g. `<|startoftext|>` (126080 for LLaDA-8B).
     pub bos: String,
     /// End-of-text token, e.g. `<|endoftext|>`.
@@ -94,6 +96,7 @@ impl LladaTokenizer {
                 })
         };
         Ok(Self {
+            path: path.clone(),
             bos: find(&BOS_NAMES, "beginning-of-text")?,
             eos: find(&EOS_NAMES, "end-of-text")?,
             start_header: find(&["<|start_header_id|>"], "start-header")?,
@@ -149,7 +152,7 @@ impl LladaTokenizer {
             .encode(text, false)
             .map(|e| e.get_ids().to_vec())
             .map_err(|e| ModelError::Tokenizer {
-                path: PathBuf::from("<encode>"),
+                path: self.path.clone(),
                 message: e.to_string(),
             })
     }
@@ -164,9 +167,25 @@ impl LladaTokenizer {
         self.inner
             .decode(ids, skip_special)
             .map_err(|e| ModelError::Tokenizer {
-                path: PathBuf::from("<decode>"),
+                path: self.path.clone(),
                 message: e.to_string(),
             })
+    }
+
+    /// Checks that every id this tokenizer produces has a row in the model's embedding table
+    /// (a tokenizer from another model would otherwise yield ids the model cannot read).
+    pub fn check_model(&self, config: &crate::LladaConfig) -> Result<()> {
+        let (vocab, embed) = (self.vocab_size(), config.embed_size());
+        if vocab > embed {
+            return Err(ModelError::Tokenizer {
+                path: self.path.clone(),
+                message: format!(
+                    "{vocab} tokens, but the model's embedding table has {embed} rows: the \
+                     tokenizer belongs to another model"
+                ),
+            });
+        }
+        Ok(())
     }
 
     /// Vocabulary size including added tokens.

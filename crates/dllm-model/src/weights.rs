@@ -35,6 +35,17 @@ impl std::str::FromStr for WeightDType {
     }
 }
 
+impl WeightDType {
+    /// burn's element type for this weight type.
+    pub fn burn(self) -> burn::tensor::DType {
+        match self {
+            Self::F32 => burn::tensor::DType::F32,
+            Self::BF16 => burn::tensor::DType::BF16,
+            Self::F16 => burn::tensor::DType::F16,
+        }
+    }
+}
+
 /// Host-side tensor values in the chosen element type.
 #[derive(Debug, Clone)]
 pub enum HostValues {
@@ -44,6 +55,26 @@ pub enum HostValues {
     BF16(Vec<bf16>),
     /// f16 values.
     F16(Vec<f16>),
+}
+
+impl HostValues {
+    /// The index and value of the first NaN or infinity, if any.
+    pub fn first_non_finite(&self) -> Option<(usize, f32)> {
+        fn find<T: Copy>(
+            v: &[T],
+            finite: impl Fn(T) -> bool,
+            f32_of: impl Fn(T) -> f32,
+        ) -> Option<(usize, f32)> {
+            v.iter()
+                .position(|&x| !finite(x))
+                .map(|i| (i, f32_of(v[i])))
+        }
+        match self {
+            Self::F32(v) => find(v, f32::is_finite, |x| x),
+            Self::BF16(v) => find(v, |x| x.is_finite(), bf16::to_f32),
+            Self::F16(v) => find(v, |x| x.is_finite(), f16::to_f32),
+        }
+    }
 }
 
 /// A tensor read from a checkpoint: row-major values and shape.
@@ -259,6 +290,14 @@ impl WeightFiles {
                 tensor: name.to_string(),
                 dtype: format!("{:?}", view.dtype()),
             })?;
+        if let Some((index, value)) = values.first_non_finite() {
+            return Err(ModelError::NonFinite {
+                path: path.clone(),
+                tensor: name.to_string(),
+                index,
+                value: value.to_string(),
+            });
+        }
         Ok(HostTensor {
             values,
             shape: expected.to_vec(),

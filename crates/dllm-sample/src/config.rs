@@ -110,14 +110,21 @@ impl SamplerConfig {
         if self.gen_length == 0 || self.block_length == 0 {
             return bad("gen_length and block_length must be positive".into());
         }
-        if self.gen_length % self.block_length != 0 {
+        if !self.gen_length.is_multiple_of(self.block_length) {
             return bad(format!(
                 "gen_length {} is not a multiple of block_length {}",
                 self.gen_length, self.block_length
             ));
         }
+        if self.steps > self.gen_length {
+            return bad(format!(
+                "steps {} exceeds gen_length {}: every step commits at least one token, so more \
+                 steps than tokens cannot do work",
+                self.steps, self.gen_length
+            ));
+        }
         let blocks = self.gen_length / self.block_length;
-        if self.threshold.is_none() && (self.steps == 0 || self.steps % blocks != 0) {
+        if self.threshold.is_none() && (self.steps == 0 || !self.steps.is_multiple_of(blocks)) {
             return bad(format!(
                 "steps {} must be a positive multiple of the number of blocks {blocks}",
                 self.steps

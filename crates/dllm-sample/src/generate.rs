@@ -123,7 +123,15 @@ impl<'m, B: Backend> Sampler<'m, B> {
             }
         }
         let prompt_len = prompts.iter().map(Vec::len).max().unwrap_or(0);
-        let total = prompt_len + config.gen_length;
+        let total = prompt_len.saturating_add(config.gen_length);
+        let context = model.config.max_sequence_length;
+        if total > context {
+            return Err(SampleError::Input(format!(
+                "prompt ({prompt_len} tokens) + gen_length ({}) = {total} tokens exceeds the \
+                 model's context (max_sequence_length {context})",
+                config.gen_length
+            )));
+        }
         let pad = model.config.pad_token_id as i64;
         let mut x = Vec::with_capacity(prompts.len() * total);
         let mut pad_lengths = Vec::with_capacity(prompts.len());
@@ -176,7 +184,7 @@ impl<'m, B: Backend> Sampler<'m, B> {
                     break;
                 }
                 let refresh = s == 0 || c.refresh_every.is_some_and(|r| s % r == 0);
-                let (lo, x0, conf) = self.step_predictions(start, end, refresh);
+                let (lo, x0, conf) = self.step_predictions(start, end, refresh)?;
                 let ks: Vec<usize> = (0..self.batch)
                     .map(|b| schedule[b].get(s).copied().unwrap_or(0))
                     .collect();
@@ -251,7 +259,7 @@ impl<'m, B: Backend> Sampler<'m, B> {
         start: usize,
         end: usize,
         refresh: bool,
-    ) -> (usize, Vec<i64>, Vec<f32>) {
+    ) -> Result<(usize, Vec<i64>, Vec<f32>), SampleError> {
         let lo = self.first_candidate(start);
         let cfg = self.config.cfg_scale > 0.0;
         let rows = if cfg { 2 * self.batch } else { self.batch };
@@ -312,8 +320,8 @@ impl<'m, B: Backend> Sampler<'m, B> {
         } else {
             logits
         };
-        let (x0, conf) = self.candidates(logits);
-        (lo, x0, conf)
+        let (x0, conf) = self.candidates(logits)?;
+        Ok((lo, x0, conf))
     }
 
     /// `[x]`, or `[x; x with the prompt masked]` for classifier-free guidance.
@@ -346,7 +354,7 @@ impl<'m, B: Backend> Sampler<'m, B> {
     }
 
     /// Candidate tokens (Gumbel-max) and confidences for logits `[batch, n, vocab]`.
-    fn candidates(&mut self, logits: Tensor<B, 3>) -> (Vec<i64>, Vec<f32>) {
+    fn candidates(&mut self, logits: Tensor<B, 3>) -> Result<(Vec<i64>, Vec<f32>), SampleError> {
         let [batch, n, vocab] = logits.dims();
         let t = self.config.temperature;
         // docs/algorithm.md §2 step 2: argmax(logits + T * gumbel), gumbel = -ln(-ln u).
@@ -365,12 +373,21 @@ impl<'m, B: Backend> Sampler<'m, B> {
             None => self.candidates_on_device(logits, noise, low_confidence),
         };
         if low_confidence {
-            (x0, conf)
+            // A NaN or infinite logit makes its softmax NaN: diverged or overflowing weights
+            // (f16) would otherwise decode silently to arbitrary tokens.
+            if let Some(i) = conf.iter().position(|c| !c.is_finite()) {
+                return Err(SampleError::NonFinite(format!(
+                    "non-finite logits at row {}, position {} (diverged weights, or an f16 overflow: try bf16 or f32)",
+                    i / n,
+                    i % n
+                )));
+            }
+            Ok((x0, conf))
         } else {
-            (
+            Ok((
                 x0,
                 (0..batch * n).map(|_| self.rng.random::<f32>()).collect(),
-            )
+            ))
         }
     }
 

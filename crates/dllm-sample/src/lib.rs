@@ -29,4 +29,7 @@ pub enum SampleError {
     /// Bad prompts.
     #[error("sampler input: {0}")]
     Input(String),
+    /// The model produced NaN or infinite logits.
+    #[error("sampler: {0}")]
+    NonFinite(String),
 }

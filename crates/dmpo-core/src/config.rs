@@ -101,6 +101,18 @@ impl DmpoConfig {
         if !(self.ess_threshold > 0.0 && self.ess_threshold <= 1.0) {
             return Err(DmpoError::config("ess_threshold", "must be in (0, 1]"));
         }
+        if !(self.centering_strength >= 0.0 && self.centering_strength.is_finite()) {
+            return Err(DmpoError::config(
+                "centering_strength",
+                "must be finite and >= 0",
+            ));
+        }
+        if !(self.ddo_beta > 0.0 && self.ddo_beta.is_finite()) {
+            return Err(DmpoError::config("ddo_beta", "must be finite and > 0"));
+        }
+        if !(self.ddo_alpha >= 0.0 && self.ddo_alpha.is_finite()) {
+            return Err(DmpoError::config("ddo_alpha", "must be finite and >= 0"));
+        }
         if self.num_replicates == 0 {
             return Err(DmpoError::config("num_replicates", "must be positive"));
         }

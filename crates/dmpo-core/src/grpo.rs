@@ -27,7 +27,7 @@ pub fn grpo_advantages(
     group_size: usize,
     scale_rewards: bool,
 ) -> Result<Vec<f64>> {
-    if group_size == 0 || rewards.len() % group_size != 0 {
+    if group_size == 0 || !rewards.len().is_multiple_of(group_size) {
         return Err(DmpoError::shape(format!(
             "{} rewards do not form groups of {group_size}",
             rewards.len()

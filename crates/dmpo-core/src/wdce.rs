@@ -41,7 +41,7 @@ pub(crate) fn check_rollout<B: Backend>(
             rollout.len()
         )));
     }
-    if rollout.group_size == 0 || n % rollout.group_size != 0 {
+    if rollout.group_size == 0 || !n.is_multiple_of(rollout.group_size) {
         return Err(DmpoError::shape(format!(
             "batch of {n} does not hold whole groups of {}",
             rollout.group_size

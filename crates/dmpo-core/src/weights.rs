@@ -211,7 +211,7 @@ impl RolloutWeights {
     pub fn select_rows(&self, rows: &[usize]) -> Result<Self> {
         let g = self.group_size;
         let n = self.len();
-        if g == 0 || n % g != 0 || [self.w_minus.len(), self.ell_cur.len()] != [n, n] {
+        if g == 0 || !n.is_multiple_of(g) || [self.w_minus.len(), self.ell_cur.len()] != [n, n] {
             return Err(DmpoError::shape(format!(
                 "{n} w+, {} w-, {} ell_cur do not form groups of {g}",
                 self.w_minus.len(),
@@ -225,7 +225,7 @@ impl RolloutWeights {
                 n / g
             )));
         }
-        if rows.len() % g != 0 {
+        if !rows.len().is_multiple_of(g) {
             return Err(DmpoError::shape(format!(
                 "{} rows do not form groups of {g}",
                 rows.len()
@@ -331,7 +331,7 @@ pub fn rollout_weights(
             ell_ref.len()
         )));
     }
-    if group_size == 0 || n % group_size != 0 {
+    if group_size == 0 || !n.is_multiple_of(group_size) {
         return Err(DmpoError::shape(format!(
             "{n} samples do not form groups of {group_size}"
         )));

@@ -1,4 +1,5 @@
-//! Checkpoints written atomically (temporary directory, then rename): the model as burn
+//! Checkpoints written atomically (a temporary directory, its files and itself flushed to disk,
+//! then one rename; an old one is renamed away before it is deleted): the model as burn
 //! records (exact resume, parameter ids included), the user-facing export (PEFT adapter or
 //! Hugging Face model), optimiser state, and the step counters. Random state needs no file:
 //! every random stream of step `k` is derived from `(seed, k)`.
@@ -7,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use burn::module::{AutodiffModule, Module};
 use burn::optim::Optimizer;
-use burn::record::{BinFileRecorder, FullPrecisionSettings, Recorder};
+use burn::record::{BinFileRecorder, FullPrecisionSettings, Recorder, RecorderError};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use dllm_model::Llada;
 use serde::{Deserialize, Serialize};
@@ -33,6 +34,22 @@ fn ckpt_err(path: &Path, message: impl std::fmt::Display) -> TrainError {
     }
 }
 
+/// A burn recorder error as a sentence: its `Display` is its `Debug` form, which wraps an I/O
+/// error's `Os { code: 28, kind: StorageFull, message: "No space left on device" }`; the
+/// message inside is what a person needs.
+fn record_err(path: &Path, e: RecorderError) -> TrainError {
+    let (what, inner) = match e {
+        RecorderError::FileNotFound(m) => ("file not found", m),
+        RecorderError::DeserializeError(m) => ("unreadable record", m),
+        RecorderError::Unknown(m) => ("cannot write or read the record", m),
+    };
+    let detail = inner
+        .split_once("message: \"")
+        .and_then(|(_, rest)| rest.split_once('"'))
+        .map_or(inner.as_str(), |(m, _)| m);
+    ckpt_err(path, format!("{what}: {detail}"))
+}
+
 fn recorder() -> BinFileRecorder<FullPrecisionSettings> {
     BinFileRecorder::<FullPrecisionSettings>::new()
 }
@@ -55,25 +72,67 @@ where
     O: Optimizer<Llada<B>, B>,
 {
     let root = dir.join("checkpoints");
-    let name = format!("step-{:06}", state.step);
+    let name = step_dir_name(state.step);
     let tmp = root.join(format!(".tmp-{name}"));
-    let fin = root.join(&name);
     if tmp.exists() {
         std::fs::remove_dir_all(&tmp).map_err(|e| TrainError::io(&tmp, e))?;
     }
     std::fs::create_dir_all(&tmp).map_err(|e| TrainError::io(&tmp, e))?;
+    let written = write_contents(
+        &tmp, model, reference, optimizer, state, finetune, base_model,
+    )
+    .and_then(|()| sync_tree(&tmp));
+    if let Err(e) = written {
+        // A failed write (disk full, say) leaves no temporary directory behind.
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(e);
+    }
+    let fin = root.join(&name);
+    if fin.exists() {
+        // Replaced by two renames: a kill in between leaves the old copy under a `.trash-`
+        // name (removed at the next start), never a half-deleted one under its final name.
+        discard(&root, &name)?;
+    }
+    std::fs::rename(&tmp, &fin).map_err(|e| TrainError::io(&fin, e))?;
+    sync_dir(&root)?;
+    dllm_model::load::write_atomic(&root.join("latest"), name.as_bytes())?;
+    sync_dir(&root)?;
+    prune(&root, keep)?;
+    Ok(fin)
+}
+
+/// The directory name of the checkpoint after `step` rollout steps.
+fn step_dir_name(step: usize) -> String {
+    format!("step-{step:06}")
+}
+
+/// Writes every file of a checkpoint into `tmp`; `state.json` last, so that a directory
+/// holding it holds everything.
+fn write_contents<B, O>(
+    tmp: &Path,
+    model: &Llada<B>,
+    reference: Option<&Llada<B::InnerBackend>>,
+    optimizer: &O,
+    state: TrainState,
+    finetune: Finetune,
+    base_model: &str,
+) -> Result<()>
+where
+    B: AutodiffBackend,
+    O: Optimizer<Llada<B>, B>,
+{
     model
         .clone()
         .save_file(tmp.join("model"), &recorder())
-        .map_err(|e| ckpt_err(&tmp, e))?;
+        .map_err(|e| record_err(tmp, e))?;
     recorder()
         .record(optimizer.to_record(), tmp.join("optimizer"))
-        .map_err(|e| ckpt_err(&tmp, e))?;
+        .map_err(|e| record_err(tmp, e))?;
     if let Some(reference) = reference {
         reference
             .clone()
             .save_file(tmp.join(REFERENCE_FILE), &recorder())
-            .map_err(|e| ckpt_err(&tmp, e))?;
+            .map_err(|e| record_err(tmp, e))?;
     }
     match finetune {
         Finetune::Lora => model.save_adapter(tmp.join("adapter"), base_model)?,
@@ -83,14 +142,41 @@ where
         }
     }
     let json = serde_json::to_string_pretty(&state).expect("serialisable");
-    std::fs::write(tmp.join("state.json"), json).map_err(|e| TrainError::io(&tmp, e))?;
-    if fin.exists() {
-        std::fs::remove_dir_all(&fin).map_err(|e| TrainError::io(&fin, e))?;
+    let state_path = tmp.join("state.json");
+    std::fs::write(&state_path, json).map_err(|e| TrainError::io(&state_path, e))
+}
+
+/// Flushes every file under `dir` and the directories themselves to disk (before the rename
+/// that publishes them).
+fn sync_tree(dir: &Path) -> Result<()> {
+    let entries = std::fs::read_dir(dir).map_err(|e| TrainError::io(dir, e))?;
+    for entry in entries {
+        let path = entry.map_err(|e| TrainError::io(dir, e))?.path();
+        if path.is_dir() {
+            sync_tree(&path)?;
+        } else {
+            let f = std::fs::File::open(&path).map_err(|e| TrainError::io(&path, e))?;
+            f.sync_all().map_err(|e| TrainError::io(&path, e))?;
+        }
     }
-    std::fs::rename(&tmp, &fin).map_err(|e| TrainError::io(&fin, e))?;
-    dllm_model::load::write_atomic(&root.join("latest"), name.as_bytes())?;
-    prune(&root, keep)?;
-    Ok(fin)
+    sync_dir(dir)
+}
+
+/// Flushes a directory's entries (renames, new files) to disk.
+fn sync_dir(dir: &Path) -> Result<()> {
+    let f = std::fs::File::open(dir).map_err(|e| TrainError::io(dir, e))?;
+    f.sync_all().map_err(|e| TrainError::io(dir, e))
+}
+
+/// Removes checkpoint `name` of `root`: renamed to `.trash-{name}` first (atomic), then deleted.
+fn discard(root: &Path, name: &str) -> Result<()> {
+    let (from, trash) = (root.join(name), root.join(format!(".trash-{name}")));
+    if trash.exists() {
+        std::fs::remove_dir_all(&trash).map_err(|e| TrainError::io(&trash, e))?;
+    }
+    std::fs::rename(&from, &trash).map_err(|e| TrainError::io(&from, e))?;
+    sync_dir(root)?;
+    std::fs::remove_dir_all(&trash).map_err(|e| TrainError::io(&trash, e))
 }
 
 /// The moving reference's record inside a checkpoint directory (extension added by burn).
@@ -110,7 +196,7 @@ pub fn load_reference<B: Backend>(
     let loaded = reference
         .clone()
         .load_file(file, &recorder(), device)
-        .map_err(|e| ckpt_err(path, e))?;
+        .map_err(|e| record_err(path, e))?;
     Ok(Some(loaded))
 }
 
@@ -134,33 +220,44 @@ fn copy_tokenizer_files(base: &Path, to: &Path) -> Result<()> {
     Ok(())
 }
 
-fn prune(root: &Path, keep: usize) -> Result<()> {
-    let mut names: Vec<String> = std::fs::read_dir(root)
-        .map_err(|e| TrainError::io(root, e))?
+/// The checkpoint directories of `root` (`step-N`), oldest first.
+fn step_dirs(root: &Path) -> Result<Vec<(usize, String)>> {
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return Ok(Vec::new());
+    };
+    let mut found: Vec<(usize, String)> = entries
         .filter_map(|e| e.ok())
         .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with("step-"))
+        .filter_map(|n| Some((n.strip_prefix("step-")?.parse().ok()?, n)))
         .collect();
-    names.sort();
-    while names.len() > keep.max(1) {
-        let n = names.remove(0);
-        let _ = std::fs::remove_dir_all(root.join(n));
+    found.sort();
+    Ok(found)
+}
+
+/// Keeps the newest `keep` (at least one) checkpoints, discarding older ones atomically.
+fn prune(root: &Path, keep: usize) -> Result<()> {
+    let dirs = step_dirs(root)?;
+    let excess = dirs.len().saturating_sub(keep.max(1));
+    for (_, name) in &dirs[..excess] {
+        discard(root, name)?;
     }
     Ok(())
 }
 
-/// The latest complete checkpoint of a run, if any.
+/// The latest complete checkpoint of a run, if any: the highest `step-N` that holds its
+/// `state.json`. A checkpoint is published by one rename of a complete directory, so every
+/// `step-N` is complete; the `latest` pointer is a convenience for people and is not needed (a
+/// kill between the rename and the pointer's update loses nothing).
 pub fn latest(dir: &Path) -> Result<Option<PathBuf>> {
-    let pointer = dir.join("checkpoints").join("latest");
-    if !pointer.is_file() {
+    let root = dir.join("checkpoints");
+    let Some((_, name)) = step_dirs(&root)?.pop() else {
         return Ok(None);
-    }
-    let name = std::fs::read_to_string(&pointer).map_err(|e| TrainError::io(&pointer, e))?;
-    let path = dir.join("checkpoints").join(name.trim());
+    };
+    let path = root.join(name);
     if !path.join("state.json").is_file() {
         return Err(ckpt_err(
             &path,
-            "`latest` points at an incomplete checkpoint",
+            "incomplete checkpoint (no state.json): it was not written by this version; remove it to resume from the one before",
         ));
     }
     Ok(Some(path))
@@ -179,10 +276,10 @@ where
 {
     let model = model
         .load_file(path.join("model"), &recorder(), device)
-        .map_err(|e| ckpt_err(path, e))?;
+        .map_err(|e| record_err(path, e))?;
     let record = recorder()
         .load(path.join("optimizer"), device)
-        .map_err(|e| ckpt_err(path, e))?;
+        .map_err(|e| record_err(path, e))?;
     let optimizer = optimizer.load_record(record);
     let state_path = path.join("state.json");
     let text = std::fs::read_to_string(&state_path).map_err(|e| TrainError::io(&state_path, e))?;

@@ -39,6 +39,18 @@ pub enum TrainError {
     /// A plot could not be drawn.
     #[error(transparent)]
     Plot(#[from] crate::plot::PlotError),
+    /// Another process holds the run directory.
+    #[error("{path}: another `dmpo train` is using this run directory (it holds `.lock`); wait for it to finish or choose another `run.name`")]
+    RunLocked {
+        /// The run directory.
+        path: PathBuf,
+    },
+    /// A new run was started in a directory that holds one.
+    #[error("{path} holds a previous run (recipe.toml, metrics.jsonl or checkpoints/): pass --resume to continue it or --overwrite to replace it")]
+    RunExists {
+        /// The run directory.
+        path: PathBuf,
+    },
     /// A checkpoint is missing or unreadable.
     #[error("checkpoint {path}: {message}")]
     Checkpoint {

@@ -9,7 +9,7 @@ use dllm_sample::{generate, SamplerConfig};
 use rewards::{Task, TaskItem};
 use serde::Serialize;
 
-use crate::error::Result;
+use crate::error::{Result, TrainError};
 use crate::recipe::{EvalSection, PromptStyle};
 use crate::tasks::{completion_text, prompt_ids, prompt_text};
 
@@ -26,6 +26,34 @@ pub struct EvalResult {
     pub accuracy_pct: f64,
     /// Items evaluated.
     pub items: usize,
+}
+
+impl EvalResult {
+    /// The result recorded in an evaluation file [`evaluate`] wrote (d1 layout: `metrics` and
+    /// `generations`).
+    pub fn read(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| TrainError::io(path, e))?;
+        let bad = |what: &str| TrainError::Data(format!("{}: {what}", path.display()));
+        let doc: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| bad(&format!("not JSON ({e})")))?;
+        let m = &doc["metrics"];
+        let field = |k: &str| {
+            m[k].as_u64()
+                .ok_or_else(|| bad(&format!("no `metrics.{k}`")))
+        };
+        Ok(Self {
+            gen_length: field("gen_length")? as usize,
+            correct: field("correct")?,
+            total: field("total")?,
+            accuracy_pct: m["accuracy"]
+                .as_f64()
+                .ok_or_else(|| bad("no `metrics.accuracy`"))?,
+            items: doc["generations"]
+                .as_array()
+                .ok_or_else(|| bad("no `generations`"))?
+                .len(),
+        })
+    }
 }
 
 /// The sampler settings of an evaluation at `gen_length`.

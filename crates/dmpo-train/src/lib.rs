@@ -17,4 +17,5 @@ pub mod optim;
 pub mod plot;
 pub mod reference;
 pub mod rollout;
+pub mod run_dir;
 pub mod trainer;

@@ -133,6 +133,19 @@ pub fn append_line(path: &Path, line: &impl Serialize) -> Result<()> {
     writeln!(f, "{text}").map_err(|e| TrainError::io(path, e))
 }
 
+/// The `reward_mean` of every row of a run's `metrics.jsonl` (empty when there is none).
+pub fn rewards(path: &Path) -> Result<Vec<f64>> {
+    if !path.is_file() {
+        return Ok(Vec::new());
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| TrainError::io(path, e))?;
+    Ok(text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| v.get("reward_mean").and_then(|r| r.as_f64()))
+        .collect())
+}
+
 /// Drops the lines of `path` of steps at or after `step` (work lost with an interrupted run).
 pub fn truncate_from_step(path: &Path, step: usize) -> Result<()> {
     if !path.is_file() {

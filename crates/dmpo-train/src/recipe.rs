@@ -1,6 +1,7 @@
 //! Recipes: every hyperparameter of a run in one TOML file (docs/algorithm.md §5 defaults), unknown keys
 //! refused by name, `section.key=value` overrides from the command line.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use dllm_model::backend::BackendKind;
@@ -41,6 +42,18 @@ pub struct Recipe {
     #[serde(default)]
     pub eval: EvalSection,
 }
+
+/// Settings `--resume` lets differ from the run's `recipe.toml` (a trailing `*` covers a whole
+/// section): how long to train, how often to checkpoint and evaluate, how to evaluate, and where
+/// it runs. Everything else shapes the weights and must match.
+pub const RESUMABLE_KEYS: [&str; 6] = [
+    "train.steps",
+    "train.checkpoint_every",
+    "train.eval_every",
+    "eval.*",
+    "run.device",
+    "run.output_dir",
+];
 
 fn default_rollout() -> SamplerConfig {
     // docs/algorithm.md §2: DMPO's training rollout — prefix cache, 256 tokens, block 32, 128 steps, T 0.2.
@@ -409,6 +422,17 @@ impl Recipe {
                 "needs prompts_per_step >= 1 and group_size >= 2",
             );
         }
+        if t.steps.checked_mul(t.num_iterations).is_none()
+            || t.prompts_per_step.checked_mul(t.group_size).is_none()
+        {
+            return bad(
+                "train.steps",
+                "steps x num_iterations and prompts_per_step x group_size must fit in 64 bits",
+            );
+        }
+        if self.task.max_prompt_tokens == 0 {
+            return bad("task.max_prompt_tokens", "must be positive");
+        }
         if t.num_iterations == 0 || t.micro_batch == 0 {
             return bad(
                 "train.num_iterations",
@@ -416,10 +440,36 @@ impl Recipe {
             );
         }
         if !(t.lr > 0.0 && t.lr.is_finite()) {
-            return bad("train.lr", "must be positive");
+            return bad("train.lr", "must be positive and finite");
         }
         if t.max_grad_norm.is_nan() || t.max_grad_norm <= 0.0 {
             return bad("train.max_grad_norm", "must be positive");
+        }
+        for (field, v) in [("train.beta1", t.beta1), ("train.beta2", t.beta2)] {
+            if !(0.0..1.0).contains(&v) {
+                return bad(field, "must be in [0, 1)");
+            }
+        }
+        if !(t.eps > 0.0 && t.eps.is_finite()) {
+            return bad("train.eps", "must be positive and finite");
+        }
+        if !(t.weight_decay >= 0.0 && t.weight_decay.is_finite()) {
+            return bad("train.weight_decay", "must be finite and >= 0");
+        }
+        if t.checkpoint_every == 0 {
+            return bad("train.checkpoint_every", "must be positive");
+        }
+        let name = &self.run.name;
+        let one_component = Path::new(name).components().count() == 1
+            && matches!(
+                Path::new(name).components().next(),
+                Some(std::path::Component::Normal(_))
+            );
+        if name.is_empty() || !one_component || name.contains(['/', '\\']) {
+            return bad(
+                "run.name",
+                "must be one plain directory name (no `/`, `..` or empty name): runs are written to output_dir/name",
+            );
         }
         if t.sync_ref_model {
             if self.model.finetune != Finetune::Full {
@@ -445,9 +495,7 @@ impl Recipe {
                 "must be [lo, hi] with 1 <= lo <= hi <= 12",
             );
         }
-        if self.eval.gen_lengths.is_empty() {
-            return bad("eval.gen_lengths", "must list at least one length");
-        }
+        self.validate_eval(path)?;
         self.rollout.validate().map_err(|e| TrainError::Recipe {
             path: path.to_path_buf(),
             message: format!("`rollout`: {e}"),
@@ -470,6 +518,80 @@ impl Recipe {
                 })?;
         }
         Ok(())
+    }
+
+    /// Checks `[eval]`: every length must give a valid sampler (the same check the evaluation
+    /// itself runs, so a bad length fails here, also under `--skip-eval`).
+    fn validate_eval(&self, path: &Path) -> Result<()> {
+        let e = &self.eval;
+        let bad = |field: &str, message: String| {
+            Err(TrainError::Recipe {
+                path: path.to_path_buf(),
+                message: format!("`[eval]` `{field}`: {message}"),
+            })
+        };
+        if e.gen_lengths.is_empty() {
+            return bad("gen_lengths", "must list at least one length".into());
+        }
+        if e.block_length == 0 {
+            return bad("block_length", "must be positive".into());
+        }
+        if e.batch_size == 0 {
+            return bad("batch_size", "must be positive".into());
+        }
+        if !(e.steps_per_token > 0.0 && e.steps_per_token <= 1.0) {
+            return bad(
+                "steps_per_token",
+                "must be in (0, 1]: more steps than tokens cannot unmask anything more".into(),
+            );
+        }
+        for &len in &e.gen_lengths {
+            if len == 0 {
+                return bad("gen_lengths", "lengths must be positive".into());
+            }
+            if let Err(err) = crate::eval::eval_sampler(e, len).validate() {
+                return bad("gen_lengths", format!("length {len}: {err}"));
+            }
+        }
+        Ok(())
+    }
+
+    /// The settings of `self` that differ from `saved` (a run's `recipe.toml`) outside
+    /// [`RESUMABLE_KEYS`], as `section.key` names: what `--resume` refuses.
+    pub fn resume_differences(&self, saved: &Recipe) -> Vec<String> {
+        let flat = |r: &Recipe| -> BTreeMap<String, toml::Value> {
+            let table = toml::Value::try_from(r).expect("serialisable recipe");
+            let mut out = BTreeMap::new();
+            if let toml::Value::Table(sections) = table {
+                for (section, v) in sections {
+                    match v {
+                        toml::Value::Table(keys) => {
+                            for (k, v) in keys {
+                                out.insert(format!("{section}.{k}"), v);
+                            }
+                        }
+                        other => {
+                            out.insert(section, other);
+                        }
+                    }
+                }
+            }
+            out
+        };
+        let (now, then) = (flat(self), flat(saved));
+        let resumable = |key: &str| {
+            RESUMABLE_KEYS.iter().any(|r| {
+                r.strip_suffix('*')
+                    .map_or(key == *r, |p| key.starts_with(p))
+            })
+        };
+        let mut keys: Vec<&String> = now.keys().chain(then.keys()).collect();
+        keys.sort();
+        keys.dedup();
+        keys.into_iter()
+            .filter(|k| !resumable(k) && now.get(*k) != then.get(*k))
+            .cloned()
+            .collect()
     }
 
     /// The run's output directory.

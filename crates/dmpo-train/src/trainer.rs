@@ -28,13 +28,14 @@ use crate::metrics::{self, RolloutSeconds, StepMetrics};
 use crate::recipe::{Algorithm, Finetune, Recipe};
 use crate::reference::Reference;
 use crate::rollout::RolloutSource;
+use crate::run_dir::{RunDir, StartMode};
 use crate::tasks::{eval_items, TrainData};
 
 /// Options of a run that are not hyperparameters.
 #[derive(Debug, Clone, Default)]
 pub struct RunOptions {
-    /// Continue from the latest checkpoint of the run directory.
-    pub resume: bool,
+    /// Whether to start a new run, continue the directory's run, or replace it.
+    pub start: StartMode,
     /// No progress bar.
     pub quiet: bool,
     /// Skip the evaluations before and after training.
@@ -90,8 +91,14 @@ pub fn train<AB: AutodiffBackend>(
     options: &RunOptions,
 ) -> Result<Summary> {
     let started = Instant::now();
-    let run_dir = recipe.run_dir();
-    std::fs::create_dir_all(&run_dir).map_err(|e| TrainError::io(&run_dir, e))?;
+    // Locked for the whole run; a directory holding a run is refused unless resumed or
+    // overwritten (crate::run_dir).
+    let locked = RunDir::open(&recipe.run_dir(), options.start)?;
+    let run_dir = locked.path().to_path_buf();
+    let resume = options.start == StartMode::Resume;
+    if resume {
+        check_resumable(recipe, &run_dir)?;
+    }
     let task: Task = recipe
         .task
         .name
@@ -103,6 +110,8 @@ pub fn train<AB: AutodiffBackend>(
     let data = TrainData::open(&recipe.task, task)?;
     let eval_set = eval_items(&recipe.task, task, recipe.eval.limit)?;
     let (mut model, mut reference) = load_policy_and_reference::<AB>(recipe, &device)?;
+    tokenizer.check_model(&model.config)?;
+    check_context(recipe, model.config.max_sequence_length)?;
     let t = &recipe.train;
     let mut optimizer = AdamWConfig::new()
         .with_beta_1(t.beta1 as f32)
@@ -112,17 +121,28 @@ pub fn train<AB: AutodiffBackend>(
         .init::<AB, Llada<AB>>();
 
     let resolved = toml::to_string_pretty(recipe).expect("serialisable recipe");
-    std::fs::write(run_dir.join("recipe.toml"), resolved)
-        .map_err(|e| TrainError::io(&run_dir, e))?;
+    dllm_model::load::write_atomic(&run_dir.join("recipe.toml"), resolved.as_bytes())?;
     let metrics_path = run_dir.join("metrics.jsonl");
+    let eval_path = run_dir.join("eval.jsonl");
     let mut state = TrainState::default();
-    if options.resume {
+    if resume {
         (model, optimizer, state) =
             resume_latest(&run_dir, model, optimizer, &mut reference, &device)?;
+        // Rows of steps the checkpoint does not hold (metrics rows count from 0, evaluation
+        // rows from 1: the evaluation after step `s` is written before its checkpoint).
         metrics::truncate_from_step(&metrics_path, state.step)?;
-    } else {
-        let _ = std::fs::remove_file(&metrics_path);
-        let _ = std::fs::remove_dir_all(run_dir.join("checkpoints"));
+        metrics::truncate_from_step(&eval_path, state.step + 1)?;
+    }
+    // Checked before any training: the files every step appends to can be written (the
+    // directory itself is, RunDir proved it).
+    for path in [&metrics_path, &eval_path]
+        .into_iter()
+        .filter(|p| p.exists())
+    {
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(path)
+            .map_err(|e| TrainError::io(path, e))?;
     }
     let mut run = StepContext {
         source: RolloutSource {
@@ -160,8 +180,11 @@ pub fn train<AB: AutodiffBackend>(
             })
             .collect()
     };
-    let before = if options.skip_eval || run.state.step > 0 {
+    let before = if options.skip_eval {
         Vec::new()
+    } else if run.state.step > 0 {
+        // Resumed: the first invocation's evaluation before training.
+        read_evaluations(&run_dir, "before", &recipe.eval.gen_lengths)?
     } else {
         run_eval(&model, "before")?
     };
@@ -174,13 +197,11 @@ pub fn train<AB: AutodiffBackend>(
     }
 
     let bar = progress_bar(options.quiet, t.steps, run.state.step);
-    let mut rewards_seen = Vec::new();
     let last_step = options.stop_after.map_or(t.steps, |n| n.min(t.steps));
     while run.state.step < last_step {
         let step = run.state.step;
         let (m, line) = run.rollout_step(model)?;
         model = m;
-        rewards_seen.push(line.reward_mean);
         metrics::append_line(&metrics_path, &line)?;
         bar.set_message(format!(
             "reward {:.3} ess {:.2}",
@@ -189,21 +210,21 @@ pub fn train<AB: AutodiffBackend>(
         bar.inc(1);
         run.state.step = step + 1;
         if t.eval_every > 0
-            && run.state.step % t.eval_every == 0
+            && run.state.step.is_multiple_of(t.eval_every)
             && run.state.step < t.steps
             && !options.skip_eval
         {
             let r = run_eval(&model, &format!("step{}", run.state.step))?;
             metrics::append_line(
-                &run_dir.join("eval.jsonl"),
+                &eval_path,
                 &serde_json::json!({"step": run.state.step, "eval": r}),
             )?;
         }
-        if t.sync_ref_model && run.state.step % t.ref_model_sync_steps == 0 {
+        if t.sync_ref_model && run.state.step.is_multiple_of(t.ref_model_sync_steps) {
             run.reference
                 .sync(&model.valid(), t.ref_model_mixup_alpha)?;
         }
-        if run.state.step % t.checkpoint_every.max(1) == 0 || run.state.step == last_step {
+        if run.state.step.is_multiple_of(t.checkpoint_every.max(1)) || run.state.step == last_step {
             run.save_checkpoint(&run_dir, &model)?;
         }
     }
@@ -221,13 +242,72 @@ pub fn train<AB: AutodiffBackend>(
         steps: run.state.step,
         updates: run.state.updates,
         skipped: run.state.skipped,
-        final_reward: last_quarter_mean(&rewards_seen),
+        final_reward: last_quarter_mean(&metrics::rewards(&metrics_path)?),
         seconds: started.elapsed().as_secs_f64(),
     };
     let text = serde_json::to_string_pretty(&summary).expect("serialisable");
     dllm_model::load::write_atomic(&run_dir.join("summary.json"), text.as_bytes())?;
     crate::plot::plot_run(&run_dir)?;
     Ok(summary)
+}
+
+/// Refuses a recipe whose longest sequence (the prompt cap plus the rollout's or an
+/// evaluation's generation length) exceeds the model's context, before any work.
+fn check_context(recipe: &Recipe, context: usize) -> Result<()> {
+    let prompt = recipe.task.max_prompt_tokens;
+    let lengths = std::iter::once(("rollout.gen_length", recipe.rollout.gen_length)).chain(
+        recipe
+            .eval
+            .gen_lengths
+            .iter()
+            .map(|&l| ("eval.gen_lengths", l)),
+    );
+    for (key, len) in lengths {
+        if prompt.saturating_add(len) > context {
+            return Err(TrainError::Recipe {
+                path: recipe.model.path.join("config.json"),
+                message: format!(
+                    "`{key}` {len} + `task.max_prompt_tokens` {prompt} exceeds the model's \
+                     context (max_sequence_length {context})"
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Refuses to resume `run_dir` with a recipe whose settings differ from the run's
+/// `recipe.toml` in anything but [`crate::recipe::RESUMABLE_KEYS`], naming the keys.
+fn check_resumable(recipe: &Recipe, run_dir: &Path) -> Result<()> {
+    let saved_path = run_dir.join("recipe.toml");
+    if !saved_path.is_file() {
+        return Ok(());
+    }
+    let saved = Recipe::load(&saved_path, &[])?;
+    let changed = recipe.resume_differences(&saved);
+    if changed.is_empty() {
+        return Ok(());
+    }
+    Err(TrainError::Recipe {
+        path: saved_path,
+        message: format!(
+            "--resume with settings that differ from the run's: {} (only {} may change; \
+             start a new run, or --overwrite this one)",
+            changed.join(", "),
+            crate::recipe::RESUMABLE_KEYS.join(", ")
+        ),
+    })
+}
+
+/// The evaluations `eval_{label}_len{len}.json` a previous invocation wrote, for every
+/// evaluated length that has one.
+fn read_evaluations(run_dir: &Path, label: &str, lengths: &[usize]) -> Result<Vec<EvalResult>> {
+    lengths
+        .iter()
+        .map(|len| run_dir.join(format!("eval_{label}_len{len}.json")))
+        .filter(|path| path.is_file())
+        .map(|path| EvalResult::read(&path))
+        .collect()
 }
 
 /// The policy to train and its reference: with LoRA, the base model with a new (or the

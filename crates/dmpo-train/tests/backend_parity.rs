@@ -153,3 +153,83 @@ fn every_compiled_backend_matches_flex() {
         );
     }
 }
+
+/// bf16 and f16 weights on every compiled backend: where the backend computes in that dtype,
+/// sampling at temperature 1 (prefix cache) and a LoRA WDCE loss and gradient run and are
+/// finite; where it does not (burn's WGPU has no bf16 arithmetic, ndarray no half types), loading
+/// is refused with an error that says so, never a panic inside a kernel.
+struct HalfPrecision(dllm_model::WeightDType);
+
+impl BackendTask for HalfPrecision {
+    type Output = Result<f64, String>;
+    fn run<B: Backend>(self, device: B::Device) -> Result<f64, String> {
+        let options = LoadOptions { dtype: self.0 };
+        let base =
+            load_model::<Autodiff<B>>(tiny(), options, &device).map_err(|e| e.to_string())?;
+        let lora = dllm_model::LoraConfig {
+            r: 4,
+            ..Default::default()
+        };
+        let model = base.with_lora(&lora, &device).unwrap();
+        let prompts = vec![vec![3u32, 4, 5, 6, 7, 8, 9, 10]; 2];
+        let cfg = SamplerConfig {
+            gen_length: 16,
+            block_length: 8,
+            steps: 8,
+            temperature: 1.0,
+            cache: dllm_sample::CacheKind::Prefix,
+            ..Default::default()
+        };
+        let out = generate(&model.valid(), &prompts, &cfg).unwrap();
+        assert!(out.completions.iter().all(|c| c.len() == 16));
+
+        let golden = tiny().join("golden.safetensors");
+        let seq = read_ints(&golden, "targets").unwrap();
+        let x =
+            Tensor::<Autodiff<B>, 2, Int>::from_data(TensorData::new(seq.values, [2, 24]), &device);
+        let batch = SequenceBatch::with_eos_index(x, 8, vec![16, 16]).unwrap();
+        let masked: Vec<bool> = (0..2 * 2 * 16).map(|i| (i * 7) % 3 == 0).collect();
+        let masks = ReplicateMasks::from_rows(2, 2, 16, masked).unwrap();
+        let weights = RolloutWeights {
+            group_size: 2,
+            w_plus: vec![0.7, 0.3],
+            w_minus: vec![0.2, 0.8],
+            ell_cur: vec![-10.0, -12.0],
+            coeffs: vec![1.0],
+        };
+        let config = DmpoConfig {
+            num_replicates: 2,
+            ..Default::default()
+        };
+        let view = ModelView::policy(&model);
+        let loss = wdce_loss_with_masks(&view, &batch, &weights, &config, &masks)
+            .unwrap()
+            .loss;
+        let value: f64 = loss.clone().into_scalar().elem();
+        let grads = loss.backward();
+        let a = model.blocks[0].attn.q_proj.lora.as_ref().unwrap().b.val();
+        let grad = a.grad(&grads).expect("the adapter has a gradient");
+        let grad: Vec<f32> = grad.into_data().convert::<f32>().to_vec().unwrap();
+        assert!(grad.iter().all(|g| g.is_finite()) && grad.iter().any(|g| *g != 0.0));
+        Ok(value)
+    }
+}
+
+#[test]
+fn half_precision_runs_or_is_refused_on_every_backend() {
+    for kind in BackendKind::compiled() {
+        for dtype in [dllm_model::WeightDType::BF16, dllm_model::WeightDType::F16] {
+            match dispatch(kind, HalfPrecision(dtype)).unwrap() {
+                Ok(loss) => {
+                    assert!(loss.is_finite(), "{kind} {dtype:?}: loss {loss}");
+                    eprintln!("{kind} {dtype:?}: runs, loss {loss:.4}");
+                }
+                Err(e) => {
+                    assert!(kind != BackendKind::Flex, "flex must run {dtype:?}: {e}");
+                    assert!(e.contains("cannot compute in"), "{kind} {dtype:?}: {e}");
+                    eprintln!("{kind} {dtype:?}: refused: {e}");
+                }
+            }
+        }
+    }
+}

@@ -4,6 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
+use dmpo_train::run_dir::StartMode;
 use dmpo_train::trainer::{train, RunOptions};
 use dmpo_train::Recipe;
 
@@ -56,7 +57,7 @@ fn metrics(dir: &Path) -> Vec<serde_json::Value> {
 
 fn quiet(resume: bool) -> RunOptions {
     RunOptions {
-        resume,
+        start: StartMode::from_flags(resume, false),
         quiet: true,
         skip_eval: true,
         stop_after: None,

@@ -20,11 +20,24 @@ fn io_err(path: &Path, source: std::io::Error) -> Error {
     }
 }
 
+/// The longest message a bad row produces: a row's values are quoted in messages, and a 50 MB
+/// field must not be echoed whole.
+const MAX_MESSAGE_CHARS: usize = 300;
+
 fn bad(path: &Path, line: u64, message: impl Into<String>) -> Error {
+    let message = message.into();
+    let message = match message.char_indices().nth(MAX_MESSAGE_CHARS) {
+        Some((cut, _)) => format!(
+            "{}… ({} more bytes not shown)",
+            &message[..cut],
+            message.len() - cut
+        ),
+        None => message,
+    };
     Error::BadRow {
         path: path.to_path_buf(),
         line,
-        message: message.into(),
+        message,
     }
 }
 
@@ -293,6 +306,21 @@ mod tests {
 
     fn p() -> &'static Path {
         Path::new("mem.jsonl")
+    }
+
+    #[test]
+    fn a_huge_bad_field_is_not_echoed_whole() {
+        // A 5 MB list where GSM8K wants an answer string.
+        let row = format!(
+            "{{\"question\": \"q\", \"answer\": [\"{}\"]}}\n",
+            "7".repeat(5_000_000)
+        );
+        let err = read_jsonl(Task::Gsm8k, row.as_bytes(), p())
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("mem.jsonl:1: "), "{}", &err[..80]);
+        assert!(err.len() < 600, "message of {} bytes", err.len());
+        assert!(err.contains("more bytes not shown"), "{err}");
     }
 
     #[test]

@@ -134,13 +134,39 @@ pub fn score_value(task: Task, data: &Value, path: &str) -> Result<FileScore, Er
     })
 }
 
+/// The largest generation file read (256 MiB; d1's largest, LLaDA-8B on MATH500, is ~3 MB): a
+/// larger input (or an endless one such as `/dev/zero`) is refused before it fills memory.
+pub const MAX_FILE_BYTES: u64 = 256 << 20;
+
+/// Reads `path` as UTF-8, refusing more than `limit` bytes.
+fn read_limited(path: &Path, limit: u64) -> Result<String, Error> {
+    use std::io::Read;
+    let io = |source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let file = std::fs::File::open(path).map_err(io)?;
+    let mut bytes = Vec::new();
+    file.take(limit + 1).read_to_end(&mut bytes).map_err(io)?;
+    if bytes.len() as u64 > limit {
+        return Err(Error::BadFile {
+            path: path.to_path_buf(),
+            message: format!(
+                "larger than the {} MiB a generation file may hold",
+                limit >> 20
+            ),
+        });
+    }
+    String::from_utf8(bytes).map_err(|e| Error::BadFile {
+        path: path.to_path_buf(),
+        message: format!("not UTF-8 text ({e})"),
+    })
+}
+
 /// Score one generation file.
 pub fn score_file(task: Task, path: impl AsRef<Path>) -> Result<FileScore, Error> {
     let path = path.as_ref();
-    let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let text = read_limited(path, MAX_FILE_BYTES)?;
     let data: Value = serde_json::from_str(&text).map_err(|e| Error::BadFile {
         path: path.to_path_buf(),
         message: format!("invalid JSON: {e}"),

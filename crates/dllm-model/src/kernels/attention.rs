@@ -13,12 +13,12 @@ use super::gemm::{gemm_into, gemm_to_ptr, HeadsView, SharedOut, Strided};
 use super::simd::{dot, softmax_in_place};
 
 #[cfg(feature = "flex")]
+use super::flex::op_prelude::*;
+#[cfg(feature = "flex")]
 use super::flex::{
     flex_tensor, forward_strided, from_ad, from_flex, heads_view, is_flex, read, record,
     runs_on_flex, to_ad, to_flex, with_autodiff_flex,
 };
-#[cfg(feature = "flex")]
-use super::flex::op_prelude::*;
 
 /// Sizes of one attention call: `[batch, heads, len, head_dim]` queries against `keys` keys.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -12,12 +12,12 @@ use super::simd::{exp_f32, row_max_and_exp_sum};
 use super::{all_f32, CHUNK};
 
 #[cfg(feature = "flex")]
+use super::flex::op_prelude::*;
+#[cfg(feature = "flex")]
 use super::flex::{
     flex_tensor, from_ad, from_flex, is_flex, read, record, runs_on_flex, to_ad, to_flex,
     with_autodiff_flex,
 };
-#[cfg(feature = "flex")]
-use super::flex::op_prelude::*;
 
 /// `log softmax(logits)[target]` over the vocabulary: `logits` `[n, len, vocab]`, `targets`
 /// `[n, len, 1]`, result `[n, len]` — the per-token log-likelihood of the ELBO and of the

@@ -10,12 +10,12 @@ use super::all_f32;
 use super::gemm::{gemm_to_ptr, Strided};
 
 #[cfg(feature = "flex")]
+use super::flex::op_prelude::*;
+#[cfg(feature = "flex")]
 use super::flex::{
     flex_tensor, forward_strided, from_ad, from_flex, is_flex, matrix_view, record, to_ad, to_flex,
     with_autodiff_flex,
 };
-#[cfg(feature = "flex")]
-use super::flex::op_prelude::*;
 
 /// `x w` for `x` `[rows, k]` and `w` `[k, cols]` (a linear layer's product).
 ///

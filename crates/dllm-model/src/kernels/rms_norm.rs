@@ -10,11 +10,11 @@ use super::simd::inverse_rms;
 use super::{all_f32, CHUNK};
 
 #[cfg(feature = "flex")]
+use super::flex::op_prelude::*;
+#[cfg(feature = "flex")]
 use super::flex::{
     flex_tensor, from_ad, from_flex, is_flex, read, record, to_ad, to_flex, with_autodiff_flex,
 };
-#[cfg(feature = "flex")]
-use super::flex::op_prelude::*;
 
 /// `weight * x / sqrt(mean(x^2) + eps)` over the last dimension of `x` `[rows, d]`.
 ///

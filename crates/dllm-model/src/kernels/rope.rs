@@ -10,11 +10,11 @@ use rayon::prelude::*;
 use super::all_f32;
 
 #[cfg(feature = "flex")]
+use super::flex::op_prelude::*;
+#[cfg(feature = "flex")]
 use super::flex::{
     flex_tensor, from_ad, from_flex, is_flex, read, to_ad, to_flex, with_autodiff_flex,
 };
-#[cfg(feature = "flex")]
-use super::flex::op_prelude::*;
 
 /// Rotary embedding of `x` `[batch, len, heads, head_dim]` in the rotate-half convention,
 /// written as `[batch, heads, len, head_dim]`: `out = x * cos + swap_halves(x) * signed_sin` with

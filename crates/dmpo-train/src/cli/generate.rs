@@ -84,6 +84,9 @@ impl BackendTask for Task {
             (None, None) => anyhow::bail!("give --prompt or --prompt-ids"),
         };
         let model = a.model.load::<B>(&device)?;
+        if let Some(tok) = &tokenizer {
+            tok.check_model(&model.config)?;
+        }
         let config = SamplerConfig {
             gen_length: a.gen_length,
             block_length: a.block_length,

@@ -2,7 +2,19 @@
 
 use std::collections::BTreeMap;
 
+use burn::tensor::backend::Backend;
+use dllm_model::backend::{dispatch, BackendKind, BackendTask};
 use dllm_model::{LladaConfig, WeightFiles};
+
+/// [`dllm_model::load::verify_model`] on a backend (its placeholders are empty tensors).
+struct VerifyTask(std::path::PathBuf);
+
+impl BackendTask for VerifyTask {
+    type Output = dllm_model::Result<LladaConfig>;
+    fn run<B: Backend>(self, device: B::Device) -> Self::Output {
+        dllm_model::load::verify_model::<B>(&self.0, &device)
+    }
+}
 
 /// Arguments of `dmpo inspect`.
 #[derive(Debug, clap::Args)]
@@ -20,12 +32,17 @@ pub struct Args {
 
 /// Prints the config summary, parameter count, stored dtypes and adapter.
 pub fn run(a: Args) -> anyhow::Result<()> {
-    let config = LladaConfig::from_file(a.model.join("config.json"))?;
+    // Validated exactly as the loaders do (one tensor in memory at a time), so a directory
+    // inspect accepts is one `generate` and `train` load.
+    let kind = *BackendKind::compiled()
+        .first()
+        .ok_or_else(|| anyhow::anyhow!("no backend compiled in"))?;
+    let config = dispatch(kind, VerifyTask(a.model.clone()))??;
     let weights = WeightFiles::open_dir(&a.model)?;
-    let mut dtypes: BTreeMap<String, usize> = BTreeMap::new();
-    let mut stored = 0usize;
+    let mut dtypes: BTreeMap<String, u64> = BTreeMap::new();
+    let mut stored = 0u64;
     for (dtype, shape) in weights.summary().values() {
-        let n: usize = shape.iter().product();
+        let n: u64 = shape.iter().map(|&d| d as u64).product();
         *dtypes.entry(dtype.clone()).or_default() += n;
         stored += n;
     }
@@ -54,7 +71,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         "eos_token_id": config.eos_token_id,
         "pad_token_id": config.pad_token_id,
         "weight_tying": config.weight_tying,
-        "parameters": config.num_params(),
+        "parameters": config.num_params_u128() as u64,
         "stored_parameters": stored,
         "stored_dtypes": dtypes,
         "adapter": adapter,
@@ -80,8 +97,8 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     );
     println!(
         "parameters   {} ({:.2}M); stored {}",
-        config.num_params(),
-        config.num_params() as f64 / 1e6,
+        config.num_params_u128(),
+        config.num_params_u128() as f64 / 1e6,
         stored
     );
     for (dtype, n) in dtypes {

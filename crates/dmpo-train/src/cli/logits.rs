@@ -2,9 +2,10 @@
 
 use std::path::PathBuf;
 
-use burn::tensor::{backend::Backend, Int, Tensor, TensorData};
+use burn::tensor::{backend::Backend, Bool, Int, Tensor, TensorData};
 use dllm_model::backend::{dispatch, BackendTask};
-use dllm_model::tensor_file::{read_ints, write_f32};
+use dllm_model::tensor_file::{self, write_f32};
+use dllm_model::{ForwardOptions, LogitPositions};
 
 use super::ModelArgs;
 
@@ -14,7 +15,8 @@ pub struct Args {
     /// The model.
     #[command(flatten)]
     pub model: ModelArgs,
-    /// Safetensors file with an I64 or I32 tensor `input_ids` `[batch, seq]`.
+    /// Safetensors file with an I64 or I32 tensor `input_ids` `[batch, seq]` and, optionally,
+    /// `attention_mask` of the same shape (1 = token, 0 = padding, not attended to).
     #[arg(long)]
     pub input: PathBuf,
     /// Where to write the F32 tensor `logits` `[batch, seq, vocab]`.
@@ -28,25 +30,61 @@ impl BackendTask for Task {
     type Output = anyhow::Result<()>;
     fn run<B: Backend>(self, device: B::Device) -> anyhow::Result<()> {
         let a = self.0;
-        let ids = read_ints(&a.input, "input_ids")?;
-        if ids.shape.len() != 2 {
+        let file = a.input.display();
+        let names = tensor_file::names(&a.input)?;
+        if let Some(other) = names
+            .iter()
+            .find(|n| !["input_ids", "attention_mask"].contains(&n.as_str()))
+        {
             anyhow::bail!(
-                "{}: `input_ids` must be 2-D [batch, seq], found shape {:?}",
-                a.input.display(),
+                "{file}: unknown tensor `{other}` (the input holds `input_ids` and, optionally, \
+                 `attention_mask`)"
+            );
+        }
+        let ids = tensor_file::read_ints(&a.input, "input_ids")?;
+        let [b, s] = match ids.shape[..] {
+            [b, s] if b > 0 && s > 0 => [b, s],
+            _ => anyhow::bail!(
+                "{file}: `input_ids` must be 2-D [batch, seq] with batch, seq >= 1, found shape {:?}",
                 ids.shape
-            );
-        }
+            ),
+        };
+        // HF's convention: 1 = token, 0 = padding (keys at 0 are not attended to).
+        let attention_mask = if names.iter().any(|n| n == "attention_mask") {
+            let m = tensor_file::read_ints(&a.input, "attention_mask")?;
+            if m.shape != ids.shape {
+                anyhow::bail!(
+                    "{file}: `attention_mask` has shape {:?}, `input_ids` {:?}",
+                    m.shape,
+                    ids.shape
+                );
+            }
+            if let Some(bad) = m.values.iter().find(|&&v| v != 0 && v != 1) {
+                anyhow::bail!("{file}: `attention_mask` holds {bad}; it must be 0 (pad) or 1");
+            }
+            Some(m.values)
+        } else {
+            None
+        };
         let model = a.model.load::<B>(&device)?;
-        let vocab = model.config.embed_size();
-        if let Some(bad) = ids.values.iter().find(|&&t| t < 0 || t as usize >= vocab) {
+        let (vocab, context) = (model.config.embed_size(), model.config.max_sequence_length);
+        if s > context {
             anyhow::bail!(
-                "{}: `input_ids` contains {bad}, outside the vocabulary of {vocab}",
-                a.input.display()
+                "{file}: sequences of {s} tokens exceed the model's context (max_sequence_length {context})"
             );
         }
-        let [b, s] = [ids.shape[0], ids.shape[1]];
+        if let Some(bad) = ids.values.iter().find(|&&t| t < 0 || t as usize >= vocab) {
+            anyhow::bail!("{file}: `input_ids` contains {bad}, outside the vocabulary of {vocab}");
+        }
         let input = Tensor::<B, 2, Int>::from_data(TensorData::new(ids.values, [b, s]), &device);
-        let logits = model.forward(input);
+        let options = ForwardOptions {
+            key_padding: attention_mask.map(|m| {
+                let hidden: Vec<bool> = m.iter().map(|&v| v == 0).collect();
+                Tensor::<B, 2, Bool>::from_data(TensorData::new(hidden, [b, s]), &device)
+            }),
+            ..ForwardOptions::default()
+        };
+        let logits = model.forward_with(input, &options, &LogitPositions::All);
         let values = logits
             .into_data()
             .convert::<f32>()

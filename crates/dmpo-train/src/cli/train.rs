@@ -8,6 +8,7 @@ use burn::tensor::backend::Backend;
 use dllm_model::backend::{dispatch, BackendKind, BackendTask};
 
 use crate::recipe::Recipe;
+use crate::run_dir::StartMode;
 use crate::trainer::{train, RunOptions, Summary};
 
 /// Arguments of `dmpo train`.
@@ -19,8 +20,11 @@ pub struct Args {
     #[arg(long = "set", value_name = "SECTION.KEY=VALUE")]
     pub overrides: Vec<String>,
     /// Continue from the run's latest checkpoint.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "overwrite")]
     pub resume: bool,
+    /// Replace a previous run in the run directory (its checkpoints, metrics and evaluations).
+    #[arg(long)]
+    pub overwrite: bool,
     /// Backend (overrides the recipe's `run.device`).
     #[arg(long)]
     pub backend: Option<BackendKind>,
@@ -92,7 +96,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     run_recipe(
         recipe,
         RunOptions {
-            resume: a.resume,
+            start: StartMode::from_flags(a.resume, a.overwrite),
             quiet: a.quiet,
             skip_eval: a.skip_eval,
             ..Default::default()

@@ -1,0 +1,108 @@
+//! Helpers of the tests that run the `dmpo` binary: running it, asserting a clean failure, copies
+//! of the tiny model, and short training runs.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// Runs `dmpo args…` in `dir`.
+pub fn dmpo(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_dmpo"))
+        .args(args)
+        .current_dir(dir)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("dmpo runs")
+}
+
+pub fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// Asserts a clean failure whose message contains every one of `needles`.
+#[track_caller]
+pub fn fails(case: &str, out: &Output, needles: &[&str]) {
+    let t = text(out);
+    assert!(
+        matches!(out.status.code(), Some(1 | 2)),
+        "{case}: exit status {:?} (1 or 2 expected; a signal means an abort):\n{t}",
+        out.status
+    );
+    assert!(!t.contains("panicked"), "{case}: panicked:\n{t}");
+    for n in needles {
+        assert!(t.contains(n), "{case}: message lacks `{n}`:\n{t}");
+    }
+    assert!(t.len() < 4000, "{case}: message of {} bytes", t.len());
+}
+
+#[track_caller]
+pub fn succeeds(case: &str, out: &Output) {
+    assert!(
+        out.status.success(),
+        "{case}: {:?}\n{}",
+        out.status,
+        text(out)
+    );
+}
+
+/// A copy of the tiny model in `dir/name`, its `config.json` edited by `edit`.
+pub fn model_copy(dir: &Path, name: &str, edit: impl FnOnce(&mut serde_json::Value)) -> PathBuf {
+    let from = root().join("models/tiny-sudoku");
+    let to = dir.join(name);
+    std::fs::create_dir_all(&to).unwrap();
+    for f in ["model.safetensors", "tokenizer.json"] {
+        std::fs::copy(from.join(f), to.join(f)).unwrap();
+    }
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(from.join("config.json")).unwrap()).unwrap();
+    edit(&mut config);
+    std::fs::write(to.join("config.json"), config.to_string()).unwrap();
+    to
+}
+
+/// `dmpo train` arguments for a one-step run of the tiny recipe in `dir` (model copy `model`).
+pub fn train_args(model: &Path, extra: &[&str]) -> Vec<String> {
+    let recipe = root().join("recipes/tiny-sudoku.toml");
+    let mut args: Vec<String> = vec![
+        "train".into(),
+        recipe.display().to_string(),
+        "--quiet".into(),
+    ];
+    let sets = [
+        format!("model.path=\"{}\"", model.display()),
+        "run.output_dir=\"runs\"".into(),
+        "run.name=\"r\"".into(),
+        "train.steps=1".into(),
+        "train.prompts_per_step=2".into(),
+        "train.group_size=4".into(),
+        "train.num_iterations=1".into(),
+        "train.micro_batch=8".into(),
+        "train.checkpoint_every=1".into(),
+        "dmpo.num_replicates=2".into(),
+        "rollout.gen_length=8".into(),
+        "rollout.block_length=8".into(),
+        "rollout.steps=8".into(),
+        "eval.limit=4".into(),
+        "eval.gen_lengths=[8]".into(),
+    ];
+    for s in sets.iter().map(String::as_str).chain(extra.iter().copied()) {
+        args.push("--set".into());
+        args.push(s.to_string());
+    }
+    args
+}
+
+pub fn train(dir: &Path, model: &Path, extra: &[&str], flags: &[&str]) -> Output {
+    let mut args = train_args(model, extra);
+    args.extend(flags.iter().map(|s| s.to_string()));
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    dmpo(dir, &refs)
+}
