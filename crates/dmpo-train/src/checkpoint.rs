@@ -6,10 +6,11 @@
 
 use std::path::{Path, PathBuf};
 
-use burn::module::{AutodiffModule, Module};
+use burn::module::{AutodiffModule, Module, ModuleMapper, ModuleVisitor, Param};
 use burn::optim::Optimizer;
 use burn::record::{BinFileRecorder, FullPrecisionSettings, Recorder, RecorderError};
 use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{DType, Tensor};
 use dllm_model::Llada;
 use serde::{Deserialize, Serialize};
 
@@ -193,10 +194,7 @@ pub fn load_reference<B: Backend>(
     if !file.with_extension("bin").is_file() {
         return Ok(None);
     }
-    let loaded = reference
-        .clone()
-        .load_file(file, &recorder(), device)
-        .map_err(|e| record_err(path, e))?;
+    let loaded = load_keeping_dtypes(reference.clone(), file, path, device)?;
     Ok(Some(loaded))
 }
 
@@ -263,6 +261,56 @@ pub fn latest(dir: &Path) -> Result<Option<PathBuf>> {
     Ok(Some(path))
 }
 
+/// The element type of every float parameter of a module, in traversal order (ids are no key:
+/// loading a record replaces them with the record's).
+#[derive(Default)]
+struct ParamDTypes {
+    dtypes: Vec<DType>,
+    next: usize,
+}
+
+impl<B: Backend> ModuleVisitor<B> for ParamDTypes {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        self.dtypes.push(param.val().dtype());
+    }
+}
+
+impl<B: Backend> ModuleMapper<B> for ParamDTypes {
+    /// Casts a loaded parameter back to the element type the same parameter had before loading.
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+        let (id, tensor, mapper) = param.consume();
+        let want = self.dtypes.get(self.next).copied();
+        self.next += 1;
+        let tensor = match want {
+            Some(dtype) if dtype != tensor.dtype() => {
+                // Through the host, so the parameter stays a leaf under autodiff.
+                let (grad, device) = (tensor.is_require_grad(), tensor.device());
+                Tensor::from_data(tensor.into_data(), (&device, dtype)).set_require_grad(grad)
+            }
+            _ => tensor,
+        };
+        Param::from_mapped_value(id, tensor, mapper)
+    }
+}
+
+/// Loads the burn record `file` into `module`, keeping every parameter's element type: burn
+/// converts a record to the backend's default float type (f32), which would silently turn a
+/// bf16 model into an f32 one on resume. The record holds the values in f32 (full precision),
+/// so casting back to bf16 or f16 restores them exactly.
+fn load_keeping_dtypes<B: Backend, M: Module<B>>(
+    module: M,
+    file: PathBuf,
+    path: &Path,
+    device: &B::Device,
+) -> Result<M> {
+    let mut dtypes = ParamDTypes::default();
+    module.visit(&mut dtypes);
+    let loaded = module
+        .load_file(file, &recorder(), device)
+        .map_err(|e| record_err(path, e))?;
+    Ok(loaded.map(&mut dtypes))
+}
+
 /// Restores model, optimiser and counters from a checkpoint directory.
 pub fn load<B, O>(
     path: &Path,
@@ -274,9 +322,7 @@ where
     B: AutodiffBackend,
     O: Optimizer<Llada<B>, B>,
 {
-    let model = model
-        .load_file(path.join("model"), &recorder(), device)
-        .map_err(|e| record_err(path, e))?;
+    let model = load_keeping_dtypes(model, path.join("model"), path, device)?;
     let record = recorder()
         .load(path.join("optimizer"), device)
         .map_err(|e| record_err(path, e))?;

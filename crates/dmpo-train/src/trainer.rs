@@ -12,7 +12,7 @@ use std::time::Instant;
 use burn::module::AutodiffModule;
 use burn::optim::{AdamWConfig, Optimizer};
 use burn::tensor::backend::AutodiffBackend;
-use dllm_model::{load_model, Llada, LladaTokenizer, LoadOptions};
+use dllm_model::{load_model, Llada, LladaTokenizer, LoadOptions, WeightDType};
 use dmpo_core::ModelView;
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::SeedableRng;
@@ -98,6 +98,20 @@ pub fn train<AB: AutodiffBackend>(
     let resume = options.start == StartMode::Resume;
     if resume {
         check_resumable(recipe, &run_dir)?;
+        // burn 0.21 restores optimiser state in the backend's default float type (f32); the
+        // moments of bf16/f16 parameters would then meet bf16 gradients. LoRA's trainable
+        // factors are f32 on any base, so only full fine-tuning in half precision is affected.
+        if recipe.model.finetune == Finetune::Full && recipe.model.dtype != WeightDType::F32 {
+            return Err(TrainError::Recipe {
+                path: run_dir.join("recipe.toml"),
+                message: format!(
+                    "--resume of full fine-tuning with `model.dtype` {:?} is not supported (its \
+                     AdamW state would come back in f32); use LoRA or f32 weights for runs you \
+                     need to resume",
+                    recipe.model.dtype
+                ),
+            });
+        }
     }
     let task: Task = recipe
         .task

@@ -137,6 +137,11 @@ fn a_kill_at_any_checkpoint_write_loses_nothing() {
         );
     }
 
+    let per_syscall: BTreeMap<&str, usize> = SYSCALLS
+        .iter()
+        .map(|s| (*s, points.iter().filter(|(p, _)| p == s).count()))
+        .collect();
+    eprintln!("{} kill points: {per_syscall:?}", points.len());
     for (i, (syscall, n)) in points.iter().enumerate() {
         let case = format!("kill at {syscall} #{n}");
         let work = dir.join(format!("kill-{i}"));
