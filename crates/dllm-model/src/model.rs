@@ -196,9 +196,10 @@ impl<B: Backend> Llada<B> {
         self.ln_f.forward(x)
     }
 
-    /// Applies the LM head at the chosen positions of `hidden` `[batch, len, d]`. Logits are
-    /// f32 whatever the weights' dtype (the head runs in the weights' dtype; the sampler's noise,
-    /// log-softmax and losses then work in f32, as d1 and DMPO call `.float()` on them).
+    /// Applies the LM head at the chosen positions of `hidden` `[batch, len, d]`. Logits of a
+    /// bf16 or f16 model are upcast to f32 (the head runs in the weights' dtype; the sampler's
+    /// noise, log-softmax and losses then work in f32, as d1 and DMPO call `.float()` on them);
+    /// f32 and f64 logits keep their dtype.
     pub fn logits(&self, hidden: Tensor<B, 3>, positions: &LogitPositions<B>) -> Tensor<B, 3> {
         let selected = match positions {
             LogitPositions::All => hidden,
@@ -222,7 +223,10 @@ impl<B: Backend> Llada<B> {
             Some(head) => head.forward(selected, true),
             None => burn::tensor::module::linear(selected, self.wte.val().transpose(), None),
         };
-        logits.cast(DType::F32)
+        match logits.dtype() {
+            DType::BF16 | DType::F16 => logits.cast(DType::F32),
+            _ => logits,
+        }
     }
 
     /// Number of parameters (base model and adapters).

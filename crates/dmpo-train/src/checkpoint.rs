@@ -55,34 +55,37 @@ fn recorder() -> BinFileRecorder<FullPrecisionSettings> {
     BinFileRecorder::<FullPrecisionSettings>::new()
 }
 
-/// Saves checkpoint `state.step` under `dir/checkpoints/step-N` and points `latest` at it.
-/// `reference` is saved too when given (a reference that moves during training).
-#[allow(clippy::too_many_arguments)]
-pub fn save<B, O>(
-    dir: &Path,
-    model: &Llada<B>,
-    reference: Option<&Llada<B::InnerBackend>>,
-    optimizer: &O,
-    state: TrainState,
-    finetune: Finetune,
-    base_model: &str,
-    keep: usize,
-) -> Result<PathBuf>
+/// What a checkpoint holds.
+pub struct Snapshot<'a, B: AutodiffBackend, O> {
+    /// The policy (burn record, and the user-facing export).
+    pub model: &'a Llada<B>,
+    /// The reference, when it moves during training.
+    pub reference: Option<&'a Llada<B::InnerBackend>>,
+    /// The optimiser.
+    pub optimizer: &'a O,
+    /// The step counters.
+    pub state: TrainState,
+    /// What the export is: a PEFT adapter (LoRA) or a Hugging Face model (full).
+    pub finetune: Finetune,
+    /// The base model's directory (named in the adapter config; its tokenizer is copied).
+    pub base_model: &'a str,
+}
+
+/// Saves `snapshot` as checkpoint `step-N` (`N` = `snapshot.state.step`) under
+/// `dir/checkpoints`, points `latest` at it and keeps the newest `keep`.
+pub fn save<B, O>(dir: &Path, snapshot: &Snapshot<'_, B, O>, keep: usize) -> Result<PathBuf>
 where
     B: AutodiffBackend,
     O: Optimizer<Llada<B>, B>,
 {
     let root = dir.join("checkpoints");
-    let name = step_dir_name(state.step);
+    let name = step_dir_name(snapshot.state.step);
     let tmp = root.join(format!(".tmp-{name}"));
     if tmp.exists() {
         std::fs::remove_dir_all(&tmp).map_err(|e| TrainError::io(&tmp, e))?;
     }
     std::fs::create_dir_all(&tmp).map_err(|e| TrainError::io(&tmp, e))?;
-    let written = write_contents(
-        &tmp, model, reference, optimizer, state, finetune, base_model,
-    )
-    .and_then(|()| sync_tree(&tmp));
+    let written = write_contents(&tmp, snapshot).and_then(|()| sync_tree(&tmp));
     if let Err(e) = written {
         // A failed write (disk full, say) leaves no temporary directory behind.
         let _ = std::fs::remove_dir_all(&tmp);
@@ -109,19 +112,19 @@ fn step_dir_name(step: usize) -> String {
 
 /// Writes every file of a checkpoint into `tmp`; `state.json` last, so that a directory
 /// holding it holds everything.
-fn write_contents<B, O>(
-    tmp: &Path,
-    model: &Llada<B>,
-    reference: Option<&Llada<B::InnerBackend>>,
-    optimizer: &O,
-    state: TrainState,
-    finetune: Finetune,
-    base_model: &str,
-) -> Result<()>
+fn write_contents<B, O>(tmp: &Path, snapshot: &Snapshot<'_, B, O>) -> Result<()>
 where
     B: AutodiffBackend,
     O: Optimizer<Llada<B>, B>,
 {
+    let Snapshot {
+        model,
+        reference,
+        optimizer,
+        state,
+        finetune,
+        base_model,
+    } = *snapshot;
     model
         .clone()
         .save_file(tmp.join("model"), &recorder())

@@ -21,7 +21,7 @@ use rewards::Task;
 use serde::Serialize;
 
 use crate::algorithm::{self, Diagnostics, Learner, UpdateInputs};
-use crate::checkpoint::{self, TrainState};
+use crate::checkpoint::{self, Snapshot, TrainState};
 use crate::error::{Result, TrainError};
 use crate::eval::{evaluate, EvalResult};
 use crate::metrics::{self, RolloutSeconds, StepMetrics};
@@ -73,6 +73,8 @@ pub const BACKEND_STREAM: u64 = 1;
 pub const STEP_RNG_STREAM: u64 = 2;
 /// [`stream_seed`] purpose of a step's rollout sampler.
 pub const SAMPLER_STREAM: u64 = 3;
+/// [`stream_seed`] purpose of a fresh LoRA adapter's initialisation.
+pub const LORA_INIT_STREAM: u64 = 4;
 
 /// Mixes the run seed with a step and a purpose into an independent stream seed.
 pub fn stream_seed(seed: u64, step: usize, purpose: u64) -> u64 {
@@ -339,7 +341,12 @@ fn load_policy_and_reference<AB: AutodiffBackend>(
         Finetune::Lora => {
             let m = match &recipe.model.adapter {
                 Some(a) => base.load_adapter(a, device)?,
-                None => base.with_lora(&recipe.lora.config(), device)?,
+                None => {
+                    // A fresh adapter's `A ~ U(..)` is drawn from the seeded backend, so two
+                    // runs with the same seed start from the same adapter.
+                    AB::seed(device, stream_seed(recipe.run.seed, 0, LORA_INIT_STREAM));
+                    base.with_lora(&recipe.lora.config(), device)?
+                }
             };
             (m, Reference::AdapterOff)
         }
@@ -459,16 +466,16 @@ impl<AB: AutodiffBackend, O: Optimizer<Llada<AB>, AB>> StepContext<'_, AB, O> {
             Reference::Frozen(r) if recipe.train.sync_ref_model => Some(r.as_ref()),
             _ => None,
         };
-        checkpoint::save(
-            run_dir,
+        let base_model = recipe.model.path.display().to_string();
+        let snapshot = Snapshot {
             model,
-            moving_reference,
-            &self.optimizer,
-            self.state,
-            recipe.model.finetune,
-            &recipe.model.path.display().to_string(),
-            2,
-        )?;
+            reference: moving_reference,
+            optimizer: &self.optimizer,
+            state: self.state,
+            finetune: recipe.model.finetune,
+            base_model: &base_model,
+        };
+        checkpoint::save(run_dir, &snapshot, 2)?;
         Ok(())
     }
 }

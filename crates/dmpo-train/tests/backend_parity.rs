@@ -9,7 +9,7 @@ use burn::module::AutodiffModule;
 use burn::tensor::{backend::Backend, ElementConversion, Int, Tensor, TensorData};
 use dllm_model::backend::{dispatch, BackendKind, BackendTask};
 use dllm_model::tensor_file::{read_floats, read_ints};
-use dllm_model::{load_model, LoadOptions};
+use dllm_model::{load_model, Llada, LoadOptions};
 use dllm_sample::{generate, SamplerConfig};
 use dmpo_core::{
     wdce_loss_with_masks, DmpoConfig, ModelView, ReplicateMasks, RolloutWeights, SequenceBatch,
@@ -65,33 +65,9 @@ impl BackendTask for Run {
         let generation = generate(&inner, &prompts, &cfg).unwrap().completions;
 
         // One WDCE loss and gradient on fixed masks and weights (a group of 2).
-        let seq = read_ints(&golden, "targets").unwrap();
-        let x =
-            Tensor::<Autodiff<B>, 2, Int>::from_data(TensorData::new(seq.values, [2, 24]), &device);
-        let batch = SequenceBatch::with_eos_index(x, 8, vec![16, 16]).unwrap();
-        let masked: Vec<bool> = (0..2 * 2 * 16).map(|i| (i * 7) % 3 == 0).collect();
-        let masks = ReplicateMasks::from_rows(2, 2, 16, masked).unwrap();
-        let weights = RolloutWeights {
-            group_size: 2,
-            w_plus: vec![0.7, 0.3],
-            w_minus: vec![0.2, 0.8],
-            ell_cur: vec![-10.0, -12.0],
-            coeffs: vec![1.0],
-        };
-        let config = DmpoConfig {
-            num_replicates: 2,
-            ..Default::default()
-        };
-        let out = wdce_loss_with_masks(
-            &ModelView::policy(&model),
-            &batch,
-            &weights,
-            &config,
-            &masks,
-        )
-        .unwrap();
-        let loss: f64 = out.loss.clone().into_scalar().elem();
-        let grads = out.loss.backward();
+        let loss = fixed_wdce_loss(&model, &device);
+        let value: f64 = loss.clone().into_scalar().elem();
+        let grads = loss.backward();
         let head = model.head.as_ref().unwrap().weight.val();
         let grad_head = head
             .grad(&grads)
@@ -103,10 +79,37 @@ impl BackendTask for Run {
         Outputs {
             logits,
             generation,
-            loss,
+            loss: value,
             grad_head,
         }
     }
+}
+
+/// The WDCE loss of `model` on the golden targets with fixed masks and weights (a group of 2).
+fn fixed_wdce_loss<B: Backend>(
+    model: &Llada<Autodiff<B>>,
+    device: &B::Device,
+) -> Tensor<Autodiff<B>, 1> {
+    let golden = tiny().join("golden.safetensors");
+    let seq = read_ints(&golden, "targets").unwrap();
+    let x = Tensor::<Autodiff<B>, 2, Int>::from_data(TensorData::new(seq.values, [2, 24]), device);
+    let batch = SequenceBatch::with_eos_index(x, 8, vec![16, 16]).unwrap();
+    let masked: Vec<bool> = (0..2 * 2 * 16).map(|i| (i * 7) % 3 == 0).collect();
+    let masks = ReplicateMasks::from_rows(2, 2, 16, masked).unwrap();
+    let weights = RolloutWeights {
+        group_size: 2,
+        w_plus: vec![0.7, 0.3],
+        w_minus: vec![0.2, 0.8],
+        ell_cur: vec![-10.0, -12.0],
+        coeffs: vec![1.0],
+    };
+    let config = DmpoConfig {
+        num_replicates: 2,
+        ..Default::default()
+    };
+    wdce_loss_with_masks(&ModelView::policy(model), &batch, &weights, &config, &masks)
+        .unwrap()
+        .loss
 }
 
 fn max_diff(a: &[f32], b: &[f32]) -> f32 {
@@ -183,28 +186,7 @@ impl BackendTask for HalfPrecision {
         let out = generate(&model.valid(), &prompts, &cfg).unwrap();
         assert!(out.completions.iter().all(|c| c.len() == 16));
 
-        let golden = tiny().join("golden.safetensors");
-        let seq = read_ints(&golden, "targets").unwrap();
-        let x =
-            Tensor::<Autodiff<B>, 2, Int>::from_data(TensorData::new(seq.values, [2, 24]), &device);
-        let batch = SequenceBatch::with_eos_index(x, 8, vec![16, 16]).unwrap();
-        let masked: Vec<bool> = (0..2 * 2 * 16).map(|i| (i * 7) % 3 == 0).collect();
-        let masks = ReplicateMasks::from_rows(2, 2, 16, masked).unwrap();
-        let weights = RolloutWeights {
-            group_size: 2,
-            w_plus: vec![0.7, 0.3],
-            w_minus: vec![0.2, 0.8],
-            ell_cur: vec![-10.0, -12.0],
-            coeffs: vec![1.0],
-        };
-        let config = DmpoConfig {
-            num_replicates: 2,
-            ..Default::default()
-        };
-        let view = ModelView::policy(&model);
-        let loss = wdce_loss_with_masks(&view, &batch, &weights, &config, &masks)
-            .unwrap()
-            .loss;
+        let loss = fixed_wdce_loss(&model, &device);
         let value: f64 = loss.clone().into_scalar().elem();
         let grads = loss.backward();
         let a = model.blocks[0].attn.q_proj.lora.as_ref().unwrap().b.val();

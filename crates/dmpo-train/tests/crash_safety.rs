@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
 
-use common::{dmpo, model_copy, succeeds, train_args};
+use common::{dmpo, metrics, model_copy, succeeds, train_args};
 
 /// The syscalls a checkpoint write makes, as strace names them on x86-64 Linux.
 const SYSCALLS: [&str; 4] = ["mkdir", "fsync", "rename", "unlinkat"];
@@ -32,21 +32,6 @@ fn args(model: &Path, flags: &[&str]) -> Vec<String> {
     a.extend(["--skip-eval".to_string()]);
     a.extend(flags.iter().map(|s| s.to_string()));
     a
-}
-
-/// Metrics rows without their timings.
-fn metrics(run: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(run.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| {
-            let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
-            let o = v.as_object_mut().unwrap();
-            o.remove("seconds");
-            o.remove("rollout_tokens_per_s");
-            v
-        })
-        .collect()
 }
 
 /// `dmpo args` under strace in `dir`; `inject` kills it at the `n`-th call of `syscall`.

@@ -3,6 +3,9 @@
 //! DDO, full and LoRA, diffu-GRPO, wd1) runs and applies a finite update. These crashed with a
 //! dtype mismatch before logits and LoRA adapters were kept in f32.
 
+mod common;
+
+use common::metrics;
 use std::path::{Path, PathBuf};
 
 use burn::backend::{Autodiff, Flex};
@@ -18,10 +21,15 @@ fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
+/// The backend's random generator (LoRA initialisation and dropout) is global to the process:
+/// the tests of this file take turns so that one run's draws are never another's.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 const HALF: [(WeightDType, &str); 2] = [(WeightDType::BF16, "bf16"), (WeightDType::F16, "f16")];
 
 #[test]
 fn every_sampler_mode_generates_from_half_precision_weights() {
+    let _turn = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let path = root().join("models/tiny-sudoku");
     let prompts = vec![vec![7u32, 8, 9, 10, 11], vec![12u32, 13, 14]];
     let base = SamplerConfig {
@@ -107,6 +115,7 @@ fn recipe(out: &Path, dtype: &str, extra: &[&str]) -> Recipe {
 
 #[test]
 fn every_training_mode_steps_on_half_precision_weights() {
+    let _turn = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let modes: [(&str, &[&str]); 6] = [
         ("dmpo-full", &[]),
         ("dmpo-ddo", &["dmpo.loss=\"ddo\""]),
@@ -145,26 +154,12 @@ fn every_training_mode_steps_on_half_precision_weights() {
     }
 }
 
-/// Metrics rows without their timings.
-fn metrics(run: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(run.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| {
-            let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
-            let o = v.as_object_mut().unwrap();
-            o.remove("seconds");
-            o.remove("rollout_tokens_per_s");
-            v
-        })
-        .collect()
-}
-
 /// A bf16 LoRA run stopped after one step and resumed equals the uninterrupted run: the
 /// checkpoint (f32 records) is loaded back into a bf16 base, not left in f32. Full fine-tuning in
 /// bf16 refuses `--resume` with a clear error (its AdamW state would come back in f32).
 #[test]
 fn half_precision_runs_resume_exactly() {
+    let _turn = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let tmp = tempfile::tempdir().unwrap();
     {
         let o = [
@@ -185,29 +180,35 @@ fn half_precision_runs_resume_exactly() {
             .to_string();
         assert!(err.contains("--resume of full fine-tuning"), "{err}");
     }
-    for (mode, extra) in [("lora", &["model.finetune=\"lora\"", "lora.r=4"][..])] {
-        let run = |name: &str, stop_after: Option<usize>, start: StartMode| {
-            let n = format!("run.name=\"{mode}-{name}\"");
-            let mut o: Vec<&str> = extra.to_vec();
-            o.extend(["train.steps=2", "train.checkpoint_every=1", n.as_str()]);
-            let r = recipe(tmp.path(), "bf16", &o);
-            let options = RunOptions {
-                start,
-                quiet: true,
-                skip_eval: true,
-                stop_after,
-            };
-            train::<AB>(&r, Default::default(), &options)
-                .unwrap_or_else(|e| panic!("{mode} {name}: {e}"));
-            r.run_dir()
+    // LoRA, with rollouts long enough to earn rewards, so that the first step moves the adapter.
+    let run = |name: &str, stop_after: Option<usize>, start: StartMode| {
+        let n = format!("run.name=\"lora-{name}\"");
+        let o = [
+            "model.finetune=\"lora\"",
+            "lora.r=4",
+            "rollout.gen_length=24",
+            "rollout.steps=24",
+            "train.steps=2",
+            "train.checkpoint_every=1",
+            n.as_str(),
+        ];
+        let r = recipe(tmp.path(), "bf16", &o);
+        let options = RunOptions {
+            start,
+            quiet: true,
+            skip_eval: true,
+            stop_after,
         };
-        let whole = run("whole", None, StartMode::Fresh);
-        run("part", Some(1), StartMode::Fresh);
-        let part = run("part", None, StartMode::Resume);
-        assert_eq!(
-            metrics(&whole),
-            metrics(&part),
-            "{mode}: resumed metrics differ"
-        );
-    }
+        train::<AB>(&r, Default::default(), &options).unwrap_or_else(|e| panic!("{name}: {e}"));
+        r.run_dir()
+    };
+    let whole = run("whole", None, StartMode::Fresh);
+    run("part", Some(1), StartMode::Fresh);
+    let part = run("part", None, StartMode::Resume);
+    let (a, b) = (metrics(&whole), metrics(&part));
+    assert!(
+        a[0]["grad_norm"].as_f64().unwrap() > 0.0,
+        "the first step updates the adapter"
+    );
+    assert_eq!(a, b, "bf16 LoRA: resumed metrics differ");
 }

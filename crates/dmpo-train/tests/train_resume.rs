@@ -2,6 +2,9 @@
 //! the same metrics as an uninterrupted one, checkpoints are complete, and bad inputs fail
 //! before any training.
 
+mod common;
+
+use common::metrics;
 use std::path::{Path, PathBuf};
 
 use dmpo_train::run_dir::StartMode;
@@ -38,21 +41,6 @@ fn recipe_with(out: &Path, name: &str, algorithm: &str, steps: usize, extra: &[&
     ];
     overrides.extend(extra.iter().map(|s| s.to_string()));
     Recipe::load(&r.join("recipes/tiny-sudoku.toml"), &overrides).unwrap()
-}
-
-/// Metrics lines without the timing fields.
-fn metrics(dir: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(dir.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| {
-            let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
-            let o = v.as_object_mut().unwrap();
-            o.remove("seconds");
-            o.remove("rollout_tokens_per_s");
-            v
-        })
-        .collect()
 }
 
 fn quiet(resume: bool) -> RunOptions {

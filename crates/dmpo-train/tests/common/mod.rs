@@ -106,3 +106,19 @@ pub fn train(dir: &Path, model: &Path, extra: &[&str], flags: &[&str]) -> Output
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
     dmpo(dir, &refs)
 }
+
+/// The rows of a run's `metrics.jsonl` without their timing fields (what two runs that should
+/// agree must agree on).
+pub fn metrics(run: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+            let o = v.as_object_mut().unwrap();
+            o.remove("seconds");
+            o.remove("rollout_tokens_per_s");
+            v
+        })
+        .collect()
+}
