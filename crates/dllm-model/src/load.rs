@@ -8,7 +8,7 @@ use safetensors::{Dtype, View};
 use crate::config::{config_path, LladaConfig};
 use crate::error::{ModelError, Result};
 use crate::model::Llada;
-use crate::params::{Checkpoint, Verify};
+use crate::params::Checkpoint;
 use crate::weights::{WeightDType, WeightFiles};
 
 pub use crate::params::PREFIX;
@@ -66,7 +66,7 @@ pub fn verify_model<B: Backend>(dir: impl AsRef<Path>, device: &B::Device) -> Re
     let dir = dir.as_ref();
     let config = LladaConfig::from_file(config_path(dir))?;
     let weights = WeightFiles::open_dir(dir)?;
-    Llada::<B>::build(&config, &mut Verify::new(&weights, device))?;
+    Llada::<B>::build(&config, &mut Checkpoint::verifying(&weights, device))?;
     Ok(config)
 }
 

@@ -21,7 +21,7 @@ use burn::tensor::{backend::Backend, Distribution, Tensor};
 
 use crate::config::LladaConfig;
 use crate::error::ModelError;
-use crate::weights::{HostTensor, WeightDType, WeightFiles};
+use crate::weights::{WeightDType, WeightFiles};
 
 /// Prefix of every tensor name in a LLaDA checkpoint.
 pub const PREFIX: &str = "model.transformer";
@@ -104,10 +104,17 @@ impl<B: Backend> ParamSource<B> for RandomInit<'_, B> {
 }
 
 /// Parameters read from opened checkpoint files by name, shape-checked, in one element type.
+///
+/// [`Checkpoint::verifying`] checks a checkpoint the same way without keeping it — every tensor
+/// present, of the right shape and a readable dtype, finite, none left over — one tensor at a
+/// time: the model it builds has empty (`[0, …]`) parameters and is only thrown away. `dmpo
+/// inspect` uses it to validate a model directory without holding its weights.
 pub struct Checkpoint<'a, B: Backend> {
     weights: &'a WeightFiles,
     dtype: WeightDType,
     device: &'a B::Device,
+    /// `false` when verifying: tensors are read and checked, then dropped.
+    keep: bool,
 }
 
 impl<'a, B: Backend> Checkpoint<'a, B> {
@@ -117,12 +124,35 @@ impl<'a, B: Backend> Checkpoint<'a, B> {
             weights,
             dtype,
             device,
+            keep: true,
         }
     }
 
-    /// A host tensor on the device, in the requested element type.
-    fn upload<const D: usize>(&self, host: HostTensor) -> Tensor<B, D> {
-        Tensor::from_data(host.into_data(), (self.device, self.dtype.burn()))
+    /// Every tensor of `weights` read and checked, none kept (placeholders on `device`).
+    pub fn verifying(weights: &'a WeightFiles, device: &'a B::Device) -> Self {
+        Self {
+            keep: false,
+            ..Self::new(weights, WeightDType::F32, device)
+        }
+    }
+
+    /// Reads tensor `name` of `shape` (as stored) and puts it on the device, transposed when
+    /// asked; an empty placeholder when verifying.
+    fn tensor<const D: usize>(
+        &self,
+        name: &str,
+        shape: [usize; D],
+        transpose: bool,
+    ) -> Result<Tensor<B, D>, ModelError> {
+        let host = self.weights.read(name, &shape, self.dtype)?;
+        if !self.keep {
+            return Ok(Tensor::zeros([0; D], self.device));
+        }
+        let host = if transpose { host.transposed() } else { host };
+        Ok(Tensor::from_data(
+            host.into_data(),
+            (self.device, self.dtype.burn()),
+        ))
     }
 }
 
@@ -136,8 +166,7 @@ impl<B: Backend> ParamSource<B> for Checkpoint<'_, B> {
         d_out: usize,
     ) -> Result<Tensor<B, 2>, ModelError> {
         // Hugging Face stores linear weights `[out, in]`; burn's linear wants `[in, out]`.
-        let host = self.weights.read(name, &[d_out, d_in], self.dtype)?;
-        Ok(self.upload(host.transposed()))
+        self.tensor(name, [d_out, d_in], true)
     }
 
     fn embedding(
@@ -146,70 +175,14 @@ impl<B: Backend> ParamSource<B> for Checkpoint<'_, B> {
         rows: usize,
         cols: usize,
     ) -> Result<Tensor<B, 2>, ModelError> {
-        let host = self.weights.read(name, &[rows, cols], self.dtype)?;
-        Ok(self.upload(host))
+        self.tensor(name, [rows, cols], false)
     }
 
     fn norm_weight(&mut self, name: &str, d: usize) -> Result<Tensor<B, 1>, ModelError> {
-        let host = self.weights.read(name, &[d], self.dtype)?;
-        Ok(self.upload(host))
+        self.tensor(name, [d], false)
     }
 
     /// Refuses the tensors of the files that the model of `config` did not read.
-    fn finish(&mut self, config: &LladaConfig) -> Result<(), ModelError> {
-        unused_tensors(self.weights, config)
-    }
-}
-
-/// Checks a checkpoint the way [`Checkpoint`] loads it — every tensor present, of the right
-/// shape and a readable dtype, finite, and none left over — one tensor at a time, keeping
-/// nothing: the model it builds has empty (`[0, …]`) parameters and is only thrown away.
-/// `dmpo inspect` uses it to validate a model directory without holding its weights.
-pub struct Verify<'a, B: Backend> {
-    weights: &'a WeightFiles,
-    device: &'a B::Device,
-}
-
-impl<'a, B: Backend> Verify<'a, B> {
-    /// Checks the tensors of `weights`; placeholders are made on `device`.
-    pub fn new(weights: &'a WeightFiles, device: &'a B::Device) -> Self {
-        Self { weights, device }
-    }
-
-    /// Reads and checks one tensor, then drops it.
-    fn check(&self, name: &str, shape: &[usize]) -> Result<(), ModelError> {
-        self.weights.read(name, shape, WeightDType::F32).map(drop)
-    }
-}
-
-impl<B: Backend> ParamSource<B> for Verify<'_, B> {
-    type Error = ModelError;
-
-    fn linear_weight(
-        &mut self,
-        name: &str,
-        d_in: usize,
-        d_out: usize,
-    ) -> Result<Tensor<B, 2>, ModelError> {
-        self.check(name, &[d_out, d_in])?;
-        Ok(Tensor::zeros([0, 0], self.device))
-    }
-
-    fn embedding(
-        &mut self,
-        name: &str,
-        rows: usize,
-        cols: usize,
-    ) -> Result<Tensor<B, 2>, ModelError> {
-        self.check(name, &[rows, cols])?;
-        Ok(Tensor::zeros([0, 0], self.device))
-    }
-
-    fn norm_weight(&mut self, name: &str, d: usize) -> Result<Tensor<B, 1>, ModelError> {
-        self.check(name, &[d])?;
-        Ok(Tensor::zeros([0], self.device))
-    }
-
     fn finish(&mut self, config: &LladaConfig) -> Result<(), ModelError> {
         unused_tensors(self.weights, config)
     }
