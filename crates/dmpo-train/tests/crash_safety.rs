@@ -63,9 +63,11 @@ fn checkpoint_calls(trace: &Path) -> Vec<(String, usize)> {
     let mut counters: BTreeMap<(String, String), usize> = BTreeMap::new();
     let mut points = Vec::new();
     for line in text.lines() {
+        // `PID  syscall(...)`: strace pads the pid, so the gap is one space or more.
         let Some((pid, rest)) = line.split_once(' ') else {
             continue;
         };
+        let rest = rest.trim_start();
         let Some(name) = SYSCALLS.iter().find(|s| rest.starts_with(&format!("{s}("))) else {
             continue;
         };
