@@ -2,7 +2,7 @@
 //! fixtures), independent of any model.
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use safetensors::{Dtype, SafeTensors};
 
@@ -59,11 +59,43 @@ fn parse<'a>(bytes: &'a [u8], path: &Path) -> Result<SafeTensors<'a>> {
     })
 }
 
+/// A safetensors file of named arrays, read once (for a caller that needs several of its
+/// arrays or its names as well).
+pub struct ArrayFile {
+    path: PathBuf,
+    bytes: Vec<u8>,
+}
+
+impl ArrayFile {
+    /// Reads `path` (at most [`MAX_FILE_BYTES`]).
+    pub fn open(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref().to_path_buf();
+        let bytes = open(&path)?;
+        Ok(Self { path, bytes })
+    }
+
+    /// The names of its arrays, sorted.
+    pub fn names(&self) -> Result<Vec<String>> {
+        let st = parse(&self.bytes, &self.path)?;
+        let mut n: Vec<String> = st.names().into_iter().map(String::from).collect();
+        n.sort();
+        Ok(n)
+    }
+
+    /// Integer array `name` (I64, I32, U8, ...) as `i64`.
+    pub fn ints(&self, name: &str) -> Result<Array<i64>> {
+        ints(&self.bytes, &self.path, name)
+    }
+}
+
 /// Reads an integer array (I64, I32, U8, ...) as `i64`.
 pub fn read_ints(path: impl AsRef<Path>, name: &str) -> Result<Array<i64>> {
-    let path = path.as_ref();
-    let bytes = open(path)?;
-    let st = parse(&bytes, path)?;
+    ArrayFile::open(path)?.ints(name)
+}
+
+/// Integer array `name` of the safetensors bytes of `path`, as `i64`.
+fn ints(bytes: &[u8], path: &Path, name: &str) -> Result<Array<i64>> {
+    let st = parse(bytes, path)?;
     let v = view(&st, path, name)?;
     let d = v.data();
     let values: Vec<i64> = match v.dtype() {
@@ -135,12 +167,7 @@ pub fn read_floats(path: impl AsRef<Path>, name: &str) -> Result<Array<f64>> {
 
 /// Names of the arrays in a safetensors file.
 pub fn names(path: impl AsRef<Path>) -> Result<Vec<String>> {
-    let path = path.as_ref();
-    let bytes = open(path)?;
-    let st = parse(&bytes, path)?;
-    let mut n: Vec<String> = st.names().into_iter().map(String::from).collect();
-    n.sort();
-    Ok(n)
+    ArrayFile::open(path)?.names()
 }
 
 /// Writes f32 arrays to a safetensors file (atomically).

@@ -100,20 +100,6 @@ pub fn train<AB: AutodiffBackend>(
     let resume = options.start == StartMode::Resume;
     if resume {
         check_resumable(recipe, &run_dir)?;
-        // burn 0.21 restores optimiser state in the backend's default float type (f32); the
-        // moments of bf16/f16 parameters would then meet bf16 gradients. LoRA's trainable
-        // factors are f32 on any base, so only full fine-tuning in half precision is affected.
-        if recipe.model.finetune == Finetune::Full && recipe.model.dtype != WeightDType::F32 {
-            return Err(TrainError::Recipe {
-                path: run_dir.join("recipe.toml"),
-                message: format!(
-                    "--resume of full fine-tuning with `model.dtype` {:?} is not supported (its \
-                     AdamW state would come back in f32); use LoRA or f32 weights for runs you \
-                     need to resume",
-                    recipe.model.dtype
-                ),
-            });
-        }
     }
     let task: Task = recipe
         .task
@@ -148,17 +134,6 @@ pub fn train<AB: AutodiffBackend>(
         // rows from 1: the evaluation after step `s` is written before its checkpoint).
         metrics::truncate_from_step(&metrics_path, state.step)?;
         metrics::truncate_from_step(&eval_path, state.step + 1)?;
-    }
-    // Checked before any training: the files every step appends to can be written (the
-    // directory itself is, RunDir proved it).
-    for path in [&metrics_path, &eval_path]
-        .into_iter()
-        .filter(|p| p.exists())
-    {
-        std::fs::OpenOptions::new()
-            .append(true)
-            .open(path)
-            .map_err(|e| TrainError::io(path, e))?;
     }
     let mut run = StepContext {
         source: RolloutSource {
@@ -293,9 +268,24 @@ fn check_context(recipe: &Recipe, context: usize) -> Result<()> {
 }
 
 /// Refuses to resume `run_dir` with a recipe whose settings differ from the run's
-/// `recipe.toml` in anything but [`crate::recipe::RESUMABLE_KEYS`], naming the keys.
+/// `recipe.toml` in anything but [`crate::recipe::RESUMABLE_KEYS`], naming the keys, and any
+/// resume of full fine-tuning in half precision.
 fn check_resumable(recipe: &Recipe, run_dir: &Path) -> Result<()> {
     let saved_path = run_dir.join("recipe.toml");
+    // burn 0.21 restores optimiser state in the backend's default float type (f32); the
+    // moments of bf16/f16 parameters would then meet bf16 gradients. LoRA's trainable factors
+    // are f32 on any base, so only full fine-tuning in half precision is affected.
+    if recipe.model.finetune == Finetune::Full && recipe.model.dtype != WeightDType::F32 {
+        return Err(TrainError::Recipe {
+            path: saved_path,
+            message: format!(
+                "--resume of full fine-tuning with `model.dtype` {:?} is not supported (its \
+                 AdamW state would come back in f32); use LoRA or f32 weights for runs you \
+                 need to resume",
+                recipe.model.dtype
+            ),
+        });
+    }
     if !saved_path.is_file() {
         return Ok(());
     }

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use burn::tensor::{backend::Backend, Bool, Int, Tensor, TensorData};
 use dllm_model::backend::{dispatch, BackendTask};
-use dllm_model::tensor_file::{self, write_f32};
+use dllm_model::tensor_file::{write_f32, ArrayFile};
 use dllm_model::{ForwardOptions, LogitPositions};
 
 use super::ModelArgs;
@@ -31,7 +31,8 @@ impl BackendTask for Task {
     fn run<B: Backend>(self, device: B::Device) -> anyhow::Result<()> {
         let a = self.0;
         let file = a.input.display();
-        let names = tensor_file::names(&a.input)?;
+        let file_arrays = ArrayFile::open(&a.input)?;
+        let names = file_arrays.names()?;
         if let Some(other) = names
             .iter()
             .find(|n| !["input_ids", "attention_mask"].contains(&n.as_str()))
@@ -41,7 +42,7 @@ impl BackendTask for Task {
                  `attention_mask`)"
             );
         }
-        let ids = tensor_file::read_ints(&a.input, "input_ids")?;
+        let ids = file_arrays.ints("input_ids")?;
         let [b, s] = match ids.shape[..] {
             [b, s] if b > 0 && s > 0 => [b, s],
             _ => anyhow::bail!(
@@ -51,7 +52,7 @@ impl BackendTask for Task {
         };
         // HF's convention: 1 = token, 0 = padding (keys at 0 are not attended to).
         let attention_mask = if names.iter().any(|n| n == "attention_mask") {
-            let m = tensor_file::read_ints(&a.input, "attention_mask")?;
+            let m = file_arrays.ints("attention_mask")?;
             if m.shape != ids.shape {
                 anyhow::bail!(
                     "{file}: `attention_mask` has shape {:?}, `input_ids` {:?}",
