@@ -45,6 +45,10 @@ pub struct Args {
     /// KV cache used by the sampler: none, prefix or dual.
     #[arg(long, default_value = "none")]
     pub cache: dllm_sample::CacheKind,
+    /// Hide left padding from attention (every item scores as it would alone; the reference
+    /// evaluations attend the pads).
+    #[arg(long)]
+    pub padding_mask: bool,
     /// Directory for the d1-layout generation files.
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -84,6 +88,7 @@ impl BackendTask for Eval {
             steps_per_token: a.steps_per_token,
             batch_size: 64,
             cache: a.cache,
+            padding_mask: a.padding_mask,
         };
         if let Some(d) = &a.out {
             std::fs::create_dir_all(d)?;

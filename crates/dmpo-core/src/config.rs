@@ -61,7 +61,9 @@ pub struct DmpoConfig {
     pub ddo_beta: f64,
     /// DDO `alpha` (weight of the fake term).
     pub ddo_alpha: f64,
-    /// DDO: estimate the real and fake gaps on two independent halves of the replicates.
+    /// DDO: estimate the real and fake gaps on two halves of the replicates (with antithetic
+    /// masks, the second half holds the complements of the first); the reference's
+    /// `dmpo_train_config.yaml` sets it (`ddo_indep_set: true`).
     pub ddo_independent_sets: bool,
     /// Memory budget (bytes) of the logits of one chunk of replicate rows in the ELBO estimator.
     pub elbo_memory_budget_bytes: usize,
@@ -83,7 +85,7 @@ impl Default for DmpoConfig {
             loss: DmpoLoss::Wdce,
             ddo_beta: 1.0,
             ddo_alpha: 1.0,
-            ddo_independent_sets: false,
+            ddo_independent_sets: true,
             elbo_memory_budget_bytes: 2 << 30,
         }
     }
@@ -138,7 +140,8 @@ impl DmpoConfig {
     }
 }
 
-/// diffu-GRPO and wd1 hyperparameters (docs/algorithm.md §6), d1's defaults.
+/// diffu-GRPO and wd1 hyperparameters (docs/algorithm.md §6): d1's, except the clip `epsilon`,
+/// TRL's 0.2 (d1's `train.yaml` sets 0.5; so do the `*-d1.toml` recipes).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct GrpoConfig {
@@ -148,7 +151,8 @@ pub struct GrpoConfig {
     pub beta: f64,
     /// Probability of masking each prompt token in the one-step mean-field likelihood.
     pub p_mask_prompt: f64,
-    /// Divide group-centred rewards by the group standard deviation (`+ 1e-4`).
+    /// Divide group-centred rewards by the group standard deviation (`+ 1e-4`): TRL's GRPO.
+    /// Off by default, as d1 runs diffu-GRPO (`r - mean_group(r)`, diffu_grpo_trainer.py).
     pub scale_rewards: bool,
 }
 
@@ -158,7 +162,7 @@ impl Default for GrpoConfig {
             epsilon: 0.2,
             beta: 0.04,
             p_mask_prompt: 0.15,
-            scale_rewards: true,
+            scale_rewards: false,
         }
     }
 }

@@ -15,9 +15,14 @@ fn reference_defaults() {
     assert_eq!(c.centering_strength, 1.0);
     assert_eq!(c.loss, DmpoLoss::Wdce);
     assert_eq!((c.ddo_alpha, c.ddo_beta), (1.0, 1.0));
+    assert!(
+        c.ddo_independent_sets,
+        "the reference yaml sets ddo_indep_set"
+    );
     c.validate().unwrap();
     let g = GrpoConfig::default();
     assert_eq!((g.epsilon, g.beta, g.p_mask_prompt), (0.2, 0.04, 0.15));
+    assert!(!g.scale_rewards, "d1 does not divide by the group std");
     g.validate().unwrap();
 }
 

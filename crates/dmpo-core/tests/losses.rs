@@ -171,6 +171,7 @@ fn ddo_loss_by_hand_shared_and_independent_sets() {
     // Shared: ell_theta = mean over both replicates.
     let shared = DmpoConfig {
         loss: dmpo_core::DmpoLoss::Ddo,
+        ddo_independent_sets: false,
         ..DmpoConfig::default()
     };
     let t0 = 0.5 * (2.0 * lp(0, 0) + (lp(0, 0) + lp(2, 1)));

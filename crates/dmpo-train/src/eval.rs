@@ -67,6 +67,7 @@ pub fn eval_sampler(section: &EvalSection, gen_length: usize) -> SamplerConfig {
         steps: steps / blocks * blocks,
         temperature: 0.0,
         cache: section.cache,
+        padding_mask: section.padding_mask,
         ..SamplerConfig::default()
     }
 }

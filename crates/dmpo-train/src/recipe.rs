@@ -26,7 +26,8 @@ pub struct Recipe {
     pub lora: LoraSection,
     /// Task and data.
     pub task: TaskSection,
-    /// Rollout sampler.
+    /// Rollout sampler; its padding mask is on unless the recipe turns it off (the sampler's own
+    /// default, off, reproduces LLaDA's `generate`).
     #[serde(default = "default_rollout")]
     pub rollout: SamplerConfig,
     /// Optimisation.
@@ -63,7 +64,20 @@ fn default_rollout() -> SamplerConfig {
         steps: 128,
         temperature: 0.2,
         cache: dllm_sample::CacheKind::Prefix,
+        padding_mask: true,
         ..SamplerConfig::default()
+    }
+}
+
+/// Training's departures from [`SamplerConfig`]'s defaults (which reproduce LLaDA's `generate`),
+/// filled into a `[rollout]` table that leaves them out: left padding is masked
+/// (docs/reference-parity.md, row "padding"), so a batch of prompts of different lengths gives each
+/// row the completion, ELBO and gradient it would get alone.
+fn fill_rollout_defaults(recipe: &mut toml::Table) {
+    if let Some(toml::Value::Table(rollout)) = recipe.get_mut("rollout") {
+        rollout
+            .entry("padding_mask")
+            .or_insert(toml::Value::Boolean(true));
     }
 }
 
@@ -142,7 +156,8 @@ mod dtype_serde {
     }
 }
 
-/// `[lora]` (docs/algorithm.md §5: r 128, alpha 64, dropout 0.05, all seven linears).
+/// `[lora]` (docs/algorithm.md §5: r 128, alpha 64, dropout 0.05; all seven linears unless the recipe
+/// names them).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LoraSection {
@@ -152,8 +167,35 @@ pub struct LoraSection {
     pub alpha: f64,
     /// Dropout.
     pub dropout: f64,
-    /// Target linear layers.
+    /// Target linear layers: a list of LLaDA's linear names, or PEFT's `"all-linear"` for all
+    /// seven. The paper recipes list the four the reference's adapters reach (docs/reference-parity.md).
+    #[serde(deserialize_with = "target_modules_serde::deserialize")]
     pub target_modules: Vec<String>,
+}
+
+mod target_modules_serde {
+    use serde::{Deserialize, Deserializer};
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Targets {
+        Keyword(String),
+        List(Vec<String>),
+    }
+
+    /// A list, or PEFT's `"all-linear"` keyword (every LLaDA linear layer).
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+        match Targets::deserialize(d)? {
+            Targets::List(list) => Ok(list),
+            Targets::Keyword(k) if k == "all-linear" => Ok(dllm_model::lora::LINEAR_NAMES
+                .iter()
+                .map(|s| s.to_string())
+                .collect()),
+            Targets::Keyword(k) => Err(serde::de::Error::custom(format!(
+                "target_modules `{k}`: expected a list of layer names or \"all-linear\""
+            ))),
+        }
+    }
 }
 
 impl Default for LoraSection {
@@ -268,6 +310,11 @@ pub struct TrainSection {
     pub num_iterations: usize,
     /// Rows per forward/backward pass (gradient accumulation over the rollout batch).
     pub micro_batch: usize,
+    /// Rows of one loss unit, the reference's `per_device_train_batch_size`: an optimiser step's
+    /// gradient is the mean over the step's units of `loss_unit_rows` consecutive rows of each
+    /// unit's loss (docs/algorithm.md §5.2). Unset: the reference's, 4 for DMPO (its WDCE sums
+    /// 4 rows per device), `group_size` for diffu-GRPO and wd1 (d1 puts one group per device).
+    pub loss_unit_rows: Option<usize>,
     /// Peak learning rate.
     pub lr: f64,
     /// Warm-up optimiser steps (linear from 0).
@@ -308,6 +355,7 @@ impl Default for TrainSection {
             group_size: 16,
             num_iterations: 8,
             micro_batch: 4,
+            loss_unit_rows: None,
             lr: 1e-6,
             warmup_steps: 0,
             schedule: Schedule::Constant,
@@ -323,6 +371,32 @@ impl Default for TrainSection {
             ref_model_sync_steps: 512,
             ref_model_mixup_alpha: 0.6,
         }
+    }
+}
+
+impl TrainSection {
+    /// Rows per optimiser step (`prompts_per_step x group_size`).
+    pub fn rows_per_step(&self) -> usize {
+        self.prompts_per_step * self.group_size
+    }
+
+    /// The rows of a loss unit: `loss_unit_rows`, or the reference's for the algorithm.
+    pub fn loss_unit_rows(&self) -> usize {
+        self.loss_unit_rows.unwrap_or(match self.algorithm {
+            Algorithm::Dmpo => 4,
+            Algorithm::DiffuGrpo | Algorithm::Wd1 => self.group_size,
+        })
+    }
+
+    /// Row counts of the forward/backward passes of one update: whole groups, `micro_batch`
+    /// rows at most (one group at least), in order.
+    pub fn pass_rows(&self) -> Vec<usize> {
+        let per_pass = (self.micro_batch / self.group_size).max(1) * self.group_size;
+        let rows = self.rows_per_step();
+        (0..rows)
+            .step_by(per_pass)
+            .map(|start| per_pass.min(rows - start))
+            .collect()
     }
 }
 
@@ -342,6 +416,10 @@ pub struct EvalSection {
     pub batch_size: usize,
     /// Cache used at evaluation.
     pub cache: dllm_sample::CacheKind,
+    /// Hide left padding from attention. Off by default, as d1's and DMPO's evaluations (which
+    /// attend the pads, so their scores depend on the batch size and order); on gives every item
+    /// the score it gets alone, at any batch size (the recommended mode, docs/reference-parity.md).
+    pub padding_mask: bool,
 }
 
 impl Default for EvalSection {
@@ -353,6 +431,7 @@ impl Default for EvalSection {
             steps_per_token: 0.5,
             batch_size: 8,
             cache: dllm_sample::CacheKind::None,
+            padding_mask: false,
         }
     }
 }
@@ -397,6 +476,7 @@ impl Recipe {
                 _ => return Err(bad(format!("`{}` is not a section", parts[0]))),
             }
         }
+        fill_rollout_defaults(&mut value);
         let recipe: Recipe = toml::Value::Table(value)
             .try_into()
             .map_err(|e: toml::de::Error| bad(e.to_string()))?;
@@ -437,6 +517,20 @@ impl Recipe {
             return bad(
                 "train.num_iterations",
                 "num_iterations and micro_batch must be positive",
+            );
+        }
+        let unit = t.loss_unit_rows();
+        if unit == 0 || !t.rows_per_step().is_multiple_of(unit) {
+            return bad(
+                "train.loss_unit_rows",
+                "must be positive and divide prompts_per_step x group_size",
+            );
+        }
+        if t.algorithm != Algorithm::Dmpo && t.pass_rows().iter().any(|r| r % unit != 0) {
+            return bad(
+                "train.loss_unit_rows",
+                "must divide the rows of every micro-batch (whole groups, at most train.micro_batch rows): \
+                 diffu-GRPO averages over the tokens of a unit inside one pass",
             );
         }
         if !(t.lr > 0.0 && t.lr.is_finite()) {

@@ -14,7 +14,7 @@ use dmpo_core::{
 };
 use rand_chacha::ChaCha8Rng;
 
-use super::{Learner, PhaseSeconds, UpdateInputs};
+use super::{pass_loss_factor, Learner, PhaseSeconds, UnitReduction, UpdateInputs};
 use crate::error::Result;
 use crate::recipe::Algorithm;
 
@@ -80,6 +80,8 @@ where
 
     let clock = Instant::now();
     let passes = rollout.micro_batches(t.micro_batch);
+    let unit = t.loss_unit_rows();
+    let units = (rows / unit) as f64;
     for it in &iterations {
         let loss_of =
             |model: &Llada<AB>, pass: &[usize], _: &mut ChaCha8Rng| -> Result<Tensor<AB, 1>> {
@@ -88,26 +90,36 @@ where
                 let logp = mean_field_logprobs(&ModelView::policy(model), &sub, &sub_mask)?;
                 let sub_advantages: Vec<f64> = pass.iter().map(|&r| advantages[r]).collect();
                 let completion_mask = sub.completion_mask_tensor();
-                let loss = match t.algorithm {
-                    Algorithm::Wd1 => {
-                        wd1_loss(logp, &sub_advantages, t.group_size, completion_mask)?.loss
-                    }
-                    _ => {
-                        let pick =
-                            |v: &Vec<f32>| rows_tensor::<AB>(v, gen_len, pass, inputs.device);
-                        diffu_grpo_loss(
-                            logp,
-                            Some(pick(&it.old_logp)?),
-                            it.ref_logp.as_ref().map(pick).transpose()?,
-                            &sub_advantages,
-                            completion_mask,
-                            config,
-                        )?
-                        .loss
-                    }
-                };
-                // Mean-over-tokens losses: weight each pass by its share of the rows.
-                Ok(loss * (pass.len() as f64 / rows as f64))
+                if t.algorithm == Algorithm::Wd1 {
+                    // §5.2: wd1 sums its rows, so a unit's loss is the sum over its rows.
+                    let loss = wd1_loss(logp, &sub_advantages, t.group_size, completion_mask)?;
+                    let f = pass_loss_factor(UnitReduction::Sum, pass.len(), rows, unit);
+                    return Ok(loss.loss * f);
+                }
+                let pick = |v: &Vec<f32>| rows_tensor::<AB>(v, gen_len, pass, inputs.device);
+                let (old, reference) = (pick(&it.old_logp)?, it.ref_logp.as_ref().map(pick));
+                let reference = reference.transpose()?;
+                // §5.2: diffu-GRPO averages over the completion tokens of each unit (d1: one
+                // group per device), then over the step's units.
+                let mut loss = None;
+                for start in (0..pass.len()).step_by(unit) {
+                    let part = |x: Tensor<AB, 2>| x.narrow(0, start, unit);
+                    let unit_loss = diffu_grpo_loss(
+                        part(logp.clone()),
+                        Some(part(old.clone())),
+                        reference.clone().map(part),
+                        &sub_advantages[start..start + unit],
+                        part(completion_mask.clone()),
+                        config,
+                    )?
+                    .loss
+                        / units;
+                    loss = Some(match loss {
+                        None => unit_loss,
+                        Some(l) => l + unit_loss,
+                    });
+                }
+                Ok(loss.expect("a pass holds at least one unit"))
             };
         model = learner.update(model, &passes, rng, loss_of)?;
     }

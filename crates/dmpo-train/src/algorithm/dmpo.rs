@@ -13,7 +13,7 @@ use dmpo_core::{
 };
 use rand_chacha::ChaCha8Rng;
 
-use super::{Learner, PhaseSeconds, UpdateInputs};
+use super::{pass_loss_factor, Learner, PhaseSeconds, UnitReduction, UpdateInputs};
 use crate::error::Result;
 
 /// What a DMPO update reports.
@@ -74,16 +74,26 @@ where
     // num_iterations updates, fresh masks each (§4 WDCE / DDO).
     let clock = Instant::now();
     let passes = rollout.micro_batches(t.micro_batch);
+    let (rows, unit) = (rollout.len(), t.loss_unit_rows());
     for _ in 0..t.num_iterations {
         let loss_of =
             |model: &Llada<AB>, pass: &[usize], rng: &mut ChaCha8Rng| -> Result<Tensor<AB, 1>> {
                 let sub = rollout.sequences.select::<AB>(pass, inputs.device)?;
                 let sub_weights = weights.select_rows(pass)?;
                 let policy = ModelView::policy(model);
-                Ok(match config.loss {
-                    DmpoLoss::Wdce => wdce_loss(&policy, &sub, &sub_weights, config, rng)?.loss,
-                    DmpoLoss::Ddo => ddo_loss(&policy, &sub, &sub_weights, config, rng)?.loss,
-                })
+                // §5.2: the step's loss is the mean over units of `unit` rows of each unit's
+                // loss; WDCE sums a unit's rows, DDO averages them.
+                let (loss, reduction) = match config.loss {
+                    DmpoLoss::Wdce => (
+                        wdce_loss(&policy, &sub, &sub_weights, config, rng)?.loss,
+                        UnitReduction::Sum,
+                    ),
+                    DmpoLoss::Ddo => (
+                        ddo_loss(&policy, &sub, &sub_weights, config, rng)?.loss,
+                        UnitReduction::Mean,
+                    ),
+                };
+                Ok(loss * pass_loss_factor(reduction, pass.len(), rows, unit))
             };
         model = learner.update(model, &passes, rng, loss_of)?;
     }

@@ -19,6 +19,34 @@ use crate::recipe::{Recipe, TrainSection};
 use crate::rollout::Rollout;
 
 pub use diffu_grpo::DiffuGrpoDiagnostics;
+
+/// How a loss reduces the rows of one loss unit (docs/algorithm.md §5.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UnitReduction {
+    /// The unit's loss is the sum of its rows' losses (DMPO's WDCE, wd1).
+    Sum,
+    /// The unit's loss is the mean of its rows' losses (DDO).
+    Mean,
+}
+
+/// The factor on a micro-batch's loss (a sum over its `pass_rows` rows for
+/// [`UnitReduction::Sum`], a mean for [`UnitReduction::Mean`]) that makes the update's gradient
+/// the mean over the step's units of `unit_rows` rows of each unit's loss (docs/algorithm.md §5.2).
+///
+/// Worked example, the paper's geometry: 64 rows per step, units of 4 (the reference's 4 rows per
+/// GPU), WDCE: every pass is scaled by `4 / 64`, so the gradient is `Σ over the 64 rows / 16`, as
+/// the reference's sum over 4 rows, divided by 2 accumulation steps, averaged over 8 GPUs.
+pub fn pass_loss_factor(
+    reduction: UnitReduction,
+    pass_rows: usize,
+    step_rows: usize,
+    unit_rows: usize,
+) -> f64 {
+    match reduction {
+        UnitReduction::Sum => unit_rows as f64 / step_rows as f64,
+        UnitReduction::Mean => pass_rows as f64 / step_rows as f64,
+    }
+}
 pub use dmpo::DmpoDiagnostics;
 
 /// What an algorithm reads to update the policy on a rollout.
@@ -168,5 +196,77 @@ impl<'a, O> Learner<'a, O> {
     /// The log of the updates applied through this learner.
     pub fn finish(self) -> UpdateLog {
         self.log
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The reference's gradient of one optimiser step, as a weight per row: `devices` GPUs, each
+    /// taking `per_device` rows per micro-step; per device and micro-step the loss reduces its
+    /// rows (`reduction`), HF divides by the accumulation steps, DDP averages over devices.
+    fn reference_row_weights(
+        reduction: UnitReduction,
+        rows: usize,
+        devices: usize,
+        per_device: usize,
+    ) -> Vec<f64> {
+        let accumulation = rows / (devices * per_device);
+        let within = match reduction {
+            UnitReduction::Sum => 1.0,
+            UnitReduction::Mean => 1.0 / per_device as f64,
+        };
+        vec![within / accumulation as f64 / devices as f64; rows]
+    }
+
+    /// Ours: every pass's loss (sum or mean over its rows) times [`pass_loss_factor`].
+    fn our_row_weights(
+        reduction: UnitReduction,
+        rows: usize,
+        pass: usize,
+        unit: usize,
+    ) -> Vec<f64> {
+        let mut out = Vec::new();
+        for start in (0..rows).step_by(pass) {
+            let n = pass.min(rows - start);
+            let within = match reduction {
+                UnitReduction::Sum => 1.0,
+                UnitReduction::Mean => 1.0 / n as f64,
+            };
+            let f = pass_loss_factor(reduction, n, rows, unit);
+            out.extend(std::iter::repeat_n(within * f, n));
+        }
+        out
+    }
+
+    #[test]
+    fn the_paper_geometry_gives_the_sum_over_64_rows_over_16() {
+        // 64 rows = 8 GPUs x 4 rows x 2 accumulation steps; our passes of any size.
+        for pass in [4, 16, 32, 64] {
+            let ours = our_row_weights(UnitReduction::Sum, 64, pass, 4);
+            assert!(
+                ours.iter().all(|w| (w - 1.0 / 16.0).abs() < 1e-15),
+                "pass {pass}"
+            );
+        }
+    }
+
+    #[test]
+    fn any_device_count_and_micro_batch_give_the_reference_gradient() {
+        for reduction in [UnitReduction::Sum, UnitReduction::Mean] {
+            for devices in [1, 2, 4, 8, 16] {
+                let reference = reference_row_weights(reduction, 64, devices, 4);
+                for pass in [16, 32, 64] {
+                    let ours = our_row_weights(reduction, 64, pass, 4);
+                    for (a, b) in ours.iter().zip(&reference) {
+                        assert!(
+                            (a - b).abs() < 1e-15,
+                            "{reduction:?} {devices} GPUs, pass {pass}"
+                        );
+                    }
+                }
+            }
+        }
     }
 }
