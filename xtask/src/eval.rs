@@ -6,7 +6,7 @@ use burn::tensor::backend::Backend;
 use dllm_model::backend::{dispatch, BackendKind, BackendTask};
 use dllm_model::{load_model, LladaTokenizer, LoadOptions};
 use dmpo_train::eval::evaluate;
-use dmpo_train::recipe::{EvalSection, PromptStyle, TaskSection};
+use dmpo_train::recipe::{CompletionText, EvalOrder, EvalSection, PromptStyle, TaskSection};
 use dmpo_train::tasks::eval_items;
 
 /// Arguments of `cargo xtask eval`.
@@ -45,6 +45,14 @@ pub struct Args {
     /// KV cache used by the sampler: none, prefix or dual.
     #[arg(long, default_value = "none")]
     pub cache: dllm_sample::CacheKind,
+    /// Item order: `file` (the first `--limit` items) or `reference` (d1's and DMPO's seed-42
+    /// subset of the built-in Countdown and Sudoku sets).
+    #[arg(long, value_enum, default_value = "file")]
+    pub order: EvalOrder,
+    /// Completion text scored: `until-eos` (special tokens removed), `whole` or
+    /// `whole-with-special` (the reference evaluations').
+    #[arg(long, value_enum, default_value = "until-eos")]
+    pub completion_text: CompletionText,
     /// Hide left padding from attention (every item scores as it would alone; the reference
     /// evaluations attend the pads).
     #[arg(long)]
@@ -73,8 +81,12 @@ impl BackendTask for Eval {
             prompt_style: style,
             sudoku_blanks: [6, 10],
             max_prompt_tokens: 200,
+            reward_text: a.completion_text,
+        countdown_numbers: 0,
+        shuffle_seed: None,
+        holdout: 0,
         };
-        let items = eval_items(&section, task, a.limit)?;
+        let items = eval_items(&section, task, a.order, a.limit)?;
         let tokenizer = LladaTokenizer::from_file(a.model.join("tokenizer.json"))?;
         let mut model = load_model::<B>(&a.model, LoadOptions::default(), &device)?;
         tokenizer.check_model(&model.config)?;
@@ -83,6 +95,8 @@ impl BackendTask for Eval {
         }
         let eval = EvalSection {
             limit: a.limit,
+            order: a.order,
+            completion_text: a.completion_text,
             gen_lengths: a.gen_lengths.clone(),
             block_length: a.block_length,
             steps_per_token: a.steps_per_token,

@@ -39,7 +39,7 @@ pub use error::{ModelError, Result};
 pub use load::{load_model, save_model, LoadOptions};
 pub use lora::{LoraConfig, LINEAR_NAMES};
 pub use model::{ForwardOptions, Llada, LogitPositions};
-pub use tokenizer::{ChatMessage, LladaTokenizer};
+pub use tokenizer::{ChatMessage, ChatTokens, LladaTokenizer};
 pub use weights::{WeightDType, WeightFiles};
 
 pub use burn;

@@ -62,6 +62,55 @@ impl std::fmt::Debug for LladaTokenizer {
     }
 }
 
+/// The special-token strings LLaDA's chat template is written with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChatTokens<'a> {
+    /// Beginning of text.
+    pub bos: &'a str,
+    /// Start of a role header.
+    pub start_header: &'a str,
+    /// End of a role header.
+    pub end_header: &'a str,
+    /// End of a turn.
+    pub eot: &'a str,
+}
+
+impl ChatTokens<'static> {
+    /// LLaDA-8B-Instruct's (`tokenizer_config.json` chat template).
+    pub const LLADA: Self = Self {
+        bos: "<|startoftext|>",
+        start_header: "<|start_header_id|>",
+        end_header: "<|end_header_id|>",
+        eot: "<|eot_id|>",
+    };
+}
+
+impl ChatTokens<'_> {
+    /// Renders LLaDA's chat template:
+    /// `<BOS>` then, per message, `<|start_header_id|>{role}<|end_header_id|>\n\n{content.strip()}<|eot_id|>`,
+    /// then `<|start_header_id|>assistant<|end_header_id|>\n\n` when `add_generation_prompt`.
+    pub fn render(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> String {
+        let mut s = self.bos.to_string();
+        for m in messages {
+            s.push_str(&format!(
+                "{}{}{}\n\n{}{}",
+                self.start_header,
+                m.role,
+                self.end_header,
+                m.content.trim(),
+                self.eot
+            ));
+        }
+        if add_generation_prompt {
+            s.push_str(&format!(
+                "{}assistant{}\n\n",
+                self.start_header, self.end_header
+            ));
+        }
+        s
+    }
+}
+
 const BOS_NAMES: [&str; 3] = ["<|startoftext|>", "<|begin_of_text|>", "<s>"];
 const EOS_NAMES: [&str; 3] = ["<|endoftext|>", "<|end_of_text|>", "</s>"];
 
@@ -121,28 +170,19 @@ impl LladaTokenizer {
         self.inner.token_to_id(&self.eos).expect("checked at load")
     }
 
-    /// Renders LLaDA's chat template:
-    /// `<BOS>` then, per message, `<|start_header_id|>{role}<|end_header_id|>\n\n{content.strip()}<|eot_id|>`,
-    /// then `<|start_header_id|>assistant<|end_header_id|>\n\n` when `add_generation_prompt`.
+    /// The special-token strings of this tokenizer's chat template.
+    pub fn chat_tokens(&self) -> ChatTokens<'_> {
+        ChatTokens {
+            bos: &self.bos,
+            start_header: &self.start_header,
+            end_header: &self.end_header,
+            eot: &self.eot,
+        }
+    }
+
+    /// Renders LLaDA's chat template with this tokenizer's special tokens ([`ChatTokens::render`]).
     pub fn chat_template(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> String {
-        let mut s = self.bos.clone();
-        for m in messages {
-            s.push_str(&format!(
-                "{}{}{}\n\n{}{}",
-                self.start_header,
-                m.role,
-                self.end_header,
-                m.content.trim(),
-                self.eot
-            ));
-        }
-        if add_generation_prompt {
-            s.push_str(&format!(
-                "{}assistant{}\n\n",
-                self.start_header, self.end_header
-            ));
-        }
-        s
+        self.chat_tokens().render(messages, add_generation_prompt)
     }
 
     /// Token ids of `text`; special tokens written in the text are recognised, and no

@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use crate::error::{Result, TrainError};
 use crate::recipe::{EvalSection, PromptStyle};
-use crate::tasks::{completion_text, prompt_ids, prompt_text};
+use crate::tasks::{completion_text_as, prompt_ids, prompt_text};
 
 /// Accuracy of one evaluation.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -96,7 +96,7 @@ pub fn evaluate<B: Backend>(
             .collect::<Result<Vec<_>>>()?;
         let out = generate(model, &prompts, &sampler)?;
         for (item, ids) in chunk.iter().zip(&out.completions) {
-            let text = completion_text(tokenizer, ids, eos)?;
+            let text = completion_text_as(tokenizer, ids, eos, section.completion_text)?;
             let score = rewards::eval_correct(task, &text, item)?;
             correct += score.correct as u64;
             total += score.total as u64;

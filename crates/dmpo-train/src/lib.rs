@@ -11,6 +11,8 @@ pub use error::{Result, TrainError};
 pub use recipe::Recipe;
 pub mod algorithm;
 pub mod checkpoint;
+#[cfg(feature = "download")]
+pub mod download;
 pub mod eval;
 pub mod metrics;
 pub mod optim;

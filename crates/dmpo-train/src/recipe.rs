@@ -233,6 +233,31 @@ pub enum PromptStyle {
     Compact,
 }
 
+/// How a completion's ids become the text that rewards or evaluation scores read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum CompletionText {
+    /// All `gen_length` tokens, special tokens removed (DMPO's and d1's training rewards:
+    /// `batch_decode(completion_ids, skip_special_tokens=True)`).
+    Whole,
+    /// All `gen_length` tokens, special tokens kept (the generation files of d1's and DMPO's
+    /// evaluations, `skip_special_tokens=False`).
+    WholeWithSpecial,
+    /// The tokens before the first EOS, special tokens removed.
+    UntilEos,
+}
+
+/// Which items an evaluation scores, in which order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum EvalOrder {
+    /// The reference's: the shipped Countdown and Sudoku sets in the order of d1's and DMPO's
+    /// `np.random.choice(n, 256, replace=False)` after `np.random.seed(42)`; files in file order.
+    Reference,
+    /// File order.
+    File,
+}
+
 /// `[task]`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -254,6 +279,24 @@ pub struct TaskSection {
     /// Longest prompt in tokens (left-truncated beyond), docs/algorithm.md §5: 200.
     #[serde(default = "default_max_prompt")]
     pub max_prompt_tokens: usize,
+    /// The completion text the training rewards read (reference: the whole completion).
+    #[serde(default = "default_reward_text")]
+    pub reward_text: CompletionText,
+    /// Keep only Countdown training rows with this many numbers (the reference trains on the
+    /// 3-number rows of `Jiayi-Pan/Countdown-Tasks-3to4`); 0 keeps all.
+    #[serde(default)]
+    pub countdown_numbers: usize,
+    /// Shuffle a training file with this seed before the holdout (the reference: 42).
+    #[serde(default)]
+    pub shuffle_seed: Option<u64>,
+    /// Drop the last this many training rows after the shuffle (the reference leaves 500
+    /// Countdown and Sudoku rows out).
+    #[serde(default)]
+    pub holdout: usize,
+}
+
+fn default_reward_text() -> CompletionText {
+    CompletionText::Whole
 }
 
 fn default_train_data() -> String {
@@ -404,8 +447,12 @@ impl TrainSection {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct EvalSection {
-    /// Items evaluated (0 = all).
+    /// Items evaluated (0 = all), the first of `order`.
     pub limit: usize,
+    /// Which items, in which order (the reference's by default).
+    pub order: EvalOrder,
+    /// The completion text scored (reference: whole, special tokens kept, as d1's files).
+    pub completion_text: CompletionText,
     /// Generation lengths to evaluate.
     pub gen_lengths: Vec<usize>,
     /// Block length.
@@ -426,6 +473,8 @@ impl Default for EvalSection {
     fn default() -> Self {
         Self {
             limit: 0,
+            order: EvalOrder::Reference,
+            completion_text: CompletionText::WholeWithSpecial,
             gen_lengths: vec![256],
             block_length: 32,
             steps_per_token: 0.5,

@@ -12,7 +12,7 @@ use rewards::{Task, TaskItem};
 
 use crate::error::Result;
 use crate::recipe::Recipe;
-use crate::tasks::{completion_text, prompt_ids, TrainData};
+use crate::tasks::{completion_text_as, prompt_ids, TrainData};
 use crate::trainer::{stream_seed, SAMPLER_STREAM};
 
 /// Where a run's rollouts come from: the recipe, its task and training data, the tokenizer.
@@ -84,7 +84,12 @@ impl RolloutSource<'_> {
         let mut rewards = Vec::with_capacity(rows);
         let mut reward_components = BTreeMap::<String, f64>::new();
         for (row, ids) in generation.completions.iter().enumerate() {
-            let text = completion_text(self.tokenizer, ids, samples.eos_token_id)?;
+            let text = completion_text_as(
+                self.tokenizer,
+                ids,
+                samples.eos_token_id,
+                self.recipe.task.reward_text,
+            )?;
             let item = &samples.items[row / group_size];
             let r = rewards::training_reward(self.task, &text, item)?;
             for (name, v) in &r.components {

@@ -110,7 +110,7 @@ pub fn train<AB: AutodiffBackend>(
     // Everything that can be wrong with the inputs fails here, before any training.
     let tokenizer = LladaTokenizer::from_file(recipe.model.path.join("tokenizer.json"))?;
     let data = TrainData::open(&recipe.task, task)?;
-    let eval_set = eval_items(&recipe.task, task, recipe.eval.limit)?;
+    let eval_set = eval_items(&recipe.task, task, recipe.eval.order, recipe.eval.limit)?;
     let (mut model, mut reference) = load_policy_and_reference::<AB>(recipe, &device)?;
     tokenizer.check_model(&model.config)?;
     check_context(recipe, model.config.max_sequence_length)?;

@@ -3,6 +3,7 @@
 mod generate;
 mod inspect;
 mod logits;
+mod prompt;
 mod score;
 pub mod train;
 
@@ -29,19 +30,25 @@ pub enum Command {
     Logits(logits::Args),
     /// Generate a completion.
     Generate(generate::Args),
+    /// Print the exact prompt text training or evaluation feeds the model for one item.
+    Prompt(prompt::Args),
     /// Score evaluation files in the d1 JSON layout.
     Score(score::Args),
     /// Train with a recipe.
     Train(train::Args),
-    /// Download a model from the Hugging Face Hub.
+    /// Download a model or a reference dataset from the Hugging Face Hub.
     Download(DownloadArgs),
 }
 
 /// Arguments of `dmpo download`.
 #[derive(Debug, clap::Args)]
 pub struct DownloadArgs {
-    /// Repository id, e.g. `GSAI-ML/LLaDA-8B-Instruct`.
-    pub repo_id: String,
+    /// Model repository id, e.g. `GSAI-ML/LLaDA-8B-Instruct`.
+    #[arg(required_unless_present = "dataset", conflicts_with = "dataset")]
+    pub repo_id: Option<String>,
+    /// A reference dataset instead: gsm8k, math, math500 or countdown.
+    #[arg(long)]
+    pub dataset: Option<String>,
     /// Revision (branch, tag or commit).
     #[arg(long, default_value = "main")]
     pub revision: String,
@@ -99,6 +106,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Inspect(a) => inspect::run(a),
         Command::Logits(a) => logits::run(a),
         Command::Generate(a) => generate::run(a),
+        Command::Prompt(a) => prompt::run(a),
         Command::Score(a) => score::run(a),
         Command::Train(a) => train::run(a),
         Command::Download(a) => download(a),
@@ -107,8 +115,14 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
 
 #[cfg(feature = "download")]
 fn download(a: DownloadArgs) -> anyhow::Result<()> {
-    let path = crate::download::download(&a.repo_id, &a.revision)?;
-    println!("{}", path.display());
+    let paths = match (&a.repo_id, &a.dataset) {
+        (_, Some(name)) => crate::download::download_dataset(name)?,
+        (Some(repo), None) => vec![crate::download::download(repo, &a.revision)?],
+        (None, None) => anyhow::bail!("name a model repository or --dataset"),
+    };
+    for p in paths {
+        println!("{}", p.display());
+    }
     Ok(())
 }
 
@@ -116,6 +130,6 @@ fn download(a: DownloadArgs) -> anyhow::Result<()> {
 fn download(a: DownloadArgs) -> anyhow::Result<()> {
     anyhow::bail!(
         "`dmpo download {}` needs the `download` feature: cargo install --path crates/dmpo-train --features download",
-        a.repo_id
+        a.repo_id.or(a.dataset).unwrap_or_default()
     )
 }
