@@ -82,9 +82,9 @@ impl BackendTask for Eval {
             sudoku_blanks: [6, 10],
             max_prompt_tokens: 200,
             reward_text: a.completion_text,
-        countdown_numbers: 0,
-        shuffle_seed: None,
-        holdout: 0,
+            countdown_numbers: 0,
+            shuffle_seed: None,
+            holdout: 0,
         };
         let items = eval_items(&section, task, a.order, a.limit)?;
         let tokenizer = LladaTokenizer::from_file(a.model.join("tokenizer.json"))?;

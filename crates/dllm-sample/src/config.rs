@@ -73,7 +73,8 @@ pub struct SamplerConfig {
     /// (`None` = only at block starts, as Fast-dLLM).
     pub refresh_every: Option<usize>,
     /// Confidence-threshold parallel decoding: commit every masked position of the block
-    /// whose confidence exceeds this, at least one per step (`steps` is then ignored).
+    /// whose confidence reaches this (`>=`, as Fast-dLLM), at least one per step (`steps` is
+    /// then ignored).
     pub threshold: Option<f64>,
     /// Hide left padding from attention (off reproduces the reference, which attends to it).
     pub padding_mask: bool,

@@ -454,7 +454,8 @@ impl<'m, B: Backend> Sampler<'m, B> {
             // Highest confidence first; ties go to the earlier position.
             cands.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
             let take = match self.config.threshold {
-                Some(th) => cands.iter().filter(|c| c.1 as f64 > th).count().max(1),
+                // Fast-dLLM keeps a token whose confidence reaches the threshold (`>=`).
+                Some(th) => cands.iter().filter(|c| c.1 as f64 >= th).count().max(1),
                 None => ks[b],
             }
             .min(cands.len());

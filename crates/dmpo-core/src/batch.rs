@@ -225,6 +225,11 @@ impl HostBatch {
         self.prompt_len
     }
 
+    /// First EOS position of each completion (`gen_len` when it has none).
+    pub fn eos_index(&self) -> &[usize] {
+        &self.eos_index
+    }
+
     /// Total length `prompt_len + gen_len`.
     pub fn seq_len(&self) -> usize {
         self.seq_len

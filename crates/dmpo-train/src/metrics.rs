@@ -24,8 +24,20 @@ pub struct StepMetrics {
     pub reward_std: f64,
     /// Fraction of groups whose rewards are all equal.
     pub zero_variance_fraction: f64,
+    /// Mean completion length in tokens, up to and including the first EOS.
+    pub completion_length: f64,
     /// Mean effective sample size of the DMPO weights (NaN for GRPO).
     pub ess_mean: f64,
+    /// Mean interpolation coefficient `c` of the DMPO weights (NaN for GRPO).
+    pub coeff_mean: f64,
+    /// Mean of the per-row advantages.
+    pub advantage_mean: f64,
+    /// Standard deviation (population) of the per-row advantages.
+    pub advantage_std: f64,
+    /// diffu-GRPO: mean k3 KL to the reference over completion tokens (NaN otherwise).
+    pub kl: f64,
+    /// diffu-GRPO: fraction of completion tokens whose clipped term was taken (NaN otherwise).
+    pub clip_ratio: f64,
     /// Mean of `log_rnd`.
     pub log_rnd_mean: f64,
     /// Standard deviation of `log_rnd`.
@@ -44,6 +56,10 @@ pub struct StepMetrics {
     pub rollout_tokens_per_s: f64,
     /// Seconds per phase.
     pub seconds: BTreeMap<&'static str, f64>,
+    /// The completion text of the step's first row, as the reward read it.
+    pub sample_completion: String,
+    /// Its reward.
+    pub sample_reward: f64,
 }
 
 /// Seconds of the phases before the algorithm: sampling the rollout and scoring it.
@@ -65,14 +81,28 @@ impl StepMetrics {
         skipped_total: usize,
         rollout_seconds: RolloutSeconds,
     ) -> Self {
-        let (ess_mean, log_rnd_mean, log_rnd_std) = match diagnostics {
+        let (ess_mean, coeff_mean, log_rnd_mean, log_rnd_std) = match diagnostics {
             Diagnostics::Dmpo(d) => (
                 d.weights.ess_mean,
+                d.weights.coeff_mean,
                 d.weights.log_rnd_mean,
                 d.weights.log_rnd_std,
             ),
-            Diagnostics::DiffuGrpo(_) => (f64::NAN, f64::NAN, f64::NAN),
+            Diagnostics::DiffuGrpo(_) => (f64::NAN, f64::NAN, f64::NAN, f64::NAN),
         };
+        let (kl, clip_ratio) = match diagnostics {
+            Diagnostics::DiffuGrpo(d) => (d.kl.unwrap_or(f64::NAN), d.clip_ratio),
+            Diagnostics::Dmpo(_) => (f64::NAN, f64::NAN),
+        };
+        let advantages = diagnostics.advantages().unwrap_or(&[]);
+        let advantage_mean = mean(advantages);
+        let advantage_std = mean(
+            &advantages
+                .iter()
+                .map(|a| (a - advantage_mean).powi(2))
+                .collect::<Vec<_>>(),
+        )
+        .sqrt();
         let phases = diagnostics.seconds();
         let seconds = BTreeMap::from([
             ("rollout", rollout_seconds.rollout),
@@ -86,7 +116,13 @@ impl StepMetrics {
             reward_components: rollout.reward_components.clone(),
             reward_std: rollout.reward_std(),
             zero_variance_fraction: rollout.zero_variance_fraction(),
+            completion_length: rollout.completion_length_mean(),
             ess_mean,
+            coeff_mean,
+            advantage_mean,
+            advantage_std,
+            kl,
+            clip_ratio,
             log_rnd_mean,
             log_rnd_std,
             advantage_reward_corr: diagnostics
@@ -98,6 +134,8 @@ impl StepMetrics {
             skipped_total,
             rollout_tokens_per_s: rollout.generated_tokens() as f64 / rollout_seconds.rollout,
             seconds,
+            sample_completion: rollout.sample_completion.clone(),
+            sample_reward: rollout.rewards.first().copied().unwrap_or(f64::NAN),
         }
     }
 }

@@ -11,7 +11,8 @@ use crate::recipe::{Schedule, TrainSection};
 /// constant or cosine decay to 0.
 pub fn learning_rate(t: &TrainSection, step: usize, total: usize) -> f64 {
     if step < t.warmup_steps {
-        return t.lr * (step + 1) as f64 / t.warmup_steps as f64;
+        let done = if t.warmup_from_zero { step } else { step + 1 };
+        return t.lr * done as f64 / t.warmup_steps as f64;
     }
     match t.schedule {
         Schedule::Constant => t.lr,
@@ -191,5 +192,25 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(learning_rate(&c, 100, 10), 0.3);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn warmup_from_zero_follows_hf_constant_with_warmup() {
+        let mut t = TrainSection {
+            lr: 1.0,
+            warmup_steps: 4,
+            ..TrainSection::default()
+        };
+        let ours: Vec<f64> = (0..6).map(|k| learning_rate(&t, k, 100)).collect();
+        assert_eq!(ours, [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]);
+        t.warmup_from_zero = true;
+        // HF: lr_lambda(k) = k / W for k < W, then 1.
+        let hf: Vec<f64> = (0..6).map(|k| learning_rate(&t, k, 100)).collect();
+        assert_eq!(hf, [0.0, 0.25, 0.5, 0.75, 1.0, 1.0]);
     }
 }

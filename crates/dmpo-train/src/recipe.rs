@@ -362,6 +362,9 @@ pub struct TrainSection {
     pub lr: f64,
     /// Warm-up optimiser steps (linear from 0).
     pub warmup_steps: usize,
+    /// Warm-up as HF's `constant_with_warmup`: update `k < warmup_steps` runs at `lr * k / W`, so
+    /// the first at 0 (the reference's). Off: `lr * (k + 1) / W`, every warm-up update moves.
+    pub warmup_from_zero: bool,
     /// Schedule after warm-up.
     pub schedule: Schedule,
     /// AdamW beta1.
@@ -401,6 +404,7 @@ impl Default for TrainSection {
             loss_unit_rows: None,
             lr: 1e-6,
             warmup_steps: 0,
+            warmup_from_zero: false,
             schedule: Schedule::Constant,
             beta1: 0.9,
             beta2: 0.99,

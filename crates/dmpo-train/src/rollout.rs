@@ -47,6 +47,9 @@ pub struct Rollout {
     pub rewards: Vec<f64>,
     /// Mean over the rows of each reward component.
     pub reward_components: BTreeMap<String, f64>,
+    /// The text the reward read for the step's first row (logged as a sample, as TRL's
+    /// `log_completions`).
+    pub sample_completion: String,
 }
 
 impl RolloutSource<'_> {
@@ -83,6 +86,7 @@ impl RolloutSource<'_> {
         let rows = generation.completions.len();
         let mut rewards = Vec::with_capacity(rows);
         let mut reward_components = BTreeMap::<String, f64>::new();
+        let mut sample_completion = String::new();
         for (row, ids) in generation.completions.iter().enumerate() {
             let text = completion_text_as(
                 self.tokenizer,
@@ -92,6 +96,9 @@ impl RolloutSource<'_> {
             )?;
             let item = &samples.items[row / group_size];
             let r = rewards::training_reward(self.task, &text, item)?;
+            if row == 0 {
+                sample_completion = text;
+            }
             for (name, v) in &r.components {
                 *reward_components.entry(name.to_string()).or_default() += v / rows as f64;
             }
@@ -102,6 +109,7 @@ impl RolloutSource<'_> {
             group_size,
             rewards,
             reward_components,
+            sample_completion,
         })
     }
 }
@@ -144,6 +152,17 @@ impl Rollout {
     /// Whether the rollout holds no row.
     pub fn is_empty(&self) -> bool {
         self.rewards.is_empty()
+    }
+
+    /// Mean completion length in tokens, up to and including the first EOS (TRL's
+    /// `completion_length`).
+    pub fn completion_length_mean(&self) -> f64 {
+        let gen_len = self.sequences.gen_len();
+        let eos = self.sequences.eos_index();
+        eos.iter()
+            .map(|&e| (e + 1).min(gen_len) as f64)
+            .sum::<f64>()
+            / eos.len().max(1) as f64
     }
 
     /// Completion tokens generated.

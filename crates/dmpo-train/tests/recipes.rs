@@ -30,11 +30,8 @@ fn shipped_recipes_parse_with_reference_defaults() {
         let p = entry.unwrap().path();
         if p.extension().is_some_and(|e| e == "toml") {
             let r = Recipe::load(&p, &[]).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
-            if p.file_name()
-                .unwrap()
-                .to_string_lossy()
-                .starts_with("llada8b")
-            {
+            let name = p.file_name().unwrap().to_string_lossy().to_string();
+            if name.starts_with("llada8b") && !name.ends_with("-d1.toml") {
                 assert_eq!(r.train.group_size, 16);
                 assert_eq!(r.train.num_iterations, 8);
                 assert_eq!(r.lora.r, 128);
@@ -119,7 +116,7 @@ fn unknown_keys_and_bad_values_are_named() {
     assert!(e.contains("model"), "{e}");
 }
 
-/// The four paper recipes start and run one step on flex, in their own dtype (bf16) and LoRA
+/// The eight paper recipes (DMPO and d1) start and run one step on flex, in their own dtype (bf16) and LoRA
 /// targets, shrunk by overrides to the embedded tiny model (LLaDA layout) and one small step.
 /// They used to die at the first rollout (f32 noise added to bf16 logits).
 #[test]
@@ -143,12 +140,29 @@ fn paper_recipes_start_on_flex() {
          {\"problem\": \"Compute 2 + 2.\", \"solution\": \"$\\\\boxed{4}$\"}\n",
     )
     .unwrap();
-    for (name, data) in [
-        ("llada8b-sudoku", None),
-        ("llada8b-countdown", None),
-        ("llada8b-gsm8k", Some(&gsm8k)),
-        ("llada8b-math", Some(&math)),
+    let countdown = tmp.path().join("countdown.jsonl");
+    std::fs::write(
+        &countdown,
+        "{\"nums\": [1, 2, 3], \"target\": 6}\n{\"nums\": [4, 5, 6], \"target\": 15}\n",
+    )
+    .unwrap();
+    let sudoku = tmp.path().join("sudoku.csv");
+    std::fs::write(
+        &sudoku,
+        "Puzzle,Solution\n1234341221434321,1234341221434321\n0234341221434321,1234341221434321\n",
+    )
+    .unwrap();
+    let mut runs = Vec::new();
+    for (task, data) in [
+        ("sudoku", &sudoku),
+        ("countdown", &countdown),
+        ("gsm8k", &gsm8k),
+        ("math", &math),
     ] {
+        runs.push((format!("llada8b-{task}"), data));
+        runs.push((format!("llada8b-{task}-d1"), data));
+    }
+    for (name, data) in &runs {
         let mut o: Vec<String> = vec![
             format!("model.path=\"{}\"", model.display()),
             format!("run.output_dir=\"{}\"", tmp.path().display()),
@@ -158,6 +172,8 @@ fn paper_recipes_start_on_flex() {
             "train.group_size=2".into(),
             "train.num_iterations=1".into(),
             "train.micro_batch=2".into(),
+            "train.loss_unit_rows=2".into(),
+            "task.holdout=0".into(),
             "lora.r=4".into(),
             "dmpo.num_replicates=2".into(),
             "rollout.gen_length=16".into(),
@@ -167,9 +183,9 @@ fn paper_recipes_start_on_flex() {
             "eval.block_length=8".into(),
             "eval.limit=2".into(),
         ];
-        if let Some(d) = data {
-            o.push(format!("task.train=\"{}\"", d.display()));
-            o.push(format!("task.eval=\"{}\"", d.display()));
+        o.push(format!("task.train=\"{}\"", data.display()));
+        if name.contains("gsm8k") || name.contains("math") {
+            o.push(format!("task.eval=\"{}\"", data.display()));
         }
         let recipe = Recipe::load(&recipes_dir().join(format!("{name}.toml")), &o)
             .unwrap_or_else(|e| panic!("{name}: {e}"));

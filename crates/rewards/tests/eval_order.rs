@@ -93,6 +93,9 @@ fn shipped_orders_equal_numpy_choice_with_seed_42() {
         assert_eq!(shipped.len(), 256, "{task}");
         assert_eq!(shipped, numpy_choice(n, 256, 42), "{task}");
     }
-    assert_eq!((countdown_cd3_test().len(), sudoku_4x4_test().len()), (256, 500));
+    assert_eq!(
+        (countdown_cd3_test().len(), sudoku_4x4_test().len()),
+        (256, 500)
+    );
     assert!(reference_eval_order(Task::Gsm8k).is_none());
 }

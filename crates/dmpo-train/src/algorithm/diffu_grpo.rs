@@ -23,6 +23,10 @@ use crate::recipe::Algorithm;
 pub struct DiffuGrpoDiagnostics {
     /// Per-row group-normalised advantages (docs/algorithm.md §6).
     pub advantages: Vec<f64>,
+    /// Mean k3 KL to the reference over the updates' units (`None` without a KL term, and for wd1).
+    pub kl: Option<f64>,
+    /// Mean clip ratio over the updates' units (`NaN` for wd1).
+    pub clip_ratio: f64,
     /// Seconds per phase.
     pub seconds: PhaseSeconds,
 }
@@ -82,6 +86,7 @@ where
     let passes = rollout.micro_batches(t.micro_batch);
     let unit = t.loss_unit_rows();
     let units = (rows / unit) as f64;
+    let (mut kls, mut clip_ratios) = (Vec::new(), Vec::new());
     for it in &iterations {
         let loss_of =
             |model: &Llada<AB>, pass: &[usize], _: &mut ChaCha8Rng| -> Result<Tensor<AB, 1>> {
@@ -104,16 +109,17 @@ where
                 let mut loss = None;
                 for start in (0..pass.len()).step_by(unit) {
                     let part = |x: Tensor<AB, 2>| x.narrow(0, start, unit);
-                    let unit_loss = diffu_grpo_loss(
+                    let out = diffu_grpo_loss(
                         part(logp.clone()),
                         Some(part(old.clone())),
                         reference.clone().map(part),
                         &sub_advantages[start..start + unit],
                         part(completion_mask.clone()),
                         config,
-                    )?
-                    .loss
-                        / units;
+                    )?;
+                    kls.extend(out.diagnostics.kl);
+                    clip_ratios.push(out.diagnostics.clip_ratio);
+                    let unit_loss = out.loss / units;
                     loss = Some(match loss {
                         None => unit_loss,
                         Some(l) => l + unit_loss,
@@ -131,6 +137,8 @@ where
         model,
         DiffuGrpoDiagnostics {
             advantages,
+            kl: (!kls.is_empty()).then(|| kls.iter().sum::<f64>() / kls.len() as f64),
+            clip_ratio: clip_ratios.iter().sum::<f64>() / clip_ratios.len() as f64,
             seconds,
         },
     ))
