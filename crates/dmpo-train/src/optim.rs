@@ -193,11 +193,6 @@ mod tests {
         };
         assert_eq!(learning_rate(&c, 100, 10), 0.3);
     }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
 
     #[test]
     fn warmup_from_zero_follows_hf_constant_with_warmup() {
