@@ -55,6 +55,12 @@ pub struct DmpoConfig {
     pub baseline: Baseline,
     /// Strength `lambda_c` of the baseline subtraction.
     pub centering_strength: f64,
+    /// Rows of the slices of a group over which the mean and unbiased baselines are taken
+    /// (0: the whole group). The reference computes them over each GPU's 4 rows.
+    pub baseline_rows: usize,
+    /// Replicates of the rollout-time ELBO (`ell_cur`, `ell_ref`; the reference's
+    /// `compute_ref_log_prob_elbo_size`); 0: `num_replicates`.
+    pub rollout_elbo_replicates: usize,
     /// The loss optimised.
     pub loss: DmpoLoss,
     /// DDO `beta` (scale of the log-likelihood gap).
@@ -82,6 +88,8 @@ impl Default for DmpoConfig {
             mask_after_eos: true,
             baseline: Baseline::NegativeCentering,
             centering_strength: 1.0,
+            baseline_rows: 0,
+            rollout_elbo_replicates: 0,
             loss: DmpoLoss::Wdce,
             ddo_beta: 1.0,
             ddo_alpha: 1.0,
@@ -128,6 +136,12 @@ impl DmpoConfig {
             return Err(DmpoError::config(
                 "num_replicates",
                 "DDO with independent sets needs at least 2 replicates",
+            ));
+        }
+        if self.antithetic && self.rollout_elbo_replicates % 2 == 1 {
+            return Err(DmpoError::config(
+                "rollout_elbo_replicates",
+                "must be even when antithetic masks are on",
             ));
         }
         if self.elbo_memory_budget_bytes == 0 {

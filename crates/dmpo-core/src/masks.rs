@@ -21,6 +21,17 @@ pub struct MaskOptions {
     pub mask_after_eos: bool,
 }
 
+impl MaskOptions {
+    /// The options of the rollout-time ELBO: `rollout_elbo_replicates` replicates when set.
+    pub fn rollout(c: &DmpoConfig) -> Self {
+        let mut options = Self::from(c);
+        if c.rollout_elbo_replicates > 0 {
+            options.replicates = c.rollout_elbo_replicates;
+        }
+        options
+    }
+}
+
 impl From<&DmpoConfig> for MaskOptions {
     fn from(c: &DmpoConfig) -> Self {
         Self {

@@ -67,6 +67,7 @@ pub fn wdce_loss_with_masks<B: Backend, M: LogitsModel<B> + ?Sized>(
     let advantages = rollout.advantages(
         config.baseline,
         config.centering_strength,
+        config.baseline_rows,
         ell_theta.as_deref(),
     )?;
     // docs/algorithm.md §4: row r = (k, i) contributes A_i / (K * m_ik) * sum_j CE = -A_i / (K * m_ik) * sum_j log p.

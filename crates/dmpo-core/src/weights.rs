@@ -256,14 +256,27 @@ impl RolloutWeights {
     }
 
     /// The per-sample advantages `A` under `baseline` (docs/algorithm.md §4); `ell_theta` (detached, this
-    /// step's masks) is needed by [`Baseline::Unbiased`] only.
+    /// step's masks) is needed by [`Baseline::Unbiased`] only. The mean and unbiased baselines
+    /// are taken over slices of `slice_rows` rows of each group (0: the whole group; the reference
+    /// takes them over each GPU's 4 rows of a 16-row group).
     pub fn advantages(
         &self,
         baseline: Baseline,
         strength: f64,
+        slice_rows: usize,
         ell_theta: Option<&[f64]>,
     ) -> Result<Vec<f64>> {
-        let g = self.group_size;
+        let g = if slice_rows == 0 {
+            self.group_size
+        } else {
+            slice_rows
+        };
+        if !self.group_size.is_multiple_of(g) {
+            return Err(DmpoError::config(
+                "baseline_rows",
+                format!("{g} does not divide the group size {}", self.group_size),
+            ));
+        }
         let mut out = Vec::with_capacity(self.len());
         for start in (0..self.len()).step_by(g) {
             let range = start..start + g;

@@ -144,3 +144,25 @@ fn prompt_mask_probability() {
             .all(|x| !x)
     );
 }
+
+#[test]
+fn rollout_elbo_replicates_are_counted_apart_from_the_loss_replicates() {
+    use dmpo_core::{DmpoConfig, MaskOptions};
+    let base = DmpoConfig::default();
+    assert_eq!(MaskOptions::rollout(&base).replicates, base.num_replicates);
+    let own = DmpoConfig {
+        rollout_elbo_replicates: 8,
+        ..DmpoConfig::default()
+    };
+    assert_eq!(MaskOptions::rollout(&own).replicates, 8);
+    assert_eq!(MaskOptions::from(&own).replicates, 4);
+    let odd = DmpoConfig {
+        rollout_elbo_replicates: 3,
+        ..DmpoConfig::default()
+    };
+    assert!(odd
+        .validate()
+        .unwrap_err()
+        .to_string()
+        .contains("rollout_elbo_replicates"));
+}

@@ -191,7 +191,7 @@ fn unbiased_advantages_use_softmax_of_theta_gap() {
     let (rw, _) = rollout_weights(&[-3.0, -4.0], &[-3.0, -4.0], &[1.0, 0.0], 2, &config).unwrap();
     // ell_theta - ell_cur = [0.5, 0] -> factor softmax([0.5, 0]).
     let a = rw
-        .advantages(Baseline::Unbiased, 1.0, Some(&[-2.5, -4.0]))
+        .advantages(Baseline::Unbiased, 1.0, 0, Some(&[-2.5, -4.0]))
         .unwrap();
     let f = softmax(&[0.5, 0.0]);
     let wp = softmax(&[1.0, 0.0]);
@@ -212,7 +212,7 @@ fn rollout_weights_by_hand_with_diagnostics() {
     let (rw, d) = rollout_weights(&ell_cur, &ell_ref, &rewards, 2, &config).unwrap();
     assert_close(rw.w_plus[0], 0.908_877_038_985_143_8, 1e-9);
     let a = rw
-        .advantages(Baseline::NegativeCentering, 1.0, None)
+        .advantages(Baseline::NegativeCentering, 1.0, 0, None)
         .unwrap();
     assert_close(
         a[0],
@@ -295,8 +295,8 @@ proptest! {
         let (w1, _) = rollout_weights(&cur, &lr, &r, lr.len(), &config).unwrap();
         let (w2, _) = rollout_weights(&cur, &lr, &shifted, lr.len(), &config).unwrap();
         for b in [Baseline::NegativeCentering, Baseline::Mean, Baseline::None] {
-            let a1 = w1.advantages(b, 1.0, None).unwrap();
-            let a2 = w2.advantages(b, 1.0, None).unwrap();
+            let a1 = w1.advantages(b, 1.0, 0, None).unwrap();
+            let a2 = w2.advantages(b, 1.0, 0, None).unwrap();
             for (x, y) in a1.iter().zip(&a2) {
                 prop_assert!((x - y).abs() < 1e-9);
             }
@@ -324,4 +324,34 @@ proptest! {
         let e = |c: f64| ess(&group_weights(&lr, &r, alpha, c).0);
         prop_assert!(e(hi) <= e(lo) + 1e-12);
     }
+}
+
+#[test]
+fn baselines_over_slices_of_a_group_follow_the_reference_per_gpu_rows() {
+    let config = DmpoConfig {
+        alpha: 0.5,
+        ..DmpoConfig::default()
+    };
+    let rewards = [1.0, 0.0, 0.5, 0.2];
+    let (rw, _) = rollout_weights(&[0.0; 4], &[0.0; 4], &rewards, 4, &config).unwrap();
+    let wp = rw.w_plus.clone();
+    // Mean over slices of 2 rows: each row minus the mean of its slice's w+.
+    let a = rw.advantages(Baseline::Mean, 1.0, 2, None).unwrap();
+    let m = [(wp[0] + wp[1]) / 2.0, (wp[2] + wp[3]) / 2.0];
+    for i in 0..4 {
+        assert_close(a[i], wp[i] - m[i / 2], 1e-12);
+    }
+    // The whole group (0) is the group mean, 1/G.
+    let a = rw.advantages(Baseline::Mean, 1.0, 0, None).unwrap();
+    assert_close(a[0], wp[0] - 0.25, 1e-12);
+    // Unbiased: softmax over the slice.
+    let theta = [0.5, 0.0, 0.1, 0.3];
+    let a = rw
+        .advantages(Baseline::Unbiased, 1.0, 2, Some(&theta))
+        .unwrap();
+    let f = softmax(&theta[2..]);
+    assert_close(a[3], wp[3] - f[1], 1e-12);
+    // A slice must divide the group.
+    let e = rw.advantages(Baseline::Mean, 1.0, 3, None).unwrap_err();
+    assert!(e.to_string().contains("baseline_rows"), "{e}");
 }

@@ -586,6 +586,13 @@ impl Recipe {
                  diffu-GRPO averages over the tokens of a unit inside one pass",
             );
         }
+        let slice = self.dmpo.baseline_rows;
+        if slice > 0 && !t.group_size.is_multiple_of(slice) {
+            return bad(
+                "dmpo.baseline_rows",
+                "must divide train.group_size (0: the whole group)",
+            );
+        }
         if !(t.lr > 0.0 && t.lr.is_finite()) {
             return bad("train.lr", "must be positive and finite");
         }

@@ -49,7 +49,7 @@ where
     let elbo = elbo_log_likelihood(
         &models,
         &batch,
-        &MaskOptions::from(config),
+        &MaskOptions::rollout(config),
         config.elbo_memory_budget_bytes,
         rng,
     )?;
@@ -67,6 +67,7 @@ where
         .advantages(
             config.baseline,
             config.centering_strength,
+            config.baseline_rows,
             Some(&weights.ell_cur),
         )
         .ok();
