@@ -78,6 +78,15 @@ pub struct SamplerConfig {
     pub threshold: Option<f64>,
     /// Hide left padding from attention (off reproduces the reference, which attends to it).
     pub padding_mask: bool,
+    /// LLaDA's `logits_eos_inf`: the EOS logit is set to `-inf` before the candidates are drawn,
+    /// so EOS is never generated.
+    pub logits_eos_inf: bool,
+    /// LLaDA's `confidence_eos_eot_inf`: after the candidates are drawn, the confidence is the
+    /// softmax of the logits with `eot_token_id`'s set to `-inf` (an EOT candidate gets
+    /// confidence 0; LLaDA's line also sets EOS in the noised logits, which nothing reads after).
+    pub confidence_eos_eot_inf: bool,
+    /// The end-of-turn id `confidence_eos_eot_inf` needs (`<|eot_id|>`, 126348 for LLaDA-8B).
+    pub eot_token_id: Option<u32>,
     /// Whether the LoRA adapter is active (true = the policy being trained).
     pub adapter: bool,
     /// Seed of the sampler's random numbers (Gumbel noise, random remasking).
@@ -98,6 +107,9 @@ impl Default for SamplerConfig {
             refresh_every: None,
             threshold: None,
             padding_mask: false,
+            logits_eos_inf: false,
+            confidence_eos_eot_inf: false,
+            eot_token_id: None,
             adapter: true,
             seed: 0,
         }
@@ -130,6 +142,9 @@ impl SamplerConfig {
                 "steps {} must be a positive multiple of the number of blocks {blocks}",
                 self.steps
             ));
+        }
+        if self.confidence_eos_eot_inf && self.eot_token_id.is_none() {
+            return bad("confidence_eos_eot_inf needs eot_token_id (126348 for LLaDA-8B)".into());
         }
         if !self.temperature.is_finite() || self.temperature < 0.0 {
             return bad(format!("temperature {} must be >= 0", self.temperature));

@@ -357,12 +357,27 @@ impl<'m, B: Backend> Sampler<'m, B> {
     fn candidates(&mut self, logits: Tensor<B, 3>) -> Result<(Vec<i64>, Vec<f32>), SampleError> {
         let [batch, n, vocab] = logits.dims();
         let t = self.config.temperature;
-        // docs/algorithm.md §2 step 2: argmax(logits + T * gumbel), gumbel = -ln(-ln u).
-        let noise: Option<Vec<f32>> = (t > 0.0).then(|| {
+        let logits = if self.config.logits_eos_inf {
+            let eos = self.model.config.eos_token_id as usize;
+            without_token(logits, eos)
+        } else {
+            logits
+        };
+        let eot = self
+            .config
+            .confidence_eos_eot_inf
+            .then_some(self.config.eot_token_id)
+            .flatten()
+            .map(|e| e as usize)
+            .filter(|&e| e < vocab);
+        let eot_logits = eot.map(|e| (e, logits.clone()));
+        // docs/algorithm.md §2 step 2: argmax(logits + T * gumbel), gumbel = -ln(-ln u), in f64
+        // as LLaDA and Fast-dLLM (on the CPU kernel; other backends add it in f32).
+        let noise: Option<Vec<f64>> = (t > 0.0).then(|| {
             (0..batch * n * vocab)
                 .map(|_| {
                     let u: f64 = self.rng.random::<f64>().max(f64::MIN_POSITIVE);
-                    (-(-u.ln()).ln() * t) as f32
+                    -(-u.ln()).ln() * t
                 })
                 .collect()
         });
@@ -382,7 +397,10 @@ impl<'m, B: Backend> Sampler<'m, B> {
                     i % n
                 )));
             }
-            Ok((x0, conf))
+            match eot_logits {
+                Some((eot, logits)) => Ok((x0.clone(), confidence_without(logits, eot, &x0, conf))),
+                None => Ok((x0, conf)),
+            }
         } else {
             Ok((
                 x0,
@@ -396,12 +414,13 @@ impl<'m, B: Backend> Sampler<'m, B> {
     fn candidates_on_device(
         &self,
         logits: Tensor<B, 3>,
-        noise: Option<Vec<f32>>,
+        noise: Option<Vec<f64>>,
         confidence: bool,
     ) -> (Vec<i64>, Vec<f32>) {
         let [batch, n, vocab] = logits.dims();
         let scores = match noise {
             Some(noise) => {
+                let noise: Vec<f32> = noise.into_iter().map(|z| z as f32).collect();
                 logits.clone()
                     + Tensor::<B, 3>::from_data(
                         TensorData::new(noise, [batch, n, vocab]),
@@ -467,5 +486,75 @@ impl<'m, B: Backend> Sampler<'m, B> {
                 }
             }
         }
+    }
+}
+
+/// `logits` with token `id`'s logit set to `-inf` at every position.
+fn without_token<B: Backend>(logits: Tensor<B, 3>, id: usize) -> Tensor<B, 3> {
+    let [batch, n, _] = logits.dims();
+    let device = logits.device();
+    logits.slice_assign(
+        [0..batch, 0..n, id..id + 1],
+        Tensor::full([batch, n, 1], f32::NEG_INFINITY, &device),
+    )
+}
+
+/// LLaDA's `confidence_eos_eot_inf`: the probability of each candidate `x0` under the softmax of
+/// `logits` without token `eot`, from its probability `conf` with it: `p / (1 - p_eot)`, and 0
+/// for an EOT candidate.
+fn confidence_without<B: Backend>(
+    logits: Tensor<B, 3>,
+    eot: usize,
+    x0: &[i64],
+    conf: Vec<f32>,
+) -> Vec<f32> {
+    let [batch, n, _] = logits.dims();
+    let max = logits.clone().max_dim(2);
+    let lse = max.clone() + (logits.clone() - max).exp().sum_dim(2).log();
+    let p_eot: Vec<f32> = (logits.narrow(2, eot, 1) - lse)
+        .exp()
+        .reshape([batch * n])
+        .into_data()
+        .convert::<f32>()
+        .to_vec::<f32>()
+        .expect("f32");
+    conf.iter()
+        .zip(&p_eot)
+        .zip(x0)
+        .map(|((&p, &pe), &x)| {
+            let rest = 1.0 - pe;
+            if x as usize == eot || rest <= 0.0 {
+                0.0
+            } else {
+                p / rest
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    type B = burn::backend::Flex;
+
+    #[test]
+    fn eot_confidence_is_the_softmax_without_eot() {
+        let logits = Tensor::<B, 3>::from_data(
+            TensorData::new(vec![0.0f32, 1.0, 2.0, 0.0, 1.0, 2.0], [1, 2, 3]),
+            &Default::default(),
+        );
+        let e = std::f32::consts::E;
+        let with_eot = e / (1.0 + e + e * e);
+        // Candidate 1 at position 0, the EOT candidate 2 at position 1.
+        let conf = confidence_without(logits.clone(), 2, &[1, 2], vec![with_eot, 0.7]);
+        assert!((conf[0] - e / (1.0 + e)).abs() < 1e-6, "{conf:?}");
+        assert_eq!(conf[1], 0.0);
+        // Without EOS: its column is -inf everywhere.
+        let v: Vec<f32> = without_token(logits, 0).into_data().to_vec().unwrap();
+        assert_eq!(
+            v,
+            [f32::NEG_INFINITY, 1.0, 2.0, f32::NEG_INFINITY, 1.0, 2.0]
+        );
     }
 }

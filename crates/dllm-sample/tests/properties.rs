@@ -209,3 +209,38 @@ fn cfg_runs_two_evaluations_per_step() {
     .unwrap();
     assert_eq!(plain.nfe, 4);
 }
+
+#[test]
+fn logits_eos_inf_never_generates_eos() {
+    let model = model();
+    let eos = model.config.eos_token_id;
+    let prompts: Vec<Vec<u32>> = (0..4u32)
+        .map(|r| (0..6).map(|i| (r * 31 + i * 7) % 290).collect())
+        .collect();
+    for temperature in [0.0, 1.0] {
+        let config = SamplerConfig {
+            gen_length: 16,
+            block_length: 8,
+            steps: 16,
+            temperature,
+            logits_eos_inf: true,
+            seed: 3,
+            ..Default::default()
+        };
+        let out = dllm_sample::generate(&model, &prompts, &config).unwrap();
+        assert!(out
+            .completions
+            .iter()
+            .flatten()
+            .all(|&t| t != eos && t != MASK));
+    }
+    let needs_eot = SamplerConfig {
+        confidence_eos_eot_inf: true,
+        ..Default::default()
+    };
+    assert!(needs_eot
+        .validate()
+        .unwrap_err()
+        .to_string()
+        .contains("eot_token_id"));
+}

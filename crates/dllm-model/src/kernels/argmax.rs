@@ -13,14 +13,15 @@ use super::flex::{is_flex, read, to_flex};
 
 /// A sampler step's candidates (docs/algorithm.md §2, steps 2–3): per row of `logits` `[batch, n, vocab]`,
 /// the index of the largest `logits + noise` (the first on ties; `noise` is the tempered Gumbel
-/// noise, row-major like `logits`, or `None` at temperature 0) and its untempered probability
+/// noise, row-major like `logits`, or `None` at temperature 0; the sum is taken in f64, as LLaDA's
+/// and Fast-dLLM's samplers add their noise in float64) and its untempered probability
 /// `softmax(logits)[index]`.
 ///
 /// On the CPU backend one parallel pass per row replaces the argmax, log-sum-exp and gather
 /// passes over `[batch, n, vocab]`; `None` elsewhere (the logits stay on the device).
 pub fn argmax_with_confidence<B: Backend>(
     logits: &Tensor<B, 3>,
-    noise: Option<&[f32]>,
+    noise: Option<&[f64]>,
 ) -> Option<(Vec<i64>, Vec<f32>)> {
     let [batch, n, vocab] = logits.dims();
     if vocab == 0
@@ -45,7 +46,7 @@ pub fn argmax_with_confidence<B: Backend>(
 /// [`argmax_with_confidence`] on host rows of `vocab` logits.
 fn argmax_with_confidence_host(
     logits: &[f32],
-    noise: Option<&[f32]>,
+    noise: Option<&[f64]>,
     vocab: usize,
 ) -> (Vec<i64>, Vec<f32>) {
     let rows = logits.len() / vocab;
@@ -60,10 +61,10 @@ fn argmax_with_confidence_host(
                 let at = (first + i) * vocab;
                 let row = &logits[at..at + vocab];
                 let best = match noise {
-                    None => first_argmax(row.iter().copied()),
+                    None => first_argmax(row.iter().map(|&l| l as f64)),
                     Some(z) => {
                         let z = &z[at..at + vocab];
-                        first_argmax(row.iter().zip(z).map(|(l, z)| l + z))
+                        first_argmax(row.iter().zip(z).map(|(&l, z)| l as f64 + z))
                     }
                 };
                 let (max, sum) = row_max_and_exp_sum(row);
@@ -74,8 +75,8 @@ fn argmax_with_confidence_host(
 }
 
 /// Index of the first largest value (NaN never wins).
-fn first_argmax(values: impl Iterator<Item = f32>) -> usize {
-    let mut best = (0, f32::NEG_INFINITY);
+fn first_argmax(values: impl Iterator<Item = f64>) -> usize {
+    let mut best = (0, f64::NEG_INFINITY);
     for (i, v) in values.enumerate() {
         if v > best.1 {
             best = (i, v);
@@ -107,7 +108,11 @@ mod tests {
             .into_data()
             .to_vec::<f32>()
             .unwrap();
-        for noise in [None, Some(noise.as_slice())] {
+        let noise64: Vec<f64> = noise.iter().map(|&z| z as f64).collect();
+        for (noise, noise64) in [
+            (None, None),
+            (Some(noise.as_slice()), Some(noise64.as_slice())),
+        ] {
             let scores = match noise {
                 Some(z) => {
                     logits.clone()
@@ -123,7 +128,7 @@ mod tests {
                 .gather(2, x0.clone())
                 .reshape([batch * n]);
             let (got_x0, got_conf) =
-                argmax_with_confidence(&logits, noise).expect("flex f32 is fused");
+                argmax_with_confidence(&logits, noise64).expect("flex f32 is fused");
             assert_eq!(
                 got_x0,
                 x0.reshape([batch * n])
@@ -136,6 +141,17 @@ mod tests {
                 .assert_approx_eq::<f32>(&conf.into_data(), Tolerance::relative(1e-5));
         }
         assert_eq!(argmax_with_confidence(&logits, None).unwrap().0[0], 7);
-        assert!(argmax_with_confidence(&logits, Some(&noise[..10])).is_none());
+        assert!(argmax_with_confidence(&logits, Some(&noise64[..10])).is_none());
+    }
+
+    #[test]
+    fn noise_is_added_in_f64() {
+        // 1.0 + 1e-9 rounds to 1.0 in f32 (a tie, the first index would win); in f64 it is larger.
+        let logits: Tensor<burn::backend::Flex, 3> = Tensor::from_data(
+            TensorData::new(vec![1.0f32, 1.0], [1, 1, 2]),
+            &Default::default(),
+        );
+        let (x0, _) = argmax_with_confidence(&logits, Some(&[0.0, 1e-9])).expect("fused");
+        assert_eq!(x0, [1]);
     }
 }
