@@ -69,11 +69,7 @@ impl BackendTask for Eval {
     fn run<B: Backend>(self, device: B::Device) -> anyhow::Result<()> {
         let a = self.0;
         let task: rewards::Task = a.task.parse()?;
-        let style = match a.prompt_style.as_str() {
-            "compact" => PromptStyle::Compact,
-            "reference" => PromptStyle::Reference,
-            o => anyhow::bail!("unknown prompt style `{o}` (compact or reference)"),
-        };
+        let style: PromptStyle = a.prompt_style.parse().map_err(anyhow::Error::msg)?;
         let section = TaskSection {
             name: a.task.clone(),
             train: "generate".into(),

@@ -473,8 +473,7 @@ impl<'m, B: Backend> Sampler<'m, B> {
             // Highest confidence first; ties go to the earlier position.
             cands.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
             let take = match self.config.threshold {
-                // Fast-dLLM keeps a token whose confidence reaches the threshold (`>=`).
-                Some(th) => cands.iter().filter(|c| c.1 as f64 >= th).count().max(1),
+                Some(th) => reaching_threshold(&cands, th),
                 None => ks[b],
             }
             .min(cands.len());
@@ -487,6 +486,17 @@ impl<'m, B: Backend> Sampler<'m, B> {
             }
         }
     }
+}
+
+/// How many of `cands` (sorted by confidence, highest first) threshold decoding commits: those
+/// whose confidence reaches `threshold` (`>=`, as Fast-dLLM, which drops `confidence <
+/// threshold`), at least one.
+fn reaching_threshold(cands: &[(usize, f32)], threshold: f64) -> usize {
+    cands
+        .iter()
+        .filter(|c| c.1 as f64 >= threshold)
+        .count()
+        .max(1)
 }
 
 /// `logits` with token `id`'s logit set to `-inf` at every position.
@@ -537,6 +547,13 @@ mod tests {
     use super::*;
 
     type B = burn::backend::Flex;
+
+    #[test]
+    fn a_confidence_equal_to_the_threshold_is_committed() {
+        let cands = [(0, 0.75f32), (1, 0.5), (2, 0.25)];
+        assert_eq!(reaching_threshold(&cands, 0.5), 2);
+        assert_eq!(reaching_threshold(&cands, 0.9), 1);
+    }
 
     #[test]
     fn eot_confidence_is_the_softmax_without_eot() {

@@ -233,6 +233,17 @@ pub enum PromptStyle {
     Compact,
 }
 
+impl std::str::FromStr for PromptStyle {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "reference" => Ok(Self::Reference),
+            "compact" => Ok(Self::Compact),
+            o => Err(format!("unknown prompt style `{o}` (reference or compact)")),
+        }
+    }
+}
+
 /// How a completion's ids become the text that rewards or evaluation scores read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]

@@ -115,7 +115,7 @@ impl RolloutSource<'_> {
 }
 
 /// The sequences of `generation` (sampled with `sampler`) on the host, with the key padding of
-/// the left-padded prompts when the sampler masks padding.
+/// the left-padded prompts when the sampler masks padding and some row is padded.
 fn host_batch(generation: &Generation, sampler: &SamplerConfig) -> Result<HostBatch> {
     let prompt_len = generation.prompt_len();
     let gen_len = sampler.gen_length;
@@ -131,7 +131,9 @@ fn host_batch(generation: &Generation, sampler: &SamplerConfig) -> Result<HostBa
         .iter()
         .map(|e| e.unwrap_or(gen_len))
         .collect();
-    let padding = sampler.padding_mask.then(|| {
+    // No row padded: no mask (the same computation, without the masked attention path).
+    let padded = generation.pad_lengths.iter().any(|&p| p > 0);
+    let padding = (sampler.padding_mask && padded).then(|| {
         generation
             .pad_lengths
             .iter()

@@ -203,5 +203,17 @@ fn paper_recipes_start_on_flex() {
         )
         .unwrap_or_else(|e| panic!("{name}: {e}"));
         assert_eq!(summary.steps, 1, "{name}");
+        // docs/reference-parity.md row 10: the metrics the references log.
+        let text = std::fs::read_to_string(recipe.run_dir().join("metrics.jsonl")).unwrap();
+        let row: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+        let finite = |k: &str| row[k].as_f64().is_some_and(f64::is_finite);
+        for key in ["completion_length", "advantage_mean", "advantage_std"] {
+            assert!(finite(key), "{name}: {key} = {}", row[key]);
+        }
+        let grpo = name.ends_with("-d1");
+        assert_eq!(finite("clip_ratio"), grpo, "{name}: clip_ratio = {}", row["clip_ratio"]);
+        assert_eq!(finite("kl"), grpo, "{name}: kl = {}", row["kl"]);
+        assert_eq!(finite("coeff_mean"), !grpo, "{name}: coeff_mean");
+        assert!(row["sample_completion"].is_string(), "{name}");
     }
 }

@@ -40,11 +40,7 @@ pub struct Args {
 /// Prints the prompt text to stdout, byte for byte (no trailing newline added).
 pub fn run(a: Args) -> anyhow::Result<()> {
     let task: rewards::Task = a.task.parse()?;
-    let style = match a.style.as_str() {
-        "reference" => PromptStyle::Reference,
-        "compact" => PromptStyle::Compact,
-        o => anyhow::bail!("unknown prompt style `{o}` (reference or compact)"),
-    };
+    let style: PromptStyle = a.style.parse().map_err(anyhow::Error::msg)?;
     let section = TaskSection {
         name: a.task.clone(),
         train: a.data.clone(),
