@@ -168,6 +168,10 @@ pub struct GrpoConfig {
     /// Divide group-centred rewards by the group standard deviation (`+ 1e-4`): TRL's GRPO.
     /// Off by default, as d1 runs diffu-GRPO (`r - mean_group(r)`, diffu_grpo_trainer.py).
     pub scale_rewards: bool,
+    /// d1's choice of prompt mask per micro-step, for its gradient-accumulation steps `a` (d1: 2;
+    /// 0 = one fresh mask per inner iteration, what the paper describes): see
+    /// [`crate::grpo::mask_iteration`].
+    pub d1_accumulation_steps: usize,
 }
 
 impl Default for GrpoConfig {
@@ -177,6 +181,7 @@ impl Default for GrpoConfig {
             beta: 0.04,
             p_mask_prompt: 0.15,
             scale_rewards: false,
+            d1_accumulation_steps: 0,
         }
     }
 }

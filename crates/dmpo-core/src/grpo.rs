@@ -48,6 +48,28 @@ pub fn grpo_advantages(
         .collect())
 }
 
+/// Which inner iteration's prompt mask row `row` of `rows` uses at inner iteration `k` of
+/// `num_iterations` (docs/algorithm.md §6.1). With `accumulation_steps = 0`, iteration `k`'s.
+/// With `a > 0`, d1's rule: the rows form `a` consecutive accumulation slices (one per
+/// micro-step of an optimiser step), and slice `h` uses mask `(k a + h + 1) mod num_iterations`
+/// (diffu_grpo_trainer.py `mask_seeds[self._step % num_iterations]`, with `_step` already
+/// incremented for the micro-step): with d1's `a = 2`, `mu = 12`, slice 0 sees masks 1, 3, …, 11,
+/// 1, 3, …, 11 and slice 1 masks 2, 4, …, 10, 0, 2, …, 10, 0, each micro-batch `mu / 2` distinct
+/// masks twice.
+pub fn mask_iteration(
+    k: usize,
+    row: usize,
+    rows: usize,
+    accumulation_steps: usize,
+    num_iterations: usize,
+) -> usize {
+    if accumulation_steps == 0 {
+        return k;
+    }
+    let slice = row / (rows / accumulation_steps).max(1);
+    (k * accumulation_steps + slice + 1) % num_iterations
+}
+
 /// Per-token log-probs `[batch, gen_len]` of the completions under the one-step mean-field
 /// approximation (docs/algorithm.md §6): completion fully masked, prompt positions masked where
 /// `prompt_mask` (`[batch * prompt_len]`, see [`crate::masks::sample_prompt_mask`]) is true.

@@ -31,7 +31,10 @@ pub use config::{Baseline, DmpoConfig, DmpoLoss, GrpoConfig};
 pub use ddo::{ddo_loss, ddo_loss_with_masks, ddo_objective, DdoDiagnostics};
 pub use elbo::{elbo_log_likelihood, elbo_with_masks, ElboEstimate};
 pub use error::{DmpoError, Result};
-pub use grpo::{diffu_grpo_loss, grpo_advantages, mean_field_logprobs, wd1_loss, GrpoDiagnostics};
+pub use grpo::{
+    diffu_grpo_loss, grpo_advantages, mask_iteration, mean_field_logprobs, wd1_loss,
+    GrpoDiagnostics,
+};
 pub use loss::LossOutput;
 pub use masks::{sample_prompt_mask, MaskOptions, ReplicateMasks};
 pub use model::{LogitsModel, ModelView};

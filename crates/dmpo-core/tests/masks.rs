@@ -166,3 +166,21 @@ fn rollout_elbo_replicates_are_counted_apart_from_the_loss_replicates() {
         .to_string()
         .contains("rollout_elbo_replicates"));
 }
+
+#[test]
+fn d1_mask_schedule_gives_each_micro_batch_half_the_masks_twice() {
+    use dmpo_core::mask_iteration;
+    // 96 rows, 2 accumulation slices of 48, mu = 12 (d1's GSM8K run).
+    let seen =
+        |row: usize| -> Vec<usize> { (0..12).map(|k| mask_iteration(k, row, 96, 2, 12)).collect() };
+    assert_eq!(seen(0), [1, 3, 5, 7, 9, 11, 1, 3, 5, 7, 9, 11]);
+    assert_eq!(seen(47), seen(0));
+    assert_eq!(seen(48), [2, 4, 6, 8, 10, 0, 2, 4, 6, 8, 10, 0]);
+    // Off: inner iteration k uses mask k, every row.
+    assert_eq!(
+        (0..12)
+            .map(|k| mask_iteration(k, 50, 96, 0, 12))
+            .collect::<Vec<_>>(),
+        (0..12).collect::<Vec<_>>()
+    );
+}

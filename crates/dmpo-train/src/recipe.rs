@@ -597,6 +597,13 @@ impl Recipe {
                  diffu-GRPO averages over the tokens of a unit inside one pass",
             );
         }
+        let slices = self.grpo.d1_accumulation_steps;
+        if slices > 0 && !t.rows_per_step().is_multiple_of(slices) {
+            return bad(
+                "grpo.d1_accumulation_steps",
+                "must divide prompts_per_step x group_size (0: off)",
+            );
+        }
         let slice = self.dmpo.baseline_rows;
         if slice > 0 && !t.group_size.is_multiple_of(slice) {
             return bad(

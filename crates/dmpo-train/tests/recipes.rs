@@ -211,7 +211,12 @@ fn paper_recipes_start_on_flex() {
             assert!(finite(key), "{name}: {key} = {}", row[key]);
         }
         let grpo = name.ends_with("-d1");
-        assert_eq!(finite("clip_ratio"), grpo, "{name}: clip_ratio = {}", row["clip_ratio"]);
+        assert_eq!(
+            finite("clip_ratio"),
+            grpo,
+            "{name}: clip_ratio = {}",
+            row["clip_ratio"]
+        );
         assert_eq!(finite("kl"), grpo, "{name}: kl = {}", row["kl"]);
         assert_eq!(finite("coeff_mean"), !grpo, "{name}: coeff_mean");
         assert!(row["sample_completion"].is_string(), "{name}");

@@ -40,7 +40,10 @@ const COMMON: &[(&str, &str)] = &[
     ("lora.r", "128"),
     ("lora.alpha", "64.0"),
     ("lora.dropout", "0.05"),
-    ("lora.target_modules", "[\"q_proj\", \"k_proj\", \"v_proj\", \"up_proj\"]"),
+    (
+        "lora.target_modules",
+        "[\"q_proj\", \"k_proj\", \"v_proj\", \"up_proj\"]",
+    ),
     ("task.max_prompt_tokens", "200"),
     ("task.shuffle_seed", "42"),
     ("rollout.gen_length", "256"),
@@ -103,6 +106,7 @@ const D1: &[(&str, &str)] = &[
     ("grpo.beta", "0.04"),
     ("grpo.p_mask_prompt", "0.15"),
     ("grpo.scale_rewards", "false"),
+    ("grpo.d1_accumulation_steps", "2"),
     ("eval.steps_per_token", "0.5"),
 ];
 

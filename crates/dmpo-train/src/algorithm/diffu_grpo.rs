@@ -9,8 +9,8 @@ use burn::tensor::{backend::AutodiffBackend, backend::Backend, Tensor};
 use dllm_model::Llada;
 use dmpo_core::batch::{gather_rows, rows_tensor};
 use dmpo_core::{
-    diffu_grpo_loss, grpo_advantages, mean_field_logprobs, sample_prompt_mask, wd1_loss, ModelView,
-    SequenceBatch,
+    diffu_grpo_loss, grpo_advantages, mask_iteration, mean_field_logprobs, sample_prompt_mask,
+    wd1_loss, ModelView, SequenceBatch,
 };
 use rand_chacha::ChaCha8Rng;
 
@@ -87,11 +87,32 @@ where
     let unit = t.loss_unit_rows();
     let units = (rows / unit) as f64;
     let (mut kls, mut clip_ratios) = (Vec::new(), Vec::new());
-    for it in &iterations {
+    for k in 0..t.num_iterations {
+        // The iteration whose prompt mask (and log-probs on it) row `r` uses at this update.
+        let source = |r: usize| {
+            let i = mask_iteration(k, r, rows, config.d1_accumulation_steps, t.num_iterations);
+            &iterations[i]
+        };
         let loss_of =
             |model: &Llada<AB>, pass: &[usize], _: &mut ChaCha8Rng| -> Result<Tensor<AB, 1>> {
                 let sub = rollout.sequences.select::<AB>(pass, inputs.device)?;
-                let sub_mask = gather_rows(&it.prompt_mask, prompt_len, pass)?;
+                let per_row = |pick: &dyn Fn(&Iteration) -> &[f32], width: usize| {
+                    let rows: Vec<Vec<f32>> = pass
+                        .iter()
+                        .map(|&r| gather_rows(pick(source(r)), width, &[r]))
+                        .collect::<dmpo_core::Result<_>>()?;
+                    rows_tensor::<AB>(
+                        &rows.concat(),
+                        width,
+                        &(0..pass.len()).collect::<Vec<_>>(),
+                        inputs.device,
+                    )
+                };
+                let sub_mask: Vec<bool> = pass
+                    .iter()
+                    .map(|&r| gather_rows(&source(r).prompt_mask, prompt_len, &[r]))
+                    .collect::<dmpo_core::Result<Vec<_>>>()?
+                    .concat();
                 let logp = mean_field_logprobs(&ModelView::policy(model), &sub, &sub_mask)?;
                 let sub_advantages: Vec<f64> = pass.iter().map(|&r| advantages[r]).collect();
                 let completion_mask = sub.completion_mask_tensor();
@@ -101,9 +122,15 @@ where
                     let f = pass_loss_factor(UnitReduction::Sum, pass.len(), rows, unit);
                     return Ok(loss.loss * f);
                 }
-                let pick = |v: &Vec<f32>| rows_tensor::<AB>(v, gen_len, pass, inputs.device);
-                let (old, reference) = (pick(&it.old_logp)?, it.ref_logp.as_ref().map(pick));
-                let reference = reference.transpose()?;
+                let old = per_row(&|it| &it.old_logp, gen_len)?;
+                let reference = if with_reference {
+                    Some(per_row(
+                        &|it| it.ref_logp.as_deref().unwrap_or_default(),
+                        gen_len,
+                    )?)
+                } else {
+                    None
+                };
                 // §5.2: diffu-GRPO averages over the completion tokens of each unit (d1: one
                 // group per device), then over the step's units.
                 let mut loss = None;
