@@ -366,8 +366,9 @@ pub struct TrainSection {
     pub micro_batch: usize,
     /// Rows of one loss unit, the reference's `per_device_train_batch_size`: an optimiser step's
     /// gradient is the mean over the step's units of `loss_unit_rows` consecutive rows of each
-    /// unit's loss (docs/algorithm.md §5.2). Unset: the reference's, 4 for DMPO (its WDCE sums
-    /// 4 rows per device), `group_size` for diffu-GRPO and wd1 (d1 puts one group per device).
+    /// unit's loss (docs/algorithm.md §5.2). 0: the whole step is one unit. Unset: the
+    /// reference's, 4 for DMPO (its WDCE sums 4 rows per device), `group_size` for diffu-GRPO and
+    /// wd1 (d1 puts one group per device).
     pub loss_unit_rows: Option<usize>,
     /// Peak learning rate.
     pub lr: f64,
@@ -438,23 +439,17 @@ impl TrainSection {
         self.prompts_per_step * self.group_size
     }
 
-    /// The rows of a loss unit: `loss_unit_rows`, or the reference's for the algorithm.
+    /// The rows of a loss unit: `loss_unit_rows` (0: the whole step), or the reference's for the
+    /// algorithm.
     pub fn loss_unit_rows(&self) -> usize {
-        self.loss_unit_rows.unwrap_or(match self.algorithm {
-            Algorithm::Dmpo => 4,
-            Algorithm::DiffuGrpo | Algorithm::Wd1 => self.group_size,
-        })
-    }
-
-    /// Row counts of the forward/backward passes of one update: whole groups, `micro_batch`
-    /// rows at most (one group at least), in order.
-    pub fn pass_rows(&self) -> Vec<usize> {
-        let per_pass = (self.micro_batch / self.group_size).max(1) * self.group_size;
-        let rows = self.rows_per_step();
-        (0..rows)
-            .step_by(per_pass)
-            .map(|start| per_pass.min(rows - start))
-            .collect()
+        match self.loss_unit_rows {
+            Some(0) => self.rows_per_step(),
+            Some(rows) => rows,
+            None => match self.algorithm {
+                Algorithm::Dmpo => 4,
+                Algorithm::DiffuGrpo | Algorithm::Wd1 => self.group_size,
+            },
+        }
     }
 }
 
@@ -587,14 +582,7 @@ impl Recipe {
         if unit == 0 || !t.rows_per_step().is_multiple_of(unit) {
             return bad(
                 "train.loss_unit_rows",
-                "must be positive and divide prompts_per_step x group_size",
-            );
-        }
-        if t.algorithm != Algorithm::Dmpo && t.pass_rows().iter().any(|r| r % unit != 0) {
-            return bad(
-                "train.loss_unit_rows",
-                "must divide the rows of every micro-batch (whole groups, at most train.micro_batch rows): \
-                 diffu-GRPO averages over the tokens of a unit inside one pass",
+                "must divide prompts_per_step x group_size (0: the whole step)",
             );
         }
         let slices = self.grpo.d1_accumulation_steps;

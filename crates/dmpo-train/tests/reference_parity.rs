@@ -350,3 +350,43 @@ fn completion_text_modes_read_the_whole_completion_or_stop_at_eos() {
         format!("<answer>1234</answer>{0}<answer>4321</answer>{0}", tok.eos)
     );
 }
+
+#[test]
+fn the_update_does_not_depend_on_the_micro_batch() {
+    // docs/algorithm.md §5.2: the gradient is the mean over loss units, whatever the passes. One
+    // step of 8 rows (2 groups of 4), one update, in one pass of 8 or two passes of 4, with a unit
+    // of the whole step (spanning both passes) or of 2 rows.
+    let dir = tempfile::tempdir().unwrap();
+    let model = common::root().join("models/tiny-sudoku");
+    for (algorithm, unit) in [
+        ("dmpo", "0"),
+        ("dmpo", "2"),
+        ("diffu_grpo", "0"),
+        ("diffu_grpo", "2"),
+    ] {
+        let mut results = Vec::new();
+        for micro_batch in ["8", "4"] {
+            let name = format!("{algorithm}-{unit}-{micro_batch}");
+            let sets = [
+                format!("train.algorithm=\"{algorithm}\""),
+                format!("train.loss_unit_rows={unit}"),
+                format!("train.micro_batch={micro_batch}"),
+                format!("run.name=\"{name}\""),
+            ];
+            let extra: Vec<&str> = sets.iter().map(String::as_str).collect();
+            let out = common::train(dir.path(), &model, &extra, &["--skip-eval"]);
+            succeeds(&name, &out);
+            let row = common::metrics(&dir.path().join("runs").join(&name)).remove(0);
+            results.push((
+                row["loss"].as_f64().unwrap(),
+                row["grad_norm"].as_f64().unwrap(),
+            ));
+        }
+        let ((l1, g1), (l2, g2)) = (results[0], results[1]);
+        let close = |a: f64, b: f64| (a - b).abs() <= 1e-5 * a.abs().max(b.abs()).max(1e-3);
+        assert!(
+            close(l1, l2) && close(g1, g2),
+            "{algorithm}, unit {unit}: loss {l1} vs {l2}, grad norm {g1} vs {g2}"
+        );
+    }
+}

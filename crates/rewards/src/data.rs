@@ -276,7 +276,8 @@ pub fn load_parquet(task: Task, path: impl AsRef<Path>) -> Result<Vec<TaskItem>,
 pub fn load_parquet(task: Task, path: impl AsRef<Path>) -> Result<Vec<TaskItem>, Error> {
     let _ = task;
     Err(Error::Unsupported(format!(
-        "{}: reading Parquet needs the `parquet` cargo feature of `rewards`",
+        "{}: reading Parquet needs the `parquet` cargo feature (of `rewards`, or of `dmpo-train`: \
+         `cargo install --path crates/dmpo-train --features parquet`, implied by `download`)",
         path.as_ref().display()
     )))
 }

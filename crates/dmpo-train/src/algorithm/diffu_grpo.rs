@@ -86,6 +86,14 @@ where
     let passes = rollout.micro_batches(t.micro_batch);
     let unit = t.loss_unit_rows();
     let units = (rows / unit) as f64;
+    // Completion tokens of each row (up to and including the first EOS) and of each unit.
+    let tokens: Vec<f64> = rollout
+        .sequences
+        .eos_index()
+        .iter()
+        .map(|&e| (e + 1).min(gen_len) as f64)
+        .collect();
+    let unit_tokens: Vec<f64> = tokens.chunks(unit).map(|c| c.iter().sum()).collect();
     let (mut kls, mut clip_ratios) = (Vec::new(), Vec::new());
     for k in 0..t.num_iterations {
         // The iteration whose prompt mask (and log-probs on it) row `r` uses at this update.
@@ -132,25 +140,35 @@ where
                     None
                 };
                 // §5.2: diffu-GRPO averages over the completion tokens of each unit (d1: one
-                // group per device), then over the step's units.
+                // group per device), then over the step's units. A pass holds runs of rows of one
+                // unit; a run's token mean counts for its share of the unit's tokens, so a unit may
+                // span passes.
                 let mut loss = None;
-                for start in (0..pass.len()).step_by(unit) {
-                    let part = |x: Tensor<AB, 2>| x.narrow(0, start, unit);
+                let mut start = 0;
+                while start < pass.len() {
+                    let u = pass[start] / unit;
+                    let end = (start..pass.len())
+                        .find(|&i| pass[i] / unit != u)
+                        .unwrap_or(pass.len());
+                    let part = |x: Tensor<AB, 2>| x.narrow(0, start, end - start);
                     let out = diffu_grpo_loss(
                         part(logp.clone()),
                         Some(part(old.clone())),
                         reference.clone().map(part),
-                        &sub_advantages[start..start + unit],
+                        &sub_advantages[start..end],
                         part(completion_mask.clone()),
                         config,
                     )?;
                     kls.extend(out.diagnostics.kl);
                     clip_ratios.push(out.diagnostics.clip_ratio);
-                    let unit_loss = out.loss / units;
+                    let run_tokens: f64 = pass[start..end].iter().map(|&r| tokens[r]).sum();
+                    let share = run_tokens / unit_tokens[u] / units;
+                    let run_loss = out.loss * share;
                     loss = Some(match loss {
-                        None => unit_loss,
-                        Some(l) => l + unit_loss,
+                        None => run_loss,
+                        Some(l) => l + run_loss,
                     });
+                    start = end;
                 }
                 Ok(loss.expect("a pass holds at least one unit"))
             };
