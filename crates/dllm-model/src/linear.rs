@@ -25,8 +25,11 @@ pub struct Lora<B: Backend> {
     pub b: Param<Tensor<B, 2>>,
     /// `alpha / r`.
     pub scale: f64,
-    /// Dropout on the adapter's input (active only under autodiff).
+    /// Dropout on the adapter's input (active only under autodiff, unless `dropout_always`).
     pub dropout: Dropout,
+    /// Apply the dropout outside autodiff too (the no-grad rollout passes), as the reference,
+    /// which samples in HF's train mode; drawn from the backend's generator.
+    pub dropout_always: bool,
 }
 
 impl<B: Backend> Linear<B> {
@@ -100,6 +103,7 @@ impl<B: Backend> Lora<B> {
             b: Param::from_tensor(Tensor::zeros([rank, d_out], device)),
             scale: alpha / rank as f64,
             dropout: Dropout { prob: dropout },
+            dropout_always: false,
         }
     }
 
@@ -112,7 +116,14 @@ impl<B: Backend> Lora<B> {
     /// bf16 or f16 base, as PEFT casts `x` to `lora_A`'s dtype).
     pub fn forward(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
         let a = self.a.val();
-        let x = self.dropout.forward(x).cast(a.dtype());
+        let p = self.dropout.prob;
+        let x = if self.dropout_always && p > 0.0 && !B::ad_enabled(&x.device()) {
+            let keep = x.random_like(Distribution::Bernoulli(1.0 - p));
+            x * keep / (1.0 - p)
+        } else {
+            self.dropout.forward(x)
+        };
+        let x = x.cast(a.dtype());
         let h = linear(x, a, None);
         linear(h, self.b.val(), None) * self.scale
     }

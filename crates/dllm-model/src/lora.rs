@@ -254,6 +254,7 @@ impl<B: Backend> Llada<B> {
                     dropout: Dropout {
                         prob: config.lora_dropout,
                     },
+                    dropout_always: false,
                 });
             }
         }

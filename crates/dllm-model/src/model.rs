@@ -240,4 +240,17 @@ impl<B: Backend> Llada<B> {
             .iter()
             .any(|b| b.linears().iter().any(|(_, l)| l.lora.is_some()))
     }
+
+    /// The model with its LoRA dropout applied outside autodiff too (`on`) or only under it: the
+    /// reference samples and scores its rollouts in HF's train mode, adapter dropout on.
+    pub fn with_adapter_dropout_always(mut self, on: bool) -> Self {
+        for block in &mut self.blocks {
+            for (_, linear) in block.linears_mut() {
+                if let Some(lora) = &mut linear.lora {
+                    lora.dropout_always = on;
+                }
+            }
+        }
+        self
+    }
 }

@@ -235,3 +235,24 @@ fn base_weights_are_frozen() {
         .grad(&grads)
         .is_some());
 }
+
+#[test]
+fn adapter_dropout_outside_autodiff_only_when_asked() {
+    let cfg = LoraConfig {
+        lora_dropout: 0.5,
+        ..small_lora()
+    };
+    let model = randomize_b(base().with_lora(&cfg, &Default::default()).unwrap());
+    let plain = values(model.forward(input()));
+    // A no-grad backend: burn's dropout is off, so two passes agree.
+    assert_eq!(values(model.forward(input())), plain);
+    let always = model.with_adapter_dropout_always(true);
+    let (a, b) = (
+        values(always.forward(input())),
+        values(always.forward(input())),
+    );
+    assert!(max_diff(&a, &plain) > 1e-4 && max_diff(&a, &b) > 1e-4);
+    // Off again: deterministic, the plain output.
+    let off = always.with_adapter_dropout_always(false);
+    assert_eq!(values(off.forward(input())), plain);
+}

@@ -171,6 +171,9 @@ pub struct LoraSection {
     /// seven. The paper recipes list the four the reference's adapters reach (docs/reference-parity.md).
     #[serde(deserialize_with = "target_modules_serde::deserialize")]
     pub target_modules: Vec<String>,
+    /// Keep the adapter's dropout on in the rollouts and the rollout-time likelihoods, as the
+    /// reference (it samples in HF's train mode); off: dropout only in the loss passes.
+    pub rollout_dropout: bool,
 }
 
 mod target_modules_serde {
@@ -206,6 +209,7 @@ impl Default for LoraSection {
             alpha: d.lora_alpha,
             dropout: d.lora_dropout,
             target_modules: d.target_modules,
+            rollout_dropout: false,
         }
     }
 }

@@ -397,7 +397,9 @@ impl<AB: AutodiffBackend, O: Optimizer<Llada<AB>, AB>> StepContext<'_, AB, O> {
 
         // 1. Prompts and rollouts: G completions per prompt, contiguous.
         let clock = Instant::now();
-        let policy = model.valid();
+        let policy = model
+            .valid()
+            .with_adapter_dropout_always(recipe.lora.rollout_dropout);
         let samples = self.source.sample(&policy, step)?;
         let rollout_secs = clock.elapsed().as_secs_f64();
 

@@ -177,6 +177,7 @@ fn training_masks_padding_unless_told_and_evaluation_attends_it() {
     assert_eq!(r.task.reward_text, CompletionText::Whole);
     // d1's advantages are not std-scaled; DMPO's DDO splits the replicates in halves.
     assert!(!r.grpo.scale_rewards && r.dmpo.ddo_independent_sets);
+    assert!(!r.lora.rollout_dropout);
     // PEFT's "all-linear" names every LLaDA linear layer.
     let all = parse(base, &["lora.target_modules=\"all-linear\""]);
     assert_eq!(all.lora.target_modules, dllm_model::LINEAR_NAMES.to_vec());
@@ -389,4 +390,38 @@ fn the_update_does_not_depend_on_the_micro_batch() {
             "{algorithm}, unit {unit}: loss {l1} vs {l2}, grad norm {g1} vs {g2}"
         );
     }
+}
+
+#[test]
+fn rollout_dropout_changes_the_rollouts_and_is_reproducible() {
+    // The reference samples with LoRA dropout on; `lora.rollout_dropout` does the same (drawn from
+    // the step's backend seed, so a rerun repeats it).
+    let dir = tempfile::tempdir().unwrap();
+    let model = common::root().join("models/tiny-sudoku");
+    let run = |name: &str, dropout: bool| {
+        let sets = [
+            "model.finetune=\"lora\"".to_string(),
+            "lora.r=4".into(),
+            "lora.dropout=0.5".into(),
+            format!("lora.rollout_dropout={dropout}"),
+            "train.steps=2".into(),
+            "train.sync_ref_model=false".into(),
+            "train.lr=1e-2".into(),
+            "rollout.gen_length=24".into(),
+            "rollout.steps=24".into(),
+            format!("run.name=\"{name}\""),
+        ];
+        let extra: Vec<&str> = sets.iter().map(String::as_str).collect();
+        let out = common::train(dir.path(), &model, &extra, &["--skip-eval"]);
+        succeeds(name, &out);
+        common::metrics(&dir.path().join("runs").join(name))
+    };
+    let (off, on, again) = (run("off", false), run("on", true), run("again", true));
+    assert_eq!(on, again, "same seed, same dropout");
+    // Step 0's adapter is fresh (B = 0), so dropout cannot change it; step 1's can.
+    assert_eq!(off[0]["sample_completion"], on[0]["sample_completion"]);
+    assert_ne!(
+        off[1], on[1],
+        "dropout in the rollout of an updated adapter"
+    );
 }
