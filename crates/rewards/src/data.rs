@@ -301,6 +301,24 @@ pub fn sudoku_4x4_test() -> Vec<TaskItem> {
     .unwrap_or_default()
 }
 
+/// The order in which d1's and DMPO's evaluations score a shipped test set: indices into
+/// [`countdown_cd3_test`] or [`sudoku_4x4_test`] from `np.random.seed(42);
+/// np.random.choice(n, 256, replace=False)` (their `eval/gsm8k.py`), computed once by
+/// `scripts/reference_eval_order.py`. `None` for GSM8K and MATH, which they score in file order.
+pub fn reference_eval_order(task: Task) -> Option<Vec<usize>> {
+    let text = match task {
+        Task::Countdown => include_str!("../data/countdown_cd3_test.order.txt"),
+        Task::Sudoku => include_str!("../data/4x4_test_sudoku.order.txt"),
+        Task::Gsm8k | Task::Math => return None,
+    };
+    Some(
+        text.lines()
+            .filter(|l| !l.starts_with('#'))
+            .map(|l| l.trim().parse().expect("shipped order files hold indices"))
+            .collect(),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -421,22 +439,4 @@ mod tests {
         let e = load(Task::Gsm8k, "/nonexistent/x.jsonl").unwrap_err();
         assert!(matches!(e, Error::Io { .. }));
     }
-}
-
-/// The order in which d1's and DMPO's evaluations score a shipped test set: indices into
-/// [`countdown_cd3_test`] or [`sudoku_4x4_test`] from `np.random.seed(42);
-/// np.random.choice(n, 256, replace=False)` (their `eval/gsm8k.py`), computed once by
-/// `scripts/reference_eval_order.py`. `None` for GSM8K and MATH, which they score in file order.
-pub fn reference_eval_order(task: Task) -> Option<Vec<usize>> {
-    let text = match task {
-        Task::Countdown => include_str!("../data/countdown_cd3_test.order.txt"),
-        Task::Sudoku => include_str!("../data/4x4_test_sudoku.order.txt"),
-        Task::Gsm8k | Task::Math => return None,
-    };
-    Some(
-        text.lines()
-            .filter(|l| !l.starts_with('#'))
-            .map(|l| l.trim().parse().expect("shipped order files hold indices"))
-            .collect(),
-    )
 }
