@@ -397,10 +397,11 @@ impl<'m, B: Backend> Sampler<'m, B> {
                     i % n
                 )));
             }
-            match eot_logits {
-                Some((eot, logits)) => Ok((x0.clone(), confidence_without(logits, eot, &x0, conf))),
-                None => Ok((x0, conf)),
-            }
+            let conf = match eot_logits {
+                Some((eot, logits)) => confidence_without(logits, eot, &x0, conf),
+                None => conf,
+            };
+            Ok((x0, conf))
         } else {
             Ok((
                 x0,
@@ -519,10 +520,8 @@ fn confidence_without<B: Backend>(
     conf: Vec<f32>,
 ) -> Vec<f32> {
     let [batch, n, _] = logits.dims();
-    let max = logits.clone().max_dim(2);
-    let lse = max.clone() + (logits.clone() - max).exp().sum_dim(2).log();
-    let p_eot: Vec<f32> = (logits.narrow(2, eot, 1) - lse)
-        .exp()
+    let p_eot: Vec<f32> = burn::tensor::activation::softmax(logits, 2)
+        .narrow(2, eot, 1)
         .reshape([batch * n])
         .into_data()
         .convert::<f32>()

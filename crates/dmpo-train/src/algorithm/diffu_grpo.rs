@@ -5,9 +5,9 @@
 use std::time::Instant;
 
 use burn::optim::Optimizer;
-use burn::tensor::{backend::AutodiffBackend, backend::Backend, Tensor};
+use burn::tensor::{backend::AutodiffBackend, backend::Backend, Tensor, TensorData};
 use dllm_model::Llada;
-use dmpo_core::batch::{gather_rows, rows_tensor};
+use dmpo_core::batch::gather_rows;
 use dmpo_core::{
     diffu_grpo_loss, grpo_advantages, mask_iteration, mean_field_logprobs, sample_prompt_mask,
     wd1_loss, ModelView, SequenceBatch,
@@ -104,23 +104,7 @@ where
         let loss_of =
             |model: &Llada<AB>, pass: &[usize], _: &mut ChaCha8Rng| -> Result<Tensor<AB, 1>> {
                 let sub = rollout.sequences.select::<AB>(pass, inputs.device)?;
-                let per_row = |pick: &dyn Fn(&Iteration) -> &[f32], width: usize| {
-                    let rows: Vec<Vec<f32>> = pass
-                        .iter()
-                        .map(|&r| gather_rows(pick(source(r)), width, &[r]))
-                        .collect::<dmpo_core::Result<_>>()?;
-                    rows_tensor::<AB>(
-                        &rows.concat(),
-                        width,
-                        &(0..pass.len()).collect::<Vec<_>>(),
-                        inputs.device,
-                    )
-                };
-                let sub_mask: Vec<bool> = pass
-                    .iter()
-                    .map(|&r| gather_rows(&source(r).prompt_mask, prompt_len, &[r]))
-                    .collect::<dmpo_core::Result<Vec<_>>>()?
-                    .concat();
+                let sub_mask = rows_of(pass, prompt_len, |r| &source(r).prompt_mask)?;
                 let logp = mean_field_logprobs(&ModelView::policy(model), &sub, &sub_mask)?;
                 let sub_advantages: Vec<f64> = pass.iter().map(|&r| advantages[r]).collect();
                 let completion_mask = sub.completion_mask_tensor();
@@ -130,12 +114,16 @@ where
                     let f = pass_loss_factor(UnitReduction::Sum, pass.len(), rows, unit);
                     return Ok(loss.loss * f);
                 }
-                let old = per_row(&|it| &it.old_logp, gen_len)?;
+                let logps = |values: Vec<f32>| {
+                    Tensor::<AB, 2>::from_data(
+                        TensorData::new(values, [pass.len(), gen_len]),
+                        inputs.device,
+                    )
+                };
+                let old = logps(rows_of(pass, gen_len, |r| &source(r).old_logp)?);
                 let reference = if with_reference {
-                    Some(per_row(
-                        &|it| it.ref_logp.as_deref().unwrap_or_default(),
-                        gen_len,
-                    )?)
+                    let of = |r| source(r).ref_logp.as_deref().unwrap_or_default();
+                    Some(logps(rows_of(pass, gen_len, of)?))
                 } else {
                     None
                 };
@@ -187,6 +175,20 @@ where
             seconds,
         },
     ))
+}
+
+/// Row `r` of `source(r)` (a row-major host matrix of rows of `width`) for every row `r` of
+/// `pass`, concatenated: each row reads the iteration its mask schedule picks.
+fn rows_of<'a, T: Copy + 'a>(
+    pass: &[usize],
+    width: usize,
+    source: impl Fn(usize) -> &'a [T],
+) -> Result<Vec<T>> {
+    let mut out = Vec::with_capacity(pass.len() * width);
+    for &r in pass {
+        out.extend(gather_rows(source(r), width, &[r])?);
+    }
+    Ok(out)
 }
 
 /// `model`'s one-step mean-field log-probs of `batch` under `prompt_mask`, as row-major `f32` on
