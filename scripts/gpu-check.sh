@@ -18,13 +18,13 @@ cd "$HERE/repo"
   echo '```'
   timeout 300 "$BIN/xtask" bench --backend cuda --reps 3 2>&1 | tail -n 12
   echo '```'
-  echo; echo "## Bench at the 1B scale (cuda): random weights of fixtures/bench/config-1b-random.json"
+  echo; echo "## Bench at the 1B scale (cuda): random weights of fixtures/configs/llada-1b.json"
   echo "(1.3B parameters, d_model 2048, 16 layers, vocabulary 126464; f32 in memory)"
   echo '```'
   timeout 180 "$BIN/xtask" bench forward --backend cuda --reps 3 \
-    --random-config fixtures/bench/config-1b-random.json 2>&1 | tail -n 2
+    --random-config fixtures/configs/llada-1b.json 2>&1 | tail -n 2
   timeout 180 "$BIN/xtask" bench step --backend cuda --reps 2 \
-    --random-config fixtures/bench/config-1b-random.json 2>&1 | tail -n 2
+    --random-config fixtures/configs/llada-1b.json 2>&1 | tail -n 2
   echo '```'
   echo; echo "## Bench on fixtures/bench (flex, same machine)"
   echo '```'

@@ -39,7 +39,7 @@ pub struct Args {
     #[arg(long)]
     pub reference: Option<PathBuf>,
     /// Benchmark a randomly initialised model of this LLaDA `config.json` (e.g.
-    /// `fixtures/bench/config-1b-random.json`, 1.3B parameters) on the same inputs instead of the
+    /// `fixtures/configs/llada-1b.json`, 1.3B parameters) on the same inputs instead of the
     /// weights in `--dir`; no reference figures apply.
     #[arg(long)]
     pub random_config: Option<PathBuf>,

@@ -1,9 +1,11 @@
-//! `cargo xtask`: the project's recipes runner (train, eval, pretrain, bench, compare).
+//! `cargo xtask`: the project's recipes runner (train, eval, pretrain, bench, compare, random-checkpoint, scale).
 
 mod bench;
 mod compare;
 mod eval;
 mod pretrain;
+mod random_checkpoint;
+mod scale;
 mod train;
 
 use clap::{Parser, Subcommand};
@@ -27,6 +29,11 @@ enum Command {
     Compare(compare::Args),
     /// Trains the embedded tiny model from scratch and writes `models/tiny-<task>/`.
     Pretrain(pretrain::Args),
+    /// Writes a random-weight checkpoint in the exact LLaDA layout (bf16, optionally sharded).
+    RandomCheckpoint(random_checkpoint::Args),
+    /// Loads a model, generates with each sampler cache and runs one LoRA DMPO update,
+    /// printing seconds and peak resident memory per phase.
+    Scale(scale::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -37,5 +44,7 @@ fn main() -> anyhow::Result<()> {
         Command::Eval(a) => eval::run(a),
         Command::Pretrain(a) => pretrain::run(a),
         Command::Compare(a) => compare::run(a),
+        Command::RandomCheckpoint(a) => random_checkpoint::run(a),
+        Command::Scale(a) => scale::run(a),
     }
 }

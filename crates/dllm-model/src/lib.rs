@@ -18,6 +18,7 @@ pub mod attention;
 pub mod backend;
 pub mod block;
 pub mod cache;
+pub mod checkpointing;
 pub mod config;
 pub mod error;
 mod kernels;
@@ -34,11 +35,13 @@ pub mod tokenizer;
 pub mod weights;
 
 pub use cache::KvCache;
+pub use checkpointing::BlockCheckpoints;
 pub use config::LladaConfig;
 pub use error::{ModelError, Result};
 pub use load::{load_model, save_model, LoadOptions};
 pub use lora::{LoraConfig, LINEAR_NAMES};
 pub use model::{ForwardOptions, Llada, LogitPositions};
+pub use params::{checkpoint_tensors, TensorRole};
 pub use tokenizer::{ChatMessage, ChatTokens, LladaTokenizer};
 pub use weights::{WeightDType, WeightFiles};
 

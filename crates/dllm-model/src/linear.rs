@@ -65,9 +65,7 @@ impl<B: Backend> Linear<B> {
     pub fn forward(&self, x: Tensor<B, 3>, adapter: bool) -> Tensor<B, 3> {
         let [batch, len, d_in] = x.dims();
         let x = x.reshape([batch * len, d_in]);
-        let weight = self.weight.val();
-        let y =
-            crate::ops::matmul_2d(&x, &weight).unwrap_or_else(|| linear(x.clone(), weight, None));
+        let y = product(&x, self.weight.val());
         let y = match (&self.lora, adapter) {
             // The sum in the adapter's dtype, then back to the base's (PEFT's order).
             (Some(lora), true) => {
@@ -80,6 +78,20 @@ impl<B: Backend> Linear<B> {
         let d_out = y.dims()[1];
         y.reshape([batch, len, d_out])
     }
+}
+
+/// `x w` for `x` `[rows, in]` and `w` `[in, out]`: the CPU kernel where it serves the dtypes
+/// (f32 activations, f32 or half-precision weights), else burn's product in the activations'
+/// dtype.
+pub(crate) fn product<B: Backend>(x: &Tensor<B, 2>, w: Tensor<B, 2>) -> Tensor<B, 2> {
+    crate::ops::matmul_2d(x, &w).unwrap_or_else(|| {
+        let w = if w.dtype() == x.dtype() {
+            w
+        } else {
+            w.cast(x.dtype())
+        };
+        linear(x.clone(), w, None)
+    })
 }
 
 impl<B: Backend> Lora<B> {

@@ -174,15 +174,8 @@ impl<B: Backend> Llada<B> {
     ) -> Tensor<B, 3> {
         let [_, len] = input_ids.dims();
         let device = input_ids.device();
-        let c = &self.config;
-        let table = |heads| RopeTables::new(c.rope_theta, c.head_dim(), heads, start, len, &device);
-        let rope = if c.num_kv_heads() == c.n_heads {
-            let t = table(c.n_heads);
-            (t.clone(), t)
-        } else {
-            (table(c.n_heads), table(c.num_kv_heads()))
-        };
-        let mut x = embedding(self.wte.val(), input_ids);
+        let rope = self.rope_tables(start, len, &device);
+        let mut x = self.embed(input_ids);
         for (layer, block) in self.blocks.iter().enumerate() {
             x = block.forward(
                 x,
@@ -196,10 +189,41 @@ impl<B: Backend> Llada<B> {
         self.ln_f.forward(x)
     }
 
+    /// RoPE tables for positions `start..start + len` (queries, then keys: one table twice
+    /// without grouped-query attention).
+    pub(crate) fn rope_tables(
+        &self,
+        start: usize,
+        len: usize,
+        device: &B::Device,
+    ) -> (RopeTables<B>, RopeTables<B>) {
+        let c = &self.config;
+        let table = |heads| RopeTables::new(c.rope_theta, c.head_dim(), heads, start, len, device);
+        if c.num_kv_heads() == c.n_heads {
+            let t = table(c.n_heads);
+            (t.clone(), t)
+        } else {
+            (table(c.n_heads), table(c.num_kv_heads()))
+        }
+    }
+
+    /// The embeddings of `input_ids`, in the dtype the blocks compute in
+    /// ([`activation_dtype`](crate::ops::activation_dtype)).
+    pub(crate) fn embed(&self, input_ids: Tensor<B, 2, Int>) -> Tensor<B, 3> {
+        let x = embedding(self.wte.val(), input_ids);
+        let compute = crate::ops::activation_dtype::<B>(x.dtype());
+        if x.dtype() == compute {
+            x
+        } else {
+            x.cast(compute)
+        }
+    }
+
     /// Applies the LM head at the chosen positions of `hidden` `[batch, len, d]`. Logits of a
-    /// bf16 or f16 model are upcast to f32 (the head runs in the weights' dtype; the sampler's
-    /// noise, log-softmax and losses then work in f32, as d1 and DMPO call `.float()` on them);
-    /// f32 and f64 logits keep their dtype.
+    /// bf16 or f16 model are f32: on the CPU backend the head computes in f32 from the resident
+    /// half-precision weights; elsewhere it runs in the weights' dtype and is upcast (the
+    /// sampler's noise, log-softmax and losses work in f32, as d1 and DMPO call `.float()` on
+    /// them); f32 and f64 logits keep their dtype.
     pub fn logits(&self, hidden: Tensor<B, 3>, positions: &LogitPositions<B>) -> Tensor<B, 3> {
         let selected = match positions {
             LogitPositions::All => hidden,
@@ -221,7 +245,12 @@ impl<B: Backend> Llada<B> {
         };
         let logits = match &self.head {
             Some(head) => head.forward(selected, true),
-            None => burn::tensor::module::linear(selected, self.wte.val().transpose(), None),
+            None => {
+                let [b, n, d] = selected.dims();
+                let flat = selected.reshape([b * n, d]);
+                let vocab = self.wte.val().dims()[0];
+                crate::linear::product(&flat, self.wte.val().transpose()).reshape([b, n, vocab])
+            }
         };
         match logits.dtype() {
             DType::BF16 | DType::F16 => logits.cast(DType::F32),
@@ -232,6 +261,15 @@ impl<B: Backend> Llada<B> {
     /// Number of parameters (base model and adapters).
     pub fn num_parameters(&self) -> usize {
         self.num_params()
+    }
+
+    /// Whether any LoRA adapter applies dropout to its input.
+    pub fn has_adapter_dropout(&self) -> bool {
+        self.blocks.iter().any(|b| {
+            b.linears()
+                .iter()
+                .any(|(_, l)| l.lora.as_ref().is_some_and(|a| a.dropout.prob > 0.0))
+        })
     }
 
     /// Whether any layer carries a LoRA adapter.

@@ -40,13 +40,19 @@ impl<B: Backend> RmsNorm<B> {
         // done on a 2-D view so broadcasts stay on the backends' row-wise fast paths.
         let upcast = matches!(dtype, DType::BF16 | DType::F16);
         let x = x.reshape([b * t, d]);
-        if let Some(normed) = rms_norm_rows(&x, &self.weight.val(), self.eps) {
+        // A half-precision model computing in f32 (the CPU backend) scales by its norm weights
+        // in f32: `d` values, cast per call.
+        let weight = match self.weight.val() {
+            w if w.dtype() == dtype => w,
+            w => w.cast(dtype),
+        };
+        if let Some(normed) = rms_norm_rows(&x, &weight, self.eps) {
             return normed.reshape([b, t, d]);
         }
         let x32 = if upcast { x.cast(DType::F32) } else { x };
         let inv_rms = (x32.clone().square().mean_dim(1) + self.eps).sqrt().recip();
         let normed = x32 * inv_rms;
         let normed = if upcast { normed.cast(dtype) } else { normed };
-        (normed * self.weight.val().unsqueeze::<2>()).reshape([b, t, d])
+        (normed * weight.unsqueeze::<2>()).reshape([b, t, d])
     }
 }

@@ -6,6 +6,7 @@
 //! [`token_log_probs`] runs that fallback itself.
 
 pub use crate::kernels::argmax::argmax_with_confidence;
+pub use crate::kernels::activation_dtype;
 pub use crate::kernels::attention::attention_rows;
 pub use crate::kernels::log_probs::token_log_probs;
 pub use crate::kernels::matmul::matmul_2d;

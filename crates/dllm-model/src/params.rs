@@ -26,6 +26,50 @@ use crate::weights::{WeightDType, WeightFiles};
 /// Prefix of every tensor name in a LLaDA checkpoint.
 pub const PREFIX: &str = "model.transformer";
 
+/// How a checkpoint tensor is initialised when one is made up (`cargo xtask random-checkpoint`):
+/// matrices at random, norm weights at one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TensorRole {
+    /// A linear weight or the embedding table.
+    Matrix,
+    /// A norm's per-channel weight.
+    Norm,
+}
+
+/// Every tensor of a LLaDA checkpoint for `config`, in the order [`Llada::build`](crate::Llada::build)
+/// asks for them: its name, its shape as stored (linear weights `[out, in]`) and its role.
+pub fn checkpoint_tensors(config: &LladaConfig) -> Vec<(String, Vec<usize>, TensorRole)> {
+    let (d, h, e) = (config.d_model, config.mlp_hidden(), config.embed_size());
+    let kv = config.num_kv_heads() * config.head_dim();
+    let mut out = Vec::new();
+    for i in 0..config.n_layers {
+        let p = format!("{PREFIX}.blocks.{i}");
+        let norm = |n: &str| (format!("{p}.{n}.weight"), vec![d], TensorRole::Norm);
+        let linear = |n: &str, d_in: usize, d_out: usize| {
+            (format!("{p}.{n}.weight"), vec![d_out, d_in], TensorRole::Matrix)
+        };
+        out.push(norm("attn_norm"));
+        out.push(linear("q_proj", d, d));
+        out.push(linear("k_proj", d, kv));
+        out.push(linear("v_proj", d, kv));
+        out.push(linear("attn_out", d, d));
+        out.push(norm("ff_norm"));
+        out.push(linear("ff_proj", d, h));
+        out.push(linear("up_proj", d, h));
+        out.push(linear("ff_out", h, d));
+    }
+    out.push((format!("{PREFIX}.wte.weight"), vec![e, d], TensorRole::Matrix));
+    out.push((format!("{PREFIX}.ln_f.weight"), vec![d], TensorRole::Norm));
+    if !config.weight_tying {
+        out.push((
+            format!("{PREFIX}.ff_out.weight"),
+            vec![e, d],
+            TensorRole::Matrix,
+        ));
+    }
+    out
+}
+
 /// A supplier of the tensors a model is built from, asked for each by its checkpoint name.
 pub trait ParamSource<B: Backend> {
     /// Why a tensor cannot be supplied.
@@ -148,11 +192,15 @@ impl<'a, B: Backend> Checkpoint<'a, B> {
         if !self.keep {
             return Ok(Tensor::zeros([0; D], self.device));
         }
+        let dtype = self.dtype.burn();
+        // Half-precision weights the CPU kernels read in f32 keep the checkpoint's `[out, in]`
+        // layout under a transposed view: no host transpose, no second copy (docs/memory.md).
+        if transpose && crate::ops::activation_dtype::<B>(dtype) != dtype {
+            let stored: Tensor<B, D> = Tensor::from_data(host.into_data(), (self.device, dtype));
+            return Ok(stored.transpose());
+        }
         let host = if transpose { host.transposed() } else { host };
-        Ok(Tensor::from_data(
-            host.into_data(),
-            (self.device, self.dtype.burn()),
-        ))
+        Ok(Tensor::from_data(host.into_data(), (self.device, dtype)))
     }
 }
 
@@ -282,6 +330,18 @@ mod tests {
         ];
         assert_eq!(requests.asked, want);
         assert_eq!(requests.finished, 1);
+        // The listing of a checkpoint's tensors (stored `[out, in]`) is the same, in order.
+        let listed: Vec<String> = checkpoint_tensors(&config)
+            .into_iter()
+            .map(|(name, shape, role)| {
+                let shape = match role {
+                    TensorRole::Matrix if !name.ends_with("wte.weight") => vec![shape[1], shape[0]],
+                    _ => shape,
+                };
+                format!("{name} {shape:?}")
+            })
+            .collect();
+        assert_eq!(listed, want);
         assert_eq!(model.blocks[0].attn.n_kv_heads, 2);
         assert_eq!(model.blocks[0].attn_norm.eps, config.rms_norm_eps);
 

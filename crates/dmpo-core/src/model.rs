@@ -4,7 +4,7 @@
 //! oracles.
 
 use burn::tensor::{backend::Backend, Bool, Int, Tensor};
-use dllm_model::{ForwardOptions, Llada, LogitPositions};
+use dllm_model::{BlockCheckpoints, ForwardOptions, Llada, LogitPositions};
 
 /// A masked-diffusion denoiser seen through its completion logits.
 pub trait LogitsModel<B: Backend> {
@@ -71,6 +71,8 @@ fn squeeze_flat<B: Backend>(logits: Tensor<B, 3>) -> Tensor<B, 2> {
 pub struct ModelView<'a, B: Backend> {
     model: &'a Llada<B>,
     adapter: bool,
+    /// Training forwards checkpoint their blocks here (gradient checkpointing).
+    checkpoints: Option<&'a BlockCheckpoints<B>>,
 }
 
 impl<'a, B: Backend> ModelView<'a, B> {
@@ -79,6 +81,19 @@ impl<'a, B: Backend> ModelView<'a, B> {
         Self {
             model,
             adapter: true,
+            checkpoints: None,
+        }
+    }
+
+    /// The policy whose forwards checkpoint their blocks in `checkpoints` when given (training
+    /// with gradient checkpointing; docs/memory.md), as [`policy`](Self::policy) otherwise.
+    pub fn policy_checkpointed(
+        model: &'a Llada<B>,
+        checkpoints: Option<&'a BlockCheckpoints<B>>,
+    ) -> Self {
+        Self {
+            checkpoints,
+            ..Self::policy(model)
         }
     }
 
@@ -87,6 +102,7 @@ impl<'a, B: Backend> ModelView<'a, B> {
         Self {
             model,
             adapter: false,
+            checkpoints: None,
         }
     }
 
@@ -101,7 +117,10 @@ impl<'a, B: Backend> ModelView<'a, B> {
             key_padding,
             adapter: self.adapter,
         };
-        self.model.forward_with(input_ids, &options, positions)
+        match self.checkpoints {
+            Some(c) => c.forward(self.model, input_ids, &options, positions),
+            None => self.model.forward_with(input_ids, &options, positions),
+        }
     }
 }
 

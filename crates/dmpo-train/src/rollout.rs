@@ -116,7 +116,7 @@ impl RolloutSource<'_> {
 
 /// The sequences of `generation` (sampled with `sampler`) on the host, with the key padding of
 /// the left-padded prompts when the sampler masks padding and some row is padded.
-fn host_batch(generation: &Generation, sampler: &SamplerConfig) -> Result<HostBatch> {
+pub fn host_batch(generation: &Generation, sampler: &SamplerConfig) -> Result<HostBatch> {
     let prompt_len = generation.prompt_len();
     let gen_len = sampler.gen_length;
     let seq_len = prompt_len + gen_len;

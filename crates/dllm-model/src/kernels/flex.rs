@@ -16,10 +16,11 @@ use burn::backend::autodiff::ops::{Backward, OpsKind};
 use burn::backend::autodiff::NodeId;
 use burn::backend::{Autodiff, Flex};
 use burn::tensor::ops::FloatTensor;
-use burn::tensor::{backend::Backend, Tensor, TensorData, TensorPrimitive};
+use burn::tensor::{backend::Backend, DType, Tensor, TensorData, TensorPrimitive};
 use burn_flex::FlexTensor;
 
 use super::gemm::{HeadsView, Strided};
+use super::matmul_half::{HalfMatrix, HalfSlice};
 
 /// What a kernel file needs to write its autodiff op, imported whole
 /// (`use super::flex::op_prelude::*`) so no kernel repeats the list.
@@ -159,6 +160,34 @@ pub(super) fn matrix_view(t: &FlexTensor) -> Strided<'_> {
         row,
         col,
     )
+}
+
+/// A 2-D bf16 or f16 flex tensor with non-negative strides as a strided half-precision matrix.
+pub(super) fn half_matrix_view(t: &FlexTensor) -> HalfMatrix<'_> {
+    let layout = t.layout();
+    let [rows, cols] = layout.shape().dims::<2>();
+    let s = layout.strides();
+    let [row, col] = [s[0], s[1]].map(|s| usize::try_from(s).expect("non-negative strides"));
+    let start = layout.start_offset();
+    let data = match t.dtype() {
+        DType::BF16 => HalfSlice::BF16(&t.storage::<half::bf16>()[start..]),
+        DType::F16 => HalfSlice::F16(&t.storage::<half::f16>()[start..]),
+        other => unreachable!("checked by is_half: {other:?}"),
+    };
+    HalfMatrix::with_strides(data, rows, cols, row, col)
+}
+
+/// A flex tensor of `dtype` (f32, bf16 or f16) holding f32 `values` rounded to it.
+pub(super) fn flex_tensor_of(
+    values: Vec<f32>,
+    shape: impl Into<burn::tensor::Shape>,
+    dtype: DType,
+) -> FlexTensor {
+    let data = TensorData::new(values, shape);
+    FlexTensor::from_data(match dtype {
+        DType::F32 => data,
+        other => data.convert_dtype(other),
+    })
 }
 
 /// A flex tensor holding `values` with `shape`.

@@ -2,36 +2,46 @@
 //! becomes the output tensor.
 //!
 //! Gradients: `dx = dy wᵀ`, `dw = xᵀ dy`, written the same way; checked against autodiff of
-//! `matmul` in the tests (with a transposed weight and a frozen one).
+//! `matmul` in the tests (with a transposed weight and a frozen one). A bf16 or f16 weight with
+//! f32 activations goes through [`matmul_half`](super::matmul_half), panel by panel.
 
 use burn::tensor::{backend::Backend, Tensor};
 
-use super::all_f32;
 use super::gemm::{gemm_to_ptr, Strided};
+use super::{all_f32, is_half};
 
 #[cfg(feature = "flex")]
 use super::flex::op_prelude::*;
 #[cfg(feature = "flex")]
 use super::flex::{
-    flex_tensor, forward_strided, from_ad, from_flex, is_flex, matrix_view, record, to_ad, to_flex,
-    with_autodiff_flex,
+    flex_tensor, flex_tensor_of, forward_strided, from_ad, from_flex, half_matrix_view, is_flex,
+    matrix_view, record, to_ad, to_flex, with_autodiff_flex,
 };
+#[cfg(feature = "flex")]
+use super::matmul_half::matmul_half_host;
 
-/// `x w` for `x` `[rows, k]` and `w` `[k, cols]` (a linear layer's product).
+/// `x w` for `x` `[rows, k]` and `w` `[k, cols]` (a linear layer's product), in f32.
 ///
 /// On the CPU backend (plain or autodiff) the product — and under autodiff both gradient
 /// products — is written straight into a fresh buffer that becomes the output tensor; flex's
 /// `matmul` zero-fills a byte buffer and copies it into an aligned one first, two extra passes
-/// over every output (docs/performance.md). `None` elsewhere.
+/// over every output (docs/performance.md). `x` is f32; `w` is f32, or bf16/f16 read in f32
+/// panels (a half-precision model's resident weights). `None` elsewhere.
 pub fn matmul_2d<B: Backend>(x: &Tensor<B, 2>, w: &Tensor<B, 2>) -> Option<Tensor<B, 2>> {
     let ([rows, k], [k2, cols]) = (x.dims(), w.dims());
-    if k != k2 || rows == 0 || cols == 0 || k == 0 || !all_f32(&[x.dtype(), w.dtype()]) {
+    let dtypes_served = all_f32(&[x.dtype()]) && (all_f32(&[w.dtype()]) || is_half(w.dtype()));
+    if k != k2 || rows == 0 || cols == 0 || k == 0 || !dtypes_served {
         return None;
     }
     on_flex!({
         let product = |x: FlexTensor, w: FlexTensor| {
             let (x, w) = (forward_strided(x), forward_strided(w));
-            flex_tensor(matmul_host(matrix_view(&x), matrix_view(&w)), [rows, cols])
+            let values = if is_half(w.dtype()) {
+                matmul_half_host(matrix_view(&x), half_matrix_view(&w))
+            } else {
+                matmul_host(matrix_view(&x), matrix_view(&w))
+            };
+            flex_tensor(values, [rows, cols])
         };
         if is_flex::<B>() {
             return Some(from_flex(product(to_flex(x), to_flex(w))));
@@ -82,15 +92,22 @@ impl Backward<Flex, 2> for Matmul2dBackward {
         let x = forward_strided(ckpt.retrieve_node_output::<FlexTensor>(x));
         let w = forward_strided(ckpt.retrieve_node_output::<FlexTensor>(w));
         let grad = forward_strided(grads.consume::<Flex>(&ops.node));
-        let (x, w, dy) = (matrix_view(&x), matrix_view(&w), matrix_view(&grad));
+        let w_dtype = w.dtype();
+        let (x, dy) = (matrix_view(&x), matrix_view(&grad));
         let [x_node, w_node] = ops.parents;
         if let Some(node) = x_node {
-            let dx = matmul_host(dy, w.transposed());
+            let dx = if is_half(w_dtype) {
+                matmul_half_host(dy, half_matrix_view(&w).transposed())
+            } else {
+                matmul_host(dy, matrix_view(&w).transposed())
+            };
             grads.register::<Flex>(node.id, flex_tensor(dx, x.shape()));
         }
         if let Some(node) = w_node {
+            // A trained half-precision weight gets its gradient in its own dtype, rounded once.
             let dw = matmul_host(x.transposed(), dy);
-            grads.register::<Flex>(node.id, flex_tensor(dw, w.shape()));
+            let shape = [x.shape()[1], dy.shape()[1]];
+            grads.register::<Flex>(node.id, flex_tensor_of(dw, shape, w_dtype));
         }
     }
 }

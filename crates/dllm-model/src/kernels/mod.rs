@@ -21,6 +21,7 @@
 //! | [`attention`] | [`attention_rows`](attention::attention_rows) |
 //! | [`log_probs`] | [`token_log_probs`](log_probs::token_log_probs) |
 //! | [`matmul`] | [`matmul_2d`](matmul::matmul_2d) |
+//! | [`matmul_half`] | [`matmul_2d`](matmul::matmul_2d) with a bf16 or f16 weight |
 //! | [`splice`] | [`splice_positions`](splice::splice_positions) |
 //! | [`argmax`] | [`argmax_with_confidence`](argmax::argmax_with_confidence) |
 //!
@@ -45,6 +46,12 @@ fn all_f32(dtypes: &[DType]) -> bool {
     dtypes.iter().all(|d| *d == DType::F32)
 }
 
+/// Whether a weight of this dtype is stored in half precision, which the linear product reads
+/// panel by panel into f32 ([`matmul_half`]).
+fn is_half(dtype: DType) -> bool {
+    matches!(dtype, DType::BF16 | DType::F16)
+}
+
 /// An entry point's flex path: `$flex` (an `Option`) with the flex backend compiled in, `None`
 /// without it — so each entry point is written once for both builds.
 #[cfg(feature = "flex")]
@@ -63,6 +70,18 @@ macro_rules! on_flex {
     };
 }
 
+/// The dtype a model whose weights are `weights` computes its activations in on backend `B`:
+/// f32 on the CPU backend when the weights are bf16 or f16 (the kernels read them in f32
+/// panels, [`matmul_half`]), the weights' own dtype everywhere else (GPUs compute in it).
+pub fn activation_dtype<B: burn::tensor::backend::Backend>(weights: DType) -> DType {
+    let on_cpu_kernels: Option<bool> = on_flex!(Some(flex::runs_on_flex::<B>()));
+    if is_half(weights) && on_cpu_kernels == Some(true) {
+        DType::F32
+    } else {
+        weights
+    }
+}
+
 #[cfg(feature = "flex")]
 mod flex;
 mod gemm;
@@ -72,6 +91,7 @@ pub(crate) mod argmax;
 pub(crate) mod attention;
 pub(crate) mod log_probs;
 pub(crate) mod matmul;
+pub(crate) mod matmul_half;
 pub(crate) mod rms_norm;
 pub(crate) mod rope;
 pub(crate) mod splice;

@@ -14,7 +14,7 @@ use dmpo_core::{
 };
 use rand_chacha::ChaCha8Rng;
 
-use super::{pass_loss_factor, Learner, PhaseSeconds, UnitReduction, UpdateInputs};
+use super::{pass_loss_factor, Learner, PhaseSeconds, PolicyPass, UnitReduction, UpdateInputs};
 use crate::error::Result;
 use crate::recipe::Algorithm;
 
@@ -102,10 +102,10 @@ where
             &iterations[i]
         };
         let loss_of =
-            |model: &Llada<AB>, pass: &[usize], _: &mut ChaCha8Rng| -> Result<Tensor<AB, 1>> {
+            |model: &PolicyPass<'_, AB>, pass: &[usize], _: &mut ChaCha8Rng| -> Result<Tensor<AB, 1>> {
                 let sub = rollout.sequences.select::<AB>(pass, inputs.device)?;
                 let sub_mask = rows_of(pass, prompt_len, |r| &source(r).prompt_mask)?;
-                let logp = mean_field_logprobs(&ModelView::policy(model), &sub, &sub_mask)?;
+                let logp = mean_field_logprobs(&model.view(), &sub, &sub_mask)?;
                 let sub_advantages: Vec<f64> = pass.iter().map(|&r| advantages[r]).collect();
                 let completion_mask = sub.completion_mask_tensor();
                 if t.algorithm == Algorithm::Wd1 {

@@ -9,11 +9,11 @@ use burn::tensor::{backend::AutodiffBackend, Tensor};
 use dllm_model::Llada;
 use dmpo_core::{
     ddo_loss, elbo_log_likelihood, rollout_weights, wdce_loss, DmpoLoss, LogitsModel, MaskOptions,
-    ModelView, WeightDiagnostics,
+    WeightDiagnostics,
 };
 use rand_chacha::ChaCha8Rng;
 
-use super::{pass_loss_factor, Learner, PhaseSeconds, UnitReduction, UpdateInputs};
+use super::{pass_loss_factor, Learner, PhaseSeconds, PolicyPass, UnitReduction, UpdateInputs};
 use crate::error::Result;
 
 /// What a DMPO update reports.
@@ -78,10 +78,10 @@ where
     let (rows, unit) = (rollout.len(), t.loss_unit_rows());
     for _ in 0..t.num_iterations {
         let loss_of =
-            |model: &Llada<AB>, pass: &[usize], rng: &mut ChaCha8Rng| -> Result<Tensor<AB, 1>> {
+            |model: &PolicyPass<'_, AB>, pass: &[usize], rng: &mut ChaCha8Rng| -> Result<Tensor<AB, 1>> {
                 let sub = rollout.sequences.select::<AB>(pass, inputs.device)?;
                 let sub_weights = weights.select_rows(pass)?;
-                let policy = ModelView::policy(model);
+                let policy = model.view();
                 // §5.2: the step's loss is the mean over units of `unit` rows of each unit's
                 // loss; WDCE sums a unit's rows, DDO averages them.
                 let (loss, reduction) = match config.loss {

@@ -8,7 +8,7 @@ pub mod dmpo;
 
 use burn::optim::{GradientsAccumulator, GradientsParams, Optimizer};
 use burn::tensor::{backend::AutodiffBackend, ElementConversion, Tensor};
-use dllm_model::Llada;
+use dllm_model::{BlockCheckpoints, Llada};
 use dmpo_core::ModelView;
 use rand_chacha::ChaCha8Rng;
 
@@ -111,6 +111,21 @@ pub struct UpdateLog {
     pub lr: f64,
 }
 
+/// The model a loss pass differentiates, and where its training forwards checkpoint their
+/// blocks when the recipe turns gradient checkpointing on (`train.gradient_checkpointing`).
+pub struct PolicyPass<'a, AB: AutodiffBackend> {
+    /// The trained model.
+    pub model: &'a Llada<AB>,
+    checkpoints: Option<&'a BlockCheckpoints<AB>>,
+}
+
+impl<'a, AB: AutodiffBackend> PolicyPass<'a, AB> {
+    /// The policy as a denoiser (adapters on), its blocks checkpointed when asked.
+    pub fn view(&self) -> ModelView<'a, AB> {
+        ModelView::policy_checkpointed(self.model, self.checkpoints)
+    }
+}
+
 /// The optimiser side of the updates: the optimiser, the schedule, the run's update counters
 /// and the step's [`UpdateLog`].
 pub struct Learner<'a, O> {
@@ -146,7 +161,7 @@ impl<'a, O> Learner<'a, O> {
         model: Llada<AB>,
         passes: &[Vec<usize>],
         rng: &mut ChaCha8Rng,
-        mut loss_of: impl FnMut(&Llada<AB>, &[usize], &mut ChaCha8Rng) -> Result<Tensor<AB, 1>>,
+        mut loss_of: impl FnMut(&PolicyPass<'_, AB>, &[usize], &mut ChaCha8Rng) -> Result<Tensor<AB, 1>>,
     ) -> Result<Llada<AB>>
     where
         AB: AutodiffBackend,
@@ -154,13 +169,29 @@ impl<'a, O> Learner<'a, O> {
     {
         let mut acc = GradientsAccumulator::<Llada<AB>>::new();
         let mut loss = 0.0;
+        let checkpoints = self
+            .train
+            .gradient_checkpointing
+            .then(BlockCheckpoints::<AB>::new);
         for pass in passes {
-            let out = loss_of(&model, pass, rng)?;
+            let policy = PolicyPass {
+                model: &model,
+                checkpoints: checkpoints.as_ref(),
+            };
+            let out = loss_of(&policy, pass, rng)?;
             let value: f64 = out.clone().into_scalar().elem();
             loss += value;
-            if value.is_finite() {
-                acc.accumulate(&model, GradientsParams::from_grads(out.backward(), &model));
-            }
+            let grads = match (&checkpoints, value.is_finite()) {
+                (_, false) => {
+                    if let Some(c) = &checkpoints {
+                        c.clear();
+                    }
+                    continue;
+                }
+                (Some(c), true) => c.gradients(&model, out.backward()),
+                (None, true) => GradientsParams::from_grads(out.backward(), &model),
+            };
+            acc.accumulate(&model, grads);
         }
         let t = self.train;
         self.log.lr = learning_rate(

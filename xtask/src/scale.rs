@@ -1,0 +1,417 @@
+//! `cargo xtask scale --model DIR`: the full-size paths, run once each and measured — loading,
+//! greedy generation with each sampler cache, and one LoRA DMPO update with the paper's adapter
+//! (r 128, alpha 64, the recipe's targets), gradient checkpointing on — printing seconds and peak
+//! resident memory per phase (docs/memory.md holds LLaDA-8B's figures).
+//!
+//! The model is usually a random checkpoint (`cargo xtask random-checkpoint`): a random model's
+//! completions mean nothing, so the update's rewards are set (`1, 0, 1, 0, …` within each group)
+//! rather than scored; every tensor the update computes is the real one. Peak memory is the
+//! process's resident set, sampled every 10 ms by a thread, maximum per phase.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use burn::backend::autodiff::checkpoint::strategy::BalancedCheckpointing;
+use burn::backend::Autodiff;
+use burn::module::AutodiffModule;
+use burn::optim::AdamWConfig;
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use clap::Parser;
+use dllm_model::backend::{dispatch, BackendKind, BackendTask};
+use dllm_model::{load_model, Llada, LoadOptions, WeightDType};
+use dllm_sample::{generate, CacheKind, SamplerConfig};
+use dmpo_core::ModelView;
+use dmpo_train::algorithm::{dmpo, Learner, UpdateInputs};
+use dmpo_train::checkpoint::TrainState;
+use dmpo_train::rollout::{host_batch, Rollout};
+use dmpo_train::Recipe;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use serde::Serialize;
+
+/// Arguments of `cargo xtask scale`.
+#[derive(Debug, Parser)]
+pub struct Args {
+    /// Model directory (config.json and safetensors, single or sharded).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Element type of the resident weights.
+    #[arg(long, default_value = "bf16")]
+    pub dtype: WeightDType,
+    /// Backend.
+    #[arg(long, default_value = "flex")]
+    pub backend: BackendKind,
+    /// The recipe whose LoRA, DMPO and optimiser settings the update uses.
+    #[arg(long, default_value = "recipes/llada8b-countdown.toml")]
+    pub recipe: PathBuf,
+    /// Prompt tokens.
+    #[arg(long, default_value_t = 32)]
+    pub prompt_len: usize,
+    /// Generated tokens.
+    #[arg(long, default_value_t = 64)]
+    pub gen_length: usize,
+    /// Semi-autoregressive block length.
+    #[arg(long, default_value_t = 32)]
+    pub block_length: usize,
+    /// Denoising steps of every generation (default: one token per step).
+    #[arg(long)]
+    pub steps: Option<usize>,
+    /// Samplers of the greedy generations (`exact`, `prefix`, `dual`).
+    #[arg(long, value_delimiter = ',', default_value = "exact,dual")]
+    pub caches: Vec<String>,
+    /// Completions per prompt `G` of the update.
+    #[arg(long, default_value_t = 2)]
+    pub group_size: usize,
+    /// Masked replicates per completion `K` of the update's losses.
+    #[arg(long, default_value_t = 4)]
+    pub replicates: usize,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// One measured phase.
+#[derive(Debug, Clone, Serialize)]
+pub struct Phase {
+    /// What ran.
+    pub name: String,
+    /// Wall-clock seconds.
+    pub seconds: f64,
+    /// Largest resident set during the phase, bytes.
+    pub peak_rss_bytes: u64,
+    /// Generated tokens per second (generation phases).
+    pub tokens_per_second: Option<f64>,
+}
+
+/// What `scale` prints.
+#[derive(Debug, Serialize)]
+pub struct Report {
+    /// The model directory.
+    pub model: String,
+    /// Parameters of the base model.
+    pub parameters: usize,
+    /// Trainable LoRA parameters.
+    pub lora_parameters: usize,
+    /// Resident set before loading, bytes.
+    pub baseline_rss_bytes: u64,
+    /// Every phase in order.
+    pub phases: Vec<Phase>,
+    /// Largest resident set of the whole run, bytes.
+    pub peak_rss_bytes: u64,
+}
+
+/// Samples the process's resident set every 10 ms on a thread.
+struct RssMonitor {
+    samples: Arc<Mutex<Vec<(Instant, u64)>>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl RssMonitor {
+    fn start() -> Self {
+        let samples = Arc::new(Mutex::new(vec![(Instant::now(), resident_bytes())]));
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (samples, stop) = (samples.clone(), stop.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let rss = resident_bytes();
+                    samples
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push((Instant::now(), rss));
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            })
+        };
+        Self {
+            samples,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// The largest sample in `[from, to]`.
+    fn peak(&self, from: Instant, to: Instant) -> u64 {
+        let samples = self.samples.lock().unwrap_or_else(|e| e.into_inner());
+        samples
+            .iter()
+            .filter(|(t, _)| *t >= from && *t <= to)
+            .map(|&(_, rss)| rss)
+            .max()
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for RssMonitor {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The resident set of this process in bytes (`/proc/self/statm`; 0 where it cannot be read).
+fn resident_bytes() -> u64 {
+    let pages = std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .unwrap_or(0);
+    pages * 4096
+}
+
+/// Phases recorded in order, each with its time window.
+struct Recorder {
+    monitor: RssMonitor,
+    phases: Vec<Phase>,
+    quiet: bool,
+}
+
+impl Recorder {
+    /// Runs `f` as phase `name`; `tokens` generated tokens give it a rate.
+    fn phase<T>(
+        &mut self,
+        name: &str,
+        tokens: Option<usize>,
+        f: impl FnOnce() -> anyhow::Result<T>,
+    ) -> anyhow::Result<T> {
+        if !self.quiet {
+            eprintln!("scale: {name} …");
+        }
+        let start = Instant::now();
+        let out = f()?;
+        let (end, last) = (Instant::now(), resident_bytes());
+        self.push(name, start, end, tokens, last);
+        Ok(out)
+    }
+
+    /// Records phase `name` over `[start, end]`; `last` is a resident-set reading at its end.
+    fn push(
+        &mut self,
+        name: &str,
+        start: Instant,
+        end: Instant,
+        tokens: Option<usize>,
+        last: u64,
+    ) {
+        let seconds = (end - start).as_secs_f64();
+        let phase = Phase {
+            name: name.to_string(),
+            seconds,
+            peak_rss_bytes: self.monitor.peak(start, end).max(last),
+            tokens_per_second: tokens.map(|n| n as f64 / seconds),
+        };
+        if !self.quiet {
+            eprintln!(
+                "scale: {name}: {seconds:.1} s, peak {:.2} GB",
+                phase.peak_rss_bytes as f64 / 1e9
+            );
+        }
+        self.phases.push(phase);
+    }
+}
+
+struct Scale<'a> {
+    args: &'a Args,
+}
+
+impl BackendTask for Scale<'_> {
+    type Output = anyhow::Result<Report>;
+    fn run<B: Backend>(self, device: B::Device) -> anyhow::Result<Report> {
+        run_on::<Autodiff<B, BalancedCheckpointing>>(self.args, &device)
+    }
+}
+
+/// The greedy sampler of the generation phases.
+fn greedy(a: &Args, steps: usize, cache: CacheKind) -> SamplerConfig {
+    SamplerConfig {
+        gen_length: a.gen_length,
+        block_length: a.block_length,
+        steps,
+        temperature: 0.0,
+        cache,
+        ..SamplerConfig::default()
+    }
+}
+
+fn run_on<AB: AutodiffBackend>(a: &Args, device: &AB::Device) -> anyhow::Result<Report> {
+    let steps = a.steps.unwrap_or(a.gen_length);
+    let caches: Vec<CacheKind> = a
+        .caches
+        .iter()
+        .map(|c| match c.as_str() {
+            "exact" | "none" => Ok(CacheKind::None),
+            "prefix" => Ok(CacheKind::Prefix),
+            "dual" => Ok(CacheKind::Dual),
+            other => anyhow::bail!("--caches: unknown sampler `{other}` (exact, prefix, dual)"),
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let overrides = [
+        format!("model.path={:?}", a.model.display().to_string()),
+        format!("model.dtype={:?}", dtype_name(a.dtype)),
+        "model.finetune=\"lora\"".to_string(),
+        "train.steps=1".to_string(),
+        "train.num_iterations=1".to_string(),
+        "train.prompts_per_step=1".to_string(),
+        format!("train.group_size={}", a.group_size),
+        format!("train.micro_batch={}", a.group_size),
+        format!("train.loss_unit_rows={}", a.group_size),
+        "train.gradient_checkpointing=true".to_string(),
+        format!("dmpo.num_replicates={}", a.replicates),
+        format!("rollout.gen_length={}", a.gen_length),
+        format!("rollout.block_length={}", a.block_length),
+        format!("rollout.steps={steps}"),
+    ];
+    let recipe = Recipe::load(&a.recipe, &overrides)?;
+    let baseline = resident_bytes();
+    let mut rec = Recorder {
+        monitor: RssMonitor::start(),
+        phases: Vec::new(),
+        quiet: a.json,
+    };
+    let options = LoadOptions { dtype: a.dtype };
+    let base: Llada<AB> = rec.phase("load", None, || {
+        load_model::<AB>(&a.model, options, device)
+            .with_context(|| format!("loading {}", a.model.display()))
+    })?;
+    let config = base.config.clone();
+    let parameters = base.num_parameters();
+
+    // A prompt of ordinary ids (below every special id of LLaDA's vocabulary).
+    let top = config.vocab_size.min(config.mask_token_id as usize).max(2) as u32;
+    let prompt: Vec<u32> = (0..a.prompt_len as u32)
+        .map(|i| 1 + (i * 7919) % (top - 1))
+        .collect();
+    {
+        let frozen = base.valid();
+        for cache in &caches {
+            let name = format!("generate ({})", cache_name(*cache));
+            let sampler = greedy(a, steps, *cache);
+            rec.phase(&name, Some(a.gen_length), || {
+                Ok(generate(&frozen, std::slice::from_ref(&prompt), &sampler)?)
+            })?;
+        }
+    }
+
+    AB::seed(device, recipe.run.seed);
+    let policy = rec.phase("attach LoRA", None, || {
+        Ok(base.with_lora(&recipe.lora.config(), device)?)
+    })?;
+    let lora_parameters = policy.num_parameters() - parameters;
+    let rollout = rec.phase("rollout", Some(a.gen_length * a.group_size), || {
+        let prompts = vec![prompt.clone(); a.group_size];
+        let mut sampler = recipe.rollout.clone();
+        sampler.adapter = true;
+        let generation = generate(&policy.valid(), &prompts, &sampler)?;
+        Ok(Rollout {
+            sequences: host_batch(&generation, &sampler)?,
+            group_size: a.group_size,
+            rewards: (0..a.group_size).map(|i| ((i + 1) % 2) as f64).collect(),
+            reward_components: Default::default(),
+            sample_completion: String::new(),
+        })
+    })?;
+
+    let t = &recipe.train;
+    let mut optimizer = AdamWConfig::new()
+        .with_beta_1(t.beta1 as f32)
+        .with_beta_2(t.beta2 as f32)
+        .with_epsilon(t.eps as f32)
+        .with_weight_decay(t.weight_decay as f32)
+        .init::<AB, Llada<AB>>();
+    let mut state = TrainState::default();
+    let mut rng = ChaCha8Rng::seed_from_u64(recipe.run.seed);
+    let start = Instant::now();
+    let (policy, diagnostics) = {
+        let no_grad = policy.valid();
+        let inputs = UpdateInputs {
+            recipe: &recipe,
+            rollout: &rollout,
+            policy: ModelView::policy(&no_grad),
+            reference: ModelView::without_adapter(&no_grad),
+            device,
+        };
+        let mut learner = Learner::new(&mut optimizer, t, 1, &mut state);
+        if !a.json {
+            eprintln!("scale: DMPO update (ELBO, then loss, backward and AdamW) …");
+        }
+        dmpo::update(policy, &inputs, &mut learner, &mut rng)?
+    };
+    let end = Instant::now();
+    let elbo_end = start + Duration::from_secs_f64(diagnostics.seconds.elbo);
+    rec.push("update: rollout ELBO", start, elbo_end, None, 0);
+    rec.push(
+        "update: loss + backward + AdamW",
+        elbo_end,
+        end,
+        None,
+        resident_bytes(),
+    );
+    drop(policy);
+    let peak = rec
+        .phases
+        .iter()
+        .map(|p| p.peak_rss_bytes)
+        .max()
+        .unwrap_or(0);
+    Ok(Report {
+        model: a.model.display().to_string(),
+        parameters,
+        lora_parameters,
+        baseline_rss_bytes: baseline,
+        phases: rec.phases,
+        peak_rss_bytes: peak,
+    })
+}
+
+fn dtype_name(d: WeightDType) -> &'static str {
+    match d {
+        WeightDType::F32 => "f32",
+        WeightDType::BF16 => "bf16",
+        WeightDType::F16 => "f16",
+    }
+}
+
+fn cache_name(c: CacheKind) -> &'static str {
+    match c {
+        CacheKind::None => "exact",
+        CacheKind::Prefix => "prefix cache",
+        CacheKind::Dual => "dual cache",
+    }
+}
+
+/// Runs the phases and prints the report.
+pub fn run(a: Args) -> anyhow::Result<()> {
+    let report = dispatch(a.backend, Scale { args: &a })??;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(());
+    }
+    let gb = |b: u64| b as f64 / 1e9;
+    println!(
+        "{}: {:.2}B parameters, {:.1}M LoRA parameters; resident before loading {:.2} GB",
+        report.model,
+        report.parameters as f64 / 1e9,
+        report.lora_parameters as f64 / 1e6,
+        gb(report.baseline_rss_bytes)
+    );
+    println!("{:<34} {:>10} {:>14} {:>10}", "phase", "seconds", "peak RSS GB", "tokens/s");
+    for p in &report.phases {
+        let rate = p
+            .tokens_per_second
+            .map_or(String::new(), |r| format!("{r:.3}"));
+        println!(
+            "{:<34} {:>10.1} {:>14.2} {:>10}",
+            p.name,
+            p.seconds,
+            gb(p.peak_rss_bytes),
+            rate
+        );
+    }
+    println!("peak resident memory: {:.2} GB", gb(report.peak_rss_bytes));
+    Ok(())
+}
