@@ -225,7 +225,8 @@ fn write_shard(path: &Path, views: &[(String, RandomTensor)]) -> anyhow::Result<
 
 /// Writes a small file atomically.
 fn write_file(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    dllm_model::load::write_atomic(path, bytes).with_context(|| format!("writing {}", path.display()))
+    dllm_model::load::write_atomic(path, bytes)
+        .with_context(|| format!("writing {}", path.display()))
 }
 
 #[cfg(test)]

@@ -14,7 +14,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use burn::backend::autodiff::checkpoint::strategy::BalancedCheckpointing;
 use burn::backend::Autodiff;
 use burn::module::AutodiffModule;
 use burn::optim::AdamWConfig;
@@ -190,14 +189,7 @@ impl Recorder {
     }
 
     /// Records phase `name` over `[start, end]`; `last` is a resident-set reading at its end.
-    fn push(
-        &mut self,
-        name: &str,
-        start: Instant,
-        end: Instant,
-        tokens: Option<usize>,
-        last: u64,
-    ) {
+    fn push(&mut self, name: &str, start: Instant, end: Instant, tokens: Option<usize>, last: u64) {
         let seconds = (end - start).as_secs_f64();
         let phase = Phase {
             name: name.to_string(),
@@ -222,7 +214,7 @@ struct Scale<'a> {
 impl BackendTask for Scale<'_> {
     type Output = anyhow::Result<Report>;
     fn run<B: Backend>(self, device: B::Device) -> anyhow::Result<Report> {
-        run_on::<Autodiff<B, BalancedCheckpointing>>(self.args, &device)
+        run_on::<Autodiff<B>>(self.args, &device)
     }
 }
 
@@ -265,7 +257,20 @@ fn run_on<AB: AutodiffBackend>(a: &Args, device: &AB::Device) -> anyhow::Result<
         format!("rollout.gen_length={}", a.gen_length),
         format!("rollout.block_length={}", a.block_length),
         format!("rollout.steps={steps}"),
+        format!("task.max_prompt_tokens={}", a.prompt_len),
+        format!("run.device=\"{}\"", a.backend),
     ];
+    if !a.json {
+        eprintln!(
+            "scale: the same settings for `dmpo plan`: dmpo plan {} {}",
+            a.recipe.display(),
+            overrides
+                .iter()
+                .map(|o| format!("--set '{o}'"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
+    }
     let recipe = Recipe::load(&a.recipe, &overrides)?;
     let baseline = resident_bytes();
     let mut rec = Recorder {
@@ -399,7 +404,10 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         report.lora_parameters as f64 / 1e6,
         gb(report.baseline_rss_bytes)
     );
-    println!("{:<34} {:>10} {:>14} {:>10}", "phase", "seconds", "peak RSS GB", "tokens/s");
+    println!(
+        "{:<34} {:>10} {:>14} {:>10}",
+        "phase", "seconds", "peak RSS GB", "tokens/s"
+    );
     for p in &report.phases {
         let rate = p
             .tokens_per_second

@@ -133,10 +133,7 @@ impl<AB: AutodiffBackend> BlockCheckpoints<AB> {
                 );
                 let mut block_grads = (out * Tensor::from_inner(grad)).sum().backward();
                 grad = x.grad(&block_grads).expect("the block input is tracked");
-                acc.accumulate(
-                    model,
-                    GradientsParams::from_module(&mut block_grads, block),
-                );
+                acc.accumulate(model, GradientsParams::from_module(&mut block_grads, block));
             }
             if model.wte.is_require_grad() {
                 let embedded = model.embed(record.ids);
@@ -196,13 +193,16 @@ fn checkpointed_forward<AB: AutodiffBackend>(
         );
     }
     let leaf = Tensor::<AB, 3>::from_inner(x).require_grad();
-    checkpoints.records.borrow_mut().push(Box::new(Record::<AB> {
-        inputs,
-        seeds,
-        leaf: leaf.clone(),
-        ids: input_ids,
-        key_padding: options.key_padding.clone(),
-        adapter: options.adapter,
-    }));
+    checkpoints
+        .records
+        .borrow_mut()
+        .push(Box::new(Record::<AB> {
+            inputs,
+            seeds,
+            leaf: leaf.clone(),
+            ids: input_ids,
+            key_padding: options.key_padding.clone(),
+            adapter: options.adapter,
+        }));
     model.logits(model.ln_f.forward(leaf), positions)
 }

@@ -5,8 +5,8 @@
 //! other backend or dtype they return `None` and the caller keeps its tensor expression;
 //! [`token_log_probs`] runs that fallback itself.
 
-pub use crate::kernels::argmax::argmax_with_confidence;
 pub use crate::kernels::activation_dtype;
+pub use crate::kernels::argmax::argmax_with_confidence;
 pub use crate::kernels::attention::attention_rows;
 pub use crate::kernels::log_probs::token_log_probs;
 pub use crate::kernels::matmul::matmul_2d;

@@ -46,7 +46,11 @@ pub fn checkpoint_tensors(config: &LladaConfig) -> Vec<(String, Vec<usize>, Tens
         let p = format!("{PREFIX}.blocks.{i}");
         let norm = |n: &str| (format!("{p}.{n}.weight"), vec![d], TensorRole::Norm);
         let linear = |n: &str, d_in: usize, d_out: usize| {
-            (format!("{p}.{n}.weight"), vec![d_out, d_in], TensorRole::Matrix)
+            (
+                format!("{p}.{n}.weight"),
+                vec![d_out, d_in],
+                TensorRole::Matrix,
+            )
         };
         out.push(norm("attn_norm"));
         out.push(linear("q_proj", d, d));
@@ -58,7 +62,11 @@ pub fn checkpoint_tensors(config: &LladaConfig) -> Vec<(String, Vec<usize>, Tens
         out.push(linear("up_proj", d, h));
         out.push(linear("ff_out", h, d));
     }
-    out.push((format!("{PREFIX}.wte.weight"), vec![e, d], TensorRole::Matrix));
+    out.push((
+        format!("{PREFIX}.wte.weight"),
+        vec![e, d],
+        TensorRole::Matrix,
+    ));
     out.push((format!("{PREFIX}.ln_f.weight"), vec![d], TensorRole::Norm));
     if !config.weight_tying {
         out.push((

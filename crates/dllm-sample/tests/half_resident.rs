@@ -79,7 +79,11 @@ fn bf16_resident_greedy_generations_equal_the_reference() {
         .map(|r| r.iter().map(|&t| t as u32).collect())
         .collect();
     let (bf16, twin) = bf16_and_its_f32_twin();
-    for (case, steps, block_length) in [("gen_s16_b8", 16, 8), ("gen_s8_b8", 8, 8), ("gen_s5_b16", 5, 16)] {
+    for (case, steps, block_length) in [
+        ("gen_s16_b8", 16, 8),
+        ("gen_s8_b8", 8, 8),
+        ("gen_s5_b16", 5, 16),
+    ] {
         let config = SamplerConfig {
             gen_length: 16,
             block_length,

@@ -16,6 +16,7 @@ pub mod download;
 pub mod eval;
 pub mod metrics;
 pub mod optim;
+pub mod plan;
 pub mod plot;
 pub mod reference;
 pub mod rollout;

@@ -117,8 +117,7 @@ impl<'a> HalfMatrix<'a> {
         } else {
             // Columns are (a transposed weight): keep the panel column-major.
             for j in j0..j1 {
-                self.data
-                    .push_f32(j * self.col, self.rows, self.row, buf);
+                self.data.push_f32(j * self.col, self.rows, self.row, buf);
             }
             Strided::with_strides(buf, self.rows, width, 1, self.rows)
         }
@@ -151,16 +150,7 @@ pub(super) fn matmul_half_host(a: Strided, b: HalfMatrix) -> Vec<f32> {
             let panel = b.columns_f32(j0, j1, buf);
             // SAFETY: task `p` writes columns `j0..j1` of every row of the `m x n` buffer, which
             // no other task touches; the buffer's capacity holds all of it and outlives the loop.
-            unsafe {
-                gemm_to_ptr(
-                    dst.get().add(j0),
-                    n,
-                    a,
-                    panel,
-                    1.0,
-                    gemm::Parallelism::None,
-                )
-            }
+            unsafe { gemm_to_ptr(dst.get().add(j0), n, a, panel, 1.0, gemm::Parallelism::None) }
         });
     // SAFETY: the panels cover columns `0..n` of every row, each written in full.
     unsafe { out.set_len(m * n) };

@@ -101,65 +101,67 @@ where
             let i = mask_iteration(k, r, rows, config.d1_accumulation_steps, t.num_iterations);
             &iterations[i]
         };
-        let loss_of =
-            |model: &PolicyPass<'_, AB>, pass: &[usize], _: &mut ChaCha8Rng| -> Result<Tensor<AB, 1>> {
-                let sub = rollout.sequences.select::<AB>(pass, inputs.device)?;
-                let sub_mask = rows_of(pass, prompt_len, |r| &source(r).prompt_mask)?;
-                let logp = mean_field_logprobs(&model.view(), &sub, &sub_mask)?;
-                let sub_advantages: Vec<f64> = pass.iter().map(|&r| advantages[r]).collect();
-                let completion_mask = sub.completion_mask_tensor();
-                if t.algorithm == Algorithm::Wd1 {
-                    // §5.2: wd1 sums its rows, so a unit's loss is the sum over its rows.
-                    let loss = wd1_loss(logp, &sub_advantages, t.group_size, completion_mask)?;
-                    let f = pass_loss_factor(UnitReduction::Sum, pass.len(), rows, unit);
-                    return Ok(loss.loss * f);
-                }
-                let logps = |values: Vec<f32>| {
-                    Tensor::<AB, 2>::from_data(
-                        TensorData::new(values, [pass.len(), gen_len]),
-                        inputs.device,
-                    )
-                };
-                let old = logps(rows_of(pass, gen_len, |r| &source(r).old_logp)?);
-                let reference = if with_reference {
-                    let of = |r| source(r).ref_logp.as_deref().unwrap_or_default();
-                    Some(logps(rows_of(pass, gen_len, of)?))
-                } else {
-                    None
-                };
-                // §5.2: diffu-GRPO averages over the completion tokens of each unit (d1: one
-                // group per device), then over the step's units. A pass holds runs of rows of one
-                // unit; a run's token mean counts for its share of the unit's tokens, so a unit may
-                // span passes.
-                let mut loss = None;
-                let mut start = 0;
-                while start < pass.len() {
-                    let u = pass[start] / unit;
-                    let end = (start..pass.len())
-                        .find(|&i| pass[i] / unit != u)
-                        .unwrap_or(pass.len());
-                    let part = |x: Tensor<AB, 2>| x.narrow(0, start, end - start);
-                    let out = diffu_grpo_loss(
-                        part(logp.clone()),
-                        Some(part(old.clone())),
-                        reference.clone().map(part),
-                        &sub_advantages[start..end],
-                        part(completion_mask.clone()),
-                        config,
-                    )?;
-                    kls.extend(out.diagnostics.kl);
-                    clip_ratios.push(out.diagnostics.clip_ratio);
-                    let run_tokens: f64 = pass[start..end].iter().map(|&r| tokens[r]).sum();
-                    let share = run_tokens / unit_tokens[u] / units;
-                    let run_loss = out.loss * share;
-                    loss = Some(match loss {
-                        None => run_loss,
-                        Some(l) => l + run_loss,
-                    });
-                    start = end;
-                }
-                Ok(loss.expect("a pass holds at least one unit"))
+        let loss_of = |model: &PolicyPass<'_, AB>,
+                       pass: &[usize],
+                       _: &mut ChaCha8Rng|
+         -> Result<Tensor<AB, 1>> {
+            let sub = rollout.sequences.select::<AB>(pass, inputs.device)?;
+            let sub_mask = rows_of(pass, prompt_len, |r| &source(r).prompt_mask)?;
+            let logp = mean_field_logprobs(&model.view(), &sub, &sub_mask)?;
+            let sub_advantages: Vec<f64> = pass.iter().map(|&r| advantages[r]).collect();
+            let completion_mask = sub.completion_mask_tensor();
+            if t.algorithm == Algorithm::Wd1 {
+                // §5.2: wd1 sums its rows, so a unit's loss is the sum over its rows.
+                let loss = wd1_loss(logp, &sub_advantages, t.group_size, completion_mask)?;
+                let f = pass_loss_factor(UnitReduction::Sum, pass.len(), rows, unit);
+                return Ok(loss.loss * f);
+            }
+            let logps = |values: Vec<f32>| {
+                Tensor::<AB, 2>::from_data(
+                    TensorData::new(values, [pass.len(), gen_len]),
+                    inputs.device,
+                )
             };
+            let old = logps(rows_of(pass, gen_len, |r| &source(r).old_logp)?);
+            let reference = if with_reference {
+                let of = |r| source(r).ref_logp.as_deref().unwrap_or_default();
+                Some(logps(rows_of(pass, gen_len, of)?))
+            } else {
+                None
+            };
+            // §5.2: diffu-GRPO averages over the completion tokens of each unit (d1: one
+            // group per device), then over the step's units. A pass holds runs of rows of one
+            // unit; a run's token mean counts for its share of the unit's tokens, so a unit may
+            // span passes.
+            let mut loss = None;
+            let mut start = 0;
+            while start < pass.len() {
+                let u = pass[start] / unit;
+                let end = (start..pass.len())
+                    .find(|&i| pass[i] / unit != u)
+                    .unwrap_or(pass.len());
+                let part = |x: Tensor<AB, 2>| x.narrow(0, start, end - start);
+                let out = diffu_grpo_loss(
+                    part(logp.clone()),
+                    Some(part(old.clone())),
+                    reference.clone().map(part),
+                    &sub_advantages[start..end],
+                    part(completion_mask.clone()),
+                    config,
+                )?;
+                kls.extend(out.diagnostics.kl);
+                clip_ratios.push(out.diagnostics.clip_ratio);
+                let run_tokens: f64 = pass[start..end].iter().map(|&r| tokens[r]).sum();
+                let share = run_tokens / unit_tokens[u] / units;
+                let run_loss = out.loss * share;
+                loss = Some(match loss {
+                    None => run_loss,
+                    Some(l) => l + run_loss,
+                });
+                start = end;
+            }
+            Ok(loss.expect("a pass holds at least one unit"))
+        };
         model = learner.update(model, &passes, rng, loss_of)?;
     }
     let seconds = PhaseSeconds {

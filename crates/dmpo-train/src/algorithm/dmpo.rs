@@ -77,25 +77,27 @@ where
     let passes = rollout.micro_batches(t.micro_batch);
     let (rows, unit) = (rollout.len(), t.loss_unit_rows());
     for _ in 0..t.num_iterations {
-        let loss_of =
-            |model: &PolicyPass<'_, AB>, pass: &[usize], rng: &mut ChaCha8Rng| -> Result<Tensor<AB, 1>> {
-                let sub = rollout.sequences.select::<AB>(pass, inputs.device)?;
-                let sub_weights = weights.select_rows(pass)?;
-                let policy = model.view();
-                // §5.2: the step's loss is the mean over units of `unit` rows of each unit's
-                // loss; WDCE sums a unit's rows, DDO averages them.
-                let (loss, reduction) = match config.loss {
-                    DmpoLoss::Wdce => (
-                        wdce_loss(&policy, &sub, &sub_weights, config, rng)?.loss,
-                        UnitReduction::Sum,
-                    ),
-                    DmpoLoss::Ddo => (
-                        ddo_loss(&policy, &sub, &sub_weights, config, rng)?.loss,
-                        UnitReduction::Mean,
-                    ),
-                };
-                Ok(loss * pass_loss_factor(reduction, pass.len(), rows, unit))
+        let loss_of = |model: &PolicyPass<'_, AB>,
+                       pass: &[usize],
+                       rng: &mut ChaCha8Rng|
+         -> Result<Tensor<AB, 1>> {
+            let sub = rollout.sequences.select::<AB>(pass, inputs.device)?;
+            let sub_weights = weights.select_rows(pass)?;
+            let policy = model.view();
+            // §5.2: the step's loss is the mean over units of `unit` rows of each unit's
+            // loss; WDCE sums a unit's rows, DDO averages them.
+            let (loss, reduction) = match config.loss {
+                DmpoLoss::Wdce => (
+                    wdce_loss(&policy, &sub, &sub_weights, config, rng)?.loss,
+                    UnitReduction::Sum,
+                ),
+                DmpoLoss::Ddo => (
+                    ddo_loss(&policy, &sub, &sub_weights, config, rng)?.loss,
+                    UnitReduction::Mean,
+                ),
             };
+            Ok(loss * pass_loss_factor(reduction, pass.len(), rows, unit))
+        };
         model = learner.update(model, &passes, rng, loss_of)?;
     }
     let seconds = PhaseSeconds {

@@ -3,6 +3,7 @@
 mod generate;
 mod inspect;
 mod logits;
+mod plan;
 mod prompt;
 mod score;
 pub mod train;
@@ -32,6 +33,8 @@ pub enum Command {
     Generate(generate::Args),
     /// Print the exact prompt text training or evaluation feeds the model for one item.
     Prompt(prompt::Args),
+    /// Predict a recipe's peak memory per phase and the largest micro_batch that fits.
+    Plan(plan::Args),
     /// Score evaluation files in the d1 JSON layout.
     Score(score::Args),
     /// Train with a recipe.
@@ -107,6 +110,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Logits(a) => logits::run(a),
         Command::Generate(a) => generate::run(a),
         Command::Prompt(a) => prompt::run(a),
+        Command::Plan(a) => plan::run(a),
         Command::Score(a) => score::run(a),
         Command::Train(a) => train::run(a),
         Command::Download(a) => download(a),

@@ -2,7 +2,6 @@
 
 use std::path::PathBuf;
 
-use burn::backend::autodiff::checkpoint::strategy::BalancedCheckpointing;
 use burn::backend::Autodiff;
 use burn::tensor::backend::Backend;
 use dllm_model::backend::{dispatch, BackendKind, BackendTask};
@@ -36,7 +35,7 @@ pub struct Args {
     pub quiet: bool,
 }
 
-/// Runs a recipe on its backend, with gradient checkpointing when the recipe asks for it.
+/// Runs a recipe on its backend.
 pub struct TrainTask {
     /// The recipe.
     pub recipe: Recipe,
@@ -47,11 +46,10 @@ pub struct TrainTask {
 impl BackendTask for TrainTask {
     type Output = crate::Result<Summary>;
     fn run<B: Backend>(self, device: B::Device) -> crate::Result<Summary> {
-        if self.recipe.train.gradient_checkpointing {
-            train::<Autodiff<B, BalancedCheckpointing>>(&self.recipe, device, &self.options)
-        } else {
-            train::<Autodiff<B>>(&self.recipe, device, &self.options)
-        }
+        // `train.gradient_checkpointing` checkpoints by transformer block (dllm-model's
+        // `BlockCheckpoints`, docs/memory.md); burn's own strategies would keep every matrix
+        // product's output anyway.
+        train::<Autodiff<B>>(&self.recipe, device, &self.options)
     }
 }
 

@@ -1,0 +1,331 @@
+//! `dmpo plan`: the memory a recipe needs, predicted per phase before anything is loaded
+//! (docs/memory.md explains each term and holds the predicted-vs-measured table).
+//!
+//! A phase's peak is what stays resident through the run (weights, the trainable parameters and
+//! their AdamW moments, the frozen reference of full fine-tuning, a fixed runtime overhead) plus
+//! what that phase alone holds at its worst moment:
+//! - **rollout**: the sampler's KV cache, one layer's intermediate tensors for every row, and the
+//!   logits of one block;
+//! - **ELBO**: one layer's intermediates for the rows of a chunk, and the chunk's completion
+//!   logits with their log-softmax (chunks sized to `dmpo.elbo_memory_budget_bytes`);
+//! - **update** (one micro-batch pass): the gradients, the tensors autodiff keeps for the
+//!   backward pass — every block's intermediates, or with gradient checkpointing each block's
+//!   input plus one block's intermediates — and the masked positions' logits with their softmax
+//!   and gradient.
+//!
+//! Every size is counted in elements of the model's geometry; the one calibrated number is
+//! [`ACTIVATION_OVERHEAD`], the share of autodiff's kept tensors the count below leaves out
+//! (reshapes, residual sums), measured on the 1.3B configuration.
+
+use dllm_model::backend::BackendKind;
+use dllm_model::{LladaConfig, WeightDType};
+use serde::Serialize;
+
+use crate::recipe::{Algorithm, Finetune, Recipe};
+
+/// Process memory outside the tensors: code, allocator slack, thread stacks, tokenizer.
+pub const RUNTIME_BYTES: u64 = 150 << 20;
+
+/// Autodiff keeps this much more than [`kept_floats_per_token_layer`] counts (measured: 1.3B
+/// configuration, 768 tokens, without checkpointing; docs/memory.md).
+pub const ACTIVATION_OVERHEAD: f64 = 1.10;
+
+/// One named amount of memory.
+#[derive(Debug, Clone, Serialize)]
+pub struct Part {
+    /// What it is.
+    pub name: String,
+    /// Bytes.
+    pub bytes: u64,
+}
+
+/// The predicted peak of one phase.
+#[derive(Debug, Clone, Serialize)]
+pub struct PhasePlan {
+    /// Phase name.
+    pub name: &'static str,
+    /// What the phase adds on top of the resident parts.
+    pub transient: Vec<Part>,
+    /// Resident parts plus the transient ones.
+    pub peak_bytes: u64,
+}
+
+/// The predicted memory of a recipe.
+#[derive(Debug, Clone, Serialize)]
+pub struct MemoryPlan {
+    /// What stays resident through training.
+    pub resident: Vec<Part>,
+    /// Rollout, ELBO and update.
+    pub phases: Vec<PhasePlan>,
+    /// The largest of the phases' peaks.
+    pub peak_bytes: u64,
+    /// Trainable parameters.
+    pub trainable_parameters: u64,
+}
+
+fn part(name: &str, bytes: f64) -> Part {
+    Part {
+        name: name.to_string(),
+        bytes: bytes.max(0.0) as u64,
+    }
+}
+
+fn dtype_bytes(d: WeightDType) -> f64 {
+    match d {
+        WeightDType::F32 => 4.0,
+        WeightDType::BF16 | WeightDType::F16 => 2.0,
+    }
+}
+
+/// Input and output sizes of a LLaDA block's linear layer, by name.
+fn linear_dims(c: &LladaConfig, name: &str) -> (usize, usize) {
+    let (d, h, kv) = (c.d_model, c.mlp_hidden(), c.num_kv_heads() * c.head_dim());
+    match name {
+        "q_proj" | "attn_out" => (d, d),
+        "k_proj" | "v_proj" => (d, kv),
+        "ff_proj" | "up_proj" => (d, h),
+        _ => (h, d),
+    }
+}
+
+/// Floats autodiff keeps per token and block for the backward pass: the norms' inputs and
+/// outputs, q/k/v before and after RoPE, the attention output, the two MLP projections and
+/// their SwiGLU product, and per adapter its input after dropout (with the dropout mask) and
+/// `x A`.
+pub fn kept_floats_per_token_layer(c: &LladaConfig, recipe: &Recipe) -> f64 {
+    let (d, h, kv) = (
+        c.d_model as f64,
+        c.mlp_hidden() as f64,
+        (c.num_kv_heads() * c.head_dim()) as f64,
+    );
+    let base = 7.0 * d + 3.0 * kv + 3.0 * h;
+    let adapters: f64 = match recipe.model.finetune {
+        Finetune::Full => 0.0,
+        Finetune::Lora => recipe
+            .lora
+            .target_modules
+            .iter()
+            .map(|t| {
+                let d_in = linear_dims(c, t).0 as f64;
+                let copies = if recipe.lora.dropout > 0.0 { 2.0 } else { 1.0 };
+                copies * d_in + recipe.lora.r as f64
+            })
+            .sum(),
+    };
+    base + adapters
+}
+
+/// Floats one block holds at once in a no-grad forward, per token: its input, the normed
+/// input, q/k/v, the attention output and the MLP's three intermediates.
+fn transient_floats_per_token(c: &LladaConfig) -> f64 {
+    let (d, h, kv) = (
+        c.d_model as f64,
+        c.mlp_hidden() as f64,
+        (c.num_kv_heads() * c.head_dim()) as f64,
+    );
+    4.0 * d + 2.0 * kv + 3.0 * h
+}
+
+/// The memory plan of `recipe` for a model of `config`, with `micro_batch` rows per update pass.
+pub fn plan(config: &LladaConfig, recipe: &Recipe, micro_batch: usize) -> MemoryPlan {
+    let c = config;
+    let t = &recipe.train;
+    let w = dtype_bytes(recipe.model.dtype);
+    let params = c.num_params() as f64;
+    let vocab = c.embed_size() as f64;
+    let layers = c.n_layers as f64;
+    let heads = c.n_heads as f64;
+    let kv_dim = (c.num_kv_heads() * c.head_dim()) as f64;
+
+    // Resident through the run.
+    let mut resident = vec![part("weights", params * w)];
+    let trainable = match recipe.model.finetune {
+        Finetune::Lora => {
+            let per_block: usize = recipe
+                .lora
+                .target_modules
+                .iter()
+                .map(|name| {
+                    let (i, o) = linear_dims(c, name);
+                    recipe.lora.r * (i + o)
+                })
+                .sum();
+            let n = (per_block * c.n_layers) as f64;
+            resident.push(part("LoRA parameters (f32)", 4.0 * n));
+            resident.push(part("AdamW moments (2 x f32)", 8.0 * n));
+            n
+        }
+        Finetune::Full => {
+            resident.push(part("frozen reference copy", params * w));
+            resident.push(part("AdamW moments (2 x weight dtype)", 2.0 * params * w));
+            params
+        }
+    };
+    resident.push(part("runtime", RUNTIME_BYTES as f64));
+    let resident_bytes: u64 = resident.iter().map(|p| p.bytes).sum();
+    let grad_bytes = match recipe.model.finetune {
+        Finetune::Lora => 4.0 * trainable,
+        Finetune::Full => params * w,
+    };
+
+    let prompt = recipe.task.max_prompt_tokens.min(c.max_sequence_length) as f64;
+    let gen = recipe.rollout.gen_length as f64;
+    let seq = prompt + gen;
+    let rows = (t.prompts_per_step * t.group_size) as f64;
+    let block = recipe.rollout.block_length.min(recipe.rollout.gen_length) as f64;
+    // Activations are f32 on the CPU backends (half-precision weights are read in f32), in the
+    // weights' dtype on GPUs; logits are f32 everywhere.
+    let act = match recipe.run.device {
+        BackendKind::Flex | BackendKind::Ndarray => 4.0,
+        BackendKind::Wgpu | BackendKind::Cuda => w,
+    };
+    let scores = |r: f64| act * r * heads * seq * seq;
+
+    // Rollout: the whole step's rows in one generation.
+    let cache = match recipe.rollout.cache {
+        dllm_sample::CacheKind::None => 0.0,
+        _ => act * 2.0 * layers * rows * seq * kv_dim,
+    };
+    let rollout = vec![
+        part("KV cache", cache),
+        part(
+            "one block's intermediates",
+            act * rows * seq * transient_floats_per_token(c) + scores(rows),
+        ),
+        part(
+            "logits of one block (+ confidences)",
+            2.0 * 4.0 * rows * block * vocab,
+        ),
+    ];
+
+    // ELBO: K replicates of every row, in chunks whose logits fit the budget (as
+    // `dmpo_core::elbo` chunks them).
+    let k = match t.algorithm {
+        Algorithm::Dmpo => recipe.dmpo.num_replicates.max(1) as f64,
+        _ => 1.0,
+    };
+    let masked = 0.5 * gen;
+    let chunk = (dmpo_core::elbo::rows_per_chunk(
+        recipe.rollout.gen_length,
+        c.embed_size(),
+        recipe.dmpo.elbo_memory_budget_bytes,
+    ) as f64)
+        .min(rows * k);
+    let elbo = vec![
+        part(
+            "one block's intermediates (one chunk)",
+            act * chunk * seq * transient_floats_per_token(c) + scores(chunk),
+        ),
+        part(
+            "completion logits, log-softmax, temporary (one chunk)",
+            3.0 * 4.0 * chunk * gen * vocab,
+        ),
+    ];
+
+    // Update: one pass of `micro_batch` rows, K replicates each.
+    let tokens = micro_batch as f64 * k * seq;
+    let kept = act * tokens * kept_floats_per_token_layer(c, recipe) * ACTIVATION_OVERHEAD
+        + scores(micro_batch as f64 * k);
+    let activations = if t.gradient_checkpointing {
+        vec![
+            part(
+                "block inputs (checkpoints)",
+                act * layers * tokens * c.d_model as f64,
+            ),
+            part("one block's kept tensors and their gradients", 2.0 * kept),
+        ]
+    } else {
+        vec![part("every block's kept tensors", layers * kept)]
+    };
+    let mut update = vec![part("gradients", grad_bytes)];
+    update.extend(activations);
+    update.push(part(
+        "masked positions' logits, log-softmax, gradient",
+        3.0 * 4.0 * micro_batch as f64 * k * masked * vocab,
+    ));
+
+    let phase = |name, transient: Vec<Part>| {
+        let peak = resident_bytes + transient.iter().map(|p| p.bytes).sum::<u64>();
+        PhasePlan {
+            name,
+            transient,
+            peak_bytes: peak,
+        }
+    };
+    let phases = vec![
+        phase("rollout", rollout),
+        phase("ELBO", elbo),
+        phase("update", update),
+    ];
+    let peak_bytes = phases.iter().map(|p| p.peak_bytes).max().unwrap_or(0);
+    MemoryPlan {
+        resident,
+        phases,
+        peak_bytes,
+        trainable_parameters: trainable as u64,
+    }
+}
+
+/// The largest `micro_batch` (rows per update pass, at most the step's rows) whose plan peaks
+/// within `device_bytes`; `None` when not even one row fits.
+pub fn largest_micro_batch(
+    config: &LladaConfig,
+    recipe: &Recipe,
+    device_bytes: u64,
+) -> Option<usize> {
+    let rows = recipe.train.rows_per_step();
+    (1..=rows)
+        .rev()
+        .find(|&m| plan(config, recipe, m).peak_bytes <= device_bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    fn root() -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+    }
+
+    fn paper_recipe(overrides: &[&str]) -> (LladaConfig, Recipe) {
+        let config =
+            LladaConfig::from_file(root().join("fixtures/configs/llada-8b-instruct.json")).unwrap();
+        let overrides: Vec<String> = overrides.iter().map(|s| s.to_string()).collect();
+        let recipe =
+            Recipe::load(&root().join("recipes/llada8b-countdown.toml"), &overrides).unwrap();
+        (config, recipe)
+    }
+
+    fn bytes_of(parts: &[Part], name: &str) -> u64 {
+        parts
+            .iter()
+            .find(|p| p.name.starts_with(name))
+            .unwrap()
+            .bytes
+    }
+
+    #[test]
+    fn the_paper_recipe_counts_llada_8b_and_its_adapter() {
+        let (config, recipe) = paper_recipe(&[]);
+        let p = plan(&config, &recipe, 1);
+        // 8,015,581,184 parameters in bf16.
+        assert_eq!(bytes_of(&p.resident, "weights"), 2 * 8_015_581_184);
+        // r 128 on q/k/v_proj (4096 -> 4096) and up_proj (4096 -> 12288), 32 layers.
+        let lora = 32 * (3 * 128 * (4096 + 4096) + 128 * (4096 + 12288));
+        assert_eq!(p.trainable_parameters, lora as u64);
+        assert_eq!(bytes_of(&p.resident, "AdamW"), 8 * lora as u64);
+    }
+
+    #[test]
+    fn checkpointing_and_smaller_passes_need_less_and_the_fit_is_the_largest_that_fits() {
+        let (config, with) = paper_recipe(&[]);
+        let (_, without) = paper_recipe(&["train.gradient_checkpointing=false"]);
+        let update = |r: &Recipe, m| plan(&config, r, m).phases[2].peak_bytes;
+        assert!(update(&with, 4) < update(&without, 4));
+        assert!(update(&with, 2) < update(&with, 4));
+        let device = update(&with, 5);
+        assert_eq!(largest_micro_batch(&config, &with, device), Some(5));
+        assert_eq!(largest_micro_batch(&config, &with, 1 << 30), None);
+    }
+}
