@@ -16,7 +16,6 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use burn::backend::Autodiff;
 use burn::module::AutodiffModule;
-use burn::optim::AdamWConfig;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use clap::Parser;
 use dllm_model::backend::{dispatch, BackendKind, BackendTask};
@@ -322,12 +321,7 @@ fn run_on<AB: AutodiffBackend>(a: &Args, device: &AB::Device) -> anyhow::Result<
     })?;
 
     let t = &recipe.train;
-    let mut optimizer = AdamWConfig::new()
-        .with_beta_1(t.beta1 as f32)
-        .with_beta_2(t.beta2 as f32)
-        .with_epsilon(t.eps as f32)
-        .with_weight_decay(t.weight_decay as f32)
-        .init::<AB, Llada<AB>>();
+    let mut optimizer = dmpo_train::optim::adamw(t).init::<AB, Llada<AB>>();
     let mut state = TrainState::default();
     let mut rng = ChaCha8Rng::seed_from_u64(recipe.run.seed);
     let start = Instant::now();

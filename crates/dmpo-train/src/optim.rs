@@ -7,6 +7,15 @@ use burn::tensor::{backend::AutodiffBackend, ElementConversion, Tensor};
 
 use crate::recipe::{Schedule, TrainSection};
 
+/// AdamW with the recipe's betas, epsilon and weight decay.
+pub fn adamw(t: &TrainSection) -> burn::optim::AdamWConfig {
+    burn::optim::AdamWConfig::new()
+        .with_beta_1(t.beta1 as f32)
+        .with_beta_2(t.beta2 as f32)
+        .with_epsilon(t.eps as f32)
+        .with_weight_decay(t.weight_decay as f32)
+}
+
 /// Learning rate at optimiser step `step` (0-based) of `total`: linear warm-up from 0, then
 /// constant or cosine decay to 0.
 pub fn learning_rate(t: &TrainSection, step: usize, total: usize) -> f64 {

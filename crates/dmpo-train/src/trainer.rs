@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use burn::module::AutodiffModule;
-use burn::optim::{AdamWConfig, Optimizer};
+use burn::optim::Optimizer;
 use burn::tensor::backend::AutodiffBackend;
 use dllm_model::{load_model, Llada, LladaTokenizer, LoadOptions, WeightDType};
 use dmpo_core::ModelView;
@@ -115,12 +115,7 @@ pub fn train<AB: AutodiffBackend>(
     tokenizer.check_model(&model.config)?;
     check_context(recipe, model.config.max_sequence_length)?;
     let t = &recipe.train;
-    let mut optimizer = AdamWConfig::new()
-        .with_beta_1(t.beta1 as f32)
-        .with_beta_2(t.beta2 as f32)
-        .with_epsilon(t.eps as f32)
-        .with_weight_decay(t.weight_decay as f32)
-        .init::<AB, Llada<AB>>();
+    let mut optimizer = crate::optim::adamw(t).init::<AB, Llada<AB>>();
 
     let resolved = toml::to_string_pretty(recipe).expect("serialisable recipe");
     dllm_model::load::write_atomic(&run_dir.join("recipe.toml"), resolved.as_bytes())?;
