@@ -1,12 +1,15 @@
 //! `cargo xtask scale --model DIR`: the full-size paths, run once each and measured — loading,
-//! greedy generation with each sampler cache, and one LoRA DMPO update with the paper's adapter
-//! (r 128, alpha 64, the recipe's targets), gradient checkpointing on — printing seconds and peak
-//! resident memory per phase (docs/memory.md holds LLaDA-8B's figures).
+//! greedy generation with each sampler cache, and LoRA DMPO updates with the paper's adapter
+//! (r 128, alpha 64, the recipe's targets), gradient checkpointing on — the first update creates
+//! AdamW's moments, the second runs with them resident as every later training step does —
+//! printing seconds and peak resident memory per phase (docs/memory.md holds LLaDA-8B's figures).
 //!
 //! The model is usually a random checkpoint (`cargo xtask random-checkpoint`): a random model's
 //! completions mean nothing, so the update's rewards are set (`1, 0, 1, 0, …` within each group)
 //! rather than scored; every tensor the update computes is the real one. Peak memory is the
-//! process's resident set, sampled every 10 ms by a thread, maximum per phase.
+//! process's resident set: the kernel's exact high-water mark of each phase (reset at its start
+//! through `/proc/self/clear_refs`), and samples every 10 ms by a thread where phases share one
+//! call — an update's ELBO is sampled, its loss pass reports the whole update's high-water mark.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -24,6 +27,8 @@ use dllm_sample::{generate, CacheKind, SamplerConfig};
 use dmpo_core::ModelView;
 use dmpo_train::algorithm::{dmpo, Learner, UpdateInputs};
 use dmpo_train::checkpoint::TrainState;
+use dmpo_train::distributed::Peer;
+use dmpo_train::plan::plan;
 use dmpo_train::rollout::{host_batch, Rollout};
 use dmpo_train::Recipe;
 use rand::SeedableRng;
@@ -66,6 +71,10 @@ pub struct Args {
     /// Masked replicates per completion `K` of the update's losses.
     #[arg(long, default_value_t = 4)]
     pub replicates: usize,
+    /// DMPO updates on the rollout: the first creates AdamW's moments, the second runs with
+    /// them resident (the peak of every later training step).
+    #[arg(long, default_value_t = 2)]
+    pub updates: usize,
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -78,6 +87,8 @@ pub struct Phase {
     pub name: String,
     /// Wall-clock seconds.
     pub seconds: f64,
+    /// What `dmpo plan` predicts for this phase's peak, bytes (phases it models only).
+    pub planned_bytes: Option<u64>,
     /// Largest resident set during the phase, bytes.
     pub peak_rss_bytes: u64,
     /// Generated tokens per second (generation phases).
@@ -162,6 +173,23 @@ fn resident_bytes() -> u64 {
     pages * 4096
 }
 
+/// Starts a new high-water mark of the resident set (`/proc/self/clear_refs`, Linux 4.0+); the
+/// kernel then tracks the exact peak, however short, that 10 ms samples can miss.
+fn reset_high_water_mark() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+/// The resident set's high-water mark since the last [`reset_high_water_mark`], bytes
+/// (`VmHWM`; 0 where it cannot be read, the samples then stand alone).
+fn high_water_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
 /// Phases recorded in order, each with its time window.
 struct Recorder {
     monitor: RssMonitor,
@@ -180,21 +208,38 @@ impl Recorder {
         if !self.quiet {
             eprintln!("scale: {name} …");
         }
+        reset_high_water_mark();
         let start = Instant::now();
         let out = f()?;
-        let (end, last) = (Instant::now(), resident_bytes());
-        self.push(name, start, end, tokens, last);
+        let end = Instant::now();
+        self.push(name, start, end, tokens, high_water_bytes());
         Ok(out)
     }
 
-    /// Records phase `name` over `[start, end]`; `last` is a resident-set reading at its end.
-    fn push(&mut self, name: &str, start: Instant, end: Instant, tokens: Option<usize>, last: u64) {
+    /// Sets the planned peak of the phase recorded last.
+    fn planned(&mut self, bytes: u64) {
+        if let Some(p) = self.phases.last_mut() {
+            p.planned_bytes = Some(bytes);
+        }
+    }
+
+    /// Records phase `name` over `[start, end]`; `exact` is the kernel's high-water mark over
+    /// it (0 when the phase shares one with another, its samples then stand alone).
+    fn push(
+        &mut self,
+        name: &str,
+        start: Instant,
+        end: Instant,
+        tokens: Option<usize>,
+        exact: u64,
+    ) {
         let seconds = (end - start).as_secs_f64();
         let phase = Phase {
             name: name.to_string(),
             seconds,
-            peak_rss_bytes: self.monitor.peak(start, end).max(last),
+            peak_rss_bytes: self.monitor.peak(start, end).max(exact),
             tokens_per_second: tokens.map(|n| n as f64 / seconds),
+            planned_bytes: None,
         };
         if !self.quiet {
             eprintln!(
@@ -284,6 +329,12 @@ fn run_on<AB: AutodiffBackend>(a: &Args, device: &AB::Device) -> anyhow::Result<
     })?;
     let config = base.config.clone();
     let parameters = base.num_parameters();
+    // The plan of these settings: steady-state peaks, AdamW's moments resident. Before the first
+    // optimiser step they do not exist yet, so the rollout is compared without them.
+    let planned = plan(&config, &recipe, a.group_size);
+    let moments = planned.resident_part("AdamW moments");
+    let planned_peak = |name: &str| planned.phase(name).map_or(0, |p| p.peak_bytes);
+    rec.planned(planned_peak("load"));
 
     // A prompt of ordinary ids (below every special id of LLaDA's vocabulary).
     let top = config.vocab_size.min(config.mask_token_id as usize).max(2) as u32;
@@ -319,37 +370,57 @@ fn run_on<AB: AutodiffBackend>(a: &Args, device: &AB::Device) -> anyhow::Result<
             sample_completion: String::new(),
         })
     })?;
+    rec.planned(planned_peak("rollout").saturating_sub(moments));
 
     let t = &recipe.train;
     let mut optimizer = dmpo_train::optim::adamw(t).init::<AB, Llada<AB>>();
     let mut state = TrainState::default();
     let mut rng = ChaCha8Rng::seed_from_u64(recipe.run.seed);
-    let start = Instant::now();
-    let (policy, diagnostics) = {
-        let no_grad = policy.valid();
-        let inputs = UpdateInputs {
-            recipe: &recipe,
-            rollout: &rollout,
-            policy: ModelView::policy(&no_grad),
-            reference: ModelView::without_adapter(&no_grad),
-            device,
+    let mut policy = policy;
+    for update in 1..=a.updates {
+        reset_high_water_mark();
+        let start = Instant::now();
+        let (updated, diagnostics) = {
+            let no_grad = policy.valid();
+            let inputs = UpdateInputs {
+                recipe: &recipe,
+                rollout: &rollout,
+                policy: ModelView::policy(&no_grad),
+                reference: ModelView::without_adapter(&no_grad),
+                device,
+                peer: Peer::single(),
+            };
+            let mut learner = Learner::new(&mut optimizer, t, 1, &mut state);
+            if !a.json {
+                eprintln!("scale: DMPO update {update} (ELBO, then loss, backward and AdamW) …");
+            }
+            dmpo::update(policy, &inputs, &mut learner, &mut rng)?
         };
-        let mut learner = Learner::new(&mut optimizer, t, 1, &mut state);
-        if !a.json {
-            eprintln!("scale: DMPO update (ELBO, then loss, backward and AdamW) …");
+        policy = updated;
+        let end = Instant::now();
+        let elbo_end = start + Duration::from_secs_f64(diagnostics.seconds.elbo);
+        rec.push(
+            &format!("update {update}: rollout ELBO"),
+            start,
+            elbo_end,
+            None,
+            0,
+        );
+        if update > 1 {
+            rec.planned(planned_peak("ELBO"));
         }
-        dmpo::update(policy, &inputs, &mut learner, &mut rng)?
-    };
-    let end = Instant::now();
-    let elbo_end = start + Duration::from_secs_f64(diagnostics.seconds.elbo);
-    rec.push("update: rollout ELBO", start, elbo_end, None, 0);
-    rec.push(
-        "update: loss + backward + AdamW",
-        elbo_end,
-        end,
-        None,
-        resident_bytes(),
-    );
+        rec.push(
+            &format!("update {update}: loss + backward + AdamW"),
+            elbo_end,
+            end,
+            None,
+            // The whole update's high-water mark: the loss pass holds more than the ELBO.
+            high_water_bytes(),
+        );
+        if update > 1 {
+            rec.planned(planned_peak("update"));
+        }
+    }
     drop(policy);
     let peak = rec
         .phases
@@ -399,19 +470,31 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         gb(report.baseline_rss_bytes)
     );
     println!(
-        "{:<34} {:>10} {:>14} {:>10}",
-        "phase", "seconds", "peak RSS GB", "tokens/s"
+        "{:<40} {:>10} {:>12} {:>10} {:>12} {:>8}",
+        "phase", "seconds", "peak RSS GB", "tokens/s", "planned GB", "plan err"
     );
     for p in &report.phases {
         let rate = p
             .tokens_per_second
             .map_or(String::new(), |r| format!("{r:.3}"));
+        let (planned, error) = match p.planned_bytes {
+            Some(b) => (
+                format!("{:.2}", gb(b)),
+                format!(
+                    "{:+.1}%",
+                    100.0 * (b as f64 / p.peak_rss_bytes.max(1) as f64 - 1.0)
+                ),
+            ),
+            None => (String::new(), String::new()),
+        };
         println!(
-            "{:<34} {:>10.1} {:>14.2} {:>10}",
+            "{:<40} {:>10.1} {:>12.2} {:>10} {:>12} {:>8}",
             p.name,
             p.seconds,
             gb(p.peak_rss_bytes),
-            rate
+            rate,
+            planned,
+            error
         );
     }
     println!("peak resident memory: {:.2} GB", gb(report.peak_rss_bytes));

@@ -90,9 +90,23 @@ fn random_checkpoint_then_scale_on_the_bench_geometry() {
             "generate (dual cache)",
             "attach LoRA",
             "rollout",
-            "update: rollout ELBO",
-            "update: loss + backward + AdamW",
+            "update 1: rollout ELBO",
+            "update 1: loss + backward + AdamW",
+            "update 2: rollout ELBO",
+            "update 2: loss + backward + AdamW",
         ]
+    );
+    // `dmpo plan`'s prediction beside the phases it models: loading, the rollout, and the second
+    // update (AdamW's moments resident, as in every later step).
+    let planned: Vec<bool> = report["phases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["planned_bytes"].as_u64().is_some_and(|b| b > 0))
+        .collect();
+    assert_eq!(
+        planned,
+        [true, false, false, false, false, true, false, false, true, true]
     );
     let params = dllm_model::LladaConfig::from_file(&config_path)
         .unwrap()

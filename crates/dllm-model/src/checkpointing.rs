@@ -12,7 +12,10 @@
 //!
 //! Adapter dropout: the kept forward applies the same dropout as training, and each block
 //! reseeds the backend's generator before it runs, so its recomputation draws the same masks
-//! (as `torch.utils.checkpoint` restores the RNG state).
+//! (as `torch.utils.checkpoint` restores the RNG state). burn's generator is one per process:
+//! another thread drawing from it between a block's seeding and its dropout (a second training
+//! step, a test seeding it) changes the masks, so with adapter dropout one training step runs
+//! at a time per process.
 //!
 //! Written here rather than with burn's `BalancedCheckpointing` strategy: that strategy
 //! recomputes memory-bound operations only and keeps the output of every compute-bound one

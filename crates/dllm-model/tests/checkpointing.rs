@@ -16,6 +16,14 @@ use dllm_model::{
 
 type AB = Autodiff<Flex>;
 
+/// burn's generator is one per process: the tests of this file seed it and draw from it (the
+/// weights `r` of the loss, the adapter's dropout masks), so they take turns.
+static GENERATOR: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn generator() -> std::sync::MutexGuard<'static, ()> {
+    GENERATOR.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn ids() -> Tensor<AB, 2, Int> {
     let values: Vec<i64> = (0..2 * 12).map(|i| (i * 37 % 290) as i64).collect();
     Tensor::from_data(TensorData::new(values, [2, 12]), &Default::default())
@@ -129,6 +137,7 @@ fn lora(model: Llada<AB>) -> Llada<AB> {
 
 #[test]
 fn checkpointed_lora_gradients_equal_the_plain_ones_f32_and_bf16() {
+    let _generator = generator();
     for dtype in [WeightDType::F32, WeightDType::BF16] {
         let base =
             load_model::<AB>(tiny_dir(), LoadOptions { dtype }, &Default::default()).unwrap();
@@ -147,6 +156,7 @@ fn checkpointed_lora_gradients_equal_the_plain_ones_f32_and_bf16() {
 
 #[test]
 fn checkpointed_full_finetuning_gradients_equal_the_plain_ones() {
+    let _generator = generator();
     let model = load_model::<AB>(tiny_dir(), LoadOptions::default(), &Default::default()).unwrap();
     assert!(model.wte.is_require_grad());
     assert_same_gradients(&model, None, "full fine-tuning");
@@ -154,6 +164,7 @@ fn checkpointed_full_finetuning_gradients_equal_the_plain_ones() {
 
 #[test]
 fn with_adapter_dropout_the_checkpointed_gradient_is_that_of_the_returned_loss() {
+    let _generator = generator();
     // The recomputation must draw the masks the kept forward drew: then a small step against the
     // gradient lowers the loss (same generator state, so same masks) by about `lr |g|^2`.
     let base = load_model::<AB>(tiny_dir(), LoadOptions::default(), &Default::default()).unwrap();

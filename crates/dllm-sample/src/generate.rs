@@ -63,6 +63,19 @@ pub struct StepEvent<'a> {
     pub completions: &'a [Vec<u32>],
 }
 
+/// Where a batch's rows sit in a larger batch split across workers (data-parallel peers): the
+/// global index of its first row, and the prompt length of the whole batch. Each row draws its
+/// noise from its own random stream (`config.seed`, stream = the row's global index), and every
+/// prompt is left-padded to `prompt_len`, so a row is generated the same whichever worker
+/// generates it alongside whichever other rows.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RowPlacement {
+    /// Global index of the first row.
+    pub first_row: usize,
+    /// The common prompt length to left-pad to (`None`: the longest of these prompts).
+    pub prompt_len: Option<usize>,
+}
+
 /// Generates completions for `prompts` (token ids, any lengths) with `config`.
 pub fn generate<B: Backend>(
     model: &Llada<B>,
@@ -80,7 +93,18 @@ pub fn generate_with_observer<B: Backend>(
     observer: &mut dyn FnMut(&StepEvent<'_>),
 ) -> Result<Generation, SampleError> {
     config.validate()?;
-    Sampler::new(model, prompts, config)?.run(observer)
+    Sampler::new(model, prompts, config, RowPlacement::default())?.run(observer)
+}
+
+/// [`generate`] for the rows `placement` places in a larger batch.
+pub fn generate_rows<B: Backend>(
+    model: &Llada<B>,
+    prompts: &[Vec<u32>],
+    config: &SamplerConfig,
+    placement: RowPlacement,
+) -> Result<Generation, SampleError> {
+    config.validate()?;
+    Sampler::new(model, prompts, config, placement)?.run(&mut |_| {})
 }
 
 struct Sampler<'m, B: Backend> {
@@ -96,7 +120,8 @@ struct Sampler<'m, B: Backend> {
     /// Positions that are prompt (never masked for CFG's unconditional input).
     pad_lengths: Vec<usize>,
     decode_step: Vec<Vec<Option<usize>>>,
-    rng: ChaCha8Rng,
+    /// One random stream per row ([`RowPlacement`]).
+    rngs: Vec<ChaCha8Rng>,
     cache: KvCache<B>,
     nfe: usize,
 }
@@ -106,6 +131,7 @@ impl<'m, B: Backend> Sampler<'m, B> {
         model: &'m Llada<B>,
         prompts: &[Vec<u32>],
         config: &'m SamplerConfig,
+        placement: RowPlacement,
     ) -> Result<Self, SampleError> {
         if prompts.is_empty() {
             return Err(SampleError::Input("no prompts".into()));
@@ -122,7 +148,16 @@ impl<'m, B: Backend> Sampler<'m, B> {
                 )));
             }
         }
-        let prompt_len = prompts.iter().map(Vec::len).max().unwrap_or(0);
+        let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
+        let prompt_len = match placement.prompt_len {
+            Some(len) if len < longest => {
+                return Err(SampleError::Input(format!(
+                    "a prompt of {longest} tokens is longer than the batch's prompt length {len}"
+                )))
+            }
+            Some(len) => len,
+            None => longest,
+        };
         let total = prompt_len.saturating_add(config.gen_length);
         let context = model.config.max_sequence_length;
         if total > context {
@@ -153,7 +188,13 @@ impl<'m, B: Backend> Sampler<'m, B> {
             x,
             pad_lengths,
             decode_step: vec![vec![None; config.gen_length]; prompts.len()],
-            rng: ChaCha8Rng::seed_from_u64(config.seed),
+            rngs: (0..prompts.len())
+                .map(|b| {
+                    let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
+                    rng.set_stream((placement.first_row + b) as u64);
+                    rng
+                })
+                .collect(),
             cache: KvCache::new(),
             nfe: 0,
         })
@@ -373,11 +414,15 @@ impl<'m, B: Backend> Sampler<'m, B> {
         let eot_logits = eot.map(|e| (e, logits.clone()));
         // docs/algorithm.md §2 step 2: argmax(logits + T * gumbel), gumbel = -ln(-ln u), in f64
         // as LLaDA and Fast-dLLM (on the CPU kernel; other backends add it in f32).
+        // Row-major: row b's `n * vocab` draws come from its own stream.
         let noise: Option<Vec<f64>> = (t > 0.0).then(|| {
-            (0..batch * n * vocab)
-                .map(|_| {
-                    let u: f64 = self.rng.random::<f64>().max(f64::MIN_POSITIVE);
-                    -(-u.ln()).ln() * t
+            let rngs = &mut self.rngs[..batch];
+            rngs.iter_mut()
+                .flat_map(|rng| {
+                    (0..n * vocab).map(move |_| {
+                        let u: f64 = rng.random::<f64>().max(f64::MIN_POSITIVE);
+                        -(-u.ln()).ln() * t
+                    })
                 })
                 .collect()
         });
@@ -405,7 +450,10 @@ impl<'m, B: Backend> Sampler<'m, B> {
         } else {
             Ok((
                 x0,
-                (0..batch * n).map(|_| self.rng.random::<f32>()).collect(),
+                self.rngs[..batch]
+                    .iter_mut()
+                    .flat_map(|rng| (0..n).map(move |_| rng.random::<f32>()))
+                    .collect(),
             ))
         }
     }

@@ -17,7 +17,9 @@ pub mod generate;
 pub mod schedule;
 
 pub use config::{CacheKind, Remasking, SamplerConfig};
-pub use generate::{generate, generate_with_observer, Generation, StepEvent};
+pub use generate::{
+    generate, generate_rows, generate_with_observer, Generation, RowPlacement, StepEvent,
+};
 pub use schedule::num_transfer_tokens;
 
 /// Errors of the sampler.

@@ -235,6 +235,16 @@ impl HostBatch {
         self.seq_len
     }
 
+    /// The ids, row-major `[len * seq_len]`.
+    pub fn ids(&self) -> &[i64] {
+        &self.ids
+    }
+
+    /// The key padding mask (true = padding), row-major like the ids, when there is one.
+    pub fn key_padding(&self) -> Option<&[bool]> {
+        self.key_padding.as_deref()
+    }
+
     /// Completion length `L`.
     pub fn gen_len(&self) -> usize {
         self.seq_len - self.prompt_len

@@ -206,6 +206,24 @@ impl ReplicateMasks {
         r % self.batch
     }
 
+    /// The masks of samples `samples` (in that order), every replicate: the masks of a
+    /// sub-batch drawn as part of the whole batch's. An error when a sample is out of range.
+    pub fn select_samples(&self, samples: &[usize]) -> Result<Self> {
+        if let Some(&bad) = samples.iter().find(|&&i| i >= self.batch) {
+            return Err(DmpoError::shape(format!(
+                "sample {bad} of masks over {} samples",
+                self.batch
+            )));
+        }
+        let mut masked = Vec::with_capacity(self.replicates * samples.len() * self.gen_len);
+        for k in 0..self.replicates {
+            for &i in samples {
+                masked.extend_from_slice(self.row(k * self.batch + i));
+            }
+        }
+        Self::from_rows(self.replicates, samples.len(), self.gen_len, masked)
+    }
+
     /// The rows `rows` over the whole sequence (prompt never masked) as a `[rows, prompt_len +
     /// gen_len]` bool tensor.
     pub fn full_mask_tensor<B: Backend>(

@@ -51,6 +51,9 @@ pub enum TrainError {
         /// The run directory.
         path: PathBuf,
     },
+    /// A data-parallel peer failed, or the peers disagree.
+    #[error("distributed: {0}")]
+    Distributed(String),
     /// A checkpoint is missing or unreadable.
     #[error("checkpoint {path}: {message}")]
     Checkpoint {

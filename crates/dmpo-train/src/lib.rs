@@ -11,6 +11,7 @@ pub use error::{Result, TrainError};
 pub use recipe::Recipe;
 pub mod algorithm;
 pub mod checkpoint;
+pub mod distributed;
 #[cfg(feature = "download")]
 pub mod download;
 pub mod eval;

@@ -1,21 +1,22 @@
 //! `dmpo plan`: the memory a recipe needs, predicted per phase before anything is loaded
 //! (docs/memory.md explains each term and holds the predicted-vs-measured table).
 //!
-//! A phase's peak is what stays resident through the run (weights, the trainable parameters and
+//! Loading peaks at the weights plus the tensor being copied. Every other phase's peak is what
+//! stays resident through the run (weights, the trainable parameters and
 //! their AdamW moments, the frozen reference of full fine-tuning, a fixed runtime overhead) plus
 //! what that phase alone holds at its worst moment:
 //! - **rollout**: the sampler's KV cache, one layer's intermediate tensors for every row, and the
 //!   logits of one block;
-//! - **ELBO**: one layer's intermediates for the rows of a chunk, and the chunk's completion
-//!   logits with their log-softmax (chunks sized to `dmpo.elbo_memory_budget_bytes`);
+//! - **ELBO**: one layer's intermediates for the rows of a chunk, and the chunk's logits at its
+//!   masked positions (chunks sized to `dmpo.elbo_memory_budget_bytes`);
 //! - **update** (one micro-batch pass): the gradients, the tensors autodiff keeps for the
 //!   backward pass — every block's intermediates, or with gradient checkpointing each block's
-//!   input plus one block's intermediates — and the masked positions' logits with their softmax
-//!   and gradient.
+//!   input plus one block's intermediates — and the masked positions' logits with their
+//!   gradient.
 //!
-//! Every size is counted in elements of the model's geometry; the one calibrated number is
-//! [`ACTIVATION_OVERHEAD`], the share of autodiff's kept tensors the count below leaves out
-//! (reshapes, residual sums), measured on the 1.3B configuration.
+//! Every size is counted in elements of the model's geometry; the allowances are
+//! [`ACTIVATION_OVERHEAD`] (what the count of autodiff's kept tensors leaves out) and
+//! [`RUNTIME_BYTES`], checked against `cargo xtask scale` at three sizes (docs/memory.md).
 
 use dllm_model::backend::BackendKind;
 use dllm_model::{LladaConfig, WeightDType};
@@ -23,11 +24,13 @@ use serde::Serialize;
 
 use crate::recipe::{Algorithm, Finetune, Recipe};
 
-/// Process memory outside the tensors: code, allocator slack, thread stacks, tokenizer.
-pub const RUNTIME_BYTES: u64 = 150 << 20;
+/// Process memory outside the tensors: code, allocator slack, thread stacks, tokenizer
+/// (`cargo xtask scale` measures 10 MB resident before loading).
+pub const RUNTIME_BYTES: u64 = 16 << 20;
 
-/// Autodiff keeps this much more than [`kept_floats_per_token_layer`] counts (measured: 1.3B
-/// configuration, 768 tokens, without checkpointing; docs/memory.md).
+/// An allowance for what [`kept_floats_per_token_layer`] leaves out of autodiff's kept tensors
+/// (bookkeeping, index tensors, the RoPE tables); with it the bench, 1.3B and 8B plans come
+/// within the table of docs/memory.md.
 pub const ACTIVATION_OVERHEAD: f64 = 1.10;
 
 /// One named amount of memory.
@@ -39,7 +42,7 @@ pub struct Part {
     pub bytes: u64,
 }
 
-/// The predicted peak of one phase.
+/// The predicted peak of one phase (load: the weights alone; the others: every resident part).
 #[derive(Debug, Clone, Serialize)]
 pub struct PhasePlan {
     /// Phase name.
@@ -55,7 +58,7 @@ pub struct PhasePlan {
 pub struct MemoryPlan {
     /// What stays resident through training.
     pub resident: Vec<Part>,
-    /// Rollout, ELBO and update.
+    /// Load, rollout, ELBO and update.
     pub phases: Vec<PhasePlan>,
     /// The largest of the phases' peaks.
     pub peak_bytes: u64,
@@ -180,6 +183,12 @@ pub fn plan(config: &LladaConfig, recipe: &Recipe, micro_batch: usize) -> Memory
         BackendKind::Wgpu | BackendKind::Cuda => w,
     };
     let scores = |r: f64| act * r * heads * seq * seq;
+    // Copies of the masked positions' logits a log-probability takes: flex's fused kernel reads
+    // the logits once (a log-sum-exp per position); elsewhere a log-softmax and a temporary.
+    let log_softmax_copies = match recipe.run.device {
+        BackendKind::Flex => 1.0,
+        _ => 3.0,
+    };
 
     // Rollout: the whole step's rows in one generation.
     let cache = match recipe.rollout.cache {
@@ -217,8 +226,8 @@ pub fn plan(config: &LladaConfig, recipe: &Recipe, micro_batch: usize) -> Memory
             act * chunk * seq * transient_floats_per_token(c) + scores(chunk),
         ),
         part(
-            "completion logits, log-softmax, temporary (one chunk)",
-            3.0 * 4.0 * chunk * gen * vocab,
+            "masked positions' logits (+ log-softmax off flex, one chunk)",
+            log_softmax_copies * 4.0 * chunk * masked * vocab,
         ),
     ];
 
@@ -232,7 +241,13 @@ pub fn plan(config: &LladaConfig, recipe: &Recipe, micro_batch: usize) -> Memory
                 "block inputs (checkpoints)",
                 act * layers * tokens * c.d_model as f64,
             ),
-            part("one block's kept tensors and their gradients", 2.0 * kept),
+            // Autodiff frees a node's kept tensors as its backward step runs; at the worst
+            // moment of a block's backward it holds the kept tensors and the gradients of the
+            // MLP's three hidden-size intermediates.
+            part(
+                "one block's kept tensors and its MLP's gradients",
+                kept + act * tokens * 3.0 * c.mlp_hidden() as f64,
+            ),
         ]
     } else {
         vec![part("every block's kept tensors", layers * kept)]
@@ -240,12 +255,18 @@ pub fn plan(config: &LladaConfig, recipe: &Recipe, micro_batch: usize) -> Memory
     let mut update = vec![part("gradients", grad_bytes)];
     update.extend(activations);
     update.push(part(
-        "masked positions' logits, log-softmax, gradient",
-        3.0 * 4.0 * micro_batch as f64 * k * masked * vocab,
+        "masked positions' logits and their gradient (+ log-softmax off flex)",
+        (log_softmax_copies + 1.0) * 4.0 * micro_batch as f64 * k * masked * vocab,
     ));
 
-    let phase = |name, transient: Vec<Part>| {
-        let peak = resident_bytes + transient.iter().map(|p| p.bytes).sum::<u64>();
+    // Loading: the weights and the runtime, plus the tensor being copied out of its mapped
+    // shard (its pages are handed back once copied).
+    let largest_tensor = (c.embed_size() * c.d_model).max(c.d_model * c.mlp_hidden()) as f64 * w;
+    let load = vec![part("largest tensor (mapped while copied)", largest_tensor)];
+    let load_base = (params * w) as u64 + RUNTIME_BYTES;
+
+    let phase = |name, base: u64, transient: Vec<Part>| {
+        let peak = base + transient.iter().map(|p| p.bytes).sum::<u64>();
         PhasePlan {
             name,
             transient,
@@ -253,9 +274,10 @@ pub fn plan(config: &LladaConfig, recipe: &Recipe, micro_batch: usize) -> Memory
         }
     };
     let phases = vec![
-        phase("rollout", rollout),
-        phase("ELBO", elbo),
-        phase("update", update),
+        phase("load", load_base, load),
+        phase("rollout", resident_bytes, rollout),
+        phase("ELBO", resident_bytes, elbo),
+        phase("update", resident_bytes, update),
     ];
     let peak_bytes = phases.iter().map(|p| p.peak_bytes).max().unwrap_or(0);
     MemoryPlan {
@@ -263,6 +285,21 @@ pub fn plan(config: &LladaConfig, recipe: &Recipe, micro_batch: usize) -> Memory
         phases,
         peak_bytes,
         trainable_parameters: trainable as u64,
+    }
+}
+
+impl MemoryPlan {
+    /// The phase called `name` (`load`, `rollout`, `ELBO`, `update`).
+    pub fn phase(&self, name: &str) -> Option<&PhasePlan> {
+        self.phases.iter().find(|p| p.name == name)
+    }
+
+    /// The resident part whose name starts with `name`, in bytes (0 when there is none).
+    pub fn resident_part(&self, name: &str) -> u64 {
+        self.resident
+            .iter()
+            .find(|p| p.name.starts_with(name))
+            .map_or(0, |p| p.bytes)
     }
 }
 
@@ -321,7 +358,7 @@ mod tests {
     fn checkpointing_and_smaller_passes_need_less_and_the_fit_is_the_largest_that_fits() {
         let (config, with) = paper_recipe(&[]);
         let (_, without) = paper_recipe(&["train.gradient_checkpointing=false"]);
-        let update = |r: &Recipe, m| plan(&config, r, m).phases[2].peak_bytes;
+        let update = |r: &Recipe, m| plan(&config, r, m).phase("update").unwrap().peak_bytes;
         assert!(update(&with, 4) < update(&without, 4));
         assert!(update(&with, 2) < update(&with, 4));
         let peak = |m| plan(&config, &with, m).peak_bytes;

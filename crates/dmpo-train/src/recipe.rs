@@ -42,6 +42,24 @@ pub struct Recipe {
     /// Evaluation.
     #[serde(default)]
     pub eval: EvalSection,
+    /// Data parallelism (docs/distributed.md).
+    #[serde(default)]
+    pub distributed: DistributedSection,
+}
+
+/// `[distributed]`: how many peers share each step (docs/distributed.md).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DistributedSection {
+    /// Peers on this machine, each with its share of the step's prompt groups: on the CPU
+    /// backend (flex) one thread pool each, with its share of the cores. 1: no data parallelism.
+    pub devices: usize,
+}
+
+impl Default for DistributedSection {
+    fn default() -> Self {
+        Self { devices: 1 }
+    }
 }
 
 /// Settings `--resume` lets differ from the run's `recipe.toml` (a trailing `*` covers a whole
@@ -659,6 +677,7 @@ impl Recipe {
                 "must be [lo, hi] with 1 <= lo <= hi <= 12",
             );
         }
+        self.validate_distributed(path)?;
         self.validate_eval(path)?;
         self.rollout.validate().map_err(|e| TrainError::Recipe {
             path: path.to_path_buf(),
@@ -686,6 +705,47 @@ impl Recipe {
 
     /// Checks `[eval]`: every length must give a valid sampler (the same check the evaluation
     /// itself runs, so a bad length fails here, also under `--skip-eval`).
+    fn validate_distributed(&self, path: &Path) -> Result<()> {
+        let bad = |field: &str, message: String| {
+            Err(TrainError::Recipe {
+                path: path.to_path_buf(),
+                message: format!("`{field}` {message}"),
+            })
+        };
+        let devices = self.distributed.devices;
+        if devices == 0 || devices > self.train.prompts_per_step {
+            return bad(
+                "distributed.devices",
+                format!(
+                    "must be in 1..=train.prompts_per_step ({}): each peer takes whole prompt groups",
+                    self.train.prompts_per_step
+                ),
+            );
+        }
+        if devices > 1 && self.run.device != BackendKind::Flex {
+            return bad(
+                "distributed.devices",
+                format!(
+                    "> 1 runs CPU peers on `run.device = \"flex\"` in this version, not {:?} \
+                     (docs/distributed.md)",
+                    self.run.device
+                ),
+            );
+        }
+        let lora = self.model.finetune == Finetune::Lora;
+        if devices > 1 && lora && self.lora.dropout > 0.0 {
+            // burn's random generator is one per process: peers drawing dropout masks from it
+            // at once would make the masks depend on thread timing.
+            return bad(
+                "distributed.devices",
+                "> 1 needs `lora.dropout = 0`: the peers share one process-wide random \
+                 generator for dropout masks (docs/distributed.md)"
+                    .to_string(),
+            );
+        }
+        Ok(())
+    }
+
     fn validate_eval(&self, path: &Path) -> Result<()> {
         let e = &self.eval;
         let bad = |field: &str, message: String| {

@@ -15,6 +15,7 @@ use dmpo_core::ModelView;
 use crate::error::{Result, TrainError};
 
 /// The reference policy: the adapter-disabled view (LoRA) or a frozen copy (full fine-tuning).
+#[derive(Clone)]
 pub enum Reference<B: Backend> {
     /// The policy with its LoRA adapters disabled.
     AdapterOff,

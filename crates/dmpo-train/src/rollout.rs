@@ -2,20 +2,23 @@
 //! from the policy, their rewards, gathered into one [`Rollout`] that the algorithms read.
 
 use std::collections::BTreeMap;
+use std::ops::Range;
 
 use burn::tensor::backend::Backend;
 use dllm_model::{Llada, LladaTokenizer};
-use dllm_sample::{generate, Generation, SamplerConfig};
+use dllm_sample::{generate_rows, Generation, RowPlacement, SamplerConfig};
 use dmpo_core::weights::{mean_group_std, zero_variance_fraction};
 use dmpo_core::HostBatch;
 use rewards::{Task, TaskItem};
 
-use crate::error::Result;
+use crate::distributed::Peer;
+use crate::error::{Result, TrainError};
 use crate::recipe::Recipe;
 use crate::tasks::{completion_text_as, prompt_ids, TrainData};
 use crate::trainer::{stream_seed, SAMPLER_STREAM};
 
 /// Where a run's rollouts come from: the recipe, its task and training data, the tokenizer.
+#[derive(Clone)]
 pub struct RolloutSource<'a> {
     /// The run's recipe (prompt style, sampler, group size, seed).
     pub recipe: &'a Recipe,
@@ -27,10 +30,13 @@ pub struct RolloutSource<'a> {
     pub data: &'a TrainData,
 }
 
-/// The completions sampled for a step's prompts, not yet scored.
+/// The completions sampled for a step's prompts (or a peer's share of them), not yet scored.
 pub struct Samples {
-    /// The step's task items, one per prompt.
+    /// The task items of the sampled groups, one per prompt.
     items: Vec<TaskItem>,
+    /// Whether some prompt of the whole step is left-padded (the step's rows then carry a key
+    /// padding mask when the sampler masks padding).
+    step_padded: bool,
     /// `G` completions per prompt, contiguous.
     generation: Generation,
     /// The policy's end-of-sequence id.
@@ -53,28 +59,47 @@ pub struct Rollout {
 }
 
 impl RolloutSource<'_> {
-    /// Step `step`'s prompts, `G` completions each from `policy` (the sampler seeded for the
-    /// step).
-    pub fn sample<B: Backend>(&self, policy: &Llada<B>, step: usize) -> Result<Samples> {
+    /// Step `step`'s prompt groups `groups` (all of them on one device, a peer's share
+    /// otherwise), `G` completions each from `policy`: the sampler seeded for the step, every
+    /// row with its own random stream and the whole step's prompt length, so a row's completion
+    /// does not depend on which peer samples it.
+    pub fn sample<B: Backend>(
+        &self,
+        policy: &Llada<B>,
+        step: usize,
+        groups: Range<usize>,
+    ) -> Result<Samples> {
         let (recipe, t) = (self.recipe, &self.recipe.train);
-        let items = self.data.batch(recipe.run.seed, step, t.prompts_per_step)?;
-        let mut prompts = Vec::with_capacity(items.len() * t.group_size);
-        for item in &items {
-            let ids = prompt_ids(
-                self.tokenizer,
-                item,
-                recipe.task.prompt_style,
-                false,
-                recipe.task.max_prompt_tokens,
-            )?;
-            prompts.extend(std::iter::repeat_n(ids, t.group_size));
-        }
+        let mut items = self.data.batch(recipe.run.seed, step, t.prompts_per_step)?;
+        let ids = items
+            .iter()
+            .map(|item| {
+                prompt_ids(
+                    self.tokenizer,
+                    item,
+                    recipe.task.prompt_style,
+                    false,
+                    recipe.task.max_prompt_tokens,
+                )
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let prompt_len = ids.iter().map(Vec::len).max().unwrap_or(0);
+        let step_padded = ids.iter().any(|p| p.len() < prompt_len);
+        let prompts: Vec<Vec<u32>> = ids[groups.clone()]
+            .iter()
+            .flat_map(|p| std::iter::repeat_n(p.clone(), t.group_size))
+            .collect();
         let mut sampler = recipe.rollout.clone();
         sampler.seed = stream_seed(recipe.run.seed, step, SAMPLER_STREAM);
         sampler.adapter = true;
+        let placement = RowPlacement {
+            first_row: groups.start * t.group_size,
+            prompt_len: Some(prompt_len),
+        };
         Ok(Samples {
-            items,
-            generation: generate(policy, &prompts, &sampler)?,
+            items: items.drain(groups).collect(),
+            step_padded,
+            generation: generate_rows(policy, &prompts, &sampler, placement)?,
             eos_token_id: policy.config.eos_token_id,
         })
     }
@@ -100,12 +125,16 @@ impl RolloutSource<'_> {
                 sample_completion = text;
             }
             for (name, v) in &r.components {
-                *reward_components.entry(name.to_string()).or_default() += v / rows as f64;
+                *reward_components.entry(name.to_string()).or_default() += v;
             }
             rewards.push(r.total());
         }
+        for v in reward_components.values_mut() {
+            *v /= rows as f64;
+        }
+        let padded = samples.step_padded;
         Ok(Rollout {
-            sequences: host_batch(generation, &self.recipe.rollout)?,
+            sequences: host_batch_padded(generation, &self.recipe.rollout, padded)?,
             group_size,
             rewards,
             reward_components,
@@ -114,9 +143,84 @@ impl RolloutSource<'_> {
     }
 }
 
+impl Rollout {
+    /// The whole step's rollout on every peer, from each peer's rollout of its share of the
+    /// groups (`peer.share(groups)`): ids, EOS positions, key padding, rewards and reward
+    /// components gathered exactly; the sample completion is the leader's first row. The
+    /// identity on one peer.
+    pub fn gather<B: Backend>(
+        self,
+        peer: &Peer,
+        groups: usize,
+        device: &B::Device,
+    ) -> Result<Self> {
+        if peer.count == 1 {
+            return Ok(self);
+        }
+        let g = self.group_size;
+        let (rows, first) = (groups * g, peer.share(groups).start * g);
+        let s = &self.sequences;
+        let (seq_len, prompt_len) = (s.seq_len(), s.prompt_len());
+        let widen = |v: &[i64]| v.iter().map(|&x| x as f64).collect::<Vec<_>>();
+        let ids = peer.gather::<B>(&widen(s.ids()), first * seq_len, rows * seq_len, device)?;
+        let eos: Vec<f64> = s.eos_index().iter().map(|&e| e as f64).collect();
+        let eos = peer.gather::<B>(&eos, first, rows, device)?;
+        let padding = match s.key_padding() {
+            Some(p) => {
+                let p: Vec<f64> = p.iter().map(|&b| f64::from(u8::from(b))).collect();
+                let all = peer.gather::<B>(&p, first * seq_len, rows * seq_len, device)?;
+                Some(all.iter().map(|&b| b != 0.0).collect())
+            }
+            None => None,
+        };
+        let rewards = peer.gather::<B>(&self.rewards, first, rows, device)?;
+        // Every row of a task scores the same components: the peers' maps share their keys.
+        let names = peer.gather_each::<B>(self.reward_components.len() as f64, device)?;
+        if names
+            .iter()
+            .any(|&n| n != self.reward_components.len() as f64)
+        {
+            return Err(TrainError::Distributed(format!(
+                "the peers' rollouts score different reward components ({names:?} of them)"
+            )));
+        }
+        let local_rows = self.rewards.len() as f64;
+        let mut reward_components = BTreeMap::new();
+        for (name, mean) in self.reward_components {
+            let sums = peer.gather_each::<B>(mean * local_rows, device)?;
+            reward_components.insert(name, sums.iter().sum::<f64>() / rows as f64);
+        }
+        let sequences = HostBatch::new(
+            ids.iter().map(|&x| x as i64).collect(),
+            seq_len,
+            prompt_len,
+            eos.iter().map(|&e| e as usize).collect(),
+            padding,
+        )?;
+        Ok(Self {
+            sequences,
+            group_size: g,
+            rewards,
+            reward_components,
+            sample_completion: self.sample_completion,
+        })
+    }
+}
+
 /// The sequences of `generation` (sampled with `sampler`) on the host, with the key padding of
 /// the left-padded prompts when the sampler masks padding and some row is padded.
 pub fn host_batch(generation: &Generation, sampler: &SamplerConfig) -> Result<HostBatch> {
+    let padded = generation.pad_lengths.iter().any(|&p| p > 0);
+    host_batch_padded(generation, sampler, padded)
+}
+
+/// [`host_batch`], with the key padding when the sampler masks padding and `padded` (some row
+/// of the whole step is padded, whether or not one of these is).
+fn host_batch_padded(
+    generation: &Generation,
+    sampler: &SamplerConfig,
+    padded: bool,
+) -> Result<HostBatch> {
     let prompt_len = generation.prompt_len();
     let gen_len = sampler.gen_length;
     let seq_len = prompt_len + gen_len;
@@ -132,7 +236,6 @@ pub fn host_batch(generation: &Generation, sampler: &SamplerConfig) -> Result<Ho
         .map(|e| e.unwrap_or(gen_len))
         .collect();
     // No row padded: no mask (the same computation, without the masked attention path).
-    let padded = generation.pad_lengths.iter().any(|&p| p > 0);
     let padding = (sampler.padding_mask && padded).then(|| {
         generation
             .pad_lengths
@@ -191,12 +294,11 @@ impl Rollout {
         zero_variance_fraction(&self.rewards, self.group_size)
     }
 
-    /// The rows split into micro-batches of whole groups, `micro_batch` rows at most (one group
-    /// at least), in order.
-    pub fn micro_batches(&self, micro_batch: usize) -> Vec<Vec<usize>> {
+    /// The rows `rows` (whole groups: all of them, or a peer's share) split into micro-batches
+    /// of whole groups, `micro_batch` rows at most (one group at least), in order.
+    pub fn micro_batches(&self, rows: Range<usize>, micro_batch: usize) -> Vec<Vec<usize>> {
         let groups_per_pass = (micro_batch / self.group_size).max(1);
-        (0..self.len())
-            .collect::<Vec<_>>()
+        rows.collect::<Vec<_>>()
             .chunks(groups_per_pass * self.group_size)
             .map(|c| c.to_vec())
             .collect()

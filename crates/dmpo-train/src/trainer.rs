@@ -22,6 +22,7 @@ use serde::Serialize;
 
 use crate::algorithm::{self, Diagnostics, Learner, UpdateInputs};
 use crate::checkpoint::{self, Snapshot, TrainState};
+use crate::distributed::{exclusive_collective, trainable_digest, Peer};
 use crate::error::{Result, TrainError};
 use crate::eval::{evaluate, EvalResult};
 use crate::metrics::{self, RolloutSeconds, StepMetrics};
@@ -142,37 +143,26 @@ pub fn train<AB: AutodiffBackend>(
         state,
         total_updates: t.steps * t.num_iterations,
         device,
+        peer: Peer::single(),
+    };
+    let files = RunFiles {
+        recipe,
+        run_dir: &run_dir,
+        tokenizer: &tokenizer,
+        task,
+        eval_set: &eval_set,
+        metrics: metrics_path.clone(),
+        evaluations: eval_path,
+        skip_eval: options.skip_eval,
     };
 
-    let run_eval = |model: &Llada<AB>, label: &str| -> Result<Vec<EvalResult>> {
-        let policy = model.valid();
-        recipe
-            .eval
-            .gen_lengths
-            .iter()
-            .map(|&len| {
-                let out = run_dir.join(format!("eval_{label}_len{len}.json"));
-                evaluate(
-                    &policy,
-                    &tokenizer,
-                    task,
-                    &eval_set,
-                    recipe.task.prompt_style,
-                    recipe.task.max_prompt_tokens,
-                    &recipe.eval,
-                    len,
-                    Some(&out),
-                )
-            })
-            .collect()
-    };
     let before = if options.skip_eval {
         Vec::new()
     } else if run.state.step > 0 {
         // Resumed: the first invocation's evaluation before training.
         read_evaluations(&run_dir, "before", &recipe.eval.gen_lengths)?
     } else {
-        run_eval(&model, "before")?
+        files.evaluate(&model, "before")?
     };
     for r in &before {
         tracing::info!(
@@ -184,42 +174,20 @@ pub fn train<AB: AutodiffBackend>(
 
     let bar = progress_bar(options.quiet, t.steps, run.state.step);
     let last_step = options.stop_after.map_or(t.steps, |n| n.min(t.steps));
-    while run.state.step < last_step {
-        let step = run.state.step;
-        let (m, line) = run.rollout_step(model)?;
-        model = m;
-        metrics::append_line(&metrics_path, &line)?;
-        bar.set_message(format!(
-            "reward {:.3} ess {:.2}",
-            line.reward_mean, line.ess_mean
-        ));
-        bar.inc(1);
-        run.state.step = step + 1;
-        if t.eval_every > 0
-            && run.state.step.is_multiple_of(t.eval_every)
-            && run.state.step < t.steps
-            && !options.skip_eval
-        {
-            let r = run_eval(&model, &format!("step{}", run.state.step))?;
-            metrics::append_line(
-                &eval_path,
-                &serde_json::json!({"step": run.state.step, "eval": r}),
-            )?;
+    let model = match recipe.distributed.devices {
+        1 => run.run_steps(model, last_step, &files, &bar)?,
+        devices => {
+            let (model, state) = run_peers(&run, model, devices, last_step, &files, &bar)?;
+            run.state = state;
+            model
         }
-        if t.sync_ref_model && run.state.step.is_multiple_of(t.ref_model_sync_steps) {
-            run.reference
-                .sync(&model.valid(), t.ref_model_mixup_alpha)?;
-        }
-        if run.state.step.is_multiple_of(t.checkpoint_every.max(1)) || run.state.step == last_step {
-            run.save_checkpoint(&run_dir, &model)?;
-        }
-    }
+    };
     bar.finish_and_clear();
 
     let after = if options.skip_eval {
         Vec::new()
     } else {
-        run_eval(&model, "after")?
+        files.evaluate(&model, "after")?
     };
     let summary = Summary {
         run_dir: run_dir.clone(),
@@ -370,8 +338,171 @@ fn last_quarter_mean(rewards: &[f64]) -> f64 {
     }
 }
 
+/// What the leader writes, and the evaluation it runs: the run directory's files.
+struct RunFiles<'a> {
+    recipe: &'a Recipe,
+    run_dir: &'a Path,
+    tokenizer: &'a LladaTokenizer,
+    task: Task,
+    eval_set: &'a [rewards::TaskItem],
+    /// `metrics.jsonl`.
+    metrics: PathBuf,
+    /// `eval.jsonl`.
+    evaluations: PathBuf,
+    skip_eval: bool,
+}
+
+impl RunFiles<'_> {
+    /// Evaluates `model` at every length of `eval.gen_lengths`, writing
+    /// `eval_{label}_len{len}.json`.
+    fn evaluate<AB: AutodiffBackend>(
+        &self,
+        model: &Llada<AB>,
+        label: &str,
+    ) -> Result<Vec<EvalResult>> {
+        let policy = model.valid();
+        let recipe = self.recipe;
+        recipe
+            .eval
+            .gen_lengths
+            .iter()
+            .map(|&len| {
+                let out = self.run_dir.join(format!("eval_{label}_len{len}.json"));
+                evaluate(
+                    &policy,
+                    self.tokenizer,
+                    self.task,
+                    self.eval_set,
+                    recipe.task.prompt_style,
+                    recipe.task.max_prompt_tokens,
+                    &recipe.eval,
+                    len,
+                    Some(&out),
+                )
+            })
+            .collect()
+    }
+}
+
+/// Runs the steps up to `last_step` on `devices` peers, one thread each with its share of the
+/// cores, all starting from `run`'s state and `model`; returns the leader's model and counters.
+/// A peer that fails releases the others (burn-collective's operations then fail on them),
+/// and the error reported is the first peer's own, not the ones it caused.
+fn run_peers<AB, O>(
+    run: &StepContext<'_, AB, O>,
+    model: Llada<AB>,
+    devices: usize,
+    last_step: usize,
+    files: &RunFiles<'_>,
+    bar: &ProgressBar,
+) -> Result<(Llada<AB>, TrainState)>
+where
+    AB: AutodiffBackend,
+    O: Optimizer<Llada<AB>, AB>,
+{
+    let _collective = exclusive_collective();
+    Peer::reset::<AB::InnerBackend>();
+    let threads = (rayon::current_num_threads() / devices).max(1);
+    let results: Vec<Result<(Llada<AB>, TrainState)>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..devices)
+            .map(|rank| {
+                // Fresh autodiff leaves with the same parameter ids: peers whose parameters
+                // shared autodiff nodes would contend for (and deadlock on) one graph.
+                let model = Llada::<AB>::from_inner(model.valid());
+                let mut peer_run = StepContext {
+                    source: run.source.clone(),
+                    reference: run.reference.clone(),
+                    optimizer: run.optimizer.clone(),
+                    state: run.state,
+                    total_updates: run.total_updates,
+                    device: run.device.clone(),
+                    peer: Peer::single(),
+                };
+                scope.spawn(move || {
+                    // Dropped on every exit, unwinding included: a failed peer resets the
+                    // collective so that no other peer waits for it forever.
+                    let release = ReleaseOnFailure::<AB::InnerBackend>::armed();
+                    let pool = rayon::ThreadPoolBuilder::new()
+                        .num_threads(threads)
+                        .build()
+                        .map_err(|e| TrainError::Distributed(format!("peer {rank}: {e}")))?;
+                    let out = pool.install(|| {
+                        peer_run.peer =
+                            Peer::join::<AB::InnerBackend>(rank, devices, &peer_run.device)?;
+                        let hidden = ProgressBar::hidden();
+                        let bar = if rank == 0 { bar } else { &hidden };
+                        let model = peer_run.run_steps(model, last_step, files, bar)?;
+                        peer_run.peer.leave::<AB::InnerBackend>()?;
+                        Ok((model, peer_run.state))
+                    });
+                    if out.is_ok() {
+                        release.disarm();
+                    }
+                    out
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .enumerate()
+            .map(|(rank, h)| {
+                h.join().unwrap_or_else(|_| {
+                    Err(TrainError::Distributed(format!("peer {rank} panicked")))
+                })
+            })
+            .collect()
+    });
+    // A peer's own failure outranks the collective errors it caused on the others.
+    let (mut own_error, mut any_error, mut leader) = (None, None, None);
+    for (rank, result) in results.into_iter().enumerate() {
+        match result {
+            Ok(out) if rank == 0 => leader = Some(out),
+            Ok(_) => {}
+            Err(e @ TrainError::Distributed(_)) => {
+                any_error.get_or_insert(e);
+            }
+            Err(e) => {
+                own_error.get_or_insert(e);
+            }
+        }
+    }
+    match (own_error.or(any_error), leader) {
+        (Some(e), _) => Err(e),
+        (None, Some(out)) => Ok(out),
+        (None, None) => Err(TrainError::Distributed("peer 0 returned nothing".into())),
+    }
+}
+
+/// Resets burn-collective when dropped armed: a peer leaving by error or panic releases the
+/// peers blocked in an operation it will never join.
+struct ReleaseOnFailure<B: burn::tensor::backend::Backend> {
+    armed: std::cell::Cell<bool>,
+    backend: std::marker::PhantomData<B>,
+}
+
+impl<B: burn::tensor::backend::Backend> ReleaseOnFailure<B> {
+    fn armed() -> Self {
+        Self {
+            armed: std::cell::Cell::new(true),
+            backend: std::marker::PhantomData,
+        }
+    }
+
+    fn disarm(&self) {
+        self.armed.set(false);
+    }
+}
+
+impl<B: burn::tensor::backend::Backend> Drop for ReleaseOnFailure<B> {
+    fn drop(&mut self) {
+        if self.armed.get() {
+            Peer::reset::<B>();
+        }
+    }
+}
+
 /// Everything a rollout step reads or updates besides the model: where rollouts come from, the
-/// reference, the optimiser and the run's counters.
+/// reference, the optimiser, the run's counters and the peer computing it.
 struct StepContext<'a, AB: AutodiffBackend, O> {
     source: RolloutSource<'a>,
     reference: Reference<AB::InnerBackend>,
@@ -380,9 +511,65 @@ struct StepContext<'a, AB: AutodiffBackend, O> {
     /// Optimiser updates of the whole run (spans the learning-rate schedule).
     total_updates: usize,
     device: AB::Device,
+    /// This peer (the only one without data parallelism).
+    peer: Peer,
 }
 
 impl<AB: AutodiffBackend, O: Optimizer<Llada<AB>, AB>> StepContext<'_, AB, O> {
+    /// The rollout steps from the current one up to `last_step`: metrics rows, evaluations and
+    /// checkpoints (written by the leader), reference syncs; the peers' weights compared at
+    /// every checkpoint.
+    fn run_steps(
+        &mut self,
+        mut model: Llada<AB>,
+        last_step: usize,
+        files: &RunFiles<'_>,
+        bar: &ProgressBar,
+    ) -> Result<Llada<AB>> {
+        let t = &self.source.recipe.train;
+        let leader = self.peer.is_leader();
+        while self.state.step < last_step {
+            let step = self.state.step;
+            let (m, line) = self.rollout_step(model)?;
+            model = m;
+            if leader {
+                metrics::append_line(&files.metrics, &line)?;
+            }
+            bar.set_message(format!(
+                "reward {:.3} ess {:.2}",
+                line.reward_mean, line.ess_mean
+            ));
+            bar.inc(1);
+            self.state.step = step + 1;
+            let done = self.state.step;
+            if leader
+                && t.eval_every > 0
+                && done.is_multiple_of(t.eval_every)
+                && done < t.steps
+                && !files.skip_eval
+            {
+                let r = files.evaluate(&model, &format!("step{done}"))?;
+                metrics::append_line(
+                    &files.evaluations,
+                    &serde_json::json!({"step": done, "eval": r}),
+                )?;
+            }
+            if t.sync_ref_model && done.is_multiple_of(t.ref_model_sync_steps) {
+                self.reference
+                    .sync(&model.valid(), t.ref_model_mixup_alpha)?;
+            }
+            if done.is_multiple_of(t.checkpoint_every.max(1)) || done == last_step {
+                let digest = trainable_digest::<AB, _>(&model);
+                self.peer
+                    .check_same_weights::<AB::InnerBackend>(digest, done, &self.device)?;
+                if leader {
+                    self.save_checkpoint(files.run_dir, &model)?;
+                }
+            }
+        }
+        Ok(model)
+    }
+
     /// One rollout step (docs/algorithm.md §5): rollouts, rewards, the algorithm's updates, the metrics row.
     fn rollout_step(&mut self, model: Llada<AB>) -> Result<(Llada<AB>, StepMetrics)> {
         let recipe = self.source.recipe;
@@ -395,12 +582,14 @@ impl<AB: AutodiffBackend, O: Optimizer<Llada<AB>, AB>> StepContext<'_, AB, O> {
         let policy = model
             .valid()
             .with_adapter_dropout_always(recipe.lora.rollout_dropout);
-        let samples = self.source.sample(&policy, step)?;
+        let groups = recipe.train.prompts_per_step;
+        let samples = self.source.sample(&policy, step, self.peer.share(groups))?;
         let rollout_secs = clock.elapsed().as_secs_f64();
 
-        // 2. Rewards, with their components.
+        // 2. Rewards, with their components; every peer then holds the whole step's rollout.
         let clock = Instant::now();
         let rollout = self.source.score(samples)?;
+        let rollout = rollout.gather::<AB::InnerBackend>(&self.peer, groups, &self.device)?;
         let reward_secs = clock.elapsed().as_secs_f64();
 
         // 3. The algorithm's updates: DMPO (docs/algorithm.md §3–§4) or diffu-GRPO / wd1 (docs/algorithm.md §6).
@@ -410,13 +599,15 @@ impl<AB: AutodiffBackend, O: Optimizer<Llada<AB>, AB>> StepContext<'_, AB, O> {
             policy: ModelView::policy(&policy),
             reference: self.reference.view(&policy),
             device: &self.device,
+            peer: self.peer,
         };
         let mut learner = Learner::new(
             &mut self.optimizer,
             &recipe.train,
             self.total_updates,
             &mut self.state,
-        );
+        )
+        .on_peer(self.peer);
         let (model, diagnostics) = match recipe.train.algorithm {
             Algorithm::Dmpo => {
                 let (m, d) = algorithm::dmpo::update(model, &inputs, &mut learner, &mut rng)?;

@@ -56,9 +56,11 @@ where
 {
     let (recipe, rollout) = (inputs.recipe, inputs.rollout);
     let (config, t) = (&recipe.grpo, &recipe.train);
+    let (peer, own) = (inputs.peer, inputs.own_rows());
+    let own_rows: Vec<usize> = own.clone().collect();
     let batch = rollout
         .sequences
-        .to_device::<AB::InnerBackend>(inputs.device)?;
+        .select::<AB::InnerBackend>(&own_rows, inputs.device)?;
     let (rows, prompt_len, gen_len) = (rollout.len(), batch.prompt_len, batch.gen_len());
 
     let clock = Instant::now();
@@ -67,10 +69,22 @@ where
     let with_reference = config.beta > 0.0 && t.algorithm == Algorithm::DiffuGrpo;
     let mut iterations = Vec::with_capacity(t.num_iterations);
     for _ in 0..t.num_iterations {
+        // Every row's prompt mask is drawn (on every peer alike); a peer scores its own rows
+        // and leaves the others' log-probs at zero (its passes never read them).
         let prompt_mask = sample_prompt_mask(rng, rows, prompt_len, config.p_mask_prompt);
-        let old_logp = host_logprobs(&inputs.policy, &batch, &prompt_mask)?;
+        let own_mask = &prompt_mask[own.start * prompt_len..own.end * prompt_len];
+        let all_rows = |logp: Vec<f32>| {
+            let mut out = vec![0f32; rows * gen_len];
+            out[own.start * gen_len..own.end * gen_len].copy_from_slice(&logp);
+            out
+        };
+        let old_logp = all_rows(host_logprobs(&inputs.policy, &batch, own_mask)?);
         let ref_logp = if with_reference {
-            Some(host_logprobs(&inputs.reference, &batch, &prompt_mask)?)
+            Some(all_rows(host_logprobs(
+                &inputs.reference,
+                &batch,
+                own_mask,
+            )?))
         } else {
             None
         };
@@ -83,7 +97,7 @@ where
     let elbo_seconds = clock.elapsed().as_secs_f64();
 
     let clock = Instant::now();
-    let passes = rollout.micro_batches(t.micro_batch);
+    let passes = rollout.micro_batches(own.clone(), t.micro_batch);
     let unit = t.loss_unit_rows();
     let units = (rows / unit) as f64;
     // Completion tokens of each row (up to and including the first EOS) and of each unit.
@@ -168,12 +182,21 @@ where
         elbo: elbo_seconds,
         optimize: clock.elapsed().as_secs_f64(),
     };
+    // Means over every peer's units: sums and counts gathered in rank order.
+    let device = inputs.device;
+    let total = |values: &[f64]| -> Result<(f64, f64)> {
+        let sums = peer.gather_each::<AB::InnerBackend>(values.iter().sum(), device)?;
+        let counts = peer.gather_each::<AB::InnerBackend>(values.len() as f64, device)?;
+        Ok((sums.iter().sum(), counts.iter().sum()))
+    };
+    let (kl_sum, kl_count) = total(&kls)?;
+    let (clip_sum, clip_count) = total(&clip_ratios)?;
     Ok((
         model,
         DiffuGrpoDiagnostics {
             advantages,
-            kl: (!kls.is_empty()).then(|| kls.iter().sum::<f64>() / kls.len() as f64),
-            clip_ratio: clip_ratios.iter().sum::<f64>() / clip_ratios.len() as f64,
+            kl: (kl_count > 0.0).then(|| kl_sum / kl_count),
+            clip_ratio: clip_sum / clip_count,
             seconds,
         },
     ))

@@ -8,8 +8,8 @@ use burn::optim::Optimizer;
 use burn::tensor::{backend::AutodiffBackend, Tensor};
 use dllm_model::Llada;
 use dmpo_core::{
-    ddo_loss, elbo_log_likelihood, rollout_weights, wdce_loss, DmpoLoss, LogitsModel, MaskOptions,
-    WeightDiagnostics,
+    ddo_loss_with_masks, elbo_with_masks, rollout_weights, wdce_loss_with_masks, DmpoLoss,
+    LogitsModel, MaskOptions, ReplicateMasks, WeightDiagnostics,
 };
 use rand_chacha::ChaCha8Rng;
 
@@ -39,26 +39,33 @@ where
     O: Optimizer<Llada<AB>, AB>,
 {
     let (config, t, rollout) = (&inputs.recipe.dmpo, &inputs.recipe.train, inputs.rollout);
+    let (peer, device) = (inputs.peer, inputs.device);
+    let (rows, own) = (rollout.len(), inputs.own_rows());
+    let own_rows: Vec<usize> = own.clone().collect();
+    let (eos, gen_len) = (rollout.sequences.eos_index(), rollout.sequences.gen_len());
     let batch = rollout
         .sequences
-        .to_device::<AB::InnerBackend>(inputs.device)?;
+        .select::<AB::InnerBackend>(&own_rows, device)?;
 
-    // ELBO of each rollout under the rollout policy and the reference, same masks (§3).
+    // ELBO of each rollout under the rollout policy and the reference, same masks (§3). The
+    // masks of every row are drawn (on every peer alike); a peer evaluates its own rows.
     let clock = Instant::now();
+    let masks = ReplicateMasks::sample(rng, eos, gen_len, &MaskOptions::rollout(config))?;
     let models: [&dyn LogitsModel<AB::InnerBackend>; 2] = [&inputs.policy, &inputs.reference];
-    let elbo = elbo_log_likelihood(
+    let elbo = elbo_with_masks(
         &models,
         &batch,
-        &MaskOptions::rollout(config),
+        &masks.select_samples(&own_rows)?,
         config.elbo_memory_budget_bytes,
-        rng,
     )?;
+    let ell_cur = peer.gather::<AB::InnerBackend>(&elbo[0], own.start, rows, device)?;
+    let ell_ref = peer.gather::<AB::InnerBackend>(&elbo[1], own.start, rows, device)?;
     let elbo_seconds = clock.elapsed().as_secs_f64();
 
-    // Importance weights per group (§4).
+    // Importance weights per group (§4), over the whole rollout on every peer.
     let (weights, weight_diagnostics) = rollout_weights(
-        &elbo.ell[0],
-        &elbo.ell[1],
+        &ell_cur,
+        &ell_ref,
         &rollout.rewards,
         rollout.group_size,
         config,
@@ -72,27 +79,30 @@ where
         )
         .ok();
 
-    // num_iterations updates, fresh masks each (§4 WDCE / DDO).
+    // num_iterations updates, fresh masks each (§4 WDCE / DDO): every row's drawn, each pass
+    // takes its rows', so a row's masks do not depend on the pass or the peer it falls in.
     let clock = Instant::now();
-    let passes = rollout.micro_batches(t.micro_batch);
-    let (rows, unit) = (rollout.len(), t.loss_unit_rows());
+    let passes = rollout.micro_batches(own, t.micro_batch);
+    let unit = t.loss_unit_rows();
     for _ in 0..t.num_iterations {
+        let masks = ReplicateMasks::sample(rng, eos, gen_len, &MaskOptions::from(config))?;
         let loss_of = |model: &PolicyPass<'_, AB>,
                        pass: &[usize],
-                       rng: &mut ChaCha8Rng|
+                       _: &mut ChaCha8Rng|
          -> Result<Tensor<AB, 1>> {
-            let sub = rollout.sequences.select::<AB>(pass, inputs.device)?;
+            let sub = rollout.sequences.select::<AB>(pass, device)?;
             let sub_weights = weights.select_rows(pass)?;
+            let sub_masks = masks.select_samples(pass)?;
             let policy = model.view();
             // §5.2: the step's loss is the mean over units of `unit` rows of each unit's
             // loss; WDCE sums a unit's rows, DDO averages them.
             let (loss, reduction) = match config.loss {
                 DmpoLoss::Wdce => (
-                    wdce_loss(&policy, &sub, &sub_weights, config, rng)?.loss,
+                    wdce_loss_with_masks(&policy, &sub, &sub_weights, config, &sub_masks)?.loss,
                     UnitReduction::Sum,
                 ),
                 DmpoLoss::Ddo => (
-                    ddo_loss(&policy, &sub, &sub_weights, config, rng)?.loss,
+                    ddo_loss_with_masks(&policy, &sub, &sub_weights, config, &sub_masks)?.loss,
                     UnitReduction::Mean,
                 ),
             };

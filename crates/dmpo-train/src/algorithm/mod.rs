@@ -13,6 +13,7 @@ use dmpo_core::ModelView;
 use rand_chacha::ChaCha8Rng;
 
 use crate::checkpoint::TrainState;
+use crate::distributed::Peer;
 use crate::error::Result;
 use crate::optim::{apply_update, learning_rate, UpdateOutcome};
 use crate::recipe::{Recipe, TrainSection};
@@ -61,6 +62,18 @@ pub struct UpdateInputs<'a, AB: AutodiffBackend> {
     pub reference: ModelView<'a, AB::InnerBackend>,
     /// Where batches are built.
     pub device: &'a AB::Device,
+    /// The peer computing this update: every peer holds the whole rollout and computes
+    /// log-likelihoods and losses of its share of the groups only ([`Self::own_rows`]).
+    pub peer: Peer,
+}
+
+impl<AB: AutodiffBackend> UpdateInputs<'_, AB> {
+    /// The rows of the rollout this peer computes: its share of the groups.
+    pub fn own_rows(&self) -> std::ops::Range<usize> {
+        let g = self.rollout.group_size;
+        let groups = self.peer.share(self.rollout.len() / g.max(1));
+        groups.start * g..groups.end * g
+    }
 }
 
 /// Seconds an algorithm spent scoring the rollout under the no-grad models (`elbo`) and in its
@@ -134,6 +147,7 @@ pub struct Learner<'a, O> {
     total_updates: usize,
     state: &'a mut TrainState,
     log: UpdateLog,
+    peer: Peer,
 }
 
 impl<'a, O> Learner<'a, O> {
@@ -150,12 +164,21 @@ impl<'a, O> Learner<'a, O> {
             total_updates,
             state,
             log: UpdateLog::default(),
+            peer: Peer::single(),
         }
     }
 
-    /// One optimiser update: sums `loss_of` over the micro-batches `passes` (whole groups),
-    /// accumulating gradients of the finite ones, then clips globally and applies them (or skips
-    /// the update when the loss or the gradient is not finite).
+    /// This learner on `peer` of a data-parallel run: losses and gradients are summed over the
+    /// peers before the update, which every peer then applies alike.
+    pub fn on_peer(mut self, peer: Peer) -> Self {
+        self.peer = peer;
+        self
+    }
+
+    /// One optimiser update: sums `loss_of` over the micro-batches `passes` (whole groups; a
+    /// peer's own), accumulating gradients of the finite ones, sums losses and gradients over the
+    /// peers, then clips globally and applies them (or skips the update when the loss or the
+    /// gradient is not finite).
     pub fn update<AB>(
         &mut self,
         model: Llada<AB>,
@@ -193,6 +216,17 @@ impl<'a, O> Learner<'a, O> {
             };
             acc.accumulate(&model, grads);
         }
+        // The peers' losses in rank order, and their gradients summed (identical on every
+        // peer). A non-finite total skips the update on every peer alike, without the
+        // all-reduce: a peer whose passes were all non-finite holds no gradient to send.
+        let device = model.wte.val().device();
+        let losses = self.peer.gather_each::<AB::InnerBackend>(loss, &device)?;
+        let loss: f64 = losses.iter().sum();
+        let grads = if loss.is_finite() {
+            self.peer.sum_gradients::<AB::InnerBackend>(acc.grads())?
+        } else {
+            acc.grads()
+        };
         let t = self.train;
         self.log.lr = learning_rate(
             t,
@@ -202,7 +236,7 @@ impl<'a, O> Learner<'a, O> {
         let (model, outcome) = apply_update(
             model,
             self.optimizer,
-            acc.grads(),
+            grads,
             loss,
             self.log.lr,
             t.max_grad_norm,
