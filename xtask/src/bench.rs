@@ -19,7 +19,8 @@ use serde::Serialize;
 /// Arguments of `cargo xtask bench`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// What to measure: all, forward, step (one DMPO optimisation step), sampler.
+    /// What to measure: all, forward, step (one DMPO optimisation step), sampler, or ddp
+    /// (data-parallel steps on 1, 2 and 4 CPU peers; not part of `all`).
     #[arg(default_value = "all")]
     pub what: String,
     /// Backends to run (default: every one compiled in).
@@ -46,7 +47,7 @@ pub struct Args {
 }
 
 /// The model under test: the weights in `--dir`, or a seeded random one of `--random-config`.
-fn bench_model<B: Backend>(a: &Args, device: &B::Device) -> anyhow::Result<Llada<B>> {
+pub fn bench_model<B: Backend>(a: &Args, device: &B::Device) -> anyhow::Result<Llada<B>> {
     match &a.random_config {
         Some(path) => {
             let config = dllm_model::LladaConfig::from_file(path)?;
@@ -70,7 +71,7 @@ pub struct Row {
     note: String,
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
+pub fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
 }
@@ -262,7 +263,7 @@ impl BackendTask for Bench<'_> {
 }
 
 /// Prompt length of the benchmark batch (the golden `bench_loss_mask` never masks it).
-const BENCH_PROMPT: usize = 64;
+pub const BENCH_PROMPT: usize = 64;
 
 /// One DMPO optimisation step as the reference's (b): WDCE loss on the golden batch
 /// (`bench_tokens`, one replicate masked by `bench_loss_mask`), backward, AdamW (lr 1e-4,
@@ -326,6 +327,9 @@ fn dmpo_step<B: Backend>(a: &Args, device: &B::Device) -> anyhow::Result<(f64, V
 
 /// Runs the benchmarks.
 pub fn run(a: Args) -> anyhow::Result<()> {
+    if a.what == "ddp" {
+        return crate::bench_ddp::run(&a);
+    }
     let reference_path = a
         .reference
         .clone()

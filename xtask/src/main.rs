@@ -1,6 +1,7 @@
 //! `cargo xtask`: the project's recipes runner (train, eval, pretrain, bench, compare, random-checkpoint, scale).
 
 mod bench;
+mod bench_ddp;
 mod compare;
 mod eval;
 mod pretrain;

@@ -264,6 +264,20 @@ pub fn latest(dir: &Path) -> Result<Option<PathBuf>> {
     Ok(Some(path))
 }
 
+/// The step of the newest checkpoint directory of a run, if any (complete or not:
+/// [`latest`] says).
+pub fn latest_step(dir: &Path) -> Result<Option<usize>> {
+    Ok(step_dirs(&dir.join("checkpoints"))?
+        .pop()
+        .map(|(step, _)| step))
+}
+
+/// The complete checkpoint after `step` rollout steps, if the run keeps it.
+pub fn at_step(dir: &Path, step: usize) -> Option<PathBuf> {
+    let path = dir.join("checkpoints").join(step_dir_name(step));
+    path.join("state.json").is_file().then_some(path)
+}
+
 /// The element type of every float parameter of a module, in traversal order (ids are no key:
 /// loading a record replaces them with the record's).
 #[derive(Default)]

@@ -1,7 +1,8 @@
-//! Data parallelism across peers (`[distributed] devices = N`, docs/distributed.md): each peer
-//! generates, scores and differentiates its share of a step's prompt groups; burn-collective's
-//! all-reduce sums the gradients, so every peer applies the same AdamW update and the weights
-//! stay identical.
+//! Data parallelism across peers (`[distributed]`, docs/distributed.md): each peer generates,
+//! scores and differentiates its share of a step's prompt groups; burn-collective's all-reduce
+//! sums the gradients, so every peer applies the same AdamW update and the weights stay
+//! identical. Peers are threads of one process (`devices`) on one machine or on several
+//! (`nodes`, joined through burn-collective's global orchestrator, [`run_orchestrator`]).
 //!
 //! The exchange of host values (rewards, ELBOs, token ids, losses) also runs on burn-collective's
 //! all-reduce, the one operation it offers on every transport: a peer writes its values at their
@@ -9,13 +10,21 @@
 //! `f32` (integers below 2^24 are exact in `f32`, and adding zeros is exact), and the sum is the
 //! gathered vector, bit for bit. burn-collective has no gather; this is the smallest exact one
 //! built on what it has.
+//!
+//! burn-collective has no timeouts: an operation whose partner died waits forever. Every
+//! exchange here runs on a helper thread that the peer waits for at most
+//! `distributed.timeout_s`; past it the peer probes the other machines and stops with an error
+//! naming the ones that no longer answer.
 
+use std::net::{TcpStream, ToSocketAddrs};
 use std::ops::Range;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use burn::collective::{
-    all_reduce, finish_collective, register, reset_collective, CollectiveConfig, PeerId,
-    ReduceOperation,
+    all_reduce, finish_collective, register, reset_collective, CollectiveConfig, CollectiveError,
+    PeerId, ReduceOperation,
 };
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::optim::GradientsParams;
@@ -23,14 +32,136 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData, TensorPrimitive};
 
 use crate::error::{Result, TrainError};
+use crate::recipe::{parse_host_port, DistributedSection};
 
-/// One peer of a data-parallel run: its rank and the number of peers (one: no exchange).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Where a run's peers are: `devices` on each of the machines `nodes` (this one alone when
+/// empty), this machine being `nodes[node_rank]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Layout {
+    /// Peers on each machine.
+    pub devices: usize,
+    /// Every machine's `host:port` (its tensor service), in node order; empty: one machine.
+    pub nodes: Vec<String>,
+    /// This machine's index in `nodes`.
+    pub node_rank: usize,
+    /// `host:port` of the global orchestrator (several machines).
+    pub orchestrator: Option<String>,
+    /// How long a peer waits in one exchange.
+    pub timeout: Duration,
+}
+
+impl Layout {
+    /// One peer on one machine.
+    pub fn single() -> Self {
+        Self::local(1)
+    }
+
+    /// `devices` peers on this machine alone.
+    pub fn local(devices: usize) -> Self {
+        Self {
+            devices,
+            nodes: Vec::new(),
+            node_rank: 0,
+            orchestrator: None,
+            timeout: Duration::from_secs(600),
+        }
+    }
+
+    /// The layout a recipe's `[distributed]` section asks for (validated by the recipe).
+    pub fn from_section(section: &DistributedSection) -> Self {
+        Self {
+            devices: section.devices,
+            nodes: section.nodes.clone(),
+            node_rank: section.node_rank,
+            orchestrator: section.orchestrator.clone(),
+            timeout: Duration::from_secs_f64(section.timeout_s),
+        }
+    }
+
+    /// Peers in the run, on every machine.
+    pub fn peers(&self) -> usize {
+        self.devices * self.nodes.len().max(1)
+    }
+
+    /// The global rank of this machine's peer `local`: machines in node order, each holding
+    /// `devices` consecutive ranks.
+    pub fn rank_of(&self, local: usize) -> usize {
+        self.node_rank * self.devices + local
+    }
+
+    /// burn-collective's configuration of this machine's peers.
+    fn config(&self) -> std::result::Result<CollectiveConfig, String> {
+        let config = CollectiveConfig::default().with_num_devices(self.devices);
+        if self.nodes.len() < 2 {
+            return Ok(config);
+        }
+        let own = &self.nodes[self.node_rank];
+        let (_, port) = parse_host_port(own)?;
+        let orchestrator = self
+            .orchestrator
+            .as_deref()
+            .ok_or("no `distributed.orchestrator`")?;
+        // burn-communication reads websocket addresses only with their scheme.
+        Ok(config
+            .with_num_nodes(self.nodes.len() as u32)
+            .with_global_address(format!("ws://{orchestrator}").parse()?)
+            .with_node_address(format!("ws://{own}").parse()?)
+            .with_data_service_port(port))
+    }
+
+    /// The machines other than this one, and the orchestrator, that refuse or ignore a
+    /// connection, with why.
+    fn unreachable_nodes(&self) -> Vec<String> {
+        let nodes = self
+            .nodes
+            .iter()
+            .enumerate()
+            .filter(|&(i, _)| i != self.node_rank)
+            .filter_map(|(i, node)| {
+                probe(node)
+                    .err()
+                    .map(|why| format!("node {i} ({node}, peers {:?}): {why}", self.ranks_of(i)))
+            });
+        let orchestrator = self
+            .orchestrator
+            .iter()
+            .filter(|_| self.nodes.len() > 1)
+            .filter_map(|o| {
+                probe(o)
+                    .err()
+                    .map(|why| format!("the orchestrator ({o}): {why}"))
+            });
+        nodes.chain(orchestrator).collect()
+    }
+
+    fn ranks_of(&self, node: usize) -> Range<usize> {
+        node * self.devices..(node + 1) * self.devices
+    }
+}
+
+/// Whether something listens at `host:port` (a TCP connection within two seconds).
+fn probe(address: &str) -> std::result::Result<(), String> {
+    let addrs = address
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve: {e}"))?;
+    let mut last = "no address".to_string();
+    for addr in addrs {
+        match TcpStream::connect_timeout(&addr, Duration::from_secs(2)) {
+            Ok(_) => return Ok(()),
+            Err(e) => last = e.to_string(),
+        }
+    }
+    Err(last)
+}
+
+/// One peer of a data-parallel run: its global rank, the number of peers, and where they are.
+#[derive(Debug, Clone, PartialEq)]
 pub struct Peer {
-    /// This peer's index, `0..count`; peer 0 writes metrics, checkpoints and evaluations.
+    /// This peer's index, `0..count`; peer 0 writes metrics and evaluations.
     pub rank: usize,
     /// Peers in the run.
     pub count: usize,
+    layout: Arc<Layout>,
 }
 
 /// burn-collective's server is one per process and backend: one distributed run at a time.
@@ -44,12 +175,27 @@ pub fn exclusive_collective() -> MutexGuard<'static, ()> {
 impl Peer {
     /// The only peer of a run on one device.
     pub fn single() -> Self {
-        Self { rank: 0, count: 1 }
+        Self::of(0, 1)
     }
 
-    /// Whether this peer writes the run's files (rank 0).
+    /// Peer `rank` of `count` on one machine, outside any collective (its shares only).
+    pub fn of(rank: usize, count: usize) -> Self {
+        Self {
+            rank,
+            count,
+            layout: Arc::new(Layout::local(count)),
+        }
+    }
+
+    /// Whether this peer writes the run's metrics and evaluations (rank 0).
     pub fn is_leader(&self) -> bool {
         self.rank == 0
+    }
+
+    /// Whether this peer writes its machine's checkpoints (the first peer of every machine:
+    /// each machine resumes from its own copy).
+    pub fn is_node_leader(&self) -> bool {
+        self.rank.is_multiple_of(self.layout.devices)
     }
 
     /// This peer's contiguous share of `n` items (prompt groups): `n * rank / count ..
@@ -58,14 +204,22 @@ impl Peer {
         n * self.rank / self.count..n * (self.rank + 1) / self.count
     }
 
-    /// Registers peer `rank` of `count` on `device` with the process's collective (blocks until
-    /// every peer has registered). The caller holds [`exclusive_collective`].
-    pub fn join<B: Backend>(rank: usize, count: usize, device: &B::Device) -> Result<Self> {
-        let peer = Self { rank, count };
-        if count > 1 {
-            let config = CollectiveConfig::default().with_num_devices(count);
-            register::<B>(peer.id(), device.clone(), config)
-                .map_err(|e| peer.error("joining the collective", e))?;
+    /// Registers this machine's peer `local` of `layout` with the process's collective (and,
+    /// on several machines, through it with the orchestrator); returns once every peer of the
+    /// run has joined, or with an error after `layout.timeout`. The caller holds
+    /// [`exclusive_collective`].
+    pub fn join<B: Backend>(layout: Arc<Layout>, local: usize, device: &B::Device) -> Result<Self> {
+        let peer = Self {
+            rank: layout.rank_of(local),
+            count: layout.peers(),
+            layout,
+        };
+        if peer.count > 1 {
+            let config = peer.layout.config().map_err(|e| {
+                TrainError::Distributed(format!("peer {}: the layout: {e}", peer.rank))
+            })?;
+            let (id, device) = (peer.id(), device.clone());
+            peer.within("joining the run", move || register::<B>(id, device, config))?;
         }
         Ok(peer)
     }
@@ -73,8 +227,8 @@ impl Peer {
     /// Leaves the collective (every peer, at the end of the run).
     pub fn leave<B: Backend>(&self) -> Result<()> {
         if self.count > 1 {
-            finish_collective::<B>(self.id())
-                .map_err(|e| self.error("leaving the collective", e))?;
+            let id = self.id();
+            self.within("leaving the run", move || finish_collective::<B>(id))?;
         }
         Ok(())
     }
@@ -90,9 +244,10 @@ impl Peer {
         if self.count == 1 {
             return Ok(grads);
         }
-        grads
-            .all_reduce::<B>(self.id(), ReduceOperation::Sum)
-            .map_err(|e| self.error("all-reducing the gradients", e))
+        let id = self.id();
+        self.within("all-reducing the gradients", move || {
+            grads.all_reduce::<B>(id, ReduceOperation::Sum)
+        })
     }
 
     /// The `total` values of which this peer holds `local` at positions `offset..`: every peer
@@ -104,35 +259,37 @@ impl Peer {
         total: usize,
         device: &B::Device,
     ) -> Result<Vec<f64>> {
-        if offset + local.len() > total {
-            return Err(TrainError::Distributed(format!(
-                "peer {}: values at {offset}..{} of a vector of {total}",
-                self.rank,
-                offset + local.len()
-            )));
-        }
-        if self.count == 1 {
-            let mut out = vec![0.0; total];
-            out[offset..offset + local.len()].copy_from_slice(local);
-            return Ok(out);
-        }
+        self.check_span(local.len(), offset, total)?;
         let mut pieces = vec![0f32; 4 * total];
         for (i, v) in local.iter().enumerate() {
             pieces[4 * (offset + i)..4 * (offset + i + 1)].copy_from_slice(&split(*v));
         }
-        let tensor = Tensor::<B, 1>::from_data(TensorData::new(pieces, [4 * total]), device);
-        let summed = all_reduce::<B>(
-            self.id(),
-            tensor.into_primitive().tensor(),
-            ReduceOperation::Sum,
-        )
-        .map_err(|e| self.error("gathering values", e))?;
-        let summed = Tensor::<B, 1>::from_primitive(TensorPrimitive::Float(summed))
-            .into_data()
-            .convert::<f32>()
-            .to_vec::<f32>()
-            .map_err(|e| TrainError::Distributed(format!("gathered values: {e:?}")))?;
+        let summed = self.sum_host::<B>(pieces, "gathering values", device)?;
         Ok(summed.chunks(4).map(join).collect())
+    }
+
+    /// [`Peer::gather`] for token ids and other integers below 2^24, one `f32` each (a quarter
+    /// of the bytes).
+    pub fn gather_ids<B: Backend>(
+        &self,
+        local: &[u32],
+        offset: usize,
+        total: usize,
+        device: &B::Device,
+    ) -> Result<Vec<u32>> {
+        self.check_span(local.len(), offset, total)?;
+        if let Some(v) = local.iter().find(|&&v| v >= 1 << 24) {
+            return Err(TrainError::Distributed(format!(
+                "peer {}: {v} is too large to gather as an id (below 2^24)",
+                self.rank
+            )));
+        }
+        let mut values = vec![0f32; total];
+        for (slot, v) in values[offset..].iter_mut().zip(local) {
+            *slot = *v as f32;
+        }
+        let summed = self.sum_host::<B>(values, "gathering ids", device)?;
+        Ok(summed.into_iter().map(|v| v as u32).collect())
     }
 
     /// Each peer's `value`, in rank order, on every peer.
@@ -140,16 +297,117 @@ impl Peer {
         self.gather::<B>(&[value], self.rank, self.count, device)
     }
 
+    fn check_span(&self, len: usize, offset: usize, total: usize) -> Result<()> {
+        if offset + len > total {
+            return Err(TrainError::Distributed(format!(
+                "peer {}: values at {offset}..{} of a vector of {total}",
+                self.rank,
+                offset + len
+            )));
+        }
+        Ok(())
+    }
+
+    /// The elementwise sum over peers of `values` (exact for the layouts above: one peer
+    /// writes each position, the others zeros).
+    fn sum_host<B: Backend>(
+        &self,
+        values: Vec<f32>,
+        what: &str,
+        device: &B::Device,
+    ) -> Result<Vec<f32>> {
+        if self.count == 1 {
+            return Ok(values);
+        }
+        let n = values.len();
+        let tensor = Tensor::<B, 1>::from_data(TensorData::new(values, [n]), device);
+        let primitive = tensor.into_primitive().tensor();
+        let id = self.id();
+        let summed = self.within(what, move || {
+            all_reduce::<B>(id, primitive, ReduceOperation::Sum)
+        })?;
+        Tensor::<B, 1>::from_primitive(TensorPrimitive::Float(summed))
+            .into_data()
+            .convert::<f32>()
+            .to_vec::<f32>()
+            .map_err(|e| TrainError::Distributed(format!("{what}: {e:?}")))
+    }
+
+    /// Runs one collective operation on a helper thread and waits for it at most the
+    /// layout's timeout: burn-collective's own calls would wait forever for a dead peer.
+    fn within<T: Send + 'static>(
+        &self,
+        what: &str,
+        op: impl FnOnce() -> std::result::Result<T, CollectiveError> + Send + 'static,
+    ) -> Result<T> {
+        let (sender, receiver) = mpsc::channel();
+        std::thread::Builder::new()
+            .name(format!("collective-peer{}", self.rank))
+            .spawn(move || {
+                // The receiver is gone when the peer gave up waiting.
+                let _ = sender.send(op());
+            })
+            .map_err(|e| self.failure(what, format!("cannot start a thread: {e}")))?;
+        match receiver.recv_timeout(self.layout.timeout) {
+            Ok(result) => result.map_err(|e| {
+                let unreachable = self.layout.unreachable_nodes();
+                let why = match unreachable.is_empty() {
+                    true => format!("{e:?}"),
+                    false => format!("{e:?}; not answering: {}", unreachable.join("; ")),
+                };
+                self.failure(what, why)
+            }),
+            Err(RecvTimeoutError::Disconnected) => {
+                Err(self.failure(what, "burn-collective panicked".into()))
+            }
+            Err(RecvTimeoutError::Timeout) => {
+                let unreachable = self.layout.unreachable_nodes();
+                let why = if unreachable.is_empty() {
+                    "every machine still answers: a peer is stuck or far slower than this one \
+                     (raise `distributed.timeout_s` if steps are that unbalanced)"
+                        .to_string()
+                } else {
+                    format!("not answering: {}", unreachable.join("; "))
+                };
+                Err(self.failure(
+                    what,
+                    format!(
+                        "no answer from the other peers within {:.0} s; {why}. Restart the run \
+                         on every machine (and the orchestrator) with --resume",
+                        self.layout.timeout.as_secs_f64()
+                    ),
+                ))
+            }
+        }
+    }
+
     fn id(&self) -> PeerId {
         PeerId(self.rank as u32)
     }
 
-    fn error(&self, what: &str, e: burn::collective::CollectiveError) -> TrainError {
+    fn failure(&self, what: &str, why: String) -> TrainError {
         TrainError::Distributed(format!(
-            "peer {} of {}: {what}: {e:?}",
+            "peer {} of {}: {what}: {why}",
             self.rank, self.count
         ))
     }
+}
+
+/// Runs burn-collective's global orchestrator on `port` (all interfaces) until the process is
+/// interrupted: the meeting point of the machines of a multi-machine run, one per run.
+pub fn run_orchestrator(port: u16) -> Result<()> {
+    // burn-collective logs a failed bind and returns; a clear error first is kinder.
+    std::net::TcpListener::bind(("0.0.0.0", port)).map_err(|e| {
+        TrainError::Distributed(format!(
+            "the orchestrator cannot listen on port {port}: {e}"
+        ))
+    })?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| TrainError::Distributed(format!("the orchestrator's runtime: {e}")))?;
+    runtime.block_on(burn_collective::start_global_orchestrator(port));
+    Ok(())
 }
 
 /// A 48-bit digest (FNV-1a over the `f32` bits, exact as an `f64`) of `model`'s trainable
@@ -243,7 +501,7 @@ mod tests {
         for count in 1..=5 {
             for n in count..12 {
                 let shares: Vec<usize> = (0..count)
-                    .flat_map(|rank| Peer { rank, count }.share(n))
+                    .flat_map(|rank| Peer::of(rank, count).share(n))
                     .collect();
                 assert_eq!(
                     shares,

@@ -85,47 +85,123 @@ pub fn evaluate<B: Backend>(
     gen_length: usize,
     out: Option<&Path>,
 ) -> Result<EvalResult> {
-    let sampler = eval_sampler(section, gen_length);
-    let eos = model.config.eos_token_id;
-    let (mut correct, mut total) = (0u64, 0u64);
-    let mut records = Vec::with_capacity(items.len());
-    for chunk in items.chunks(section.batch_size.max(1)) {
-        let prompts = chunk
-            .iter()
-            .map(|it| prompt_ids(tokenizer, it, style, true, max_prompt_tokens))
-            .collect::<Result<Vec<_>>>()?;
-        let out = generate(model, &prompts, &sampler)?;
-        for (item, ids) in chunk.iter().zip(&out.completions) {
-            let text = completion_text_as(tokenizer, ids, eos, section.completion_text)?;
-            let score = rewards::eval_correct(task, &text, item)?;
+    let setup = EvalSetup {
+        tokenizer,
+        task,
+        items,
+        style,
+        max_prompt_tokens,
+        section,
+    };
+    let completions = setup.generate(model, 0..setup.batches(), gen_length)?;
+    setup.score(model.config.eos_token_id, gen_length, &completions, out)
+}
+
+/// What an evaluation reads besides the model: the items, how to prompt them, how to sample
+/// and score. Split in two ([`EvalSetup::generate`] on batches, [`EvalSetup::score`] on every
+/// completion) so that peers can share the generation (crate::trainer).
+#[derive(Clone, Copy)]
+pub struct EvalSetup<'a> {
+    /// The model's tokenizer.
+    pub tokenizer: &'a LladaTokenizer,
+    /// The task that scores.
+    pub task: Task,
+    /// The evaluation set, in order.
+    pub items: &'a [TaskItem],
+    /// How items become prompts.
+    pub style: PromptStyle,
+    /// Longest prompt (left-truncated beyond).
+    pub max_prompt_tokens: usize,
+    /// Sampler and batching settings.
+    pub section: &'a EvalSection,
+}
+
+impl EvalSetup<'_> {
+    /// Batches of `section.batch_size` items (the last one may be shorter).
+    pub fn batches(&self) -> usize {
+        self.items.len().div_ceil(self.batch_size())
+    }
+
+    /// The items of `batches`, as a range of item indices.
+    pub fn items_of(&self, batches: std::ops::Range<usize>) -> std::ops::Range<usize> {
+        let b = self.batch_size();
+        (batches.start * b).min(self.items.len())..(batches.end * b).min(self.items.len())
+    }
+
+    fn batch_size(&self) -> usize {
+        self.section.batch_size.max(1)
+    }
+
+    /// The completions (`gen_length` ids each) of the items of `batches`, in order: a batch is
+    /// sampled together, so the same batches give the same completions wherever they run.
+    pub fn generate<B: Backend>(
+        &self,
+        model: &Llada<B>,
+        batches: std::ops::Range<usize>,
+        gen_length: usize,
+    ) -> Result<Vec<Vec<u32>>> {
+        let sampler = eval_sampler(self.section, gen_length);
+        let items = &self.items[self.items_of(batches)];
+        let mut completions = Vec::with_capacity(items.len());
+        for chunk in items.chunks(self.batch_size()) {
+            let prompts = chunk
+                .iter()
+                .map(|it| prompt_ids(self.tokenizer, it, self.style, true, self.max_prompt_tokens))
+                .collect::<Result<Vec<_>>>()?;
+            completions.extend(generate(model, &prompts, &sampler)?.completions);
+        }
+        Ok(completions)
+    }
+
+    /// Scores one completion per item and (if `out` is given) writes the d1-layout JSON.
+    pub fn score(
+        &self,
+        eos: u32,
+        gen_length: usize,
+        completions: &[Vec<u32>],
+        out: Option<&Path>,
+    ) -> Result<EvalResult> {
+        if completions.len() != self.items.len() {
+            return Err(TrainError::Data(format!(
+                "evaluation: {} completions for {} items",
+                completions.len(),
+                self.items.len()
+            )));
+        }
+        let (mut correct, mut total) = (0u64, 0u64);
+        let mut records = Vec::with_capacity(self.items.len());
+        for (item, ids) in self.items.iter().zip(completions) {
+            let text = completion_text_as(self.tokenizer, ids, eos, self.section.completion_text)?;
+            let score = rewards::eval_correct(self.task, &text, item)?;
             correct += score.correct as u64;
             total += score.total as u64;
-            records.push(d1_record(item, style, &text));
+            records.push(d1_record(item, self.style, &text));
         }
-    }
-    let result = EvalResult {
-        gen_length,
-        correct,
-        total,
-        accuracy_pct: if total == 0 {
-            0.0
-        } else {
-            100.0 * correct as f64 / total as f64
-        },
-        items: items.len(),
-    };
-    if let Some(path) = out {
-        let doc = serde_json::json!({
-            "generations": records,
-            "metrics": {
-                "correct": correct, "total": total, "accuracy": result.accuracy_pct,
-                "gen_length": gen_length, "steps": sampler.steps, "block_length": sampler.block_length,
+        let result = EvalResult {
+            gen_length,
+            correct,
+            total,
+            accuracy_pct: if total == 0 {
+                0.0
+            } else {
+                100.0 * correct as f64 / total as f64
             },
-        });
-        let text = serde_json::to_string_pretty(&doc).expect("serialisable");
-        dllm_model::load::write_atomic(path, text.as_bytes())?;
+            items: self.items.len(),
+        };
+        if let Some(path) = out {
+            let sampler = eval_sampler(self.section, gen_length);
+            let doc = serde_json::json!({
+                "generations": records,
+                "metrics": {
+                    "correct": correct, "total": total, "accuracy": result.accuracy_pct,
+                    "gen_length": gen_length, "steps": sampler.steps, "block_length": sampler.block_length,
+                },
+            });
+            let text = serde_json::to_string_pretty(&doc).expect("serialisable");
+            dllm_model::load::write_atomic(path, text.as_bytes())?;
+        }
+        Ok(result)
     }
-    Ok(result)
 }
 
 /// One generation record in the d1 layout: the question (which carries the Sudoku puzzle or

@@ -47,31 +47,67 @@ pub struct Recipe {
     pub distributed: DistributedSection,
 }
 
-/// `[distributed]`: how many peers share each step (docs/distributed.md).
+/// `[distributed]`: how many peers share each step, on this machine and on others
+/// (docs/distributed.md).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DistributedSection {
     /// Peers on this machine, each with its share of the step's prompt groups: on the CPU
     /// backend (flex) one thread pool each, with its share of the cores. 1: no data parallelism.
     pub devices: usize,
+    /// Every machine of a multi-machine run as `host:port`, the address its peers serve
+    /// tensors on, in node order; the same list on every machine. Empty: this machine only.
+    pub nodes: Vec<String>,
+    /// This machine's index in `nodes`.
+    pub node_rank: usize,
+    /// `host:port` of the run's `dmpo orchestrator` (multi-machine runs).
+    pub orchestrator: Option<String>,
+    /// Seconds a peer waits for the others in one exchange before it stops the run with an
+    /// error (a peer died, hung or cannot join).
+    pub timeout_s: f64,
+    /// Runs over several machines anyway: burn-collective 0.21 completes only the first
+    /// exchange between machines (docs/distributed.md), so `nodes` is refused without this.
+    pub experimental_multi_machine: bool,
 }
 
 impl Default for DistributedSection {
     fn default() -> Self {
-        Self { devices: 1 }
+        Self {
+            devices: 1,
+            nodes: Vec::new(),
+            node_rank: 0,
+            orchestrator: None,
+            timeout_s: 600.0,
+            experimental_multi_machine: false,
+        }
+    }
+}
+
+impl DistributedSection {
+    /// Machines in the run (1 without `nodes`).
+    pub fn node_count(&self) -> usize {
+        self.nodes.len().max(1)
+    }
+
+    /// Peers in the run: `devices` on each machine.
+    pub fn peers(&self) -> usize {
+        self.devices * self.node_count()
     }
 }
 
 /// Settings `--resume` lets differ from the run's `recipe.toml` (a trailing `*` covers a whole
 /// section): how long to train, how often to checkpoint and evaluate, how to evaluate, and where
 /// it runs. Everything else shapes the weights and must match.
-pub const RESUMABLE_KEYS: [&str; 6] = [
+/// The layout of the peers may move (new addresses, another orchestrator) but not change in
+/// size: `crate::trainer` refuses another number of peers or machines, saying why.
+pub const RESUMABLE_KEYS: [&str; 7] = [
     "train.steps",
     "train.checkpoint_every",
     "train.eval_every",
     "eval.*",
     "run.device",
     "run.output_dir",
+    "distributed.*",
 ];
 
 fn default_rollout() -> SamplerConfig {
@@ -712,16 +748,82 @@ impl Recipe {
                 message: format!("`{field}` {message}"),
             })
         };
-        let devices = self.distributed.devices;
-        if devices == 0 || devices > self.train.prompts_per_step {
+        let d = &self.distributed;
+        let devices = d.devices;
+        if devices == 0 || d.peers() > self.train.prompts_per_step {
             return bad(
                 "distributed.devices",
                 format!(
-                    "must be in 1..=train.prompts_per_step ({}): each peer takes whole prompt groups",
+                    "× machines must be in 1..=train.prompts_per_step ({}): each peer takes \
+                     whole prompt groups",
                     self.train.prompts_per_step
                 ),
             );
         }
+        if d.nodes.len() == 1 {
+            return bad(
+                "distributed.nodes",
+                "lists one machine: leave it empty for a run on this machine alone".into(),
+            );
+        }
+        for (i, node) in d.nodes.iter().enumerate() {
+            if let Err(e) = parse_host_port(node) {
+                return bad(&format!("distributed.nodes[{i}]"), e);
+            }
+        }
+        if let Some(i) = (1..d.nodes.len()).find(|&i| d.nodes[..i].contains(&d.nodes[i])) {
+            return bad(
+                &format!("distributed.nodes[{i}]"),
+                format!("{:?} is listed twice", d.nodes[i]),
+            );
+        }
+        if d.nodes.len() > 1 && !d.experimental_multi_machine {
+            return bad(
+                "distributed.nodes",
+                "(a run over several machines) is held back in this version: burn-collective \
+                 0.21's global all-reduce completes the first exchange between machines and then \
+                 waits forever (its SyncService never clears the list of synced nodes), so the \
+                 run would stop at its second exchange (docs/distributed.md). Run on one machine \
+                 with `distributed.devices`, or set `distributed.experimental_multi_machine = \
+                 true` to try a fixed burn-collective"
+                    .into(),
+            );
+        }
+        if d.nodes.len() > 1 {
+            if d.node_rank >= d.nodes.len() {
+                return bad(
+                    "distributed.node_rank",
+                    format!("{} is not an index of `distributed.nodes`", d.node_rank),
+                );
+            }
+            match &d.orchestrator {
+                None => {
+                    return bad(
+                        "distributed.orchestrator",
+                        "is needed with `distributed.nodes`: the `host:port` of `dmpo \
+                         orchestrator`"
+                            .into(),
+                    )
+                }
+                Some(o) => {
+                    if let Err(e) = parse_host_port(o) {
+                        return bad("distributed.orchestrator", e);
+                    }
+                }
+            }
+        } else if d.node_rank != 0 {
+            return bad(
+                "distributed.node_rank",
+                "must be 0 without `distributed.nodes`".into(),
+            );
+        }
+        if !(d.timeout_s.is_finite() && d.timeout_s > 0.0) {
+            return bad(
+                "distributed.timeout_s",
+                format!("must be a positive number of seconds, not {}", d.timeout_s),
+            );
+        }
+        let devices = d.peers();
         if devices > 1 && self.run.device != BackendKind::Flex {
             return bad(
                 "distributed.devices",
@@ -818,8 +920,31 @@ impl Recipe {
             .collect()
     }
 
-    /// The run's output directory.
+    /// The run's output directory (`NAME-nodeR` beside it on machine `R > 0` of a
+    /// multi-machine run).
     pub fn run_dir(&self) -> PathBuf {
-        self.run.output_dir.join(&self.run.name)
+        match self.distributed.node_rank {
+            0 => self.run.output_dir.join(&self.run.name),
+            // Another machine's copy of the checkpoints: a sibling, never inside node 0's
+            // directory, so that a shared file system holds both.
+            r => self
+                .run
+                .output_dir
+                .join(format!("{}-node{r}", self.run.name)),
+        }
     }
+}
+
+/// `host:port` with a non-empty host and a port number, or why not.
+pub fn parse_host_port(address: &str) -> std::result::Result<(&str, u16), String> {
+    let (host, port) = address
+        .rsplit_once(':')
+        .ok_or_else(|| format!("{address:?} is not `host:port`"))?;
+    let port = port
+        .parse::<u16>()
+        .map_err(|_| format!("{address:?}: `{port}` is not a port number"))?;
+    if host.is_empty() || host.contains("://") {
+        return Err(format!("{address:?} is not `host:port`"));
+    }
+    Ok((host, port))
 }

@@ -161,15 +161,16 @@ impl Rollout {
         let (rows, first) = (groups * g, peer.share(groups).start * g);
         let s = &self.sequences;
         let (seq_len, prompt_len) = (s.seq_len(), s.prompt_len());
-        let widen = |v: &[i64]| v.iter().map(|&x| x as f64).collect::<Vec<_>>();
-        let ids = peer.gather::<B>(&widen(s.ids()), first * seq_len, rows * seq_len, device)?;
-        let eos: Vec<f64> = s.eos_index().iter().map(|&e| e as f64).collect();
-        let eos = peer.gather::<B>(&eos, first, rows, device)?;
+        // Token ids, positions and flags are integers below 2^24: one exact f32 each.
+        let ids: Vec<u32> = s.ids().iter().map(|&x| x as u32).collect();
+        let ids = peer.gather_ids::<B>(&ids, first * seq_len, rows * seq_len, device)?;
+        let eos: Vec<u32> = s.eos_index().iter().map(|&e| e as u32).collect();
+        let eos = peer.gather_ids::<B>(&eos, first, rows, device)?;
         let padding = match s.key_padding() {
             Some(p) => {
-                let p: Vec<f64> = p.iter().map(|&b| f64::from(u8::from(b))).collect();
-                let all = peer.gather::<B>(&p, first * seq_len, rows * seq_len, device)?;
-                Some(all.iter().map(|&b| b != 0.0).collect())
+                let p: Vec<u32> = p.iter().map(|&b| u32::from(b)).collect();
+                let all = peer.gather_ids::<B>(&p, first * seq_len, rows * seq_len, device)?;
+                Some(all.iter().map(|&b| b != 0).collect())
             }
             None => None,
         };
@@ -191,7 +192,7 @@ impl Rollout {
             reward_components.insert(name, sums.iter().sum::<f64>() / rows as f64);
         }
         let sequences = HostBatch::new(
-            ids.iter().map(|&x| x as i64).collect(),
+            ids.iter().map(|&x| i64::from(x)).collect(),
             seq_len,
             prompt_len,
             eos.iter().map(|&e| e as usize).collect(),

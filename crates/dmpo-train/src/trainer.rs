@@ -22,9 +22,9 @@ use serde::Serialize;
 
 use crate::algorithm::{self, Diagnostics, Learner, UpdateInputs};
 use crate::checkpoint::{self, Snapshot, TrainState};
-use crate::distributed::{exclusive_collective, trainable_digest, Peer};
+use crate::distributed::{exclusive_collective, trainable_digest, Layout, Peer};
 use crate::error::{Result, TrainError};
-use crate::eval::{evaluate, EvalResult};
+use crate::eval::{EvalResult, EvalSetup};
 use crate::metrics::{self, RolloutSeconds, StepMetrics};
 use crate::recipe::{Algorithm, Finetune, Recipe};
 use crate::reference::Reference;
@@ -112,25 +112,15 @@ pub fn train<AB: AutodiffBackend>(
     let tokenizer = LladaTokenizer::from_file(recipe.model.path.join("tokenizer.json"))?;
     let data = TrainData::open(&recipe.task, task)?;
     let eval_set = eval_items(&recipe.task, task, recipe.eval.order, recipe.eval.limit)?;
-    let (mut model, mut reference) = load_policy_and_reference::<AB>(recipe, &device)?;
+    let (model, reference) = load_policy_and_reference::<AB>(recipe, &device)?;
     tokenizer.check_model(&model.config)?;
     check_context(recipe, model.config.max_sequence_length)?;
     let t = &recipe.train;
-    let mut optimizer = crate::optim::adamw(t).init::<AB, Llada<AB>>();
+    let optimizer = crate::optim::adamw(t).init::<AB, Llada<AB>>();
 
     let resolved = toml::to_string_pretty(recipe).expect("serialisable recipe");
     dllm_model::load::write_atomic(&run_dir.join("recipe.toml"), resolved.as_bytes())?;
     let metrics_path = run_dir.join("metrics.jsonl");
-    let eval_path = run_dir.join("eval.jsonl");
-    let mut state = TrainState::default();
-    if resume {
-        (model, optimizer, state) =
-            resume_latest(&run_dir, model, optimizer, &mut reference, &device)?;
-        // Rows of steps the checkpoint does not hold (metrics rows count from 0, evaluation
-        // rows from 1: the evaluation after step `s` is written before its checkpoint).
-        metrics::truncate_from_step(&metrics_path, state.step)?;
-        metrics::truncate_from_step(&eval_path, state.step + 1)?;
-    }
     let mut run = StepContext {
         source: RolloutSource {
             recipe,
@@ -140,7 +130,7 @@ pub fn train<AB: AutodiffBackend>(
         },
         reference,
         optimizer,
-        state,
+        state: TrainState::default(),
         total_updates: t.steps * t.num_iterations,
         device,
         peer: Peer::single(),
@@ -152,50 +142,27 @@ pub fn train<AB: AutodiffBackend>(
         task,
         eval_set: &eval_set,
         metrics: metrics_path.clone(),
-        evaluations: eval_path,
+        evaluations: run_dir.join("eval.jsonl"),
+        resume,
         skip_eval: options.skip_eval,
+        last_step: options.stop_after.map_or(t.steps, |n| n.min(t.steps)),
     };
 
-    let before = if options.skip_eval {
-        Vec::new()
-    } else if run.state.step > 0 {
-        // Resumed: the first invocation's evaluation before training.
-        read_evaluations(&run_dir, "before", &recipe.eval.gen_lengths)?
-    } else {
-        files.evaluate(&model, "before")?
-    };
-    for r in &before {
-        tracing::info!(
-            "before training: len {} accuracy {:.2}%",
-            r.gen_length,
-            r.accuracy_pct
-        );
-    }
-
-    let bar = progress_bar(options.quiet, t.steps, run.state.step);
-    let last_step = options.stop_after.map_or(t.steps, |n| n.min(t.steps));
-    let model = match recipe.distributed.devices {
-        1 => run.run_steps(model, last_step, &files, &bar)?,
-        devices => {
-            let (model, state) = run_peers(&run, model, devices, last_step, &files, &bar)?;
-            run.state = state;
-            model
-        }
+    let bar = progress_bar(options.quiet, t.steps, 0);
+    let layout = Layout::from_section(&recipe.distributed);
+    let outcome = match layout.peers() {
+        1 => run.run_peer(model, &files, &bar)?,
+        _ => run_peers(&run, model, layout, &files, &bar)?,
     };
     bar.finish_and_clear();
 
-    let after = if options.skip_eval {
-        Vec::new()
-    } else {
-        files.evaluate(&model, "after")?
-    };
     let summary = Summary {
         run_dir: run_dir.clone(),
-        before,
-        after,
-        steps: run.state.step,
-        updates: run.state.updates,
-        skipped: run.state.skipped,
+        before: outcome.before,
+        after: outcome.after,
+        steps: outcome.state.step,
+        updates: outcome.state.updates,
+        skipped: outcome.state.skipped,
         final_reward: last_quarter_mean(&metrics::rewards(&metrics_path)?),
         seconds: started.elapsed().as_secs_f64(),
     };
@@ -253,6 +220,23 @@ fn check_resumable(recipe: &Recipe, run_dir: &Path) -> Result<()> {
         return Ok(());
     }
     let saved = Recipe::load(&saved_path, &[])?;
+    let (now, then) = (&recipe.distributed, &saved.distributed);
+    if (now.devices, now.node_count()) != (then.devices, then.node_count()) {
+        return Err(TrainError::Recipe {
+            path: saved_path,
+            message: format!(
+                "--resume on {} peer(s) per machine on {} machine(s), where the run had {} on {}: \
+                 a resumed run continues exactly only with the same `distributed.devices` and \
+                 number of `distributed.nodes` (the order of the sums over peers depends on \
+                 them), and every machine resumes from its own copy of the checkpoints; start a \
+                 new run for another layout",
+                now.devices,
+                now.node_count(),
+                then.devices,
+                then.node_count()
+            ),
+        });
+    }
     let changed = recipe.resume_differences(&saved);
     if changed.is_empty() {
         return Ok(());
@@ -266,17 +250,6 @@ fn check_resumable(recipe: &Recipe, run_dir: &Path) -> Result<()> {
             crate::recipe::RESUMABLE_KEYS.join(", ")
         ),
     })
-}
-
-/// The evaluations `eval_{label}_len{len}.json` a previous invocation wrote, for every
-/// evaluated length that has one.
-fn read_evaluations(run_dir: &Path, label: &str, lengths: &[usize]) -> Result<Vec<EvalResult>> {
-    lengths
-        .iter()
-        .map(|len| run_dir.join(format!("eval_{label}_len{len}.json")))
-        .filter(|path| path.is_file())
-        .map(|path| EvalResult::read(&path))
-        .collect()
 }
 
 /// The policy to train and its reference: with LoRA, the base model with a new (or the
@@ -349,63 +322,104 @@ struct RunFiles<'a> {
     metrics: PathBuf,
     /// `eval.jsonl`.
     evaluations: PathBuf,
+    /// Whether the run continues from the directory's checkpoints.
+    resume: bool,
     skip_eval: bool,
+    /// The step this invocation stops at.
+    last_step: usize,
 }
 
 impl RunFiles<'_> {
-    /// Evaluates `model` at every length of `eval.gen_lengths`, writing
+    /// Evaluates `model` at every length of `eval.gen_lengths`: the peers share the batches of
+    /// items, gather every completion, and score them all; the leader writes
     /// `eval_{label}_len{len}.json`.
     fn evaluate<AB: AutodiffBackend>(
         &self,
         model: &Llada<AB>,
         label: &str,
+        peer: &Peer,
+        device: &AB::Device,
     ) -> Result<Vec<EvalResult>> {
         let policy = model.valid();
         let recipe = self.recipe;
+        let setup = EvalSetup {
+            tokenizer: self.tokenizer,
+            task: self.task,
+            items: self.eval_set,
+            style: recipe.task.prompt_style,
+            max_prompt_tokens: recipe.task.max_prompt_tokens,
+            section: &recipe.eval,
+        };
+        let eos = policy.config.eos_token_id;
         recipe
             .eval
             .gen_lengths
             .iter()
             .map(|&len| {
+                let batches = peer.share(setup.batches());
+                let first = setup.items_of(batches.clone()).start;
+                let own = setup.generate(&policy, batches, len)?.concat();
+                let all = peer.gather_ids::<AB::InnerBackend>(
+                    &own,
+                    first * len,
+                    self.eval_set.len() * len,
+                    device,
+                )?;
+                let completions: Vec<Vec<u32>> =
+                    all.chunks(len.max(1)).map(<[u32]>::to_vec).collect();
                 let out = self.run_dir.join(format!("eval_{label}_len{len}.json"));
-                evaluate(
-                    &policy,
-                    self.tokenizer,
-                    self.task,
-                    self.eval_set,
-                    recipe.task.prompt_style,
-                    recipe.task.max_prompt_tokens,
-                    &recipe.eval,
-                    len,
-                    Some(&out),
-                )
+                let out = peer.is_leader().then_some(out.as_path());
+                setup.score(eos, len, &completions, out)
             })
+            .collect()
+    }
+
+    /// The evaluations `eval_{label}_len{len}.json` a previous invocation wrote, for every
+    /// evaluated length that has one.
+    fn read_evaluations(&self, label: &str) -> Result<Vec<EvalResult>> {
+        self.recipe
+            .eval
+            .gen_lengths
+            .iter()
+            .map(|len| self.run_dir.join(format!("eval_{label}_len{len}.json")))
+            .filter(|path| path.is_file())
+            .map(|path| EvalResult::read(&path))
             .collect()
     }
 }
 
-/// Runs the steps up to `last_step` on `devices` peers, one thread each with its share of the
-/// cores, all starting from `run`'s state and `model`; returns the leader's model and counters.
+/// What one peer's part of a run ends with.
+struct PeerOutcome {
+    state: TrainState,
+    /// The evaluation before training (this invocation's, or the first one's when resumed).
+    before: Vec<EvalResult>,
+    /// The evaluation after training.
+    after: Vec<EvalResult>,
+}
+
+/// Runs the whole run on the peers of `layout` on this machine, one thread each with its share
+/// of the cores, all starting from `run`'s state and `model`; returns the first peer's outcome.
 /// A peer that fails releases the others (burn-collective's operations then fail on them),
 /// and the error reported is the first peer's own, not the ones it caused.
 fn run_peers<AB, O>(
     run: &StepContext<'_, AB, O>,
     model: Llada<AB>,
-    devices: usize,
-    last_step: usize,
+    layout: Layout,
     files: &RunFiles<'_>,
     bar: &ProgressBar,
-) -> Result<(Llada<AB>, TrainState)>
+) -> Result<PeerOutcome>
 where
     AB: AutodiffBackend,
     O: Optimizer<Llada<AB>, AB>,
 {
     let _collective = exclusive_collective();
     Peer::reset::<AB::InnerBackend>();
+    let devices = layout.devices;
+    let layout = std::sync::Arc::new(layout);
     let threads = (rayon::current_num_threads() / devices).max(1);
-    let results: Vec<Result<(Llada<AB>, TrainState)>> = std::thread::scope(|scope| {
+    let results: Vec<Result<PeerOutcome>> = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..devices)
-            .map(|rank| {
+            .map(|local| {
                 // Fresh autodiff leaves with the same parameter ids: peers whose parameters
                 // shared autodiff nodes would contend for (and deadlock on) one graph.
                 let model = Llada::<AB>::from_inner(model.valid());
@@ -418,6 +432,7 @@ where
                     device: run.device.clone(),
                     peer: Peer::single(),
                 };
+                let layout = layout.clone();
                 scope.spawn(move || {
                     // Dropped on every exit, unwinding included: a failed peer resets the
                     // collective so that no other peer waits for it forever.
@@ -425,15 +440,19 @@ where
                     let pool = rayon::ThreadPoolBuilder::new()
                         .num_threads(threads)
                         .build()
-                        .map_err(|e| TrainError::Distributed(format!("peer {rank}: {e}")))?;
+                        .map_err(|e| TrainError::Distributed(format!("peer {local}: {e}")))?;
                     let out = pool.install(|| {
                         peer_run.peer =
-                            Peer::join::<AB::InnerBackend>(rank, devices, &peer_run.device)?;
+                            Peer::join::<AB::InnerBackend>(layout, local, &peer_run.device)?;
                         let hidden = ProgressBar::hidden();
-                        let bar = if rank == 0 { bar } else { &hidden };
-                        let model = peer_run.run_steps(model, last_step, files, bar)?;
+                        let bar = if peer_run.peer.is_leader() {
+                            bar
+                        } else {
+                            &hidden
+                        };
+                        let outcome = peer_run.run_peer(model, files, bar)?;
                         peer_run.peer.leave::<AB::InnerBackend>()?;
-                        Ok((model, peer_run.state))
+                        Ok(outcome)
                     });
                     if out.is_ok() {
                         release.disarm();
@@ -445,19 +464,23 @@ where
         handles
             .into_iter()
             .enumerate()
-            .map(|(rank, h)| {
+            .map(|(local, h)| {
                 h.join().unwrap_or_else(|_| {
-                    Err(TrainError::Distributed(format!("peer {rank} panicked")))
+                    Err(TrainError::Distributed(format!(
+                        "peer {} panicked",
+                        layout.rank_of(local)
+                    )))
                 })
             })
             .collect()
     });
     // A peer's own failure outranks the collective errors it caused on the others.
-    let (mut own_error, mut any_error, mut leader) = (None, None, None);
-    for (rank, result) in results.into_iter().enumerate() {
+    let (mut own_error, mut any_error, mut first) = (None, None, None);
+    for result in results {
         match result {
-            Ok(out) if rank == 0 => leader = Some(out),
-            Ok(_) => {}
+            Ok(out) => {
+                first.get_or_insert(out);
+            }
             Err(e @ TrainError::Distributed(_)) => {
                 any_error.get_or_insert(e);
             }
@@ -466,10 +489,10 @@ where
             }
         }
     }
-    match (own_error.or(any_error), leader) {
+    match (own_error.or(any_error), first) {
         (Some(e), _) => Err(e),
         (None, Some(out)) => Ok(out),
-        (None, None) => Err(TrainError::Distributed("peer 0 returned nothing".into())),
+        (None, None) => Err(TrainError::Distributed("no peer returned".into())),
     }
 }
 
@@ -516,6 +539,91 @@ struct StepContext<'a, AB: AutodiffBackend, O> {
 }
 
 impl<AB: AutodiffBackend, O: Optimizer<Llada<AB>, AB>> StepContext<'_, AB, O> {
+    /// One peer's part of the run, the same for one peer or many: resume from the checkpoint
+    /// every machine holds, evaluate before training, the steps, evaluate after.
+    fn run_peer(
+        &mut self,
+        model: Llada<AB>,
+        files: &RunFiles<'_>,
+        bar: &ProgressBar,
+    ) -> Result<PeerOutcome> {
+        let model = if files.resume {
+            self.resume(model, files)?
+        } else {
+            model
+        };
+        bar.set_position(self.state.step as u64);
+        let before = if files.skip_eval {
+            Vec::new()
+        } else if self.state.step > 0 {
+            // Resumed: the first invocation's evaluation before training.
+            files.read_evaluations("before")?
+        } else {
+            files.evaluate(&model, "before", &self.peer, &self.device)?
+        };
+        for r in before.iter().filter(|_| self.peer.is_leader()) {
+            tracing::info!(
+                "before training: len {} accuracy {:.2}%",
+                r.gen_length,
+                r.accuracy_pct
+            );
+        }
+        let model = self.run_steps(model, files.last_step, files, bar)?;
+        let after = if files.skip_eval {
+            Vec::new()
+        } else {
+            files.evaluate(&model, "after", &self.peer, &self.device)?
+        };
+        Ok(PeerOutcome {
+            state: self.state,
+            before,
+            after,
+        })
+    }
+
+    /// Loads the newest checkpoint that every machine holds into `model`, the optimiser, the
+    /// counters (and a moving reference), and drops the metrics and evaluation rows of later
+    /// steps. A machine can be one checkpoint ahead of another (stopped between the two
+    /// writes); each keeps two, so the older one is there.
+    fn resume(&mut self, model: Llada<AB>, files: &RunFiles<'_>) -> Result<Llada<AB>> {
+        let own = checkpoint::latest_step(files.run_dir)?;
+        checkpoint::latest(files.run_dir)?; // refuses an incomplete newest one
+        let steps = self
+            .peer
+            .gather_each::<AB::InnerBackend>(own.map_or(-1.0, |s| s as f64), &self.device)?;
+        let agreed = steps.iter().copied().fold(f64::INFINITY, f64::min);
+        let mut model = model;
+        if agreed >= 0.0 {
+            let step = agreed as usize;
+            let path = checkpoint::at_step(files.run_dir, step).ok_or_else(|| {
+                TrainError::Distributed(format!(
+                    "peer {}: resuming at step {step}, the newest checkpoint every peer holds \
+                     (theirs: {steps:?}), but {} does not keep it",
+                    self.peer.rank,
+                    files.run_dir.display()
+                ))
+            })?;
+            let (m, o, state) =
+                checkpoint::load(&path, model, self.optimizer.clone(), &self.device)?;
+            (model, self.optimizer, self.state) = (m, o, state);
+            if let Reference::Frozen(frozen) = &mut self.reference {
+                if let Some(r) = checkpoint::load_reference(&path, frozen, &self.device)? {
+                    **frozen = r;
+                }
+            }
+            if self.peer.is_leader() {
+                tracing::info!("resumed from {} at step {step}", path.display());
+            }
+        }
+        if self.peer.is_node_leader() {
+            // Rows of steps the checkpoint does not hold (metrics rows count from 0, evaluation
+            // rows from 1: the evaluation after step `s` is written before its checkpoint).
+            metrics::truncate_from_step(&files.metrics, self.state.step)?;
+            metrics::truncate_from_step(&files.evaluations, self.state.step + 1)?;
+        }
+        Ok(model)
+    }
+
     /// The rollout steps from the current one up to `last_step`: metrics rows, evaluations and
     /// checkpoints (written by the leader), reference syncs; the peers' weights compared at
     /// every checkpoint.
@@ -527,12 +635,12 @@ impl<AB: AutodiffBackend, O: Optimizer<Llada<AB>, AB>> StepContext<'_, AB, O> {
         bar: &ProgressBar,
     ) -> Result<Llada<AB>> {
         let t = &self.source.recipe.train;
-        let leader = self.peer.is_leader();
+        let (leader, node_leader) = (self.peer.is_leader(), self.peer.is_node_leader());
         while self.state.step < last_step {
             let step = self.state.step;
             let (m, line) = self.rollout_step(model)?;
             model = m;
-            if leader {
+            if node_leader {
                 metrics::append_line(&files.metrics, &line)?;
             }
             bar.set_message(format!(
@@ -542,17 +650,19 @@ impl<AB: AutodiffBackend, O: Optimizer<Llada<AB>, AB>> StepContext<'_, AB, O> {
             bar.inc(1);
             self.state.step = step + 1;
             let done = self.state.step;
-            if leader
-                && t.eval_every > 0
+            if t.eval_every > 0
                 && done.is_multiple_of(t.eval_every)
                 && done < t.steps
                 && !files.skip_eval
             {
-                let r = files.evaluate(&model, &format!("step{done}"))?;
-                metrics::append_line(
-                    &files.evaluations,
-                    &serde_json::json!({"step": done, "eval": r}),
-                )?;
+                let label = format!("step{done}");
+                let r = files.evaluate(&model, &label, &self.peer, &self.device)?;
+                if leader {
+                    metrics::append_line(
+                        &files.evaluations,
+                        &serde_json::json!({"step": done, "eval": r}),
+                    )?;
+                }
             }
             if t.sync_ref_model && done.is_multiple_of(t.ref_model_sync_steps) {
                 self.reference
@@ -562,7 +672,7 @@ impl<AB: AutodiffBackend, O: Optimizer<Llada<AB>, AB>> StepContext<'_, AB, O> {
                 let digest = trainable_digest::<AB, _>(&model);
                 self.peer
                     .check_same_weights::<AB::InnerBackend>(digest, done, &self.device)?;
-                if leader {
+                if node_leader {
                     self.save_checkpoint(files.run_dir, &model)?;
                 }
             }
@@ -599,7 +709,7 @@ impl<AB: AutodiffBackend, O: Optimizer<Llada<AB>, AB>> StepContext<'_, AB, O> {
             policy: ModelView::policy(&policy),
             reference: self.reference.view(&policy),
             device: &self.device,
-            peer: self.peer,
+            peer: self.peer.clone(),
         };
         let mut learner = Learner::new(
             &mut self.optimizer,
@@ -607,7 +717,7 @@ impl<AB: AutodiffBackend, O: Optimizer<Llada<AB>, AB>> StepContext<'_, AB, O> {
             self.total_updates,
             &mut self.state,
         )
-        .on_peer(self.peer);
+        .on_peer(self.peer.clone());
         let (model, diagnostics) = match recipe.train.algorithm {
             Algorithm::Dmpo => {
                 let (m, d) = algorithm::dmpo::update(model, &inputs, &mut learner, &mut rng)?;
@@ -656,30 +766,4 @@ impl<AB: AutodiffBackend, O: Optimizer<Llada<AB>, AB>> StepContext<'_, AB, O> {
         checkpoint::save(run_dir, &snapshot, 2)?;
         Ok(())
     }
-}
-
-/// The model, optimiser and counters of the latest checkpoint of `run_dir` (the reference too,
-/// when the checkpoint holds a moving one); the given ones and step 0 when there is none.
-fn resume_latest<AB, O>(
-    run_dir: &Path,
-    model: Llada<AB>,
-    optimizer: O,
-    reference: &mut Reference<AB::InnerBackend>,
-    device: &AB::Device,
-) -> Result<(Llada<AB>, O, TrainState)>
-where
-    AB: AutodiffBackend,
-    O: Optimizer<Llada<AB>, AB>,
-{
-    let Some(ckpt) = checkpoint::latest(run_dir)? else {
-        return Ok((model, optimizer, TrainState::default()));
-    };
-    let (model, optimizer, state) = checkpoint::load(&ckpt, model, optimizer, device)?;
-    if let Reference::Frozen(frozen) = reference {
-        if let Some(r) = checkpoint::load_reference(&ckpt, frozen, device)? {
-            **frozen = r;
-        }
-    }
-    tracing::info!("resumed from {} at step {}", ckpt.display(), state.step);
-    Ok((model, optimizer, state))
 }

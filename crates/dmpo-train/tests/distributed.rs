@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::tensor::{backend::Backend, Tensor};
-use common::metrics;
+use common::{assert_close, metrics};
 use dmpo_train::run_dir::StartMode;
 use dmpo_train::trainer::{train, RunOptions};
 use dmpo_train::Recipe;
@@ -70,31 +70,6 @@ fn weights(dir: &Path) -> Vec<f32> {
 fn final_weights(run: &Path) -> Vec<f32> {
     let latest = std::fs::read_to_string(run.join("checkpoints/latest")).unwrap();
     weights(&run.join("checkpoints").join(latest.trim()).join("hf"))
-}
-
-/// `|a - b| <= tol * max(|a|, |b|, 1e-3)` for every number of two JSON values of the same shape.
-fn assert_close(a: &serde_json::Value, b: &serde_json::Value, tol: f64, at: &str) {
-    use serde_json::Value;
-    match (a, b) {
-        (Value::Number(x), Value::Number(y)) => {
-            let (x, y) = (x.as_f64().unwrap(), y.as_f64().unwrap());
-            let scale = x.abs().max(y.abs()).max(1e-3);
-            assert!((x - y).abs() <= tol * scale, "{at}: {x} vs {y}");
-        }
-        (Value::Object(x), Value::Object(y)) => {
-            assert_eq!(x.len(), y.len(), "{at}: keys");
-            for (k, v) in x {
-                assert_close(v, &y[k], tol, &format!("{at}.{k}"));
-            }
-        }
-        (Value::Array(x), Value::Array(y)) => {
-            assert_eq!(x.len(), y.len(), "{at}: lengths");
-            for (i, (v, w)) in x.iter().zip(y).enumerate() {
-                assert_close(v, w, tol, &format!("{at}[{i}]"));
-            }
-        }
-        _ => assert_eq!(a, b, "{at}"),
-    }
 }
 
 #[test]
@@ -177,6 +152,72 @@ fn peer_counts_the_run_cannot_split_are_refused_by_name() {
         );
     }
     assert!(load(&["distributed.devices=8"]).is_ok());
+
+    let two = r#"distributed.nodes=["10.0.0.1:3001", "10.0.0.2:3001"]"#;
+    let orchestrator = r#"distributed.orchestrator="10.0.0.1:3000""#;
+    let try_it = "distributed.experimental_multi_machine=true";
+    for (extra, field, needle) in [
+        (
+            &[two, orchestrator][..],
+            "distributed.nodes",
+            "is held back in this version: burn-collective 0.21",
+        ),
+        (
+            &[r#"distributed.nodes=["10.0.0.1:3001"]"#][..],
+            "distributed.nodes",
+            "lists one machine",
+        ),
+        (
+            &[
+                r#"distributed.nodes=["10.0.0.1:3001", "10.0.0.2"]"#,
+                orchestrator,
+            ][..],
+            "distributed.nodes[1]",
+            "is not `host:port`",
+        ),
+        (
+            &[r#"distributed.nodes=["h:1", "h:1"]"#, orchestrator][..],
+            "distributed.nodes[1]",
+            "is listed twice",
+        ),
+        (
+            &[two, orchestrator, try_it, "distributed.node_rank=2"][..],
+            "distributed.node_rank",
+            "is not an index",
+        ),
+        (&[two, try_it][..], "distributed.orchestrator", "is needed"),
+        (
+            &[
+                two,
+                try_it,
+                r#"distributed.orchestrator="ws://10.0.0.1:3000""#,
+            ][..],
+            "distributed.orchestrator",
+            "is not `host:port`",
+        ),
+        (
+            &["distributed.node_rank=1"][..],
+            "distributed.node_rank",
+            "must be 0 without",
+        ),
+        (
+            &["distributed.timeout_s=0"][..],
+            "distributed.timeout_s",
+            "positive number of seconds",
+        ),
+        (
+            &[two, orchestrator, try_it, "distributed.devices=5"][..],
+            "distributed.devices",
+            "× machines must be in 1..=train.prompts_per_step (8)",
+        ),
+    ] {
+        let e = load(extra).unwrap_err().to_string();
+        assert!(
+            e.contains(&format!("`{field}`")) && e.contains(needle),
+            "{extra:?}: {e}"
+        );
+    }
+    assert!(load(&[two, orchestrator, try_it, "distributed.devices=4"]).is_ok());
 }
 
 #[test]
@@ -214,5 +255,48 @@ fn from_the_command_line_two_peers_write_the_metrics_of_one() {
     assert_eq!(runs[0].len(), 2);
     for (step, (a, b)) in runs[0].iter().zip(&runs[1]).enumerate() {
         assert_close(a, b, 1e-5, &format!("step {step}"));
+    }
+}
+
+#[test]
+fn sharded_evaluation_scores_every_item_once_as_one_peer_does() {
+    let tmp = tempfile::tempdir().unwrap();
+    // 5 items in batches of 2: peer 0 generates batch 0, peer 1 batches 1 and 2 (one item).
+    let eval = [
+        "eval.limit=5",
+        "eval.batch_size=2",
+        "train.steps=1",
+        "train.num_iterations=1",
+    ];
+    let runs: Vec<(serde_json::Value, serde_json::Value)> = [1, 2]
+        .iter()
+        .map(|devices| {
+            let name = format!("eval-{devices}");
+            let set = format!("distributed.devices={devices}");
+            let mut extra = eval.to_vec();
+            extra.push(&set);
+            let r = recipe(tmp.path(), &name, "dmpo", &extra);
+            let with_eval = RunOptions {
+                skip_eval: false,
+                ..options()
+            };
+            let summary = train::<AB>(&r, Default::default(), &with_eval).unwrap();
+            assert_eq!(summary.before.len(), 1, "{name}");
+            assert_eq!(summary.before[0].items, 5, "{name}");
+            let read = |label: &str| -> serde_json::Value {
+                let path = r.run_dir().join(format!("eval_{label}_len24.json"));
+                serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+            };
+            (read("before"), read("after"))
+        })
+        .collect();
+    for (label, one, two) in [
+        ("before", &runs[0].0, &runs[1].0),
+        ("after", &runs[0].1, &runs[1].1),
+    ] {
+        let generations = two["generations"].as_array().unwrap();
+        assert_eq!(generations.len(), 5, "{label}: every item once");
+        // The same batches give the same completions, in item order, wherever they ran.
+        assert_eq!(one, two, "{label}");
     }
 }

@@ -56,7 +56,7 @@ where
 {
     let (recipe, rollout) = (inputs.recipe, inputs.rollout);
     let (config, t) = (&recipe.grpo, &recipe.train);
-    let (peer, own) = (inputs.peer, inputs.own_rows());
+    let (peer, own) = (&inputs.peer, inputs.own_rows());
     let own_rows: Vec<usize> = own.clone().collect();
     let batch = rollout
         .sequences

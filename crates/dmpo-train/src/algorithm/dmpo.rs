@@ -39,7 +39,7 @@ where
     O: Optimizer<Llada<AB>, AB>,
 {
     let (config, t, rollout) = (&inputs.recipe.dmpo, &inputs.recipe.train, inputs.rollout);
-    let (peer, device) = (inputs.peer, inputs.device);
+    let (peer, device) = (&inputs.peer, inputs.device);
     let (rows, own) = (rollout.len(), inputs.own_rows());
     let own_rows: Vec<usize> = own.clone().collect();
     let (eos, gen_len) = (rollout.sequences.eos_index(), rollout.sequences.gen_len());

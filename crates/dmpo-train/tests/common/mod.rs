@@ -122,3 +122,28 @@ pub fn metrics(run: &Path) -> Vec<serde_json::Value> {
         })
         .collect()
 }
+
+/// `|a - b| <= tol * max(|a|, |b|, 1e-3)` for every number of two JSON values of the same shape.
+pub fn assert_close(a: &serde_json::Value, b: &serde_json::Value, tol: f64, at: &str) {
+    use serde_json::Value;
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => {
+            let (x, y) = (x.as_f64().unwrap(), y.as_f64().unwrap());
+            let scale = x.abs().max(y.abs()).max(1e-3);
+            assert!((x - y).abs() <= tol * scale, "{at}: {x} vs {y}");
+        }
+        (Value::Object(x), Value::Object(y)) => {
+            assert_eq!(x.len(), y.len(), "{at}: keys");
+            for (k, v) in x {
+                assert_close(v, &y[k], tol, &format!("{at}.{k}"));
+            }
+        }
+        (Value::Array(x), Value::Array(y)) => {
+            assert_eq!(x.len(), y.len(), "{at}: lengths");
+            for (i, (v, w)) in x.iter().zip(y).enumerate() {
+                assert_close(v, w, tol, &format!("{at}[{i}]"));
+            }
+        }
+        _ => assert_eq!(a, b, "{at}"),
+    }
+}
