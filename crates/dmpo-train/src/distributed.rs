@@ -28,7 +28,7 @@ use burn::collective::{
 };
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::optim::GradientsParams;
-use burn::tensor::backend::Backend;
+use burn::tensor::backend::{Backend, Device, DeviceId};
 use burn::tensor::{Tensor, TensorData, TensorPrimitive};
 
 use crate::error::{Result, TrainError};
@@ -137,6 +137,34 @@ impl Layout {
     fn ranks_of(&self, node: usize) -> Range<usize> {
         node * self.devices..(node + 1) * self.devices
     }
+}
+
+/// The device of this machine's peer `local` of `devices`, the first peer's being `first`:
+/// device `first + local` of the same kind (`cuda` 0..N-1 from `cuda:0`) when the backend has
+/// that many, `first` itself when the backend has one device of the kind (the CPU; a single
+/// GPU shared by every peer), an error naming the shortfall otherwise.
+pub fn peer_device<B: Backend>(
+    first: &B::Device,
+    local: usize,
+    devices: usize,
+) -> Result<B::Device> {
+    let id = first.to_id();
+    let available = B::device_count(id.type_id);
+    if available <= 1 || local == 0 {
+        return Ok(first.clone());
+    }
+    let last = usize::from(id.index_id) + devices - 1;
+    if last >= available {
+        return Err(TrainError::Distributed(format!(
+            "`distributed.devices` {devices} from device {first:?} needs device index {last}, \
+             and the backend has {available} devices of that kind"
+        )));
+    }
+    let index_id = id.index_id + local as u16;
+    Ok(B::Device::from_id(DeviceId {
+        type_id: id.type_id,
+        index_id,
+    }))
 }
 
 /// Whether something listens at `host:port` (a TCP connection within two seconds).
@@ -509,6 +537,16 @@ mod tests {
                     "{n} groups, {count} peers"
                 );
             }
+        }
+    }
+
+    #[cfg(feature = "flex")]
+    #[test]
+    fn peers_share_the_backend_s_only_device() {
+        type B = burn::backend::Flex;
+        let first = Default::default();
+        for local in 0..4 {
+            assert_eq!(peer_device::<B>(&first, local, 4).unwrap(), first);
         }
     }
 }

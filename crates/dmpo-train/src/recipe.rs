@@ -824,14 +824,12 @@ impl Recipe {
             );
         }
         let devices = d.peers();
-        if devices > 1 && self.run.device != BackendKind::Flex {
+        if devices > 1 && self.run.device == BackendKind::Ndarray {
             return bad(
                 "distributed.devices",
-                format!(
-                    "> 1 runs CPU peers on `run.device = \"flex\"` in this version, not {:?} \
-                     (docs/distributed.md)",
-                    self.run.device
-                ),
+                "> 1 runs on `run.device` flex (CPU peers), cuda (one GPU each) or wgpu, not \
+                 ndarray (docs/distributed.md)"
+                    .into(),
             );
         }
         let lora = self.model.finetune == Finetune::Lora;

@@ -9,7 +9,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use burn::module::AutodiffModule;
+use burn::module::{AutodiffModule, Module};
 use burn::optim::Optimizer;
 use burn::tensor::backend::AutodiffBackend;
 use dllm_model::{load_model, Llada, LladaTokenizer, LoadOptions, WeightDType};
@@ -417,19 +417,31 @@ where
     let devices = layout.devices;
     let layout = std::sync::Arc::new(layout);
     let threads = (rayon::current_num_threads() / devices).max(1);
+    let placed = (0..devices)
+        .map(|local| crate::distributed::peer_device::<AB>(&run.device, local, devices))
+        .collect::<Result<Vec<_>>>()?;
     let results: Vec<Result<PeerOutcome>> = std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..devices)
-            .map(|local| {
-                // Fresh autodiff leaves with the same parameter ids: peers whose parameters
-                // shared autodiff nodes would contend for (and deadlock on) one graph.
-                let model = Llada::<AB>::from_inner(model.valid());
+        let handles: Vec<_> = placed
+            .into_iter()
+            .enumerate()
+            .map(|(local, device)| {
+                // Fresh autodiff leaves with the same parameter ids, on the peer's device:
+                // peers whose parameters shared autodiff nodes would contend for (and deadlock
+                // on) one graph.
+                let model = Llada::<AB>::from_inner(model.valid()).fork(&device);
+                let reference = match &run.reference {
+                    Reference::Frozen(r) => {
+                        Reference::Frozen(Box::new(r.as_ref().clone().to_device(&device)))
+                    }
+                    Reference::AdapterOff => Reference::AdapterOff,
+                };
                 let mut peer_run = StepContext {
                     source: run.source.clone(),
-                    reference: run.reference.clone(),
+                    reference,
                     optimizer: run.optimizer.clone(),
                     state: run.state,
                     total_updates: run.total_updates,
-                    device: run.device.clone(),
+                    device,
                     peer: Peer::single(),
                 };
                 let layout = layout.clone();

@@ -142,7 +142,7 @@ fn peer_counts_the_run_cannot_split_are_refused_by_name() {
         ),
         (
             &["distributed.devices=2", "run.device=\"ndarray\""][..],
-            "runs CPU peers on `run.device = \"flex\"`",
+            "runs on `run.device` flex (CPU peers), cuda (one GPU each) or wgpu, not ndarray",
         ),
     ] {
         let e = load(extra).unwrap_err().to_string();
