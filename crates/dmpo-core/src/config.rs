@@ -100,6 +100,18 @@ impl Default for DmpoConfig {
 }
 
 impl DmpoConfig {
+    /// The rows of a group whose advantages depend on each other under `baseline`
+    /// (docs/algorithm.md §4): the slice of the mean and unbiased baselines (`baseline_rows`, or
+    /// the group of `group_size`), one row under negative centering and no baseline. A loss
+    /// pass holding whole slices computes the same advantages as the whole rollout.
+    pub fn baseline_slice(&self, group_size: usize) -> usize {
+        match self.baseline {
+            Baseline::Mean | Baseline::Unbiased if self.baseline_rows == 0 => group_size,
+            Baseline::Mean | Baseline::Unbiased => self.baseline_rows,
+            Baseline::NegativeCentering | Baseline::None => 1,
+        }
+    }
+
     /// Checks every field's range.
     pub fn validate(&self) -> Result<()> {
         if !(self.alpha == -1.0 || self.alpha >= 0.0) || !self.alpha.is_finite() {

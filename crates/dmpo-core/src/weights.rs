@@ -209,6 +209,16 @@ impl RolloutWeights {
     /// The weights of the samples `rows` (indices into the batch), which must hold whole
     /// groups, each group's rows contiguous and in order (a micro-batch of the rollout).
     pub fn select_rows(&self, rows: &[usize]) -> Result<Self> {
+        self.select_slices(rows, self.group_size)
+    }
+
+    /// The weights of the samples `rows`, which must hold whole aligned slices of `slice` rows
+    /// (`slice` divides the group size), each slice's rows contiguous and in order, as weights
+    /// whose groups are those slices (each with its group's coefficient). A baseline over
+    /// slices of `slice` rows ([`RolloutWeights::advantages`] with `slice_rows` 0 on the
+    /// result) then equals the one over the same slices of the whole rollout, so a data-parallel
+    /// peer can hold part of a group.
+    pub fn select_slices(&self, rows: &[usize], slice: usize) -> Result<Self> {
         let g = self.group_size;
         let n = self.len();
         if g == 0 || !n.is_multiple_of(g) || [self.w_minus.len(), self.ell_cur.len()] != [n, n] {
@@ -225,31 +235,36 @@ impl RolloutWeights {
                 n / g
             )));
         }
-        if !rows.len().is_multiple_of(g) {
+        if slice == 0 || !g.is_multiple_of(slice) {
             return Err(DmpoError::shape(format!(
-                "{} rows do not form groups of {g}",
+                "slices of {slice} rows do not divide groups of {g}"
+            )));
+        }
+        if !rows.len().is_multiple_of(slice) {
+            return Err(DmpoError::shape(format!(
+                "{} rows do not form slices of {slice}",
                 rows.len()
             )));
         }
-        for group in rows.chunks(g) {
-            let start = group[0];
-            if start % g != 0
-                || start + g > n
-                || group.iter().enumerate().any(|(i, &r)| r != start + i)
+        for part in rows.chunks(slice) {
+            let start = part[0];
+            if start % slice != 0
+                || start + slice > n
+                || part.iter().enumerate().any(|(i, &r)| r != start + i)
             {
                 return Err(DmpoError::shape(format!(
-                    "rows {group:?} are not one whole group of {g} of {n} samples"
+                    "rows {part:?} are not one whole slice of {slice} of {n} samples"
                 )));
             }
         }
         Ok(Self {
-            group_size: g,
+            group_size: slice,
             w_plus: rows.iter().map(|&r| self.w_plus[r]).collect(),
             w_minus: rows.iter().map(|&r| self.w_minus[r]).collect(),
             ell_cur: rows.iter().map(|&r| self.ell_cur[r]).collect(),
             coeffs: rows
                 .iter()
-                .step_by(g)
+                .step_by(slice)
                 .map(|&r| self.coeffs[r / g])
                 .collect(),
         })

@@ -52,6 +52,35 @@ fn selected_rows_must_be_whole_groups() {
 }
 
 #[test]
+fn selected_slices_are_groups_of_their_own_with_the_same_baselines() {
+    let w = two_groups();
+    // Row 1 alone (slices of one row): its weights and its group's coefficient.
+    let one = w.select_slices(&[1], 1).unwrap();
+    assert_eq!(
+        (one.group_size, one.w_plus, one.coeffs),
+        (1, vec![0.6], vec![0.5])
+    );
+    // Slices of a whole group are the group: the same advantages under every baseline.
+    for baseline in [Baseline::NegativeCentering, Baseline::Mean, Baseline::None] {
+        let whole = w.advantages(baseline, 1.0, 0, None).unwrap();
+        let sliced = w
+            .select_slices(&[2, 3], 2)
+            .unwrap()
+            .advantages(baseline, 1.0, 0, None)
+            .unwrap();
+        assert_eq!(sliced, whole[2..], "{baseline:?}");
+    }
+    for (rows, slice) in [
+        (&[0][..], 2),
+        (&[0, 1][..], 3),
+        (&[0, 1][..], 0),
+        (&[1, 2][..], 2),
+    ] {
+        assert!(w.select_slices(rows, slice).is_err(), "{rows:?} / {slice}");
+    }
+}
+
+#[test]
 fn zero_variance_groups_and_group_std() {
     assert!(rewards_are_constant(&[0.5, 0.5, 0.5]));
     assert!(rewards_are_constant(&[1.0]));

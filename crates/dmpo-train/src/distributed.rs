@@ -232,6 +232,14 @@ impl Peer {
         n * self.rank / self.count..n * (self.rank + 1) / self.count
     }
 
+    /// This peer's contiguous share of `rows` rows cut into runs of `unit` rows (which divide
+    /// `rows`): whole units only, so rows that must stay together stay on one peer.
+    pub fn share_rows(&self, rows: usize, unit: usize) -> Range<usize> {
+        let unit = unit.max(1);
+        let units = self.share(rows / unit);
+        units.start * unit..units.end * unit
+    }
+
     /// Registers this machine's peer `local` of `layout` with the process's collective (and,
     /// on several machines, through it with the orchestrator); returns once every peer of the
     /// run has joined, or with an error after `layout.timeout`. The caller holds

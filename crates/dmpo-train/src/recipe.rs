@@ -750,13 +750,16 @@ impl Recipe {
         };
         let d = &self.distributed;
         let devices = d.devices;
-        if devices == 0 || d.peers() > self.train.prompts_per_step {
+        let rows = self.train.prompts_per_step * self.train.group_size;
+        let unit = self.share_unit().max(1);
+        if devices == 0 || d.peers() > rows / unit {
             return bad(
                 "distributed.devices",
                 format!(
-                    "× machines must be in 1..=train.prompts_per_step ({}): each peer takes \
-                     whole prompt groups",
-                    self.train.prompts_per_step
+                    "× machines must be in 1..={}: each peer takes whole runs of {unit} row(s) \
+                     of the step's {rows} (`train.prompts_per_step` × `train.group_size`; a \
+                     run: the rows one baseline or weighting spans)",
+                    rows / unit
                 ),
             );
         }
@@ -916,6 +919,20 @@ impl Recipe {
             .filter(|k| !resumable(k) && now.get(*k) != then.get(*k))
             .cloned()
             .collect()
+    }
+
+    /// The smallest run of a group's rows a data-parallel peer holds alone
+    /// (docs/distributed.md): the rows whose losses depend on each other. DMPO: the baseline's
+    /// slice ([`DmpoConfig::baseline_slice`]: one row under negative centering); diffu-GRPO:
+    /// one row (its advantages are fixed before the loss); wd1: the group (its weights are a
+    /// softmax over the group).
+    pub fn share_unit(&self) -> usize {
+        let g = self.train.group_size;
+        match self.train.algorithm {
+            Algorithm::Dmpo => self.dmpo.baseline_slice(g),
+            Algorithm::DiffuGrpo => 1,
+            Algorithm::Wd1 => g,
+        }
     }
 
     /// The run's output directory (`NAME-nodeR` beside it on machine `R > 0` of a

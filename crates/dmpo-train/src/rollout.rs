@@ -30,10 +30,12 @@ pub struct RolloutSource<'a> {
     pub data: &'a TrainData,
 }
 
-/// The completions sampled for a step's prompts (or a peer's share of them), not yet scored.
+/// The completions sampled for a step's rows (or a peer's share of them), not yet scored.
 pub struct Samples {
-    /// The task items of the sampled groups, one per prompt.
+    /// The task items of the whole step, one per prompt (group).
     items: Vec<TaskItem>,
+    /// The step's row index of the first sampled row.
+    first_row: usize,
     /// Whether some prompt of the whole step is left-padded (the step's rows then carry a key
     /// padding mask when the sampler masks padding).
     step_padded: bool,
@@ -59,18 +61,18 @@ pub struct Rollout {
 }
 
 impl RolloutSource<'_> {
-    /// Step `step`'s prompt groups `groups` (all of them on one device, a peer's share
-    /// otherwise), `G` completions each from `policy`: the sampler seeded for the step, every
-    /// row with its own random stream and the whole step's prompt length, so a row's completion
-    /// does not depend on which peer samples it.
+    /// Rows `rows` of step `step` (all of them on one device, a peer's share otherwise; row
+    /// `r` is completion `r % G` of prompt `r / G`) from `policy`: the sampler seeded for the
+    /// step, every row with its own random stream and the whole step's prompt length, so a
+    /// row's completion does not depend on which peer samples it.
     pub fn sample<B: Backend>(
         &self,
         policy: &Llada<B>,
         step: usize,
-        groups: Range<usize>,
+        rows: Range<usize>,
     ) -> Result<Samples> {
         let (recipe, t) = (self.recipe, &self.recipe.train);
-        let mut items = self.data.batch(recipe.run.seed, step, t.prompts_per_step)?;
+        let items = self.data.batch(recipe.run.seed, step, t.prompts_per_step)?;
         let ids = items
             .iter()
             .map(|item| {
@@ -85,19 +87,20 @@ impl RolloutSource<'_> {
             .collect::<Result<Vec<_>>>()?;
         let prompt_len = ids.iter().map(Vec::len).max().unwrap_or(0);
         let step_padded = ids.iter().any(|p| p.len() < prompt_len);
-        let prompts: Vec<Vec<u32>> = ids[groups.clone()]
-            .iter()
-            .flat_map(|p| std::iter::repeat_n(p.clone(), t.group_size))
+        let prompts: Vec<Vec<u32>> = rows
+            .clone()
+            .map(|r| ids[r / t.group_size].clone())
             .collect();
         let mut sampler = recipe.rollout.clone();
         sampler.seed = stream_seed(recipe.run.seed, step, SAMPLER_STREAM);
         sampler.adapter = true;
         let placement = RowPlacement {
-            first_row: groups.start * t.group_size,
+            first_row: rows.start,
             prompt_len: Some(prompt_len),
         };
         Ok(Samples {
-            items: items.drain(groups).collect(),
+            items,
+            first_row: rows.start,
             step_padded,
             generation: generate_rows(policy, &prompts, &sampler, placement)?,
             eos_token_id: policy.config.eos_token_id,
@@ -119,7 +122,7 @@ impl RolloutSource<'_> {
                 samples.eos_token_id,
                 self.recipe.task.reward_text,
             )?;
-            let item = &samples.items[row / group_size];
+            let item = &samples.items[(samples.first_row + row) / group_size];
             let r = rewards::training_reward(self.task, &text, item)?;
             if row == 0 {
                 sample_completion = text;
@@ -144,21 +147,21 @@ impl RolloutSource<'_> {
 }
 
 impl Rollout {
-    /// The whole step's rollout on every peer, from each peer's rollout of its share of the
-    /// groups (`peer.share(groups)`): ids, EOS positions, key padding, rewards and reward
-    /// components gathered exactly; the sample completion is the leader's first row. The
-    /// identity on one peer.
+    /// The whole step's `rows` rows on every peer, from each peer's rollout of its rows
+    /// starting at `first`: ids, EOS positions, key padding, rewards and reward components
+    /// gathered exactly; the sample completion is the leader's first row. The identity on one
+    /// peer.
     pub fn gather<B: Backend>(
         self,
         peer: &Peer,
-        groups: usize,
+        first: usize,
+        rows: usize,
         device: &B::Device,
     ) -> Result<Self> {
         if peer.count == 1 {
             return Ok(self);
         }
         let g = self.group_size;
-        let (rows, first) = (groups * g, peer.share(groups).start * g);
         let s = &self.sequences;
         let (seq_len, prompt_len) = (s.seq_len(), s.prompt_len());
         // Token ids, positions and flags are integers below 2^24: one exact f32 each.
@@ -295,8 +298,9 @@ impl Rollout {
         zero_variance_fraction(&self.rewards, self.group_size)
     }
 
-    /// The rows `rows` (whole groups: all of them, or a peer's share) split into micro-batches
-    /// of whole groups, `micro_batch` rows at most (one group at least), in order.
+    /// The rows `rows` (all of them, or a peer's share) split into micro-batches of
+    /// `micro_batch` rows rounded down to whole groups (one group at least), in order from
+    /// `rows.start`: whole groups when `rows` starts at a group, runs of a group otherwise.
     pub fn micro_batches(&self, rows: Range<usize>, micro_batch: usize) -> Vec<Vec<usize>> {
         let groups_per_pass = (micro_batch / self.group_size).max(1);
         rows.collect::<Vec<_>>()

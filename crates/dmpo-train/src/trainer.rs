@@ -704,14 +704,16 @@ impl<AB: AutodiffBackend, O: Optimizer<Llada<AB>, AB>> StepContext<'_, AB, O> {
         let policy = model
             .valid()
             .with_adapter_dropout_always(recipe.lora.rollout_dropout);
-        let groups = recipe.train.prompts_per_step;
-        let samples = self.source.sample(&policy, step, self.peer.share(groups))?;
+        let rows = recipe.train.prompts_per_step * recipe.train.group_size;
+        let own = self.peer.share_rows(rows, recipe.share_unit());
+        let samples = self.source.sample(&policy, step, own.clone())?;
         let rollout_secs = clock.elapsed().as_secs_f64();
 
         // 2. Rewards, with their components; every peer then holds the whole step's rollout.
         let clock = Instant::now();
         let rollout = self.source.score(samples)?;
-        let rollout = rollout.gather::<AB::InnerBackend>(&self.peer, groups, &self.device)?;
+        let rollout =
+            rollout.gather::<AB::InnerBackend>(&self.peer, own.start, rows, &self.device)?;
         let reward_secs = clock.elapsed().as_secs_f64();
 
         // 3. The algorithm's updates: DMPO (docs/algorithm.md §3–§4) or diffu-GRPO / wd1 (docs/algorithm.md §6).

@@ -1,4 +1,4 @@
-//! Data parallelism on CPU peers in one process (burn-collective): 2 peers train as 1 — the same
+//! Data parallelism on CPU peers in one process (burn-collective): 2 and 6 peers train as 1 — the same
 //! metrics and the same weights after 3 steps of 2 updates each, for DMPO and diffu-GRPO — and
 //! settings the peers cannot honour are refused before any work.
 
@@ -73,41 +73,50 @@ fn final_weights(run: &Path) -> Vec<f32> {
 }
 
 #[test]
-fn two_peers_give_the_metrics_and_weights_of_one() {
+fn two_and_six_peers_give_the_metrics_and_weights_of_one() {
+    // 16 rows: 2 peers hold two groups each; 6 peers hold 2 or 3 rows, most of them parts of
+    // a group (negative centering and diffu-GRPO share by row).
     for algorithm in ["dmpo", "diffu_grpo"] {
         let tmp = tempfile::tempdir().unwrap();
-        let runs: Vec<(Vec<serde_json::Value>, Vec<f32>)> = [1, 2]
+        let runs: Vec<(usize, Vec<serde_json::Value>, Vec<f32>)> = [1, 2, 6]
             .iter()
-            .map(|devices| {
+            .map(|&devices| {
                 let name = format!("{algorithm}-{devices}");
                 let set = format!("distributed.devices={devices}");
                 let r = recipe(tmp.path(), &name, algorithm, &[&set]);
                 let summary = train::<AB>(&r, Default::default(), &options()).unwrap();
                 assert_eq!(summary.updates, 6, "{name}");
-                (metrics(&r.run_dir()), final_weights(&r.run_dir()))
+                (devices, metrics(&r.run_dir()), final_weights(&r.run_dir()))
             })
             .collect();
-        let ((one, w1), (two, w2)) = (&runs[0], &runs[1]);
+        let (_, one, w1) = &runs[0];
         assert_eq!(one.len(), 3);
-        for (step, (a, b)) in one.iter().zip(two).enumerate() {
-            // The sample completion is the first row's on both; losses and rewards agree to
-            // the order of float sums.
-            assert_close(a, b, 1e-5, &format!("{algorithm} step {step}"));
-        }
-        // The runs moved the weights, alike.
+        // The runs moved the weights.
         let initial = weights(&root().join("models/tiny-sudoku"));
         assert_ne!(w1, &initial, "{algorithm}: training changed nothing");
-        assert_eq!(w1.len(), w2.len());
         let scale = w1.iter().fold(0f32, |m, v| m.max(v.abs()));
-        let worst = w1
-            .iter()
-            .zip(w2)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0f32, f32::max);
-        assert!(
-            worst <= 1e-5 * scale,
-            "{algorithm}: weights differ by {worst} (largest weight {scale})"
-        );
+        for (devices, many, w) in &runs[1..] {
+            for (step, (a, b)) in one.iter().zip(many).enumerate() {
+                // The sample completion is the first row's on all; losses and rewards agree
+                // to the order of float sums.
+                assert_close(
+                    a,
+                    b,
+                    1e-5,
+                    &format!("{algorithm} {devices} peers, step {step}"),
+                );
+            }
+            assert_eq!(w1.len(), w.len());
+            let worst = w1
+                .iter()
+                .zip(w)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
+            assert!(
+                worst <= 1e-5 * scale,
+                "{algorithm} {devices} peers: weights differ by {worst} (largest weight {scale})"
+            );
+        }
     }
 }
 
@@ -125,11 +134,26 @@ fn peer_counts_the_run_cannot_split_are_refused_by_name() {
     for (extra, needle) in [
         (
             &["distributed.devices=0"][..],
-            "must be in 1..=train.prompts_per_step",
+            "must be in 1..=64: each peer takes whole runs of 1 row(s)",
         ),
         (
-            &["distributed.devices=9"][..],
-            "must be in 1..=train.prompts_per_step (8)",
+            // 8 groups of 8 rows, one row per peer at most under negative centering …
+            &["distributed.devices=65"][..],
+            "must be in 1..=64: each peer takes whole runs of 1 row(s) of the step's 64",
+        ),
+        (
+            // … one group per peer under the group-mean baseline …
+            &["distributed.devices=9", "dmpo.baseline=\"mean\""][..],
+            "must be in 1..=8: each peer takes whole runs of 8 row(s)",
+        ),
+        (
+            // … and one slice of `baseline_rows` rows per peer with it.
+            &[
+                "distributed.devices=17",
+                "dmpo.baseline=\"mean\"",
+                "dmpo.baseline_rows=4",
+            ][..],
+            "must be in 1..=16: each peer takes whole runs of 4 row(s)",
         ),
         (
             &[
@@ -151,7 +175,7 @@ fn peer_counts_the_run_cannot_split_are_refused_by_name() {
             "{extra:?}: {e}"
         );
     }
-    assert!(load(&["distributed.devices=8"]).is_ok());
+    assert!(load(&["distributed.devices=64"]).is_ok());
 
     let two = r#"distributed.nodes=["10.0.0.1:3001", "10.0.0.2:3001"]"#;
     let orchestrator = r#"distributed.orchestrator="10.0.0.1:3000""#;
@@ -206,9 +230,9 @@ fn peer_counts_the_run_cannot_split_are_refused_by_name() {
             "positive number of seconds",
         ),
         (
-            &[two, orchestrator, try_it, "distributed.devices=5"][..],
+            &[two, orchestrator, try_it, "distributed.devices=33"][..],
             "distributed.devices",
-            "× machines must be in 1..=train.prompts_per_step (8)",
+            "× machines must be in 1..=64",
         ),
     ] {
         let e = load(extra).unwrap_err().to_string();
@@ -217,7 +241,7 @@ fn peer_counts_the_run_cannot_split_are_refused_by_name() {
             "{extra:?}: {e}"
         );
     }
-    assert!(load(&[two, orchestrator, try_it, "distributed.devices=4"]).is_ok());
+    assert!(load(&[two, orchestrator, try_it, "distributed.devices=32"]).is_ok());
 }
 
 #[test]

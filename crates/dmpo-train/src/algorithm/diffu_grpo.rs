@@ -23,9 +23,11 @@ use crate::recipe::Algorithm;
 pub struct DiffuGrpoDiagnostics {
     /// Per-row group-normalised advantages (docs/algorithm.md §6).
     pub advantages: Vec<f64>,
-    /// Mean k3 KL to the reference over the updates' units (`None` without a KL term, and for wd1).
+    /// Mean over the updates' units of each unit's mean k3 KL to the reference over its
+    /// completion tokens (`None` without a KL term, and for wd1).
     pub kl: Option<f64>,
-    /// Mean clip ratio over the updates' units (`NaN` for wd1).
+    /// Mean over the updates' units of each unit's fraction of clipped completion tokens
+    /// (`NaN` for wd1).
     pub clip_ratio: f64,
     /// Seconds per phase.
     pub seconds: PhaseSeconds,
@@ -108,7 +110,12 @@ where
         .map(|&e| (e + 1).min(gen_len) as f64)
         .collect();
     let unit_tokens: Vec<f64> = tokens.chunks(unit).map(|c| c.iter().sum()).collect();
-    let (mut kls, mut clip_ratios) = (Vec::new(), Vec::new());
+    // Per update and unit: clipped tokens and KL summed over the unit's tokens, from this
+    // peer's runs of the unit (a unit may be split over passes and peers).
+    let units_n = rows / unit;
+    let mut clipped = vec![0f64; t.num_iterations * units_n];
+    let mut kl_tokens = vec![0f64; t.num_iterations * units_n];
+    let mut with_kl = false;
     for k in 0..t.num_iterations {
         // The iteration whose prompt mask (and log-probs on it) row `r` uses at this update.
         let source = |r: usize| {
@@ -163,9 +170,12 @@ where
                     part(completion_mask.clone()),
                     config,
                 )?;
-                kls.extend(out.diagnostics.kl);
-                clip_ratios.push(out.diagnostics.clip_ratio);
                 let run_tokens: f64 = pass[start..end].iter().map(|&r| tokens[r]).sum();
+                clipped[k * units_n + u] += out.diagnostics.clip_ratio * run_tokens;
+                if let Some(kl) = out.diagnostics.kl {
+                    kl_tokens[k * units_n + u] += kl * run_tokens;
+                    with_kl = true;
+                }
                 let share = run_tokens / unit_tokens[u] / units;
                 let run_loss = out.loss * share;
                 loss = Some(match loss {
@@ -182,21 +192,42 @@ where
         elbo: elbo_seconds,
         optimize: clock.elapsed().as_secs_f64(),
     };
-    // Means over every peer's units: sums and counts gathered in rank order.
+    // Means over the updates' units of each unit's token mean, the same for any split of the
+    // units over passes and peers: every peer's partial sums gathered by rank, summed per unit.
     let device = inputs.device;
-    let total = |values: &[f64]| -> Result<(f64, f64)> {
-        let sums = peer.gather_each::<AB::InnerBackend>(values.iter().sum(), device)?;
-        let counts = peer.gather_each::<AB::InnerBackend>(values.len() as f64, device)?;
-        Ok((sums.iter().sum(), counts.iter().sum()))
+    let per_unit_mean = |partial: &[f64]| -> Result<f64> {
+        let n = partial.len();
+        let all =
+            peer.gather::<AB::InnerBackend>(partial, peer.rank * n, peer.count * n, device)?;
+        let means: Vec<f64> = (0..n)
+            .map(|i| {
+                let sum: f64 = (0..peer.count).map(|p| all[p * n + i]).sum();
+                sum / unit_tokens[i % units_n].max(1.0)
+            })
+            .collect();
+        Ok(means.iter().sum::<f64>() / means.len() as f64)
     };
-    let (kl_sum, kl_count) = total(&kls)?;
-    let (clip_sum, clip_count) = total(&clip_ratios)?;
+    let wd1 = t.algorithm == Algorithm::Wd1;
+    let clip_ratio = if wd1 {
+        f64::NAN
+    } else {
+        per_unit_mean(&clipped)?
+    };
+    let with_kl = peer
+        .gather_each::<AB::InnerBackend>(f64::from(u8::from(with_kl)), device)?
+        .iter()
+        .any(|&v| v > 0.0);
+    let kl = if with_kl {
+        Some(per_unit_mean(&kl_tokens)?)
+    } else {
+        None
+    };
     Ok((
         model,
         DiffuGrpoDiagnostics {
             advantages,
-            kl: (kl_count > 0.0).then(|| kl_sum / kl_count),
-            clip_ratio: clip_sum / clip_count,
+            kl,
+            clip_ratio,
             seconds,
         },
     ))

@@ -8,8 +8,8 @@ use burn::optim::Optimizer;
 use burn::tensor::{backend::AutodiffBackend, Tensor};
 use dllm_model::Llada;
 use dmpo_core::{
-    ddo_loss_with_masks, elbo_with_masks, rollout_weights, wdce_loss_with_masks, DmpoLoss,
-    LogitsModel, MaskOptions, ReplicateMasks, WeightDiagnostics,
+    ddo_loss_with_masks, elbo_with_masks, rollout_weights, wdce_loss_with_masks, DmpoConfig,
+    DmpoLoss, LogitsModel, MaskOptions, ReplicateMasks, WeightDiagnostics,
 };
 use rand_chacha::ChaCha8Rng;
 
@@ -84,6 +84,13 @@ where
     let clock = Instant::now();
     let passes = rollout.micro_batches(own, t.micro_batch);
     let unit = t.loss_unit_rows();
+    // A pass holds whole baseline slices (a peer's share may end inside a group): its weights
+    // are grouped by slice, so its advantages are the whole rollout's.
+    let slice = config.baseline_slice(rollout.group_size);
+    let pass_config = DmpoConfig {
+        baseline_rows: 0,
+        ..config.clone()
+    };
     for _ in 0..t.num_iterations {
         let masks = ReplicateMasks::sample(rng, eos, gen_len, &MaskOptions::from(config))?;
         let loss_of = |model: &PolicyPass<'_, AB>,
@@ -91,18 +98,20 @@ where
                        _: &mut ChaCha8Rng|
          -> Result<Tensor<AB, 1>> {
             let sub = rollout.sequences.select::<AB>(pass, device)?;
-            let sub_weights = weights.select_rows(pass)?;
+            let sub_weights = weights.select_slices(pass, slice)?;
             let sub_masks = masks.select_samples(pass)?;
             let policy = model.view();
             // §5.2: the step's loss is the mean over units of `unit` rows of each unit's
             // loss; WDCE sums a unit's rows, DDO averages them.
             let (loss, reduction) = match config.loss {
                 DmpoLoss::Wdce => (
-                    wdce_loss_with_masks(&policy, &sub, &sub_weights, config, &sub_masks)?.loss,
+                    wdce_loss_with_masks(&policy, &sub, &sub_weights, &pass_config, &sub_masks)?
+                        .loss,
                     UnitReduction::Sum,
                 ),
                 DmpoLoss::Ddo => (
-                    ddo_loss_with_masks(&policy, &sub, &sub_weights, config, &sub_masks)?.loss,
+                    ddo_loss_with_masks(&policy, &sub, &sub_weights, &pass_config, &sub_masks)?
+                        .loss,
                     UnitReduction::Mean,
                 ),
             };

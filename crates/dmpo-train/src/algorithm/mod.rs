@@ -68,11 +68,11 @@ pub struct UpdateInputs<'a, AB: AutodiffBackend> {
 }
 
 impl<AB: AutodiffBackend> UpdateInputs<'_, AB> {
-    /// The rows of the rollout this peer computes: its share of the groups.
+    /// The rows of the rollout this peer computes: its share of the rows, in whole
+    /// [`Recipe::share_unit`]s.
     pub fn own_rows(&self) -> std::ops::Range<usize> {
-        let g = self.rollout.group_size;
-        let groups = self.peer.share(self.rollout.len() / g.max(1));
-        groups.start * g..groups.end * g
+        self.peer
+            .share_rows(self.rollout.len(), self.recipe.share_unit())
     }
 }
 
