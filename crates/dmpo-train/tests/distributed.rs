@@ -324,3 +324,34 @@ fn sharded_evaluation_scores_every_item_once_as_one_peer_does() {
         assert_eq!(one, two, "{label}");
     }
 }
+
+#[test]
+fn the_paper_recipes_split_over_the_reference_s_eight_devices() {
+    let r = root();
+    for task in ["gsm8k", "math", "countdown", "sudoku"] {
+        for (file, rows) in [
+            (format!("llada8b-{task}.toml"), 64),
+            (format!("llada8b-{task}-d1.toml"), 96),
+        ] {
+            let path = r.join("recipes").join(&file);
+            let one = Recipe::load(&path, &[]).unwrap();
+            assert_eq!(one.distributed.devices, 1, "{file}");
+            // Refused with the paper's adapter dropout, accepted without it.
+            let e = Recipe::load(&path, &["distributed.devices=8".into()]).unwrap_err();
+            assert!(e.to_string().contains("lora.dropout = 0"), "{file}: {e}");
+            let eight = Recipe::load(
+                &path,
+                &["distributed.devices=8".into(), "lora.dropout=0".into()],
+            )
+            .unwrap();
+            let shares: Vec<_> = (0..8)
+                .map(|rank| dmpo_train::distributed::Peer::of(rank, 8))
+                .map(|p| p.share_rows(rows, eight.share_unit()))
+                .collect();
+            assert!(
+                shares.iter().all(|s| s.len() == rows / 8),
+                "{file}: {shares:?}"
+            );
+        }
+    }
+}
