@@ -58,7 +58,7 @@ fn selected_slices_are_groups_of_their_own_with_the_same_baselines() {
     let one = w.select_slices(&[1], 1).unwrap();
     assert_eq!(
         (one.group_size, one.w_plus, one.coeffs),
-        (1, vec![0.6], vec![0.5])
+        (1, vec![0.9], vec![0.5])
     );
     // Slices of a whole group are the group: the same advantages under every baseline.
     for baseline in [Baseline::NegativeCentering, Baseline::Mean, Baseline::None] {

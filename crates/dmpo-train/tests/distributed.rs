@@ -355,3 +355,43 @@ fn the_paper_recipes_split_over_the_reference_s_eight_devices() {
         }
     }
 }
+
+#[test]
+fn a_stopped_two_peer_run_resumes_exactly_and_another_layout_is_refused_with_the_reason() {
+    let tmp = tempfile::tempdir().unwrap();
+    let two = "distributed.devices=2";
+    // Uninterrupted, on one peer.
+    let whole = recipe(tmp.path(), "whole", "dmpo", &[]);
+    train::<AB>(&whole, Default::default(), &options()).unwrap();
+    // Two peers, stopped after step 2 (its checkpoint written), then resumed.
+    let parted = recipe(tmp.path(), "parted", "dmpo", &[two]);
+    let stopped = RunOptions {
+        stop_after: Some(2),
+        ..options()
+    };
+    train::<AB>(&parted, Default::default(), &stopped).unwrap();
+    assert_eq!(metrics(&parted.run_dir()).len(), 2);
+    let resume = RunOptions {
+        start: StartMode::from_flags(true, false),
+        ..options()
+    };
+    // Another peer count is refused, saying why.
+    let other = recipe(tmp.path(), "parted", "dmpo", &["distributed.devices=3"]);
+    let e = train::<AB>(&other, Default::default(), &resume)
+        .unwrap_err()
+        .to_string();
+    for needle in [
+        "--resume on 3 peer(s) per machine",
+        "where the run had 2",
+        "continues exactly",
+    ] {
+        assert!(e.contains(needle), "{e}");
+    }
+    let summary = train::<AB>(&parted, Default::default(), &resume).unwrap();
+    assert_eq!(summary.steps, 3);
+    let (a, b) = (metrics(&whole.run_dir()), metrics(&parted.run_dir()));
+    assert_eq!(b.len(), 3, "every step once");
+    for (step, (x, y)) in a.iter().zip(&b).enumerate() {
+        assert_close(x, y, 1e-5, &format!("step {step}"));
+    }
+}
