@@ -398,7 +398,11 @@ impl Peer {
             }
             Err(RecvTimeoutError::Timeout) => {
                 let unreachable = self.layout.unreachable_nodes();
-                let why = if unreachable.is_empty() {
+                let why = if self.layout.nodes.is_empty() {
+                    "another peer of this process is stuck or far slower than this one (raise \
+                     `distributed.timeout_s` if steps are that unbalanced)"
+                        .to_string()
+                } else if unreachable.is_empty() {
                     "every machine still answers: a peer is stuck or far slower than this one \
                      (raise `distributed.timeout_s` if steps are that unbalanced)"
                         .to_string()
@@ -556,5 +560,28 @@ mod tests {
         for local in 0..4 {
             assert_eq!(peer_device::<B>(&first, local, 4).unwrap(), first);
         }
+    }
+
+    #[cfg(feature = "flex")]
+    #[test]
+    fn a_peer_whose_partner_never_joins_stops_at_the_timeout() {
+        type B = burn::backend::Flex;
+        let _collective = exclusive_collective();
+        Peer::reset::<B>();
+        let layout = Layout {
+            timeout: Duration::from_secs(1),
+            ..Layout::local(2)
+        };
+        let started = std::time::Instant::now();
+        let e = Peer::join::<B>(Arc::new(layout), 0, &Default::default())
+            .unwrap_err()
+            .to_string();
+        Peer::reset::<B>();
+        assert!(
+            e.contains("peer 0 of 2: joining the run: no answer from the other peers within 1 s"),
+            "{e}"
+        );
+        assert!(e.contains("another peer of this process is stuck"), "{e}");
+        assert!(started.elapsed() < Duration::from_secs(10));
     }
 }
