@@ -1,0 +1,175 @@
+"""Builds a tiny random Dream checkpoint and records what the reference PyTorch code computes on
+it, for the Rust side's Dream golden tests (the Dream model-family issue).
+
+The reference is Dream's own modeling and generation code as shipped with
+`Dream-org/Dream-v0-Instruct-7B` (`configuration_dream.py`, `modeling_dream.py`,
+`generation_utils.py`, `__init__.py`); `ZHZisZZ/dllm` keeps copies under
+`dllm/pipelines/dream/models/`. The script imports them from the directory given with
+`--reference`; they are inputs, never copied into this repository.
+
+    python3 -m venv .venv-dream
+    .venv-dream/bin/pip install torch==2.5.1 transformers==4.46.2 safetensors
+    .venv-dream/bin/python scripts/dream_golden.py --reference PATH/TO/models \
+        --out fixtures/golden-dream
+
+Writes into `--out`:
+- `config.json`, `model.safetensors`: the tiny checkpoint in Dream's layout (f32): grouped-query
+  attention (4 query heads, 2 key/value heads), biases on q/k/v only, untied embeddings,
+  random weights scaled up so that greedy decisions are decisive;
+- `golden.safetensors`: `input_ids` [2, 16]; `logits` [2, 16, V] of a plain forward;
+  `padded_input_ids`, `padded_attention_mask` [2, 16] (row 0 left-padded by 4) and
+  `padded_logits` (the forward with the 4-D mask and position ids Dream's sampler builds from
+  the padding mask; zero at padded positions, whose rows attend to nothing and are NaN in the
+  reference); `prompt_ids` [2, 6] and, per algorithm, `generation_{alg}` [2, 6 + 12]: greedy
+  `diffusion_generate` (temperature 0, 12 steps) with `alg` maskgit_plus, topk_margin, entropy;
+- `golden.json`: the settings above, for the Rust test to read.
+
+`alg = "origin"` is not recorded: it picks the positions to unmask with `torch.rand`, which
+no other implementation reproduces; its token choice is the greedy one the others also test.
+The logits Dream returns at position `i` predict token `i + 1`: the raw logits are recorded,
+and the sampler's shift (`cat([logits[:, :1], logits[:, :-1]])`) is the Rust side's to apply.
+"""
+
+import argparse
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+VOCAB = 320
+MASK, PAD, EOS = 319, 318, 317
+ALGORITHMS = ["maskgit_plus", "topk_margin", "entropy"]
+GEN_LENGTH, STEPS = 12, 12
+
+
+def load_reference(directory: Path):
+    """Imports the reference package (its modules use relative imports)."""
+    spec = importlib.util.spec_from_file_location(
+        "dream_reference",
+        directory / "__init__.py",
+        submodule_search_locations=[str(directory)],
+    )
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["dream_reference"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def tiny_model(reference):
+    config = reference.DreamConfig(
+        vocab_size=VOCAB,
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        rope_theta=1000000.0,
+        rms_norm_eps=1e-6,
+        tie_word_embeddings=False,
+        mask_token_id=MASK,
+        pad_token_id=PAD,
+        bos_token_id=PAD,
+        eos_token_id=EOS,
+    )
+    config._attn_implementation = "sdpa"
+    torch.manual_seed(0)
+    model = reference.DreamModel(config).float().eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.copy_(1.0 + 0.1 * torch.randn_like(p))
+            else:
+                p.copy_(0.2 * torch.randn_like(p))
+    return model
+
+
+def padded_forward_inputs(attention_mask: torch.Tensor):
+    """The 4-D mask and position ids Dream's `_sample` builds from a [B, N] padding mask."""
+    tok_idx = attention_mask.long().cumsum(-1) - 1
+    tok_idx.masked_fill_(attention_mask == 0, 1)
+    mask = torch.logical_and(
+        attention_mask.unsqueeze(1).unsqueeze(-2),
+        attention_mask.unsqueeze(1).unsqueeze(-1),
+    )
+    return mask, tok_idx
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--reference", type=Path, required=True)
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args()
+    reference = load_reference(args.reference)
+    model = tiny_model(reference)
+    args.out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(args.out, safe_serialization=True)
+
+    g = torch.Generator().manual_seed(1)
+    input_ids = torch.randint(0, EOS, (2, 16), generator=g)
+    input_ids[0, 5] = MASK
+    input_ids[1, 9:12] = MASK
+    golden = {"input_ids": input_ids}
+    with torch.no_grad():
+        golden["logits"] = model(input_ids).logits.float()
+
+        padded = input_ids.clone()
+        padded[0, :4] = PAD
+        attention_mask = torch.ones_like(padded)
+        attention_mask[0, :4] = 0
+        mask, tok_idx = padded_forward_inputs(attention_mask)
+        logits = model(padded, mask, tok_idx).logits.float()
+        logits[attention_mask == 0] = 0.0
+        golden["padded_input_ids"] = padded
+        golden["padded_attention_mask"] = attention_mask
+        golden["padded_logits"] = logits
+
+        prompt_ids = torch.randint(0, EOS, (2, 6), generator=g)
+        golden["prompt_ids"] = prompt_ids
+        config_class = sys.modules["dream_reference.generation_utils"].DreamGenerationConfig
+        for alg in ALGORITHMS:
+            # An explicit configuration: with this transformers, one built from the model's
+            # config lacks `return_dict_in_generate` (the sequences come back as a tensor or
+            # in an output with `sequences`, by version).
+            config = config_class(
+                max_new_tokens=GEN_LENGTH,
+                steps=STEPS,
+                temperature=0.0,
+                alg=alg,
+                alg_temp=0.0,
+                output_history=False,
+                return_dict_in_generate=True,
+                mask_token_id=MASK,
+                pad_token_id=PAD,
+                bos_token_id=PAD,
+                eos_token_id=EOS,
+            )
+            out = model.diffusion_generate(prompt_ids, generation_config=config)
+            golden[f"generation_{alg}"] = getattr(out, "sequences", out)
+
+    save_file(
+        {k: v.contiguous() for k, v in golden.items()},
+        str(args.out / "golden.safetensors"),
+    )
+    meta = {
+        "mask_token_id": MASK,
+        "pad_token_id": PAD,
+        "eos_token_id": EOS,
+        "algorithms": ALGORITHMS,
+        "gen_length": GEN_LENGTH,
+        "steps": STEPS,
+        "temperature": 0.0,
+        "alg_temp": 0.0,
+        "padded_rows": {"0": 4},
+        "torch": torch.__version__,
+        "transformers": __import__("transformers").__version__,
+    }
+    (args.out / "golden.json").write_text(json.dumps(meta, indent=2) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
