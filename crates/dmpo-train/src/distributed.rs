@@ -1,5 +1,5 @@
 //! Data parallelism across peers (`[distributed]`, docs/distributed.md): each peer generates,
-//! scores and differentiates its share of a step's prompt groups; burn-collective's all-reduce
+//! scores and differentiates its share of a step's rows; burn-collective's all-reduce
 //! sums the gradients, so every peer applies the same AdamW update and the weights stay
 //! identical. Peers are threads of one process (`devices`) on one machine or on several
 //! (`nodes`, joined through burn-collective's global orchestrator, [`run_orchestrator`]).
@@ -226,8 +226,9 @@ impl Peer {
         self.rank.is_multiple_of(self.layout.devices)
     }
 
-    /// This peer's contiguous share of `n` items (prompt groups): `n * rank / count ..
-    /// n * (rank + 1) / count`, so the shares of all peers cover `0..n` once, in order.
+    /// This peer's contiguous share of `n` items (units of rows, evaluation batches):
+    /// `n * rank / count .. n * (rank + 1) / count`, so the shares of all peers cover `0..n`
+    /// once, in order.
     pub fn share(&self, n: usize) -> Range<usize> {
         n * self.rank / self.count..n * (self.rank + 1) / self.count
     }

@@ -52,7 +52,7 @@ pub struct Recipe {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DistributedSection {
-    /// Peers on this machine, each with its share of the step's prompt groups: on the CPU
+    /// Peers on this machine, each with its share of the step's rows: on the CPU
     /// backend (flex) one thread pool each, with its share of the cores. 1: no data parallelism.
     pub devices: usize,
     /// Every machine of a multi-machine run as `host:port`, the address its peers serve

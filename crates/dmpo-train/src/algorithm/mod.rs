@@ -63,7 +63,7 @@ pub struct UpdateInputs<'a, AB: AutodiffBackend> {
     /// Where batches are built.
     pub device: &'a AB::Device,
     /// The peer computing this update: every peer holds the whole rollout and computes
-    /// log-likelihoods and losses of its share of the groups only ([`Self::own_rows`]).
+    /// log-likelihoods and losses of its share of the rows only ([`Self::own_rows`]).
     pub peer: Peer,
 }
 
