@@ -297,6 +297,12 @@ impl Peer {
         device: &B::Device,
     ) -> Result<Vec<f64>> {
         self.check_span(local.len(), offset, total)?;
+        if self.count == 1 {
+            // Alone: the vector is this peer's values in place, no pieces to split and join.
+            let mut out = vec![0.0; total];
+            out[offset..offset + local.len()].copy_from_slice(local);
+            return Ok(out);
+        }
         let mut pieces = vec![0f32; 4 * total];
         for (i, v) in local.iter().enumerate() {
             pieces[4 * (offset + i)..4 * (offset + i + 1)].copy_from_slice(&split(*v));
