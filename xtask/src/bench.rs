@@ -10,7 +10,7 @@ use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
 use burn::tensor::{backend::Backend, Int, Tensor, TensorData};
 use dllm_model::backend::{dispatch, BackendKind, BackendTask};
 use dllm_model::tensor_file::read_ints;
-use dllm_model::{load_model, Llada, LoadOptions};
+use dllm_model::{load_model, DiffusionLm, LoadOptions};
 use dllm_sample::{generate, CacheKind, SamplerConfig};
 use dmpo_core::masks::ReplicateMasks;
 use dmpo_core::{wdce_loss_with_masks, DmpoConfig, ModelView, RolloutWeights, SequenceBatch};
@@ -47,12 +47,12 @@ pub struct Args {
 }
 
 /// The model under test: the weights in `--dir`, or a seeded random one of `--random-config`.
-pub fn bench_model<B: Backend>(a: &Args, device: &B::Device) -> anyhow::Result<Llada<B>> {
+pub fn bench_model<B: Backend>(a: &Args, device: &B::Device) -> anyhow::Result<DiffusionLm<B>> {
     match &a.random_config {
         Some(path) => {
-            let config = dllm_model::LladaConfig::from_file(path)?;
+            let config = dllm_model::ModelConfig::from_file(path)?;
             B::seed(device, 0);
-            Ok(Llada::init(&config, device))
+            Ok(DiffusionLm::init(&config, device))
         }
         None => Ok(load_model::<B>(&a.dir, LoadOptions::default(), device)?),
     }
@@ -290,10 +290,10 @@ fn dmpo_step<B: Backend>(a: &Args, device: &B::Device) -> anyhow::Result<(f64, V
         antithetic: false,
         ..DmpoConfig::default()
     };
-    let mut model: Llada<AB<B>> = bench_model::<AB<B>>(a, device)?;
+    let mut model: DiffusionLm<AB<B>> = bench_model::<AB<B>>(a, device)?;
     let mut optim = AdamWConfig::new()
         .with_weight_decay(0.01)
-        .init::<AB<B>, Llada<AB<B>>>();
+        .init::<AB<B>, DiffusionLm<AB<B>>>();
     let mut losses = Vec::new();
     let mut times = Vec::new();
     for i in 0..=a.reps.max(1) {

@@ -16,7 +16,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
 use dllm_model::backend::{dispatch, BackendKind, BackendTask};
 use dllm_model::tensor_file::read_ints;
-use dllm_model::{Llada, LoraConfig};
+use dllm_model::{DiffusionLm, LoraConfig};
 use dmpo_core::masks::ReplicateMasks;
 use dmpo_core::{wdce_loss_with_masks, DmpoConfig, ModelView, RolloutWeights, SequenceBatch};
 use dmpo_train::distributed::{exclusive_collective, Layout, Peer};
@@ -137,7 +137,7 @@ fn measure<B: Backend>(
     let results: Vec<anyhow::Result<(f64, f64)>> = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..peers)
             .map(|rank| {
-                let model = Llada::<AB<B>>::from_inner(model.valid());
+                let model = DiffusionLm::<AB<B>>::from_inner(model.valid());
                 let (layout, golden) = (layout.clone(), &golden);
                 scope.spawn(move || {
                     let pool = rayon::ThreadPoolBuilder::new()
@@ -175,7 +175,7 @@ fn peer_steps<B: Backend>(
     a: &Args,
     layout: Arc<Layout>,
     rank: usize,
-    mut model: Llada<AB<B>>,
+    mut model: DiffusionLm<AB<B>>,
     golden: &Golden,
     device: &B::Device,
 ) -> anyhow::Result<(f64, f64)> {
@@ -205,7 +205,7 @@ fn peer_steps<B: Backend>(
     };
     let mut optim = AdamWConfig::new()
         .with_weight_decay(0.01)
-        .init::<AB<B>, Llada<AB<B>>>();
+        .init::<AB<B>, DiffusionLm<AB<B>>>();
     let (mut steps, mut reduces) = (Vec::new(), Vec::new());
     for i in 0..=a.reps.max(1) {
         let clock = Instant::now();

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use clap::Parser;
-use dllm_model::{checkpoint_tensors, LladaConfig, TensorRole};
+use dllm_model::{checkpoint_tensors, ModelConfig, TensorRole};
 use half::bf16;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -97,7 +97,7 @@ impl View for &RandomTensor {
 /// Writes the checkpoint.
 pub fn run(a: Args) -> anyhow::Result<()> {
     anyhow::ensure!(a.shards >= 1, "--shards must be at least 1");
-    let config = LladaConfig::from_file(&a.config)?;
+    let config = ModelConfig::from_file(&a.config)?;
     let tensors = checkpoint_tensors(&config);
     anyhow::ensure!(
         a.shards <= tensors.len(),
@@ -235,7 +235,7 @@ mod tests {
 
     #[test]
     fn shards_cover_every_tensor_once_in_order_and_none_is_empty() {
-        let config = LladaConfig::tiny(8, 3, 2, 16, 20, 18, 19);
+        let config = ModelConfig::tiny(8, 3, 2, 16, 20, 18, 19);
         let tensors = checkpoint_tensors(&config);
         for shards in [1, 2, 6, tensors.len()] {
             let ranges = split_into_shards(&tensors, shards);

@@ -22,7 +22,7 @@ use burn::module::AutodiffModule;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use clap::Parser;
 use dllm_model::backend::{dispatch, BackendKind, BackendTask};
-use dllm_model::{load_model, Llada, LoadOptions, WeightDType};
+use dllm_model::{load_model, DiffusionLm, LoadOptions, WeightDType};
 use dllm_sample::{generate, CacheKind, SamplerConfig};
 use dmpo_core::ModelView;
 use dmpo_train::algorithm::{dmpo, Learner, UpdateInputs};
@@ -323,7 +323,7 @@ fn run_on<AB: AutodiffBackend>(a: &Args, device: &AB::Device) -> anyhow::Result<
         quiet: a.json,
     };
     let options = LoadOptions { dtype: a.dtype };
-    let base: Llada<AB> = rec.phase("load", None, || {
+    let base: DiffusionLm<AB> = rec.phase("load", None, || {
         load_model::<AB>(&a.model, options, device)
             .with_context(|| format!("loading {}", a.model.display()))
     })?;
@@ -373,7 +373,7 @@ fn run_on<AB: AutodiffBackend>(a: &Args, device: &AB::Device) -> anyhow::Result<
     rec.planned(planned_peak("rollout").saturating_sub(moments));
 
     let t = &recipe.train;
-    let mut optimizer = dmpo_train::optim::adamw(t).init::<AB, Llada<AB>>();
+    let mut optimizer = dmpo_train::optim::adamw(t).init::<AB, DiffusionLm<AB>>();
     let mut state = TrainState::default();
     let mut rng = ChaCha8Rng::seed_from_u64(recipe.run.seed);
     let mut policy = policy;

@@ -49,7 +49,7 @@ fn random_checkpoint_then_scale_on_the_bench_geometry() {
         dllm_model::load::verify_model::<burn::backend::Flex>(&dir, &Default::default()).unwrap();
     assert_eq!(
         checked,
-        dllm_model::LladaConfig::from_file(&config_path).unwrap()
+        dllm_model::ModelConfig::from_file(&config_path).unwrap()
     );
     let first = std::fs::read(dir.join("model-00002-of-00003.safetensors")).unwrap();
     xtask(&[
@@ -108,7 +108,7 @@ fn random_checkpoint_then_scale_on_the_bench_geometry() {
         planned,
         [true, false, false, false, false, true, false, false, true, true]
     );
-    let params = dllm_model::LladaConfig::from_file(&config_path)
+    let params = dllm_model::ModelConfig::from_file(&config_path)
         .unwrap()
         .num_params();
     assert_eq!(report["parameters"].as_u64().unwrap() as usize, params);

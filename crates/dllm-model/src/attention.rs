@@ -7,13 +7,13 @@ use burn::tensor::{
 };
 
 use crate::cache::{splice, CacheUse, LayerKv};
-use crate::config::LladaConfig;
+use crate::config::ModelConfig;
 use crate::linear::Linear;
 use crate::ops::attention_rows;
 use crate::params::ParamSource;
 use crate::rope::RopeTables;
 
-/// LLaDA's attention: `attn_out(softmax(q k^T / sqrt(hd)) v)` with RoPE on `q` and `k`,
+/// The attention of both families: `attn_out(softmax(q k^T / sqrt(hd)) v)` with RoPE on `q` and `k`,
 /// no causal mask, and `n_heads / n_kv_heads` query heads sharing each key/value head.
 #[derive(Module, Debug)]
 pub struct Attention<B: Backend> {
@@ -34,21 +34,32 @@ pub struct Attention<B: Backend> {
 }
 
 impl<B: Backend> Attention<B> {
-    /// The attention of the block named `block` (`{block}.q_proj`, …) for `config`, from
-    /// `source`: `q_proj`, `k_proj`, `v_proj`, then `attn_out`.
+    /// The attention of the block named `block` for `config`, from `source`: the query, key,
+    /// value (with their biases when `include_qkv_bias`) and output projections, by the
+    /// family's names (`{block}.q_proj`, … for LLaDA; `{block}.self_attn.q_proj`, … for Dream).
     pub fn build<S: ParamSource<B> + ?Sized>(
-        config: &LladaConfig,
+        config: &ModelConfig,
         block: &str,
         source: &mut S,
     ) -> Result<Self, S::Error> {
         let d = config.d_model;
         let hd = config.head_dim();
         let kv = config.num_kv_heads() * hd;
+        let [q, k, v, o, ..] = config.family.linear_paths();
+        let mut qkv = |path: &str, d_out: usize| {
+            let name = format!("{block}.{path}");
+            if config.include_qkv_bias {
+                Linear::build_with_bias(&name, d, d_out, source)
+            } else {
+                Linear::build(&name, d, d_out, source)
+            }
+        };
+        let (q_proj, k_proj, v_proj) = (qkv(q, d)?, qkv(k, kv)?, qkv(v, kv)?);
         Ok(Self {
-            q_proj: Linear::build(&format!("{block}.q_proj"), d, d, source)?,
-            k_proj: Linear::build(&format!("{block}.k_proj"), d, kv, source)?,
-            v_proj: Linear::build(&format!("{block}.v_proj"), d, kv, source)?,
-            attn_out: Linear::build(&format!("{block}.attn_out"), d, d, source)?,
+            q_proj,
+            k_proj,
+            v_proj,
+            attn_out: Linear::build(&format!("{block}.{o}"), d, d, source)?,
             n_heads: config.n_heads,
             n_kv_heads: config.num_kv_heads(),
             head_dim: hd,

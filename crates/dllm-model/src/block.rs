@@ -1,11 +1,12 @@
-//! One LLaDA transformer block (docs/algorithm.md §1): pre-norm attention and SwiGLU MLP, both residual.
+//! One transformer block of either family (docs/algorithm.md §1): pre-norm attention and SwiGLU MLP, both residual.
 
 use burn::module::Module;
 use burn::tensor::{activation::silu, backend::Backend, Bool, Tensor};
 
 use crate::attention::Attention;
 use crate::cache::CacheUse;
-use crate::config::LladaConfig;
+use crate::config::ModelConfig;
+use crate::family::Family;
 use crate::linear::Linear;
 use crate::norm::RmsNorm;
 use crate::ops::swiglu;
@@ -27,26 +28,34 @@ pub struct Block<B: Backend> {
     pub up_proj: Linear<B>,
     /// Down projection `[hidden, d]`.
     pub ff_out: Linear<B>,
+    /// Whose names the layers carry.
+    #[module(skip)]
+    pub family: Family,
 }
 
 impl<B: Backend> Block<B> {
-    /// The block named `name` (`model.transformer.blocks.{i}`) for `config`, from `source`:
-    /// `attn_norm`, the attention, `ff_norm`, `ff_proj`, `up_proj`, then `ff_out`.
+    /// The block named `name` (`model.transformer.blocks.{i}`, `model.layers.{i}`) for `config`,
+    /// from `source`: the attention norm, the attention, the MLP norm, then the gate, up and down
+    /// projections, by the family's names.
     pub fn build<S: ParamSource<B> + ?Sized>(
-        config: &LladaConfig,
+        config: &ModelConfig,
         name: &str,
         source: &mut S,
     ) -> Result<Self, S::Error> {
         let d = config.d_model;
         let hidden = config.mlp_hidden();
         let eps = config.rms_norm_eps;
+        let family = config.family;
+        let [attn_norm, ff_norm] = family.norm_paths();
+        let [.., gate, up, down] = family.linear_paths();
         Ok(Self {
-            attn_norm: RmsNorm::build(&format!("{name}.attn_norm"), d, eps, source)?,
+            attn_norm: RmsNorm::build(&format!("{name}.{attn_norm}"), d, eps, source)?,
             attn: Attention::build(config, name, source)?,
-            ff_norm: RmsNorm::build(&format!("{name}.ff_norm"), d, eps, source)?,
-            ff_proj: Linear::build(&format!("{name}.ff_proj"), d, hidden, source)?,
-            up_proj: Linear::build(&format!("{name}.up_proj"), d, hidden, source)?,
-            ff_out: Linear::build(&format!("{name}.ff_out"), hidden, d, source)?,
+            ff_norm: RmsNorm::build(&format!("{name}.{ff_norm}"), d, eps, source)?,
+            ff_proj: Linear::build(&format!("{name}.{gate}"), d, hidden, source)?,
+            up_proj: Linear::build(&format!("{name}.{up}"), d, hidden, source)?,
+            ff_out: Linear::build(&format!("{name}.{down}"), hidden, d, source)?,
+            family,
         })
     }
 
@@ -71,29 +80,32 @@ impl<B: Backend> Block<B> {
         x + self.ff_out.forward(hidden, adapter)
     }
 
-    /// The seven linear layers with their LLaDA names, in checkpoint order.
+    /// The seven linear layers with their family's short names
+    /// ([`Family::linear_names`]), in checkpoint order.
     pub fn linears(&self) -> [(&'static str, &Linear<B>); 7] {
+        let [q, k, v, o, gate, up, down] = self.family.linear_names();
         [
-            ("q_proj", &self.attn.q_proj),
-            ("k_proj", &self.attn.k_proj),
-            ("v_proj", &self.attn.v_proj),
-            ("attn_out", &self.attn.attn_out),
-            ("ff_proj", &self.ff_proj),
-            ("up_proj", &self.up_proj),
-            ("ff_out", &self.ff_out),
+            (q, &self.attn.q_proj),
+            (k, &self.attn.k_proj),
+            (v, &self.attn.v_proj),
+            (o, &self.attn.attn_out),
+            (gate, &self.ff_proj),
+            (up, &self.up_proj),
+            (down, &self.ff_out),
         ]
     }
 
     /// Mutable access to the seven linear layers.
     pub fn linears_mut(&mut self) -> [(&'static str, &mut Linear<B>); 7] {
+        let [q, k, v, o, gate, up, down] = self.family.linear_names();
         [
-            ("q_proj", &mut self.attn.q_proj),
-            ("k_proj", &mut self.attn.k_proj),
-            ("v_proj", &mut self.attn.v_proj),
-            ("attn_out", &mut self.attn.attn_out),
-            ("ff_proj", &mut self.ff_proj),
-            ("up_proj", &mut self.up_proj),
-            ("ff_out", &mut self.ff_out),
+            (q, &mut self.attn.q_proj),
+            (k, &mut self.attn.k_proj),
+            (v, &mut self.attn.v_proj),
+            (o, &mut self.attn.attn_out),
+            (gate, &mut self.ff_proj),
+            (up, &mut self.up_proj),
+            (down, &mut self.ff_out),
         ]
     }
 }

@@ -24,7 +24,7 @@ pub struct KvCache<B: Backend> {
 }
 
 impl<B: Backend> KvCache<B> {
-    /// An empty cache, filled by [`crate::Llada::forward_fill_cache`].
+    /// An empty cache, filled by [`crate::DiffusionLm::forward_fill_cache`].
     pub fn new() -> Self {
         Self { layers: Vec::new() }
     }

@@ -32,11 +32,11 @@ use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Bool, Distribution, Int, Tensor};
 
 use crate::cache::CacheUse;
-use crate::model::{ForwardOptions, Llada, LogitPositions};
+use crate::model::{DiffusionLm, ForwardOptions, LogitPositions};
 
 /// The forward a [`BlockCheckpoints`] runs, fixed when it is made for an autodiff backend.
 type CheckpointedForward<B> = fn(
-    &Llada<B>,
+    &DiffusionLm<B>,
     &BlockCheckpoints<B>,
     Tensor<B, 2, Int>,
     &ForwardOptions<B>,
@@ -73,10 +73,10 @@ impl<B: Backend> std::fmt::Debug for BlockCheckpoints<B> {
 }
 
 impl<B: Backend> BlockCheckpoints<B> {
-    /// Logits at `positions`, as [`Llada::forward_with`], with the blocks checkpointed.
+    /// Logits at `positions`, as [`DiffusionLm::forward_with`], with the blocks checkpointed.
     pub fn forward(
         &self,
-        model: &Llada<B>,
+        model: &DiffusionLm<B>,
         input_ids: Tensor<B, 2, Int>,
         options: &ForwardOptions<B>,
         positions: &LogitPositions<B>,
@@ -108,13 +108,13 @@ impl<AB: AutodiffBackend> BlockCheckpoints<AB> {
     /// The parameter gradients of the loss whose backward pass gave `grads`: those of the
     /// final norm and head from `grads`, those of every block (and of the embeddings, when
     /// trained) by recomputing the blocks of each recorded forward, last block first.
-    pub fn gradients(&self, model: &Llada<AB>, grads: AB::Gradients) -> GradientsParams {
+    pub fn gradients(&self, model: &DiffusionLm<AB>, grads: AB::Gradients) -> GradientsParams {
         let records: Vec<Record<AB>> = std::mem::take(&mut *self.records.borrow_mut())
             .into_iter()
             .map(|r| *r.downcast::<Record<AB>>().expect("records of this backend"))
             .collect();
         let outputs: Vec<_> = records.iter().map(|r| r.leaf.grad(&grads)).collect();
-        let mut acc = GradientsAccumulator::<Llada<AB>>::new();
+        let mut acc = GradientsAccumulator::<DiffusionLm<AB>>::new();
         acc.accumulate(model, GradientsParams::from_grads(grads, model));
         for (record, grad) in records.into_iter().zip(outputs) {
             // A forward the loss did not use contributes nothing.
@@ -163,7 +163,7 @@ fn draw_seed<B: Backend>(device: &B::Device) -> u64 {
 
 /// The blocks without autodiff, keeping their inputs; the final norm and head tracked.
 fn checkpointed_forward<AB: AutodiffBackend>(
-    model: &Llada<AB>,
+    model: &DiffusionLm<AB>,
     checkpoints: &BlockCheckpoints<AB>,
     input_ids: Tensor<AB, 2, Int>,
     options: &ForwardOptions<AB>,

@@ -1,15 +1,23 @@
-//! `LladaConfig`: the Hugging Face `config.json` of a LLaDA checkpoint (docs/algorithm.md §1).
+//! `ModelConfig`: the Hugging Face `config.json` of a LLaDA or Dream checkpoint
+//! (docs/algorithm.md §1). LLaDA's keys are the fields; a Dream file (`model_type = "Dream"`) is
+//! read through [`DreamConfig`] and written back with its own keys.
 
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::dream_config::{dream_key, DreamConfig};
 use crate::error::{ModelError, Result};
+use crate::family::Family;
 
-/// The architecture of a LLaDA model, read from the real keys of `GSAI-ML/LLaDA-8B-Instruct`'s
-/// `config.json`. Keys we do not use are kept in `extra` and written back on save.
+/// The architecture of a model, named by the real keys of `GSAI-ML/LLaDA-8B-Instruct`'s
+/// `config.json` (a Dream config is translated, [`DreamConfig`]). Keys we do not use are kept in
+/// `extra` and written back on save.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct LladaConfig {
+pub struct ModelConfig {
+    /// The family of the checkpoint (from `model_type`): names, biases, logit shift.
+    #[serde(skip)]
+    pub family: Family,
     /// Hidden size.
     pub d_model: usize,
     /// Number of attention (query) heads.
@@ -69,7 +77,7 @@ pub struct LladaConfig {
     /// Biases in linear layers; must be `false`.
     #[serde(default)]
     pub include_bias: bool,
-    /// Biases in the q/k/v projections; must be `false`.
+    /// Biases in the q/k/v projections; `true` only for Dream.
     #[serde(default)]
     pub include_qkv_bias: bool,
     /// Norms on q and k; must be `false`.
@@ -118,7 +126,7 @@ fn default_true() -> bool {
 /// values are corrupt configs, refused before anything is allocated.
 pub const MAX_PARAMETERS: u128 = 10_000_000_000_000;
 
-impl LladaConfig {
+impl ModelConfig {
     /// Reads and validates `config.json`.
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
@@ -129,10 +137,18 @@ impl LladaConfig {
     /// Parses and validates a config from JSON text; `path` only names the source in errors.
     pub fn from_json_str(text: &str, path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
-        let config: Self = serde_json::from_str(text).map_err(|source| ModelError::Json {
+        let json = |source| ModelError::Json {
             path: path.to_path_buf(),
             source,
-        })?;
+        };
+        let value: serde_json::Value = serde_json::from_str(text).map_err(json)?;
+        let model_type = value.get("model_type").and_then(|v| v.as_str());
+        let config: Self = match Family::from_model_type(model_type) {
+            Family::Llada => serde_json::from_value(value).map_err(json)?,
+            Family::Dream => serde_json::from_value::<DreamConfig>(value)
+                .map_err(json)?
+                .into_model(),
+        };
         config.validate(path)?;
         Ok(config)
     }
@@ -152,6 +168,7 @@ impl LladaConfig {
         extra.insert("model_type".into(), "llada".into());
         extra.insert("architectures".into(), serde_json::json!(["LLaDAModelLM"]));
         Self {
+            family: Family::Llada,
             d_model,
             n_heads,
             n_kv_heads: Some(n_heads),
@@ -185,14 +202,20 @@ impl LladaConfig {
 
     /// Refuses configurations this implementation does not compute exactly.
     pub fn validate(&self, path: &Path) -> Result<()> {
-        let bad = |field: &str, message: String| Err(ModelError::config(path, field, message));
-        let must_be = |field: &str, value: &str, want: &str| -> Result<()> {
+        let key = |field: &'static str| match self.family {
+            Family::Llada => field,
+            Family::Dream => dream_key(field),
+        };
+        let bad = |field: &'static str, message: String| {
+            Err(ModelError::config(path, key(field), message))
+        };
+        let must_be = |field: &'static str, value: &str, want: &str| -> Result<()> {
             if value == want {
                 Ok(())
             } else {
                 Err(ModelError::config(
                     path,
-                    field,
+                    key(field),
                     format!("unsupported value `{value}` (only `{want}` is supported)"),
                 ))
             }
@@ -203,13 +226,24 @@ impl LladaConfig {
         for (field, on) in [
             ("alibi", self.alibi),
             ("include_bias", self.include_bias),
-            ("include_qkv_bias", self.include_qkv_bias),
+            (
+                "include_qkv_bias",
+                self.include_qkv_bias && self.family != Family::Dream,
+            ),
             ("attention_layer_norm", self.attention_layer_norm),
             ("scale_logits", self.scale_logits),
             ("input_emb_norm", self.input_emb_norm),
         ] {
             if on {
                 return bad(field, "`true` is not supported".into());
+            }
+        }
+        if self.family == Family::Dream {
+            if self.extra.get("rope_scaling").is_some_and(|v| !v.is_null()) {
+                return bad("rope_scaling", "only `null` is supported".into());
+            }
+            if self.extra.get("use_sliding_window") == Some(&serde_json::Value::Bool(true)) {
+                return bad("use_sliding_window", "`true` is not supported".into());
             }
         }
         if !self.rope {
@@ -342,7 +376,8 @@ impl LladaConfig {
         let kv = (self.num_kv_heads() as u128) * (self.head_dim() as u128);
         let mlp = self.mlp_hidden() as u128;
         let embed = self.embed_size() as u128;
-        let per_block = 2 * d + d * d * 2 + 2 * d * kv + 3 * d * mlp;
+        let bias = if self.include_qkv_bias { d + 2 * kv } else { 0 };
+        let per_block = 2 * d + d * d * 2 + 2 * d * kv + 3 * d * mlp + bias;
         let head = if self.weight_tying { 0 } else { embed * d };
         embed * d + (self.n_layers as u128) * per_block + d + head
     }
@@ -350,7 +385,11 @@ impl LladaConfig {
     /// Writes the config as pretty JSON.
     pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
         let path = path.as_ref();
-        let text = serde_json::to_string_pretty(self).map_err(|source| ModelError::Json {
+        let text = match self.family {
+            Family::Llada => serde_json::to_string_pretty(self),
+            Family::Dream => serde_json::to_string_pretty(&DreamConfig::from_model(self)),
+        }
+        .map_err(|source| ModelError::Json {
             path: path.to_path_buf(),
             source,
         })?;

@@ -1,4 +1,4 @@
-//! The LLaDA masked-diffusion language model on burn (docs/algorithm.md §1).
+//! The LLaDA and Dream masked-diffusion language models on burn (docs/algorithm.md §1).
 //!
 //! Load a Hugging Face checkpoint directory and run it:
 //!
@@ -20,7 +20,9 @@ pub mod block;
 pub mod cache;
 pub mod checkpointing;
 pub mod config;
+pub mod dream_config;
 pub mod error;
+pub mod family;
 mod kernels;
 pub mod linear;
 pub mod load;
@@ -36,11 +38,13 @@ pub mod weights;
 
 pub use cache::KvCache;
 pub use checkpointing::BlockCheckpoints;
-pub use config::LladaConfig;
+pub use config::ModelConfig;
+pub use dream_config::DreamConfig;
 pub use error::{ModelError, Result};
+pub use family::Family;
 pub use load::{load_model, save_model, LoadOptions};
 pub use lora::{LoraConfig, LINEAR_NAMES};
-pub use model::{ForwardOptions, Llada, LogitPositions};
+pub use model::{DiffusionLm, ForwardOptions, LogitPositions};
 pub use params::{checkpoint_tensors, TensorRole};
 pub use tokenizer::{ChatMessage, ChatTokens, LladaTokenizer};
 pub use weights::{WeightDType, WeightFiles};

@@ -1,4 +1,5 @@
-//! A bias-free linear layer with an optional LoRA adapter (docs/algorithm.md §5: LoRA on LLaDA's linears).
+//! A linear layer (bias-free in LLaDA; Dream's q/k/v carry a bias) with an optional LoRA adapter
+//! (docs/algorithm.md §5: LoRA on the block's linears).
 
 use burn::module::{Module, Param};
 use burn::nn::Dropout;
@@ -6,12 +7,15 @@ use burn::tensor::{backend::Backend, module::linear, Distribution, Tensor};
 
 use crate::params::ParamSource;
 
-/// `y = x W` with `W` stored `[in, out]` (burn's layout; Hugging Face stores `[out, in]` and the
-/// loader transposes), plus `scale * dropout(x) A B` when an adapter is attached and enabled.
+/// `y = x W + b` with `W` stored `[in, out]` (burn's layout; Hugging Face stores `[out, in]` and
+/// the loader transposes), plus `scale * dropout(x) A B` when an adapter is attached and enabled
+/// (PEFT adds the update to the biased base output).
 #[derive(Module, Debug)]
 pub struct Linear<B: Backend> {
     /// Base weight, `[in, out]`.
     pub weight: Param<Tensor<B, 2>>,
+    /// Bias `[out]`, when the layer has one.
+    pub bias: Option<Param<Tensor<B, 1>>>,
     /// LoRA adapter, if one is attached.
     pub lora: Option<Lora<B>>,
 }
@@ -37,6 +41,7 @@ impl<B: Backend> Linear<B> {
     pub fn from_weight(weight: Tensor<B, 2>) -> Self {
         Self {
             weight: Param::from_tensor(weight),
+            bias: None,
             lora: None,
         }
     }
@@ -50,6 +55,20 @@ impl<B: Backend> Linear<B> {
     ) -> Result<Self, S::Error> {
         let weight = source.linear_weight(&format!("{name}.weight"), d_in, d_out)?;
         Ok(Self::from_weight(weight))
+    }
+
+    /// [`build`](Self::build), then the bias `{name}.bias` `[d_out]`.
+    pub fn build_with_bias<S: ParamSource<B> + ?Sized>(
+        name: &str,
+        d_in: usize,
+        d_out: usize,
+        source: &mut S,
+    ) -> Result<Self, S::Error> {
+        let mut layer = Self::build(name, d_in, d_out, source)?;
+        layer.bias = Some(Param::from_tensor(
+            source.bias(&format!("{name}.bias"), d_out)?,
+        ));
+        Ok(layer)
     }
 
     /// Input and output sizes.
@@ -66,6 +85,18 @@ impl<B: Backend> Linear<B> {
         let [batch, len, d_in] = x.dims();
         let x = x.reshape([batch * len, d_in]);
         let y = product(&x, self.weight.val());
+        let y = match &self.bias {
+            Some(b) => {
+                let b = b.val();
+                let b = if b.dtype() == y.dtype() {
+                    b
+                } else {
+                    b.cast(y.dtype())
+                };
+                y + b.unsqueeze::<2>()
+            }
+            None => y,
+        };
         let y = match (&self.lora, adapter) {
             // The sum in the adapter's dtype, then back to the base's (PEFT's order).
             (Some(lora), true) => {

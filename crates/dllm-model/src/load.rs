@@ -1,13 +1,13 @@
-//! Building a [`Llada`] from a Hugging Face model directory, and writing one back.
+//! Building a [`DiffusionLm`] from a Hugging Face model directory, and writing one back.
 
 use std::path::{Path, PathBuf};
 
 use burn::tensor::{backend::Backend, DType, Tensor};
 use safetensors::{Dtype, View};
 
-use crate::config::{config_path, LladaConfig};
+use crate::config::{config_path, ModelConfig};
 use crate::error::{ModelError, Result};
-use crate::model::Llada;
+use crate::model::DiffusionLm;
 use crate::params::Checkpoint;
 use crate::weights::{WeightDType, WeightFiles};
 
@@ -25,24 +25,24 @@ pub fn load_model<B: Backend>(
     dir: impl AsRef<Path>,
     options: LoadOptions,
     device: &B::Device,
-) -> Result<Llada<B>> {
+) -> Result<DiffusionLm<B>> {
     let dir = dir.as_ref();
-    let config = LladaConfig::from_file(config_path(dir))?;
+    let config = ModelConfig::from_file(config_path(dir))?;
     let weights = WeightFiles::open_dir(dir)?;
     from_weights(&config, &weights, options, device)
 }
 
 /// Builds the model from opened weight files; every tensor's presence and shape is checked
 /// against the config, and tensors the config does not account for are refused
-/// ([`Checkpoint`] as the [`Llada::build`] source).
+/// ([`Checkpoint`] as the [`DiffusionLm::build`] source).
 pub fn from_weights<B: Backend>(
-    config: &LladaConfig,
+    config: &ModelConfig,
     weights: &WeightFiles,
     options: LoadOptions,
     device: &B::Device,
-) -> Result<Llada<B>> {
+) -> Result<DiffusionLm<B>> {
     check_dtype_supported::<B>(options.dtype, device)?;
-    Llada::build(config, &mut Checkpoint::new(weights, options.dtype, device))
+    DiffusionLm::build(config, &mut Checkpoint::new(weights, options.dtype, device))
 }
 
 /// Refuses a weight dtype the backend cannot compute in on `device` (burn's WGPU backend has
@@ -62,11 +62,11 @@ pub fn check_dtype_supported<B: Backend>(dtype: WeightDType, device: &B::Device)
 /// Validates a model directory exactly as [`load_model`] would (config, every tensor's presence,
 /// shape, dtype and finiteness, no tensor left over) without keeping any weight: one tensor is
 /// in memory at a time. Returns the config.
-pub fn verify_model<B: Backend>(dir: impl AsRef<Path>, device: &B::Device) -> Result<LladaConfig> {
+pub fn verify_model<B: Backend>(dir: impl AsRef<Path>, device: &B::Device) -> Result<ModelConfig> {
     let dir = dir.as_ref();
-    let config = LladaConfig::from_file(config_path(dir))?;
+    let config = ModelConfig::from_file(config_path(dir))?;
     let weights = WeightFiles::open_dir(dir)?;
-    Llada::<B>::build(&config, &mut Checkpoint::verifying(&weights, device))?;
+    DiffusionLm::<B>::build(&config, &mut Checkpoint::verifying(&weights, device))?;
     Ok(config)
 }
 
@@ -155,43 +155,45 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 }
 
 /// Saves the model in the Hugging Face layout: `config.json` and `model.safetensors`.
-/// Adapters are not included (merge them first with [`Llada::merge_adapters`] to bake them in).
-pub fn save_model<B: Backend>(model: &Llada<B>, dir: impl AsRef<Path>) -> Result<()> {
+/// Adapters are not included (merge them first with [`DiffusionLm::merge_adapters`] to bake them in).
+pub fn save_model<B: Backend>(model: &DiffusionLm<B>, dir: impl AsRef<Path>) -> Result<()> {
     let dir = dir.as_ref();
     std::fs::create_dir_all(dir).map_err(|e| ModelError::io(dir, e))?;
+    let family = model.config.family;
     let mut out = vec![to_named(
-        format!("{PREFIX}.wte.weight"),
+        family.embedding_name().to_string(),
         model.wte.val(),
         false,
     )];
+    let [attn_norm, ff_norm] = family.norm_paths();
     for (i, block) in model.blocks.iter().enumerate() {
-        let p = format!("{PREFIX}.blocks.{i}");
-        out.push(to_named(
-            format!("{p}.attn_norm.weight"),
-            block.attn_norm.weight.val(),
-            false,
-        ));
-        out.push(to_named(
-            format!("{p}.ff_norm.weight"),
-            block.ff_norm.weight.val(),
-            false,
-        ));
-        for (name, lin) in block.linears() {
+        let p = family.block_prefix(i);
+        for (path, norm) in [(attn_norm, &block.attn_norm), (ff_norm, &block.ff_norm)] {
             out.push(to_named(
-                format!("{p}.{name}.weight"),
+                format!("{p}.{path}.weight"),
+                norm.weight.val(),
+                false,
+            ));
+        }
+        for (path, (_, lin)) in family.linear_paths().iter().zip(block.linears()) {
+            out.push(to_named(
+                format!("{p}.{path}.weight"),
                 lin.weight.val(),
                 true,
             ));
+            if let Some(bias) = &lin.bias {
+                out.push(to_named(format!("{p}.{path}.bias"), bias.val(), false));
+            }
         }
     }
     out.push(to_named(
-        format!("{PREFIX}.ln_f.weight"),
+        family.final_norm_name().to_string(),
         model.ln_f.weight.val(),
         false,
     ));
     if let Some(head) = &model.head {
         out.push(to_named(
-            format!("{PREFIX}.ff_out.weight"),
+            family.head_name().to_string(),
             head.weight.val(),
             true,
         ));

@@ -1,6 +1,10 @@
-//! LoRA adapters on LLaDA's seven linear layers, saved and loaded in the PEFT layout
+//! LoRA adapters on a block's seven linear layers, saved and loaded in the PEFT layout
 //! (`adapter_config.json` + `adapter_model.safetensors`), so adapters move between this
 //! toolkit and Python PEFT in both directions (docs/algorithm.md §5).
+//!
+//! `target_modules` may name the layers in either family's names (LLaDA's `attn_out` is
+//! Dream's `o_proj`, `ff_proj` is `gate_proj`, `ff_out` is `down_proj`): a recipe written for
+//! one family reaches the same layers of the other. Saved adapters list the model's own names.
 
 use std::path::Path;
 
@@ -10,15 +14,14 @@ use burn::tensor::{backend::Backend, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{ModelError, Result};
+use crate::family::{Family, DREAM_LINEARS};
 use crate::linear::Lora;
-use crate::load::{to_named, write_safetensors, PREFIX};
-use crate::model::Llada;
+use crate::load::{to_named, write_safetensors};
+use crate::model::DiffusionLm;
 use crate::weights::{WeightDType, WeightFiles};
 
 /// The seven linear layers of a LLaDA block, by their checkpoint names.
-pub const LINEAR_NAMES: [&str; 7] = [
-    "q_proj", "k_proj", "v_proj", "attn_out", "ff_proj", "up_proj", "ff_out",
-];
+pub const LINEAR_NAMES: [&str; 7] = crate::family::LLADA_LINEARS;
 
 /// LoRA hyperparameters (PEFT's `LoraConfig` fields of the same names).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -79,11 +82,14 @@ impl LoraConfig {
             return Err(ModelError::config(path, "target_modules", "is empty"));
         }
         for t in &self.target_modules {
-            if !LINEAR_NAMES.contains(&t.as_str()) {
+            if Family::linear_index(t).is_none() {
                 return Err(ModelError::config(
                     path,
                     "target_modules",
-                    format!("`{t}` is not a LLaDA linear layer (expected one of {LINEAR_NAMES:?})"),
+                    format!(
+                        "`{t}` is not a linear layer of a block (expected one of \
+                         {LINEAR_NAMES:?} or Dream's {DREAM_LINEARS:?})"
+                    ),
                 ));
             }
         }
@@ -99,17 +105,28 @@ impl LoraConfig {
         }
     }
 
+    /// Whether the layer named `name` (either family's name) is a target.
     fn targets(&self, name: &str) -> bool {
-        self.target_modules.iter().any(|t| t == name)
+        let index = Family::linear_index(name);
+        self.target_modules
+            .iter()
+            .any(|t| index.is_some() && Family::linear_index(t) == index)
     }
 }
 
-/// PEFT's key for one adapter matrix.
-pub fn peft_key(block: usize, linear: &str, matrix: &str) -> String {
-    format!("base_model.model.{PREFIX}.blocks.{block}.{linear}.{matrix}.weight")
+/// PEFT's key for one adapter matrix of the layer `linear` (the family's short name) of block
+/// `block`: `base_model.model.{block prefix}.{layer path}.{matrix}.weight`.
+pub fn peft_key(family: Family, block: usize, linear: &str, matrix: &str) -> String {
+    let path = Family::linear_index(linear)
+        .map(|i| family.linear_paths()[i])
+        .unwrap_or(linear);
+    format!(
+        "base_model.model.{}.{path}.{matrix}.weight",
+        family.block_prefix(block)
+    )
 }
 
-impl<B: Backend> Llada<B> {
+impl<B: Backend> DiffusionLm<B> {
     /// Freezes the base weights and attaches fresh adapters (`B = 0`, so the output is
     /// unchanged) to the configured layers.
     pub fn with_lora(self, config: &LoraConfig, device: &B::Device) -> Result<Self> {
@@ -190,11 +207,20 @@ impl<B: Backend> Llada<B> {
             .ok_or_else(|| ModelError::Input("the model has no adapter to save".into()))?;
         std::fs::create_dir_all(dir).map_err(|e| ModelError::io(dir, e))?;
         let mut tensors = Vec::new();
+        let family = self.config.family;
         for (i, block) in self.blocks.iter().enumerate() {
             for (name, lin) in block.linears() {
                 if let Some(lora) = &lin.lora {
-                    tensors.push(to_named(peft_key(i, name, "lora_A"), lora.a.val(), true));
-                    tensors.push(to_named(peft_key(i, name, "lora_B"), lora.b.val(), true));
+                    tensors.push(to_named(
+                        peft_key(family, i, name, "lora_A"),
+                        lora.a.val(),
+                        true,
+                    ));
+                    tensors.push(to_named(
+                        peft_key(family, i, name, "lora_B"),
+                        lora.b.val(),
+                        true,
+                    ));
                 }
             }
         }
@@ -235,6 +261,7 @@ impl<B: Backend> Llada<B> {
         // Adapters are f32 whatever the base's dtype (PEFT's `autocast_adapter_dtype`): they
         // are what training updates.
         let (dtype, wdtype) = (burn::tensor::DType::F32, WeightDType::F32);
+        let family = model.config.family;
         for (i, block) in model.blocks.iter_mut().enumerate() {
             for (name, lin) in block.linears_mut() {
                 lin.lora = None;
@@ -242,8 +269,16 @@ impl<B: Backend> Llada<B> {
                     continue;
                 }
                 let [d_in, d_out] = lin.dims();
-                let a = weights.read(&peft_key(i, name, "lora_A"), &[config.r, d_in], wdtype)?;
-                let b = weights.read(&peft_key(i, name, "lora_B"), &[d_out, config.r], wdtype)?;
+                let a = weights.read(
+                    &peft_key(family, i, name, "lora_A"),
+                    &[config.r, d_in],
+                    wdtype,
+                )?;
+                let b = weights.read(
+                    &peft_key(family, i, name, "lora_B"),
+                    &[d_out, config.r],
+                    wdtype,
+                )?;
                 let t = |h: crate::weights::HostTensor| {
                     Tensor::<B, 2>::from_data(h.transposed().into_data(), (device, dtype))
                 };

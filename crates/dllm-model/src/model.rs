@@ -1,8 +1,13 @@
-//! `Llada`: the masked-diffusion transformer (docs/algorithm.md §1).
+//! `DiffusionLm`: the masked-diffusion transformer of LLaDA and Dream (docs/algorithm.md §1).
 //!
 //! `logits = ff_out(ln_f(blocks(wte[ids])))`, bidirectional attention, untied head (or tied
 //! when `weight_tying`). Forward passes can return logits for a subset of positions only, keep
 //! or skip the LoRA adapter, hide padded keys, and fill or read a [`KvCache`].
+//!
+//! Whatever the [`Family`](crate::Family), the logit at position `i` is the prediction for token `i`: a Dream
+//! head predicts token `i + 1` from position `i`, so its logit for position `i > 0` is the head
+//! applied at `i - 1`, and position 0 keeps its own (Dream's `cat(logits[:, :1], logits[:, :-1])`;
+//! in a cached span, the span's first position keeps its own, as Fast-dLLM's block sampler).
 
 use std::ops::Range;
 
@@ -11,26 +16,29 @@ use burn::tensor::{backend::Backend, module::embedding, Bool, DType, Int, Tensor
 
 use crate::block::Block;
 use crate::cache::{CacheUse, KvCache};
-use crate::config::LladaConfig;
+use crate::config::ModelConfig;
 use crate::linear::Linear;
 use crate::norm::RmsNorm;
-use crate::params::{ParamSource, RandomInit, PREFIX};
+use crate::params::{ParamSource, RandomInit};
 use crate::rope::RopeTables;
 
-/// The LLaDA model: embeddings, blocks, final norm and LM head.
+/// A masked-diffusion language model of either family: embeddings, blocks, final norm and LM
+/// head.
 #[derive(Module, Debug)]
-pub struct Llada<B: Backend> {
-    /// Token embeddings `[embedding_size, d_model]` (`model.transformer.wte.weight`).
+pub struct DiffusionLm<B: Backend> {
+    /// Token embeddings `[embedding_size, d_model]` (`model.transformer.wte.weight`,
+    /// `model.embed_tokens.weight`).
     pub wte: Param<Tensor<B, 2>>,
     /// Transformer blocks.
     pub blocks: Vec<Block<B>>,
-    /// Final norm (`model.transformer.ln_f`).
+    /// Final norm (`model.transformer.ln_f`, `model.norm`).
     pub ln_f: RmsNorm<B>,
-    /// LM head `[d_model, embedding_size]` (`model.transformer.ff_out`); `None` when tied.
+    /// LM head `[d_model, embedding_size]` (`model.transformer.ff_out`, `lm_head`); `None` when
+    /// tied.
     pub head: Option<Linear<B>>,
     /// The architecture.
     #[module(skip)]
-    pub config: LladaConfig,
+    pub config: ModelConfig,
 }
 
 /// Which positions of the input get logits.
@@ -52,7 +60,8 @@ pub enum LogitPositions<B: Backend> {
 #[derive(Debug, Clone)]
 pub struct ForwardOptions<B: Backend> {
     /// `[batch, total_len]`, true where the token is padding and must not be attended to.
-    /// `None` reproduces the reference, which attends to padding.
+    /// `None` reproduces LLaDA's reference, which attends to padding. For Dream it also sets
+    /// the positions: a row's count from its first real token ([`crate::Family::positions_skip_padding`]).
     pub key_padding: Option<Tensor<B, 2, Bool>>,
     /// Whether LoRA adapters contribute; `false` runs the base (reference) model.
     pub adapter: bool,
@@ -77,40 +86,43 @@ impl<B: Backend> ForwardOptions<B> {
     }
 }
 
-impl<B: Backend> Llada<B> {
+impl<B: Backend> DiffusionLm<B> {
     /// A randomly initialised model (`N(0, 0.02)` weights, unit norms), for pretraining; the
     /// draws come from the backend's generator (`B::seed`) in the order [`build`](Self::build)
     /// asks for them.
-    pub fn init(config: &LladaConfig, device: &B::Device) -> Self {
+    pub fn init(config: &ModelConfig, device: &B::Device) -> Self {
         let Ok(model) = Self::build(config, &mut RandomInit::new(0.02, device));
         model
     }
 
-    /// The model of `config` with every parameter from `source`: each block in turn, then the
-    /// embeddings `wte`, the final norm `ln_f` and (untied) the LM head; then
-    /// [`ParamSource::finish`] (a checkpoint refuses tensors the config does not use).
+    /// The model of `config` with every parameter from `source`, by the names of its
+    /// [`Family`](crate::Family): each block in turn, then the embeddings, the final norm and (untied) the LM
+    /// head; then [`ParamSource::finish`] (a checkpoint refuses tensors the config does not use).
     pub fn build<S: ParamSource<B> + ?Sized>(
-        config: &LladaConfig,
+        config: &ModelConfig,
         source: &mut S,
     ) -> Result<Self, S::Error> {
         let d = config.d_model;
         let e = config.embed_size();
+        let family = config.family;
         let mut blocks = Vec::new();
         for i in 0..config.n_layers {
-            blocks.push(Block::build(
-                config,
-                &format!("{PREFIX}.blocks.{i}"),
-                source,
-            )?);
+            blocks.push(Block::build(config, &family.block_prefix(i), source)?);
         }
+        let strip = |name: &'static str| name.trim_end_matches(".weight");
         let model = Self {
-            wte: Param::from_tensor(source.embedding(&format!("{PREFIX}.wte.weight"), e, d)?),
+            wte: Param::from_tensor(source.embedding(family.embedding_name(), e, d)?),
             blocks,
-            ln_f: RmsNorm::build(&format!("{PREFIX}.ln_f"), d, config.rms_norm_eps, source)?,
+            ln_f: RmsNorm::build(
+                strip(family.final_norm_name()),
+                d,
+                config.rms_norm_eps,
+                source,
+            )?,
             head: if config.weight_tying {
                 None
             } else {
-                Some(Linear::build(&format!("{PREFIX}.ff_out"), d, e, source)?)
+                Some(Linear::build(strip(family.head_name()), d, e, source)?)
             },
             config: config.clone(),
         };
@@ -174,7 +186,12 @@ impl<B: Backend> Llada<B> {
     ) -> Tensor<B, 3> {
         let [_, len] = input_ids.dims();
         let device = input_ids.device();
-        let rope = self.rope_tables(start, len, &device);
+        let rope = match &options.key_padding {
+            Some(padding) if self.config.family.positions_skip_padding() => {
+                self.rope_tables_skipping(padding, start, len, &device)
+            }
+            _ => self.rope_tables(start, len, &device),
+        };
         let mut x = self.embed(input_ids);
         for (layer, block) in self.blocks.iter().enumerate() {
             x = block.forward(
@@ -207,6 +224,41 @@ impl<B: Backend> Llada<B> {
         }
     }
 
+    /// RoPE tables for positions `start..start + len` of rows whose padding is `padding`
+    /// `[batch, total_len]`: each position is the number of real tokens before it (Dream's
+    /// `attention_mask.cumsum(-1) - 1`; padding itself at 1, as Dream's `masked_fill_`).
+    fn rope_tables_skipping(
+        &self,
+        padding: &Tensor<B, 2, Bool>,
+        start: usize,
+        len: usize,
+        device: &B::Device,
+    ) -> (RopeTables<B>, RopeTables<B>) {
+        let [_, total] = padding.dims();
+        let flags: Vec<bool> = padding.to_data().iter::<bool>().collect();
+        let rows: Vec<Vec<usize>> = flags
+            .chunks(total.max(1))
+            .map(|row| {
+                let mut real = 0usize;
+                let all: Vec<usize> = row
+                    .iter()
+                    .map(|&pad| {
+                        if pad {
+                            1
+                        } else {
+                            real += 1;
+                            real - 1
+                        }
+                    })
+                    .collect();
+                all[start..start + len].to_vec()
+            })
+            .collect();
+        let c = &self.config;
+        let table = |heads| RopeTables::for_rows(c.rope_theta, c.head_dim(), heads, &rows, device);
+        (table(c.n_heads), table(c.num_kv_heads()))
+    }
+
     /// The embeddings of `input_ids`, in the dtype the blocks compute in
     /// ([`activation_dtype`](crate::ops::activation_dtype)).
     pub(crate) fn embed(&self, input_ids: Tensor<B, 2, Int>) -> Tensor<B, 3> {
@@ -225,23 +277,10 @@ impl<B: Backend> Llada<B> {
     /// sampler's noise, log-softmax and losses work in f32, as d1 and DMPO call `.float()` on
     /// them); f32 and f64 logits keep their dtype.
     pub fn logits(&self, hidden: Tensor<B, 3>, positions: &LogitPositions<B>) -> Tensor<B, 3> {
-        let selected = match positions {
-            LogitPositions::All => hidden,
-            LogitPositions::Range(r) => hidden.narrow(1, r.start, r.end - r.start),
-            LogitPositions::Gather(idx) => {
-                let [b, n] = idx.dims();
-                let d = hidden.dims()[2];
-                let idx = idx.clone().reshape([b, n, 1]).expand([b, n, d]);
-                hidden.gather(1, idx)
-            }
-            LogitPositions::Flat(idx) => {
-                let [b, len, d] = hidden.dims();
-                let n = idx.dims()[0];
-                hidden
-                    .reshape([b * len, d])
-                    .select(0, idx.clone())
-                    .reshape([1, n, d])
-            }
+        let selected = if self.config.family.shifts_logits() {
+            predicting_hidden(hidden, positions)
+        } else {
+            select_hidden(hidden, positions)
         };
         let logits = match &self.head {
             Some(head) => head.forward(selected, true),
@@ -290,5 +329,60 @@ impl<B: Backend> Llada<B> {
             }
         }
         self
+    }
+}
+
+/// The hidden states of a shifting family ([`crate::Family::shifts_logits`]) whose head output is the
+/// logit for each chosen position: position `j > 0` of a row reads the state at `j - 1`,
+/// position 0 its own.
+fn predicting_hidden<B: Backend>(
+    hidden: Tensor<B, 3>,
+    positions: &LogitPositions<B>,
+) -> Tensor<B, 3> {
+    let len = hidden.dims()[1];
+    match positions {
+        LogitPositions::All if len > 1 => Tensor::cat(
+            vec![hidden.clone().narrow(1, 0, 1), hidden.narrow(1, 0, len - 1)],
+            1,
+        ),
+        LogitPositions::All => hidden,
+        LogitPositions::Range(r) if r.start > 0 => hidden.narrow(1, r.start - 1, r.end - r.start),
+        LogitPositions::Range(r) => predicting_hidden(
+            hidden.narrow(1, 0, r.end.max(1)),
+            &LogitPositions::All,
+        )
+        .narrow(1, 0, r.end - r.start),
+        LogitPositions::Gather(idx) => {
+            let shifted = (idx.clone() - 1).clamp_min(0);
+            select_hidden(hidden, &LogitPositions::Gather(shifted))
+        }
+        LogitPositions::Flat(idx) => {
+            // Flat index r * len + j: one back unless j is 0.
+            let at_row_start = idx.clone().remainder_scalar(len as i64).clamp_max(1);
+            let shifted = idx.clone() - at_row_start;
+            select_hidden(hidden, &LogitPositions::Flat(shifted))
+        }
+    }
+}
+
+/// The hidden states at the chosen positions, `[batch, n, d]` (`[1, n, d]` for `Flat`).
+fn select_hidden<B: Backend>(hidden: Tensor<B, 3>, positions: &LogitPositions<B>) -> Tensor<B, 3> {
+    match positions {
+        LogitPositions::All => hidden,
+        LogitPositions::Range(r) => hidden.narrow(1, r.start, r.end - r.start),
+        LogitPositions::Gather(idx) => {
+            let [b, n] = idx.dims();
+            let d = hidden.dims()[2];
+            let idx = idx.clone().reshape([b, n, 1]).expand([b, n, d]);
+            hidden.gather(1, idx)
+        }
+        LogitPositions::Flat(idx) => {
+            let [b, len, d] = hidden.dims();
+            let n = idx.dims()[0];
+            hidden
+                .reshape([b * len, d])
+                .select(0, idx.clone())
+                .reshape([1, n, d])
+        }
     }
 }

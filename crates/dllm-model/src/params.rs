@@ -1,6 +1,6 @@
 //! Where a model's parameters come from while it is built.
 //!
-//! One constructor per module — [`Llada::build`](crate::Llada::build),
+//! One constructor per module — [`DiffusionLm::build`](crate::DiffusionLm::build),
 //! [`Block::build`](crate::block::Block::build),
 //! [`Attention::build`](crate::attention::Attention::build),
 //! [`Linear::build`](crate::linear::Linear::build), [`RmsNorm::build`](crate::norm::RmsNorm::build)
@@ -19,7 +19,7 @@ use std::convert::Infallible;
 
 use burn::tensor::{backend::Backend, Distribution, Tensor};
 
-use crate::config::LladaConfig;
+use crate::config::ModelConfig;
 use crate::error::ModelError;
 use crate::weights::{WeightDType, WeightFiles};
 
@@ -27,50 +27,59 @@ use crate::weights::{WeightDType, WeightFiles};
 pub const PREFIX: &str = "model.transformer";
 
 /// How a checkpoint tensor is initialised when one is made up (`cargo xtask random-checkpoint`):
-/// matrices at random, norm weights at one.
+/// matrices at random, norm weights at one, biases at zero.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TensorRole {
     /// A linear weight or the embedding table.
     Matrix,
     /// A norm's per-channel weight.
     Norm,
+    /// A linear layer's bias (Dream's q/k/v).
+    Bias,
 }
 
-/// Every tensor of a LLaDA checkpoint for `config`, in the order [`Llada::build`](crate::Llada::build)
-/// asks for them: its name, its shape as stored (linear weights `[out, in]`) and its role.
-pub fn checkpoint_tensors(config: &LladaConfig) -> Vec<(String, Vec<usize>, TensorRole)> {
+/// Every tensor of a checkpoint for `config` (in its family's names), in the order
+/// [`DiffusionLm::build`](crate::DiffusionLm::build) asks for them: its name, its shape as
+/// stored (linear weights `[out, in]`) and its role.
+pub fn checkpoint_tensors(config: &ModelConfig) -> Vec<(String, Vec<usize>, TensorRole)> {
     let (d, h, e) = (config.d_model, config.mlp_hidden(), config.embed_size());
     let kv = config.num_kv_heads() * config.head_dim();
+    let family = config.family;
+    let paths = family.linear_paths();
+    let [attn_norm, ff_norm] = family.norm_paths();
+    let shapes = [(d, d), (d, kv), (d, kv), (d, d), (d, h), (d, h), (h, d)];
     let mut out = Vec::new();
     for i in 0..config.n_layers {
-        let p = format!("{PREFIX}.blocks.{i}");
+        let p = family.block_prefix(i);
         let norm = |n: &str| (format!("{p}.{n}.weight"), vec![d], TensorRole::Norm);
-        let linear = |n: &str, d_in: usize, d_out: usize| {
-            (
-                format!("{p}.{n}.weight"),
+        out.push(norm(attn_norm));
+        for (j, (path, (d_in, d_out))) in paths.iter().zip(shapes).enumerate() {
+            if j == 4 {
+                out.push(norm(ff_norm));
+            }
+            out.push((
+                format!("{p}.{path}.weight"),
                 vec![d_out, d_in],
                 TensorRole::Matrix,
-            )
-        };
-        out.push(norm("attn_norm"));
-        out.push(linear("q_proj", d, d));
-        out.push(linear("k_proj", d, kv));
-        out.push(linear("v_proj", d, kv));
-        out.push(linear("attn_out", d, d));
-        out.push(norm("ff_norm"));
-        out.push(linear("ff_proj", d, h));
-        out.push(linear("up_proj", d, h));
-        out.push(linear("ff_out", h, d));
+            ));
+            if j < 3 && config.include_qkv_bias {
+                out.push((format!("{p}.{path}.bias"), vec![d_out], TensorRole::Bias));
+            }
+        }
     }
     out.push((
-        format!("{PREFIX}.wte.weight"),
+        family.embedding_name().to_string(),
         vec![e, d],
         TensorRole::Matrix,
     ));
-    out.push((format!("{PREFIX}.ln_f.weight"), vec![d], TensorRole::Norm));
+    out.push((
+        family.final_norm_name().to_string(),
+        vec![d],
+        TensorRole::Norm,
+    ));
     if !config.weight_tying {
         out.push((
-            format!("{PREFIX}.ff_out.weight"),
+            family.head_name().to_string(),
             vec![e, d],
             TensorRole::Matrix,
         ));
@@ -103,9 +112,12 @@ pub trait ParamSource<B: Backend> {
     /// The per-channel weight `[d]` of the norm whose weight is named `name`.
     fn norm_weight(&mut self, name: &str, d: usize) -> Result<Tensor<B, 1>, Self::Error>;
 
+    /// The bias `[d]` of the linear layer whose bias is named `name`.
+    fn bias(&mut self, name: &str, d: usize) -> Result<Tensor<B, 1>, Self::Error>;
+
     /// Called once the model of `config` is built: whatever the source holds beyond what was
     /// asked for is an error here.
-    fn finish(&mut self, config: &LladaConfig) -> Result<(), Self::Error>;
+    fn finish(&mut self, config: &ModelConfig) -> Result<(), Self::Error>;
 }
 
 /// Fresh parameters: `N(0, std)` matrices, unit norm weights.
@@ -150,7 +162,12 @@ impl<B: Backend> ParamSource<B> for RandomInit<'_, B> {
         Ok(Tensor::ones([d], self.device))
     }
 
-    fn finish(&mut self, _: &LladaConfig) -> Result<(), Infallible> {
+    /// Zero, as `DreamPreTrainedModel._init_weights`; no draw from the generator.
+    fn bias(&mut self, _: &str, d: usize) -> Result<Tensor<B, 1>, Infallible> {
+        Ok(Tensor::zeros([d], self.device))
+    }
+
+    fn finish(&mut self, _: &ModelConfig) -> Result<(), Infallible> {
         Ok(())
     }
 }
@@ -238,14 +255,18 @@ impl<B: Backend> ParamSource<B> for Checkpoint<'_, B> {
         self.tensor(name, [d], false)
     }
 
+    fn bias(&mut self, name: &str, d: usize) -> Result<Tensor<B, 1>, ModelError> {
+        self.tensor(name, [d], false)
+    }
+
     /// Refuses the tensors of the files that the model of `config` did not read.
-    fn finish(&mut self, config: &LladaConfig) -> Result<(), ModelError> {
+    fn finish(&mut self, config: &ModelConfig) -> Result<(), ModelError> {
         unused_tensors(self.weights, config)
     }
 }
 
 /// Refuses the tensors of `weights` that the model of `config` did not read.
-fn unused_tensors(weights: &WeightFiles, config: &LladaConfig) -> Result<(), ModelError> {
+fn unused_tensors(weights: &WeightFiles, config: &ModelConfig) -> Result<(), ModelError> {
     let unused = weights.unused();
     match unused.first() {
         None => Ok(()),
@@ -261,17 +282,20 @@ fn unused_tensors(weights: &WeightFiles, config: &LladaConfig) -> Result<(), Mod
 }
 
 /// The config fields that decide which tensors a checkpoint must hold.
-fn describe(c: &LladaConfig) -> String {
+fn describe(c: &ModelConfig) -> String {
     format!(
-        "n_layers {}, d_model {}, weight_tying {}",
-        c.n_layers, c.d_model, c.weight_tying
+        "{} family, n_layers {}, d_model {}, weight_tying {}",
+        c.family.name(),
+        c.n_layers,
+        c.d_model,
+        c.weight_tying
     )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::Llada;
+    use crate::DiffusionLm;
     use burn::backend::Flex;
 
     /// Records what the model asks for and hands out zeros.
@@ -309,7 +333,11 @@ mod tests {
             Ok(Tensor::zeros([d], &Default::default()))
         }
 
-        fn finish(&mut self, _: &LladaConfig) -> Result<(), Infallible> {
+        fn bias(&mut self, name: &str, d: usize) -> Result<Tensor<Flex, 1>, Infallible> {
+            self.norm_weight(name, d)
+        }
+
+        fn finish(&mut self, _: &ModelConfig) -> Result<(), Infallible> {
             self.finished += 1;
             Ok(())
         }
@@ -317,10 +345,10 @@ mod tests {
 
     #[test]
     fn the_model_asks_for_every_tensor_once_by_its_checkpoint_name_in_order() {
-        let mut config = LladaConfig::tiny(8, 1, 4, 12, 10, 9, 8);
+        let mut config = ModelConfig::tiny(8, 1, 4, 12, 10, 9, 8);
         config.n_kv_heads = Some(2);
         let mut requests = Requests::default();
-        let Ok(model) = Llada::<Flex>::build(&config, &mut requests);
+        let Ok(model) = DiffusionLm::<Flex>::build(&config, &mut requests);
         let block = "model.transformer.blocks.0";
         let want = [
             format!("{block}.attn_norm.weight [8]"),
@@ -355,7 +383,7 @@ mod tests {
 
         config.weight_tying = true;
         let mut requests = Requests::default();
-        let Ok(model) = Llada::<Flex>::build(&config, &mut requests);
+        let Ok(model) = DiffusionLm::<Flex>::build(&config, &mut requests);
         assert_eq!(requests.asked[..], want[..11]);
         assert!(model.head.is_none());
     }

@@ -8,7 +8,8 @@ use burn::tensor::{backend::Backend, Tensor, TensorData};
 use crate::ops::rope_heads_first;
 
 /// Cosine and signed-sine tables for a run of positions, laid out `[1, len * heads * head_dim]`
-/// to match a `[batch, len, heads, head_dim]` tensor viewed as `[batch, len * heads * head_dim]`.
+/// (or one row per batch row, [`RopeTables::for_rows`]) to match a `[batch, len, heads,
+/// head_dim]` tensor viewed as `[batch, len * heads * head_dim]`.
 #[derive(Debug, Clone)]
 pub struct RopeTables<B: Backend> {
     /// `cos(pos * inv_freq)`, repeated over the two halves of each head.
@@ -35,14 +36,28 @@ impl<B: Backend> RopeTables<B> {
         len: usize,
         device: &B::Device,
     ) -> Self {
+        let positions: Vec<usize> = (start..start + len).collect();
+        Self::for_rows(theta, head_dim, heads, &[positions], device)
+    }
+
+    /// Tables for explicit positions, one list per row (all of one length), laid out
+    /// `[rows, len * heads * head_dim]`; one row broadcasts over the batch.
+    pub fn for_rows(
+        theta: f64,
+        head_dim: usize,
+        heads: usize,
+        rows: &[Vec<usize>],
+        device: &B::Device,
+    ) -> Self {
         let half = head_dim / 2;
         let inv_freq: Vec<f32> = (0..half)
             .map(|j| 1.0 / (theta as f32).powf((2 * j) as f32 / head_dim as f32))
             .collect();
+        let len = rows.first().map_or(0, Vec::len);
         let n = len * heads * head_dim;
-        let mut cos = Vec::with_capacity(n);
-        let mut sin = Vec::with_capacity(n);
-        for p in start..start + len {
+        let mut cos = Vec::with_capacity(n * rows.len());
+        let mut sin = Vec::with_capacity(n * rows.len());
+        for &p in rows.iter().flatten() {
             let angles: Vec<f32> = inv_freq.iter().map(|f| p as f32 * f).collect();
             for _ in 0..heads {
                 for (sign, _) in [(-1.0f32, 0), (1.0, 1)] {
@@ -53,9 +68,10 @@ impl<B: Backend> RopeTables<B> {
                 }
             }
         }
+        let shape = [rows.len(), n];
         Self {
-            cos: Tensor::from_data(TensorData::new(cos.clone(), [1, n]), device),
-            signed_sin: Tensor::from_data(TensorData::new(sin.clone(), [1, n]), device),
+            cos: Tensor::from_data(TensorData::new(cos.clone(), shape), device),
+            signed_sin: Tensor::from_data(TensorData::new(sin.clone(), shape), device),
             heads,
             head_dim,
             host: Arc::new((cos, sin)),

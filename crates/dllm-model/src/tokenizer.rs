@@ -214,7 +214,7 @@ impl LladaTokenizer {
 
     /// Checks that every id this tokenizer produces has a row in the model's embedding table
     /// (a tokenizer from another model would otherwise yield ids the model cannot read).
-    pub fn check_model(&self, config: &crate::LladaConfig) -> Result<()> {
+    pub fn check_model(&self, config: &crate::ModelConfig) -> Result<()> {
         let (vocab, embed) = (self.vocab_size(), config.embed_size());
         if vocab > embed {
             return Err(ModelError::Tokenizer {

@@ -10,8 +10,8 @@ use burn::optim::GradientsParams;
 use burn::tensor::{backend::Backend, Bool, Distribution, Int, Tensor, TensorData};
 use common::*;
 use dllm_model::{
-    load_model, BlockCheckpoints, ForwardOptions, Llada, LoadOptions, LogitPositions, LoraConfig,
-    WeightDType,
+    load_model, BlockCheckpoints, DiffusionLm, ForwardOptions, LoadOptions, LogitPositions,
+    LoraConfig, WeightDType,
 };
 
 type AB = Autodiff<Flex>;
@@ -44,7 +44,7 @@ impl ModuleVisitor<AB> for Collect<'_> {
     }
 }
 
-fn collect(model: &Llada<AB>, grads: &GradientsParams) -> Vec<(ParamId, Vec<f32>)> {
+fn collect(model: &DiffusionLm<AB>, grads: &GradientsParams) -> Vec<(ParamId, Vec<f32>)> {
     let mut c = Collect {
         grads,
         out: Vec::new(),
@@ -56,7 +56,7 @@ fn collect(model: &Llada<AB>, grads: &GradientsParams) -> Vec<(ParamId, Vec<f32>
 /// `sum(logits * r)` over two forwards (one with the adapter off when `reference`), through
 /// `checkpoints` when given.
 fn loss(
-    model: &Llada<AB>,
+    model: &DiffusionLm<AB>,
     checkpoints: Option<&BlockCheckpoints<AB>>,
     padding: Option<Tensor<AB, 2, Bool>>,
 ) -> Tensor<AB, 1> {
@@ -80,7 +80,11 @@ fn loss(
     (a * r.clone()).sum() + (b * r).sum() * 0.5
 }
 
-fn assert_same_gradients(model: &Llada<AB>, padding: Option<Tensor<AB, 2, Bool>>, what: &str) {
+fn assert_same_gradients(
+    model: &DiffusionLm<AB>,
+    padding: Option<Tensor<AB, 2, Bool>>,
+    what: &str,
+) {
     let plain = loss(model, None, padding.clone());
     let plain_value: f32 = plain.clone().into_scalar();
     let plain = collect(model, &GradientsParams::from_grads(plain.backward(), model));
@@ -113,7 +117,7 @@ fn assert_same_gradients(model: &Llada<AB>, padding: Option<Tensor<AB, 2, Bool>>
     }
 }
 
-fn lora(model: Llada<AB>) -> Llada<AB> {
+fn lora(model: DiffusionLm<AB>) -> DiffusionLm<AB> {
     <AB as Backend>::seed(&Default::default(), 3);
     let config = LoraConfig {
         r: 4,
@@ -187,7 +191,7 @@ fn with_adapter_dropout_the_checkpointed_gradient_is_that_of_the_returned_loss()
         .flat_map(|(_, g)| g.iter().map(|v| v * v))
         .sum();
     let lr = 1e-2 / squared.sqrt();
-    let mut sgd = burn::optim::SgdConfig::new().init::<AB, Llada<AB>>();
+    let mut sgd = burn::optim::SgdConfig::new().init::<AB, DiffusionLm<AB>>();
     let model = burn::optim::Optimizer::step(&mut sgd, lr as f64, model, grads);
     <AB as Backend>::seed(&device, 11);
     let after: f32 = loss(&model, Some(&checkpoints), None).into_scalar();

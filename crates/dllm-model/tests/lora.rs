@@ -7,11 +7,13 @@ use burn::module::Param;
 use burn::tensor::{Distribution, Int, Tensor, TensorData};
 use common::*;
 use dllm_model::tensor_file::read_ints;
-use dllm_model::{load_model, ForwardOptions, Llada, LoadOptions, LogitPositions, LoraConfig};
+use dllm_model::{
+    load_model, DiffusionLm, ForwardOptions, LoadOptions, LogitPositions, LoraConfig,
+};
 
 type B = burn::backend::Flex;
 
-fn base() -> Llada<B> {
+fn base() -> DiffusionLm<B> {
     load_model::<B>(tiny_dir(), LoadOptions::default(), &Default::default()).unwrap()
 }
 
@@ -41,7 +43,7 @@ fn small_lora() -> LoraConfig {
 }
 
 /// Gives every adapter a random, non-zero `B` so it changes the output.
-fn randomize_b(mut model: Llada<B>) -> Llada<B> {
+fn randomize_b(mut model: DiffusionLm<B>) -> DiffusionLm<B> {
     for block in &mut model.blocks {
         for (_, lin) in block.linears_mut() {
             if let Some(l) = lin.lora.as_mut() {
@@ -113,14 +115,30 @@ fn targets_subset_only() {
         }
     }
     let bad = LoraConfig {
-        target_modules: vec!["o_proj".into()],
+        target_modules: vec!["lm_head".into()],
         ..small_lora()
     };
     let e = base()
         .with_lora(&bad, &Default::default())
         .unwrap_err()
         .to_string();
-    assert!(e.contains("`o_proj` is not a LLaDA linear layer"), "{e}");
+    assert!(
+        e.contains("`lm_head` is not a linear layer of a block"),
+        "{e}"
+    );
+    // Dream's names reach the same layers of a LLaDA model.
+    let dream_names = LoraConfig {
+        target_modules: vec!["q_proj".into(), "down_proj".into()],
+        ..small_lora()
+    };
+    let model = base().with_lora(&dream_names, &Default::default()).unwrap();
+    let attached: Vec<&str> = model.blocks[0]
+        .linears()
+        .into_iter()
+        .filter(|(_, l)| l.lora.is_some())
+        .map(|(n, _)| n)
+        .collect();
+    assert_eq!(attached, ["q_proj", "ff_out"]);
 }
 
 #[test]

@@ -7,13 +7,13 @@ use burn::tensor::{Bool, Int, Tensor, TensorData};
 use common::*;
 use dllm_model::tensor_file::read_ints;
 use dllm_model::{
-    load_model, save_model, ForwardOptions, KvCache, Llada, LladaConfig, LoadOptions,
-    LogitPositions, WeightDType,
+    load_model, save_model, DiffusionLm, ForwardOptions, KvCache, LoadOptions, LogitPositions,
+    ModelConfig, WeightDType,
 };
 
 type B = burn::backend::Flex;
 
-fn base() -> Llada<B> {
+fn base() -> DiffusionLm<B> {
     load_model::<B>(tiny_dir(), LoadOptions::default(), &Default::default()).unwrap()
 }
 
@@ -154,13 +154,13 @@ fn logits_at_gathered_positions() {
 fn grouped_query_attention_equals_repeated_heads() {
     // A GQA model (2 KV heads for 4 query heads) equals an MHA model whose K/V weights repeat
     // each KV head for its two query heads (repeat_interleave semantics).
-    let mut cfg = LladaConfig::tiny(32, 1, 4, 64, 50, 49, 48);
+    let mut cfg = ModelConfig::tiny(32, 1, 4, 64, 50, 49, 48);
     cfg.n_kv_heads = Some(2);
     let device = Default::default();
-    let gqa = Llada::<B>::init(&cfg, &device);
+    let gqa = DiffusionLm::<B>::init(&cfg, &device);
     let mut mha_cfg = cfg.clone();
     mha_cfg.n_kv_heads = Some(4);
-    let mut mha = Llada::<B>::init(&mha_cfg, &device);
+    let mut mha = DiffusionLm::<B>::init(&mha_cfg, &device);
     mha.wte = gqa.wte.clone();
     mha.head = Some(dllm_model::linear::Linear::from_weight(
         gqa.head.as_ref().unwrap().weight.val(),

@@ -1,5 +1,5 @@
 //! Random initialisation is pinned: for a given seed every parameter keeps its exact value
-//! (the embedded model's pretraining and the tests that start from `Llada::init` depend on the
+//! (the embedded model's pretraining and the tests that start from `DiffusionLm::init` depend on the
 //! order of the random draws and on their distributions).
 //!
 //! One test in its own binary: burn-flex's generator is process-wide, so no other test may draw
@@ -7,11 +7,11 @@
 
 use burn::backend::Flex;
 use burn::tensor::{backend::Backend, Tensor};
-use dllm_model::{Llada, LladaConfig};
+use dllm_model::{DiffusionLm, ModelConfig};
 
 /// Every parameter's values in the model's field order (`wte`, each block's norms then its
 /// seven linears, `ln_f`, the head).
-fn parameters(model: &Llada<Flex>) -> Vec<Vec<f32>> {
+fn parameters(model: &DiffusionLm<Flex>) -> Vec<Vec<f32>> {
     fn flat<const D: usize>(t: Tensor<Flex, D>) -> Vec<f32> {
         t.into_data().to_vec::<f32>().expect("f32 parameters")
     }
@@ -41,16 +41,16 @@ fn fingerprint(parameters: &[Vec<f32>]) -> u64 {
     hash
 }
 
-fn seeded(config: &LladaConfig, seed: u64) -> Vec<Vec<f32>> {
+fn seeded(config: &ModelConfig, seed: u64) -> Vec<Vec<f32>> {
     let device = Default::default();
     Flex::seed(&device, seed);
-    parameters(&Llada::<Flex>::init(config, &device))
+    parameters(&DiffusionLm::<Flex>::init(config, &device))
 }
 
 #[test]
 fn seeded_init_is_pinned() {
     // Grouped-query attention (2 KV heads for 4 query heads), untied head.
-    let mut config = LladaConfig::tiny(16, 2, 4, 24, 30, 29, 28);
+    let mut config = ModelConfig::tiny(16, 2, 4, 24, 30, 29, 28);
     config.n_kv_heads = Some(2);
     let untied = seeded(&config, 7);
     let sizes: Vec<usize> = untied.iter().map(Vec::len).collect();

@@ -9,7 +9,7 @@
 use std::ops::Range;
 
 use burn::tensor::{backend::Backend, Bool, Int, Tensor, TensorData};
-use dllm_model::{ForwardOptions, KvCache, Llada, LogitPositions};
+use dllm_model::{DiffusionLm, ForwardOptions, KvCache, LogitPositions};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -78,7 +78,7 @@ pub struct RowPlacement {
 
 /// Generates completions for `prompts` (token ids, any lengths) with `config`.
 pub fn generate<B: Backend>(
-    model: &Llada<B>,
+    model: &DiffusionLm<B>,
     prompts: &[Vec<u32>],
     config: &SamplerConfig,
 ) -> Result<Generation, SampleError> {
@@ -87,7 +87,7 @@ pub fn generate<B: Backend>(
 
 /// [`generate`], calling `observer` after every step.
 pub fn generate_with_observer<B: Backend>(
-    model: &Llada<B>,
+    model: &DiffusionLm<B>,
     prompts: &[Vec<u32>],
     config: &SamplerConfig,
     observer: &mut dyn FnMut(&StepEvent<'_>),
@@ -98,7 +98,7 @@ pub fn generate_with_observer<B: Backend>(
 
 /// [`generate`] for the rows `placement` places in a larger batch.
 pub fn generate_rows<B: Backend>(
-    model: &Llada<B>,
+    model: &DiffusionLm<B>,
     prompts: &[Vec<u32>],
     config: &SamplerConfig,
     placement: RowPlacement,
@@ -108,7 +108,7 @@ pub fn generate_rows<B: Backend>(
 }
 
 struct Sampler<'m, B: Backend> {
-    model: &'m Llada<B>,
+    model: &'m DiffusionLm<B>,
     config: &'m SamplerConfig,
     device: B::Device,
     batch: usize,
@@ -128,7 +128,7 @@ struct Sampler<'m, B: Backend> {
 
 impl<'m, B: Backend> Sampler<'m, B> {
     fn new(
-        model: &'m Llada<B>,
+        model: &'m DiffusionLm<B>,
         prompts: &[Vec<u32>],
         config: &'m SamplerConfig,
         placement: RowPlacement,

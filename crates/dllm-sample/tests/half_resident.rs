@@ -8,20 +8,20 @@ use std::path::{Path, PathBuf};
 use burn::backend::Flex;
 use burn::tensor::{DType, Int, Tensor, TensorData};
 use dllm_model::tensor_file::{read_floats, read_ints};
-use dllm_model::{load_model, save_model, Llada, LoadOptions, WeightDType};
+use dllm_model::{load_model, save_model, DiffusionLm, LoadOptions, WeightDType};
 use dllm_sample::{generate, SamplerConfig};
 
 fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/llada-tiny")
 }
 
-fn load(dir: &Path, dtype: WeightDType) -> Llada<Flex> {
+fn load(dir: &Path, dtype: WeightDType) -> DiffusionLm<Flex> {
     load_model::<Flex>(dir, LoadOptions { dtype }, &Default::default()).expect("load")
 }
 
 /// The golden model in bf16, and an f32 model holding exactly its bf16-rounded weights (the
 /// bf16 model saved, then loaded as f32).
-fn bf16_and_its_f32_twin() -> (Llada<Flex>, Llada<Flex>) {
+fn bf16_and_its_f32_twin() -> (DiffusionLm<Flex>, DiffusionLm<Flex>) {
     let bf16 = load(&fixtures(), WeightDType::BF16);
     static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -33,7 +33,7 @@ fn bf16_and_its_f32_twin() -> (Llada<Flex>, Llada<Flex>) {
     (bf16, twin)
 }
 
-fn logits(model: &Llada<Flex>, ids: &Tensor<Flex, 2, Int>) -> Vec<f32> {
+fn logits(model: &DiffusionLm<Flex>, ids: &Tensor<Flex, 2, Int>) -> Vec<f32> {
     let out = model.forward(ids.clone());
     assert_eq!(out.dtype(), DType::F32, "logits come back in f32");
     out.into_data().to_vec::<f32>().expect("f32")

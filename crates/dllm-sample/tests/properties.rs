@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use dllm_model::{load_model, Llada, LoadOptions};
+use dllm_model::{load_model, DiffusionLm, LoadOptions};
 use dllm_sample::{
     generate_with_observer, num_transfer_tokens, CacheKind, Remasking, SamplerConfig,
 };
@@ -11,7 +11,7 @@ use proptest::prelude::*;
 type B = burn::backend::Flex;
 const MASK: u32 = 299;
 
-fn model() -> Llada<B> {
+fn model() -> DiffusionLm<B> {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/llada-tiny");
     load_model::<B>(dir, LoadOptions::default(), &Default::default()).unwrap()
 }

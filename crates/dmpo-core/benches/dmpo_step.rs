@@ -11,7 +11,7 @@ use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
 use burn::tensor::{Int, Tensor, TensorData};
 use criterion::{criterion_group, criterion_main, Criterion};
 use dllm_model::tensor_file::read_ints;
-use dllm_model::{load_model, Llada, LoadOptions};
+use dllm_model::{load_model, DiffusionLm, LoadOptions};
 use dmpo_core::masks::ReplicateMasks;
 use dmpo_core::{wdce_loss_with_masks, DmpoConfig, ModelView, RolloutWeights, SequenceBatch};
 
@@ -72,14 +72,14 @@ fn reference_seconds() -> f64 {
 
 fn bench(c: &mut Criterion) {
     let device = Default::default();
-    let model: Llada<AB> =
+    let model: DiffusionLm<AB> =
         load_model(bench_dir(), LoadOptions::default(), &device).expect("bench model");
     let inp = inputs();
     let mut optim = AdamWConfig::new()
         .with_weight_decay(0.01)
-        .init::<AB, Llada<AB>>();
+        .init::<AB, DiffusionLm<AB>>();
     let mut model = Some(model);
-    let mut step = |model: Llada<AB>| -> Llada<AB> {
+    let mut step = |model: DiffusionLm<AB>| -> DiffusionLm<AB> {
         let policy = ModelView::policy(&model);
         let out = wdce_loss_with_masks(&policy, &inp.batch, &inp.rollout, &inp.config, &inp.masks)
             .expect("loss");

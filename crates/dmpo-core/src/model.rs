@@ -4,7 +4,7 @@
 //! oracles.
 
 use burn::tensor::{backend::Backend, Bool, Int, Tensor};
-use dllm_model::{BlockCheckpoints, ForwardOptions, Llada, LogitPositions};
+use dllm_model::{BlockCheckpoints, DiffusionLm, ForwardOptions, LogitPositions};
 
 /// A masked-diffusion denoiser seen through its completion logits.
 pub trait LogitsModel<B: Backend> {
@@ -69,7 +69,7 @@ fn squeeze_flat<B: Backend>(logits: Tensor<B, 3>) -> Tensor<B, 2> {
 /// same weights with every LoRA adapter disabled, docs/algorithm.md §3). The one [`LogitsModel`] of LLaDA.
 #[derive(Debug, Clone, Copy)]
 pub struct ModelView<'a, B: Backend> {
-    model: &'a Llada<B>,
+    model: &'a DiffusionLm<B>,
     adapter: bool,
     /// Training forwards checkpoint their blocks here (gradient checkpointing).
     checkpoints: Option<&'a BlockCheckpoints<B>>,
@@ -77,7 +77,7 @@ pub struct ModelView<'a, B: Backend> {
 
 impl<'a, B: Backend> ModelView<'a, B> {
     /// `model` as it is: its LoRA adapters (if any) on. A model without adapters is seen whole.
-    pub fn policy(model: &'a Llada<B>) -> Self {
+    pub fn policy(model: &'a DiffusionLm<B>) -> Self {
         Self {
             model,
             adapter: true,
@@ -88,7 +88,7 @@ impl<'a, B: Backend> ModelView<'a, B> {
     /// The policy whose forwards checkpoint their blocks in `checkpoints` when given (training
     /// with gradient checkpointing; docs/memory.md), as [`policy`](Self::policy) otherwise.
     pub fn policy_checkpointed(
-        model: &'a Llada<B>,
+        model: &'a DiffusionLm<B>,
         checkpoints: Option<&'a BlockCheckpoints<B>>,
     ) -> Self {
         Self {
@@ -98,7 +98,7 @@ impl<'a, B: Backend> ModelView<'a, B> {
     }
 
     /// DMPO's reference policy under LoRA: the same weights with every adapter disabled (docs/algorithm.md §3).
-    pub fn without_adapter(model: &'a Llada<B>) -> Self {
+    pub fn without_adapter(model: &'a DiffusionLm<B>) -> Self {
         Self {
             model,
             adapter: false,

@@ -148,7 +148,7 @@ mod tests {
 
     use burn::backend::{Autodiff, Flex};
     use burn::tensor::{Bool, Int, Tensor, TensorData};
-    use dllm_model::{Llada, LladaConfig};
+    use dllm_model::{DiffusionLm, ModelConfig};
     use rand::SeedableRng;
     use rand_chacha::ChaCha8Rng;
 
@@ -214,10 +214,10 @@ mod tests {
         xs.iter().map(|x| x - z).collect()
     }
 
-    fn tiny_model<Bk: Backend>(seed: u64) -> Llada<Bk> {
+    fn tiny_model<Bk: Backend>(seed: u64) -> DiffusionLm<Bk> {
         let device = Default::default();
         Bk::seed(&device, seed);
-        Llada::<Bk>::init(&LladaConfig::tiny(32, 1, 4, 64, 50, MASK, EOS), &device)
+        DiffusionLm::<Bk>::init(&ModelConfig::tiny(32, 1, 4, 64, 50, MASK, EOS), &device)
     }
 
     #[test]

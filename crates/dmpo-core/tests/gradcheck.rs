@@ -8,7 +8,7 @@ use burn::backend::{Autodiff, Flex};
 use burn::module::{AutodiffModule, Param};
 use burn::tensor::{backend::Backend, DType, Distribution, Tensor, TensorData};
 use common::*;
-use dllm_model::{Llada, LladaConfig, LoraConfig};
+use dllm_model::{DiffusionLm, LoraConfig, ModelConfig};
 use dmpo_core::masks::{sample_prompt_mask, MaskOptions, ReplicateMasks};
 use dmpo_core::{
     diffu_grpo_loss, mean_field_logprobs, wdce_loss_with_masks, Baseline, DmpoConfig, GrpoConfig,
@@ -28,17 +28,17 @@ fn use_f64() {
     assert_eq!(Tensor::<Flex, 1>::zeros([1], &device).dtype(), DType::F64);
 }
 
-fn model() -> Llada<AB> {
+fn model() -> DiffusionLm<AB> {
     let device = Default::default();
     <AB as Backend>::seed(&device, 5);
-    let config = LladaConfig::tiny(32, 2, 4, 64, 50, 49, 48);
+    let config = ModelConfig::tiny(32, 2, 4, 64, 50, 49, 48);
     let lora = LoraConfig {
         r: 2,
         lora_alpha: 4.0,
         lora_dropout: 0.0,
         ..LoraConfig::default()
     };
-    let mut m = Llada::<AB>::init(&config, &device)
+    let mut m = DiffusionLm::<AB>::init(&config, &device)
         .with_lora(&lora, &device)
         .unwrap();
     for block in &mut m.blocks {
@@ -68,7 +68,7 @@ const PROBES: [(usize, &str, &str, usize); 6] = [
 ];
 
 fn lora_param<'a, Bk: Backend>(
-    model: &'a mut Llada<Bk>,
+    model: &'a mut DiffusionLm<Bk>,
     block: usize,
     name: &str,
     which: &str,
@@ -88,8 +88,8 @@ fn lora_param<'a, Bk: Backend>(
 }
 
 /// Autodiff gradient vs central difference at every probe; returns the largest relative error.
-fn check<F: Fn(&Llada<Flex>) -> f64>(
-    model: &Llada<AB>,
+fn check<F: Fn(&DiffusionLm<Flex>) -> f64>(
+    model: &DiffusionLm<AB>,
     loss_ad: Tensor<AB, 1>,
     loss_inner: F,
 ) -> f64 {

@@ -11,7 +11,7 @@ use burn::optim::Optimizer;
 use burn::record::{BinFileRecorder, FullPrecisionSettings, Recorder, RecorderError};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{DType, Tensor};
-use dllm_model::Llada;
+use dllm_model::DiffusionLm;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, TrainError};
@@ -58,9 +58,9 @@ fn recorder() -> BinFileRecorder<FullPrecisionSettings> {
 /// What a checkpoint holds.
 pub struct Snapshot<'a, B: AutodiffBackend, O> {
     /// The policy (burn record, and the user-facing export).
-    pub model: &'a Llada<B>,
+    pub model: &'a DiffusionLm<B>,
     /// The reference, when it moves during training.
-    pub reference: Option<&'a Llada<B::InnerBackend>>,
+    pub reference: Option<&'a DiffusionLm<B::InnerBackend>>,
     /// The optimiser.
     pub optimizer: &'a O,
     /// The step counters.
@@ -76,7 +76,7 @@ pub struct Snapshot<'a, B: AutodiffBackend, O> {
 pub fn save<B, O>(dir: &Path, snapshot: &Snapshot<'_, B, O>, keep: usize) -> Result<PathBuf>
 where
     B: AutodiffBackend,
-    O: Optimizer<Llada<B>, B>,
+    O: Optimizer<DiffusionLm<B>, B>,
 {
     let root = dir.join("checkpoints");
     let name = step_dir_name(snapshot.state.step);
@@ -115,7 +115,7 @@ fn step_dir_name(step: usize) -> String {
 fn write_contents<B, O>(tmp: &Path, snapshot: &Snapshot<'_, B, O>) -> Result<()>
 where
     B: AutodiffBackend,
-    O: Optimizer<Llada<B>, B>,
+    O: Optimizer<DiffusionLm<B>, B>,
 {
     let Snapshot {
         model,
@@ -190,9 +190,9 @@ const REFERENCE_FILE: &str = "reference";
 /// checkpoint has none (a reference that never moved).
 pub fn load_reference<B: Backend>(
     path: &Path,
-    reference: &Llada<B>,
+    reference: &DiffusionLm<B>,
     device: &B::Device,
-) -> Result<Option<Llada<B>>> {
+) -> Result<Option<DiffusionLm<B>>> {
     let file = path.join(REFERENCE_FILE);
     if !file.with_extension("bin").is_file() {
         return Ok(None);
@@ -331,13 +331,13 @@ fn load_keeping_dtypes<B: Backend, M: Module<B>>(
 /// Restores model, optimiser and counters from a checkpoint directory.
 pub fn load<B, O>(
     path: &Path,
-    model: Llada<B>,
+    model: DiffusionLm<B>,
     optimizer: O,
     device: &B::Device,
-) -> Result<(Llada<B>, O, TrainState)>
+) -> Result<(DiffusionLm<B>, O, TrainState)>
 where
     B: AutodiffBackend,
-    O: Optimizer<Llada<B>, B>,
+    O: Optimizer<DiffusionLm<B>, B>,
 {
     let model = load_keeping_dtypes(model, path.join("model"), path, device)?;
     let record = recorder()

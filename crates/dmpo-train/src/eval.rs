@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use burn::tensor::backend::Backend;
-use dllm_model::{Llada, LladaTokenizer};
+use dllm_model::{DiffusionLm, LladaTokenizer};
 use dllm_sample::{generate, SamplerConfig};
 use rewards::{Task, TaskItem};
 use serde::Serialize;
@@ -75,7 +75,7 @@ pub fn eval_sampler(section: &EvalSection, gen_length: usize) -> SamplerConfig {
 /// Generates for every item, scores, and (if `out` is given) writes the d1-layout JSON.
 #[allow(clippy::too_many_arguments)]
 pub fn evaluate<B: Backend>(
-    model: &Llada<B>,
+    model: &DiffusionLm<B>,
     tokenizer: &LladaTokenizer,
     task: Task,
     items: &[TaskItem],
@@ -136,7 +136,7 @@ impl EvalSetup<'_> {
     /// sampled together, so the same batches give the same completions wherever they run.
     pub fn generate<B: Backend>(
         &self,
-        model: &Llada<B>,
+        model: &DiffusionLm<B>,
         batches: std::ops::Range<usize>,
         gen_length: usize,
     ) -> Result<Vec<Vec<u32>>> {

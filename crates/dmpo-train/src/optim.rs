@@ -124,32 +124,32 @@ mod tests {
     use super::*;
     use burn::backend::{Autodiff, Flex};
     use burn::optim::AdamWConfig;
-    use dllm_model::{Llada, LladaConfig};
+    use dllm_model::{DiffusionLm, ModelConfig};
 
     type AB = Autodiff<Flex>;
 
-    fn tiny() -> Llada<AB> {
-        Llada::init(
-            &LladaConfig::tiny(16, 1, 2, 32, 20, 19, 18),
+    fn tiny() -> DiffusionLm<AB> {
+        DiffusionLm::init(
+            &ModelConfig::tiny(16, 1, 2, 32, 20, 19, 18),
             &Default::default(),
         )
     }
 
     /// Gradients of `value` for the embedding only.
-    fn grads_for(model: &Llada<AB>, value: f32) -> GradientsParams {
+    fn grads_for(model: &DiffusionLm<AB>, value: f32) -> GradientsParams {
         let mut g = GradientsParams::new();
         let dims = model.wte.val().dims();
         g.register::<Flex, 2>(model.wte.id, Tensor::full(dims, value, &Default::default()));
         g
     }
 
-    fn wte(model: &Llada<AB>) -> Vec<f32> {
+    fn wte(model: &DiffusionLm<AB>) -> Vec<f32> {
         model.wte.val().into_data().to_vec::<f32>().unwrap()
     }
 
     #[test]
     fn non_finite_gradients_or_loss_skip_the_update() {
-        let mut opt = AdamWConfig::new().init::<AB, Llada<AB>>();
+        let mut opt = AdamWConfig::new().init::<AB, DiffusionLm<AB>>();
         let model = tiny();
         let before = wte(&model);
         let g = grads_for(&model, f32::NAN);

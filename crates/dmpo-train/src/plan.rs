@@ -19,7 +19,7 @@
 //! [`RUNTIME_BYTES`], checked against `cargo xtask scale` at three sizes (docs/memory.md).
 
 use dllm_model::backend::BackendKind;
-use dllm_model::{LladaConfig, WeightDType};
+use dllm_model::{ModelConfig, WeightDType};
 use serde::Serialize;
 
 use crate::recipe::{Algorithm, Finetune, Recipe};
@@ -81,7 +81,7 @@ fn dtype_bytes(d: WeightDType) -> f64 {
 }
 
 /// Input and output sizes of a LLaDA block's linear layer, by name.
-fn linear_dims(c: &LladaConfig, name: &str) -> (usize, usize) {
+fn linear_dims(c: &ModelConfig, name: &str) -> (usize, usize) {
     let (d, h, kv) = (c.d_model, c.mlp_hidden(), c.num_kv_heads() * c.head_dim());
     match name {
         "q_proj" | "attn_out" => (d, d),
@@ -95,7 +95,7 @@ fn linear_dims(c: &LladaConfig, name: &str) -> (usize, usize) {
 /// outputs, q/k/v before and after RoPE, the attention output, the two MLP projections and
 /// their SwiGLU product, and per adapter its input after dropout (with the dropout mask) and
 /// `x A`.
-pub fn kept_floats_per_token_layer(c: &LladaConfig, recipe: &Recipe) -> f64 {
+pub fn kept_floats_per_token_layer(c: &ModelConfig, recipe: &Recipe) -> f64 {
     let (d, h, kv) = (
         c.d_model as f64,
         c.mlp_hidden() as f64,
@@ -120,7 +120,7 @@ pub fn kept_floats_per_token_layer(c: &LladaConfig, recipe: &Recipe) -> f64 {
 
 /// Floats one block holds at once in a no-grad forward, per token: its input, the normed
 /// input, q/k/v, the attention output and the MLP's three intermediates.
-fn transient_floats_per_token(c: &LladaConfig) -> f64 {
+fn transient_floats_per_token(c: &ModelConfig) -> f64 {
     let (d, h, kv) = (
         c.d_model as f64,
         c.mlp_hidden() as f64,
@@ -130,7 +130,7 @@ fn transient_floats_per_token(c: &LladaConfig) -> f64 {
 }
 
 /// The memory plan of `recipe` for a model of `config`, with `micro_batch` rows per update pass.
-pub fn plan(config: &LladaConfig, recipe: &Recipe, micro_batch: usize) -> MemoryPlan {
+pub fn plan(config: &ModelConfig, recipe: &Recipe, micro_batch: usize) -> MemoryPlan {
     let c = config;
     let t = &recipe.train;
     let w = dtype_bytes(recipe.model.dtype);
@@ -306,7 +306,7 @@ impl MemoryPlan {
 /// The largest `micro_batch` (rows per update pass, at most the step's rows) whose plan peaks
 /// within `device_bytes`; `None` when not even one row fits.
 pub fn largest_micro_batch(
-    config: &LladaConfig,
+    config: &ModelConfig,
     recipe: &Recipe,
     device_bytes: u64,
 ) -> Option<usize> {
@@ -325,9 +325,9 @@ mod tests {
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
     }
 
-    fn paper_recipe(overrides: &[&str]) -> (LladaConfig, Recipe) {
+    fn paper_recipe(overrides: &[&str]) -> (ModelConfig, Recipe) {
         let config =
-            LladaConfig::from_file(root().join("fixtures/configs/llada-8b-instruct.json")).unwrap();
+            ModelConfig::from_file(root().join("fixtures/configs/llada-8b-instruct.json")).unwrap();
         let overrides: Vec<String> = overrides.iter().map(|s| s.to_string()).collect();
         let recipe =
             Recipe::load(&root().join("recipes/llada8b-countdown.toml"), &overrides).unwrap();

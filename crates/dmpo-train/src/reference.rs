@@ -9,7 +9,7 @@
 
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
 use burn::tensor::{backend::Backend, Tensor};
-use dllm_model::Llada;
+use dllm_model::DiffusionLm;
 use dmpo_core::ModelView;
 
 use crate::error::{Result, TrainError};
@@ -20,13 +20,13 @@ pub enum Reference<B: Backend> {
     /// The policy with its LoRA adapters disabled.
     AdapterOff,
     /// A separate copy of the weights, not trained.
-    Frozen(Box<Llada<B>>),
+    Frozen(Box<DiffusionLm<B>>),
 }
 
 impl<B: Backend> Reference<B> {
     /// The reference as a denoiser, for a step whose no-grad policy is `policy`: the policy with
     /// its adapters off, or the frozen copy (which has no adapter, so it is seen whole).
-    pub fn view<'a>(&'a self, policy: &'a Llada<B>) -> ModelView<'a, B> {
+    pub fn view<'a>(&'a self, policy: &'a DiffusionLm<B>) -> ModelView<'a, B> {
         match self {
             Reference::AdapterOff => ModelView::without_adapter(policy),
             Reference::Frozen(model) => ModelView::policy(model),
@@ -35,7 +35,7 @@ impl<B: Backend> Reference<B> {
 
     /// Moves a frozen reference toward `policy`: `ref <- mixup * policy + (1 - mixup) * ref`,
     /// parameter by parameter (`mixup = 1` copies the policy).
-    pub fn sync(&mut self, policy: &Llada<B>, mixup: f64) -> Result<()> {
+    pub fn sync(&mut self, policy: &DiffusionLm<B>, mixup: f64) -> Result<()> {
         let Reference::Frozen(reference) = self else {
             return Err(TrainError::Data(
                 "reference sync needs full fine-tuning (a frozen reference copy)".into(),
@@ -117,21 +117,21 @@ impl<B: Backend, I: Iterator<Item = (Vec<usize>, Tensor<B, 1>)>> ModuleMapper<B>
 #[cfg(test)]
 mod tests {
     use super::*;
-    use dllm_model::LladaConfig;
+    use dllm_model::ModelConfig;
 
     type B = burn::backend::Flex;
 
-    fn model(layers: usize, seed: u64) -> Llada<B> {
-        let config = LladaConfig::tiny(16, layers, 2, 24, 11, 10, 1);
+    fn model(layers: usize, seed: u64) -> DiffusionLm<B> {
+        let config = ModelConfig::tiny(16, layers, 2, 24, 11, 10, 1);
         B::seed(&Default::default(), seed);
-        Llada::init(&config, &Default::default())
+        DiffusionLm::init(&config, &Default::default())
     }
 
-    fn tiny(seed: u64) -> Llada<B> {
+    fn tiny(seed: u64) -> DiffusionLm<B> {
         model(1, seed)
     }
 
-    fn first_param(m: &Llada<B>) -> Vec<f32> {
+    fn first_param(m: &DiffusionLm<B>) -> Vec<f32> {
         let mut c = CollectParams(Vec::new());
         m.visit(&mut c);
         c.0[0].1.clone().into_data().to_vec().unwrap()

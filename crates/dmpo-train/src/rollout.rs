@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::ops::Range;
 
 use burn::tensor::backend::Backend;
-use dllm_model::{Llada, LladaTokenizer};
+use dllm_model::{DiffusionLm, LladaTokenizer};
 use dllm_sample::{generate_rows, Generation, RowPlacement, SamplerConfig};
 use dmpo_core::weights::{mean_group_std, zero_variance_fraction};
 use dmpo_core::HostBatch;
@@ -67,7 +67,7 @@ impl RolloutSource<'_> {
     /// row's completion does not depend on which peer samples it.
     pub fn sample<B: Backend>(
         &self,
-        policy: &Llada<B>,
+        policy: &DiffusionLm<B>,
         step: usize,
         rows: Range<usize>,
     ) -> Result<Samples> {

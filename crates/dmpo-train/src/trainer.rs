@@ -12,7 +12,7 @@ use std::time::Instant;
 use burn::module::{AutodiffModule, Module};
 use burn::optim::Optimizer;
 use burn::tensor::backend::AutodiffBackend;
-use dllm_model::{load_model, Llada, LladaTokenizer, LoadOptions, WeightDType};
+use dllm_model::{load_model, DiffusionLm, LladaTokenizer, LoadOptions, WeightDType};
 use dmpo_core::ModelView;
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::SeedableRng;
@@ -116,7 +116,7 @@ pub fn train<AB: AutodiffBackend>(
     tokenizer.check_model(&model.config)?;
     check_context(recipe, model.config.max_sequence_length)?;
     let t = &recipe.train;
-    let optimizer = crate::optim::adamw(t).init::<AB, Llada<AB>>();
+    let optimizer = crate::optim::adamw(t).init::<AB, DiffusionLm<AB>>();
 
     let resolved = toml::to_string_pretty(recipe).expect("serialisable recipe");
     dllm_model::load::write_atomic(&run_dir.join("recipe.toml"), resolved.as_bytes())?;
@@ -258,7 +258,7 @@ fn check_resumable(recipe: &Recipe, run_dir: &Path) -> Result<()> {
 fn load_policy_and_reference<AB: AutodiffBackend>(
     recipe: &Recipe,
     device: &AB::Device,
-) -> Result<(Llada<AB>, Reference<AB::InnerBackend>)> {
+) -> Result<(DiffusionLm<AB>, Reference<AB::InnerBackend>)> {
     let load = LoadOptions {
         dtype: recipe.model.dtype,
     };
@@ -335,7 +335,7 @@ impl RunFiles<'_> {
     /// `eval_{label}_len{len}.json`.
     fn evaluate<AB: AutodiffBackend>(
         &self,
-        model: &Llada<AB>,
+        model: &DiffusionLm<AB>,
         label: &str,
         peer: &Peer,
         device: &AB::Device,
@@ -403,14 +403,14 @@ struct PeerOutcome {
 /// and the error reported is the first peer's own, not the ones it caused.
 fn run_peers<AB, O>(
     run: &StepContext<'_, AB, O>,
-    model: Llada<AB>,
+    model: DiffusionLm<AB>,
     layout: Layout,
     files: &RunFiles<'_>,
     bar: &ProgressBar,
 ) -> Result<PeerOutcome>
 where
     AB: AutodiffBackend,
-    O: Optimizer<Llada<AB>, AB>,
+    O: Optimizer<DiffusionLm<AB>, AB>,
 {
     let _collective = exclusive_collective();
     Peer::reset::<AB::InnerBackend>();
@@ -428,7 +428,7 @@ where
                 // Fresh autodiff leaves with the same parameter ids, on the peer's device:
                 // peers whose parameters shared autodiff nodes would contend for (and deadlock
                 // on) one graph.
-                let model = Llada::<AB>::from_inner(model.valid()).fork(&device);
+                let model = DiffusionLm::<AB>::from_inner(model.valid()).fork(&device);
                 let reference = match &run.reference {
                     Reference::Frozen(r) => {
                         Reference::Frozen(Box::new(r.as_ref().clone().to_device(&device)))
@@ -550,12 +550,12 @@ struct StepContext<'a, AB: AutodiffBackend, O> {
     peer: Peer,
 }
 
-impl<AB: AutodiffBackend, O: Optimizer<Llada<AB>, AB>> StepContext<'_, AB, O> {
+impl<AB: AutodiffBackend, O: Optimizer<DiffusionLm<AB>, AB>> StepContext<'_, AB, O> {
     /// One peer's part of the run, the same for one peer or many: resume from the checkpoint
     /// every machine holds, evaluate before training, the steps, evaluate after.
     fn run_peer(
         &mut self,
-        model: Llada<AB>,
+        model: DiffusionLm<AB>,
         files: &RunFiles<'_>,
         bar: &ProgressBar,
     ) -> Result<PeerOutcome> {
@@ -597,7 +597,7 @@ impl<AB: AutodiffBackend, O: Optimizer<Llada<AB>, AB>> StepContext<'_, AB, O> {
     /// counters (and a moving reference), and drops the metrics and evaluation rows of later
     /// steps. A machine can be one checkpoint ahead of another (stopped between the two
     /// writes); each keeps two, so the older one is there.
-    fn resume(&mut self, model: Llada<AB>, files: &RunFiles<'_>) -> Result<Llada<AB>> {
+    fn resume(&mut self, model: DiffusionLm<AB>, files: &RunFiles<'_>) -> Result<DiffusionLm<AB>> {
         let own = checkpoint::latest_step(files.run_dir)?;
         checkpoint::latest(files.run_dir)?; // refuses an incomplete newest one
         let steps = self
@@ -641,11 +641,11 @@ impl<AB: AutodiffBackend, O: Optimizer<Llada<AB>, AB>> StepContext<'_, AB, O> {
     /// every checkpoint.
     fn run_steps(
         &mut self,
-        mut model: Llada<AB>,
+        mut model: DiffusionLm<AB>,
         last_step: usize,
         files: &RunFiles<'_>,
         bar: &ProgressBar,
-    ) -> Result<Llada<AB>> {
+    ) -> Result<DiffusionLm<AB>> {
         let t = &self.source.recipe.train;
         let (leader, node_leader) = (self.peer.is_leader(), self.peer.is_node_leader());
         while self.state.step < last_step {
@@ -693,7 +693,7 @@ impl<AB: AutodiffBackend, O: Optimizer<Llada<AB>, AB>> StepContext<'_, AB, O> {
     }
 
     /// One rollout step (docs/algorithm.md §5): rollouts, rewards, the algorithm's updates, the metrics row.
-    fn rollout_step(&mut self, model: Llada<AB>) -> Result<(Llada<AB>, StepMetrics)> {
+    fn rollout_step(&mut self, model: DiffusionLm<AB>) -> Result<(DiffusionLm<AB>, StepMetrics)> {
         let recipe = self.source.recipe;
         let (seed, step) = (recipe.run.seed, self.state.step);
         AB::seed(&self.device, stream_seed(seed, step, BACKEND_STREAM));
@@ -762,7 +762,7 @@ impl<AB: AutodiffBackend, O: Optimizer<Llada<AB>, AB>> StepContext<'_, AB, O> {
 
     /// Saves the checkpoint of the current step: `model`, the optimiser, the counters, and the
     /// reference when it moves.
-    fn save_checkpoint(&self, run_dir: &Path, model: &Llada<AB>) -> Result<()> {
+    fn save_checkpoint(&self, run_dir: &Path, model: &DiffusionLm<AB>) -> Result<()> {
         let recipe = self.source.recipe;
         let moving_reference = match &self.reference {
             Reference::Frozen(r) if recipe.train.sync_ref_model => Some(r.as_ref()),

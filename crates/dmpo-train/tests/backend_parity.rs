@@ -9,7 +9,7 @@ use burn::module::AutodiffModule;
 use burn::tensor::{backend::Backend, ElementConversion, Int, Tensor, TensorData};
 use dllm_model::backend::{dispatch, BackendKind, BackendTask};
 use dllm_model::tensor_file::{read_floats, read_ints};
-use dllm_model::{load_model, Llada, LoadOptions};
+use dllm_model::{load_model, DiffusionLm, LoadOptions};
 use dllm_sample::{generate, SamplerConfig};
 use dmpo_core::{
     wdce_loss_with_masks, DmpoConfig, ModelView, ReplicateMasks, RolloutWeights, SequenceBatch,
@@ -87,7 +87,7 @@ impl BackendTask for Run {
 
 /// The WDCE loss of `model` on the golden targets with fixed masks and weights (a group of 2).
 fn fixed_wdce_loss<B: Backend>(
-    model: &Llada<Autodiff<B>>,
+    model: &DiffusionLm<Autodiff<B>>,
     device: &B::Device,
 ) -> Tensor<Autodiff<B>, 1> {
     let golden = tiny().join("golden.safetensors");

@@ -58,7 +58,7 @@ fn positive_weights_pull_greedy_decoding_to_the_sequence() {
     let mut opt = AdamWConfig::new()
         .with_epsilon(1e-8)
         .with_weight_decay(0.0)
-        .init::<AB, dllm_model::Llada<AB>>();
+        .init::<AB, dllm_model::DiffusionLm<AB>>();
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
     let sampler = SamplerConfig {
         gen_length: 24,
@@ -66,7 +66,7 @@ fn positive_weights_pull_greedy_decoding_to_the_sequence() {
         steps: 12,
         ..Default::default()
     };
-    let greedy = |m: &dllm_model::Llada<AB>| {
+    let greedy = |m: &dllm_model::DiffusionLm<AB>| {
         let out = generate(&m.valid(), std::slice::from_ref(&prompt), &sampler).unwrap();
         completion_text(&tok, &out.completions[0], m.config.eos_token_id).unwrap()
     };

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use burn::backend::{Autodiff, Flex};
 use burn::module::AutodiffModule;
 use burn::tensor::{Bool, Int, Tensor, TensorData};
-use dllm_model::{load_model, Llada, LoadOptions};
+use dllm_model::{load_model, DiffusionLm, LoadOptions};
 use dllm_sample::{generate, CacheKind, Generation, SamplerConfig};
 use dmpo_core::{
     elbo_with_masks, wdce_loss_with_masks, Baseline, DmpoConfig, LogitsModel, ModelView,
@@ -19,7 +19,7 @@ type AB = Autodiff<Flex>;
 
 const GEN: usize = 8;
 
-fn model() -> Llada<AB> {
+fn model() -> DiffusionLm<AB> {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/llada-tiny");
     load_model::<AB>(dir, LoadOptions::default(), &Default::default()).expect("tiny model")
 }
@@ -104,7 +104,7 @@ fn config() -> DmpoConfig {
 
 /// The gradients of the WDCE loss of `rows` of `b` on the head and on block 0's query
 /// projection (attention sees the pads there first), flattened.
-fn loss_gradient(model: &Llada<AB>, b: &SequenceBatch<AB>, rows: &[usize]) -> Vec<f32> {
+fn loss_gradient(model: &DiffusionLm<AB>, b: &SequenceBatch<AB>, rows: &[usize]) -> Vec<f32> {
     let loss = wdce_loss_with_masks(
         &ModelView::policy(model),
         b,

@@ -2,7 +2,7 @@
 //! answers, solved puzzles and agreement with the flawed row-only solver.
 
 use burn::tensor::backend::Backend;
-use dllm_model::{Llada, LladaTokenizer};
+use dllm_model::{DiffusionLm, LladaTokenizer};
 use dllm_sample::generate;
 use dmpo_train::recipe::PromptStyle;
 use dmpo_train::tasks::{completion_text, prompt_ids};
@@ -31,7 +31,7 @@ pub struct Scores {
 
 /// Greedy evaluation with the RL sampler.
 pub fn evaluate<B: Backend>(
-    model: &Llada<B>,
+    model: &DiffusionLm<B>,
     tokenizer: &LladaTokenizer,
     items: &[TaskItem],
 ) -> anyhow::Result<Scores> {

@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use anyhow::Context;
-use dllm_model::LladaConfig;
+use dllm_model::ModelConfig;
 use dllm_sample::SamplerConfig;
 use serde::{Deserialize, Serialize};
 
@@ -88,7 +88,7 @@ pub struct Record {
 }
 
 /// The model card of a run from its record and model configuration.
-pub fn readme(r: &Record, c: &LladaConfig) -> String {
+pub fn readme(r: &Record, c: &ModelConfig) -> String {
     let curve: String = r
         .evals
         .iter()
@@ -205,7 +205,7 @@ pub fn rewrite_readme(dir: &Path) -> anyhow::Result<()> {
         &std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?,
     )
     .with_context(|| format!("parsing {}", path.display()))?;
-    let config = LladaConfig::from_file(dir.join("config.json"))?;
+    let config = ModelConfig::from_file(dir.join("config.json"))?;
     std::fs::write(dir.join("README.md"), readme(&record, &config))?;
     println!("wrote {}", dir.join("README.md").display());
     Ok(())
@@ -240,7 +240,7 @@ mod tests {
         let text = std::fs::read_to_string(dir.join("pretrain.json")).unwrap();
         let record: Record = serde_json::from_str(&text).unwrap();
         assert_eq!(record.optimiser, Optimiser::new(0.002, 50));
-        let config = LladaConfig::from_file(dir.join("config.json")).unwrap();
+        let config = ModelConfig::from_file(dir.join("config.json")).unwrap();
         let card = readme(&record, &config);
         assert!(
             card.contains(

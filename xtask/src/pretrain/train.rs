@@ -11,7 +11,7 @@ use burn::module::AutodiffModule;
 use burn::optim::{GradientsParams, Optimizer};
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
-use dllm_model::{load_model, save_model, Llada, LladaConfig, LladaTokenizer, LoadOptions};
+use dllm_model::{load_model, save_model, DiffusionLm, LladaTokenizer, LoadOptions, ModelConfig};
 use dmpo_core::SequenceBatch;
 use dmpo_train::recipe::PromptStyle;
 use dmpo_train::tasks::prompt_ids;
@@ -40,7 +40,7 @@ struct Inputs<'a> {
 
 /// What the training loop leaves: the trained model and the facts of the run.
 struct Trained<B: AutodiffBackend> {
-    model: Llada<B>,
+    model: DiffusionLm<B>,
     steps: usize,
     stop_reason: String,
     last_loss: f64,
@@ -86,7 +86,7 @@ pub fn pretrain<B: AutodiffBackend>(
     };
     tracing::info!(vocab, mask_id, eos_id, prompt_len, "tokenizer trained");
 
-    let mut config = LladaConfig::tiny(
+    let mut config = ModelConfig::tiny(
         args.d_model,
         args.n_layers,
         args.n_heads,
@@ -101,7 +101,7 @@ pub fn pretrain<B: AutodiffBackend>(
         .validate(&out.join("config.json"))
         .context("tiny config")?;
     B::seed(device, args.seed);
-    let model = Llada::<B>::init(&config, device);
+    let model = DiffusionLm::<B>::init(&config, device);
     let parameters = config.num_params();
     tracing::info!(parameters, "model initialised");
 
@@ -213,12 +213,12 @@ fn step_batch<B: AutodiffBackend>(
 fn train<B: AutodiffBackend>(
     args: &Args,
     optimiser: &Optimiser,
-    mut model: Llada<B>,
+    mut model: DiffusionLm<B>,
     inputs: &Inputs<'_>,
     device: &B::Device,
 ) -> anyhow::Result<Trained<B>> {
     let tokenizer: &LladaTokenizer = inputs.encoder.tokenizer;
-    let mut optim = optimiser.adamw.config().init::<B, Llada<B>>();
+    let mut optim = optimiser.adamw.config().init::<B, DiffusionLm<B>>();
     let mut mask_rng = ChaCha8Rng::seed_from_u64(args.seed ^ 0x6D61_736B);
 
     let bar = ProgressBar::new(args.max_steps as u64);

@@ -111,10 +111,10 @@ pub fn assert_close(a: f64, b: f64, tol: f64) {
 
 use burn::module::Param;
 use burn::tensor::Distribution;
-use dllm_model::{load_model, Llada, LoadOptions, LoraConfig};
+use dllm_model::{load_model, DiffusionLm, LoadOptions, LoraConfig};
 
 /// The real tiny LLaDA checkpoint of the fixtures (vocab 300, mask 299, eos 298).
-pub fn tiny_llada<Bk: Backend>() -> Llada<Bk> {
+pub fn tiny_llada<Bk: Backend>() -> DiffusionLm<Bk> {
     load_model::<Bk>(
         fixtures().join("llada-tiny"),
         LoadOptions::default(),
@@ -124,7 +124,7 @@ pub fn tiny_llada<Bk: Backend>() -> Llada<Bk> {
 }
 
 /// The tiny model with rank-2 adapters on every linear, `B` random so the adapter matters.
-pub fn tiny_llada_lora<Bk: Backend>(seed: u64) -> Llada<Bk> {
+pub fn tiny_llada_lora<Bk: Backend>(seed: u64) -> DiffusionLm<Bk> {
     let device = Default::default();
     Bk::seed(&device, seed);
     let config = LoraConfig {

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use burn::optim::Optimizer;
 use burn::tensor::{backend::AutodiffBackend, backend::Backend, Tensor, TensorData};
-use dllm_model::Llada;
+use dllm_model::DiffusionLm;
 use dmpo_core::batch::gather_rows;
 use dmpo_core::{
     diffu_grpo_loss, grpo_advantages, mask_iteration, mean_field_logprobs, sample_prompt_mask,
@@ -47,14 +47,14 @@ struct Iteration {
 /// diffu-GRPO's (`Algorithm::DiffuGrpo`) or wd1's (`Algorithm::Wd1`) `num_iterations` updates
 /// of `model` on `inputs.rollout`.
 pub fn update<AB, O>(
-    mut model: Llada<AB>,
+    mut model: DiffusionLm<AB>,
     inputs: &UpdateInputs<'_, AB>,
     learner: &mut Learner<'_, O>,
     rng: &mut ChaCha8Rng,
-) -> Result<(Llada<AB>, DiffuGrpoDiagnostics)>
+) -> Result<(DiffusionLm<AB>, DiffuGrpoDiagnostics)>
 where
     AB: AutodiffBackend,
-    O: Optimizer<Llada<AB>, AB>,
+    O: Optimizer<DiffusionLm<AB>, AB>,
 {
     let (recipe, rollout) = (inputs.recipe, inputs.rollout);
     let (config, t) = (&recipe.grpo, &recipe.train);

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use burn::optim::Optimizer;
 use burn::tensor::{backend::AutodiffBackend, Tensor};
-use dllm_model::Llada;
+use dllm_model::DiffusionLm;
 use dmpo_core::{
     ddo_loss_with_masks, elbo_with_masks, rollout_weights, wdce_loss_with_masks, DmpoConfig,
     DmpoLoss, LogitsModel, MaskOptions, ReplicateMasks, WeightDiagnostics,
@@ -29,14 +29,14 @@ pub struct DmpoDiagnostics {
 
 /// DMPO's `num_iterations` updates of `model` on `inputs.rollout`.
 pub fn update<AB, O>(
-    mut model: Llada<AB>,
+    mut model: DiffusionLm<AB>,
     inputs: &UpdateInputs<'_, AB>,
     learner: &mut Learner<'_, O>,
     rng: &mut ChaCha8Rng,
-) -> Result<(Llada<AB>, DmpoDiagnostics)>
+) -> Result<(DiffusionLm<AB>, DmpoDiagnostics)>
 where
     AB: AutodiffBackend,
-    O: Optimizer<Llada<AB>, AB>,
+    O: Optimizer<DiffusionLm<AB>, AB>,
 {
     let (config, t, rollout) = (&inputs.recipe.dmpo, &inputs.recipe.train, inputs.rollout);
     let (peer, device) = (&inputs.peer, inputs.device);

@@ -8,7 +8,7 @@ pub mod dmpo;
 
 use burn::optim::{GradientsAccumulator, GradientsParams, Optimizer};
 use burn::tensor::{backend::AutodiffBackend, ElementConversion, Tensor};
-use dllm_model::{BlockCheckpoints, Llada};
+use dllm_model::{BlockCheckpoints, DiffusionLm};
 use dmpo_core::ModelView;
 use rand_chacha::ChaCha8Rng;
 
@@ -128,7 +128,7 @@ pub struct UpdateLog {
 /// blocks when the recipe turns gradient checkpointing on (`train.gradient_checkpointing`).
 pub struct PolicyPass<'a, AB: AutodiffBackend> {
     /// The trained model.
-    pub model: &'a Llada<AB>,
+    pub model: &'a DiffusionLm<AB>,
     checkpoints: Option<&'a BlockCheckpoints<AB>>,
 }
 
@@ -181,16 +181,16 @@ impl<'a, O> Learner<'a, O> {
     /// gradient is not finite).
     pub fn update<AB>(
         &mut self,
-        model: Llada<AB>,
+        model: DiffusionLm<AB>,
         passes: &[Vec<usize>],
         rng: &mut ChaCha8Rng,
         mut loss_of: impl FnMut(&PolicyPass<'_, AB>, &[usize], &mut ChaCha8Rng) -> Result<Tensor<AB, 1>>,
-    ) -> Result<Llada<AB>>
+    ) -> Result<DiffusionLm<AB>>
     where
         AB: AutodiffBackend,
-        O: Optimizer<Llada<AB>, AB>,
+        O: Optimizer<DiffusionLm<AB>, AB>,
     {
-        let mut acc = GradientsAccumulator::<Llada<AB>>::new();
+        let mut acc = GradientsAccumulator::<DiffusionLm<AB>>::new();
         let mut loss = 0.0;
         let checkpoints = self
             .train

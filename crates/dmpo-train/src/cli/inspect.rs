@@ -4,13 +4,13 @@ use std::collections::BTreeMap;
 
 use burn::tensor::backend::Backend;
 use dllm_model::backend::{dispatch, BackendKind, BackendTask};
-use dllm_model::{LladaConfig, WeightFiles};
+use dllm_model::{ModelConfig, WeightFiles};
 
 /// [`dllm_model::load::verify_model`] on a backend (its placeholders are empty tensors).
 struct VerifyTask(std::path::PathBuf);
 
 impl BackendTask for VerifyTask {
-    type Output = dllm_model::Result<LladaConfig>;
+    type Output = dllm_model::Result<ModelConfig>;
     fn run<B: Backend>(self, device: B::Device) -> Self::Output {
         dllm_model::load::verify_model::<B>(&self.0, &device)
     }

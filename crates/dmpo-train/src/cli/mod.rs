@@ -90,7 +90,7 @@ impl ModelArgs {
     pub fn load<B: burn::tensor::backend::Backend>(
         &self,
         device: &B::Device,
-    ) -> anyhow::Result<dllm_model::Llada<B>> {
+    ) -> anyhow::Result<dllm_model::DiffusionLm<B>> {
         let model = dllm_model::load_model::<B>(
             &self.model,
             dllm_model::LoadOptions { dtype: self.dtype },

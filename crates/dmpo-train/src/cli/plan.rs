@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use dllm_model::LladaConfig;
+use dllm_model::ModelConfig;
 
 use crate::plan::{largest_micro_batch, plan, MemoryPlan};
 use crate::recipe::Recipe;
@@ -47,7 +47,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         .config
         .clone()
         .unwrap_or_else(|| recipe.model.path.join("config.json"));
-    let config = LladaConfig::from_file(&config_path)?;
+    let config = ModelConfig::from_file(&config_path)?;
     let device = match a.device_memory {
         Some(g) if g.is_finite() && g > 0.0 => (g * 1e9) as u64,
         Some(g) => anyhow::bail!("--device-memory must be a positive number of GB, got {g}"),
