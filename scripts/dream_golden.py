@@ -22,6 +22,11 @@ Writes into `--out`:
   the padding mask; zero at padded positions, whose rows attend to nothing and are NaN in the
   reference); `prompt_ids` [2, 6] and, per algorithm, `generation_{alg}` [2, 6 + 12]: greedy
   `diffusion_generate` (temperature 0, 12 steps) with `alg` maskgit_plus, topk_margin, entropy;
+- with `--fast-dllm PATH` (Fast-dLLM's `dream/model/`): `block_{prefix,dual}_entropy` and
+  `block_{prefix,dual}_threshold` [2, 6 + 12]: Fast-dLLM's block-wise Dream sampler
+  (`generation_utils_block.py`) on the same checkpoint, block length 4, 12 steps, greedy, `alg`
+  entropy or `confidence_threshold` (threshold 0.9), each row generated alone (its threshold
+  branch handles one row);
 - `golden.json`: the settings above, for the Rust test to read.
 
 `alg = "origin"` is not recorded: it picks the positions to unmask with `torch.rand`, which
@@ -31,9 +36,11 @@ and the sampler's shift (`cat([logits[:, :1], logits[:, :-1]])`) is the Rust sid
 """
 
 import argparse
+import importlib
 import importlib.util
 import json
 import sys
+import types
 from pathlib import Path
 
 import torch
@@ -45,17 +52,58 @@ ALGORITHMS = ["maskgit_plus", "topk_margin", "entropy"]
 GEN_LENGTH, STEPS = 12, 12
 
 
-def load_reference(directory: Path):
-    """Imports the reference package (its modules use relative imports)."""
+def load_reference(directory: Path, name: str = "dream_reference"):
+    """Imports a reference package (its modules use relative imports) as `name`."""
     spec = importlib.util.spec_from_file_location(
-        "dream_reference",
+        name,
         directory / "__init__.py",
         submodule_search_locations=[str(directory)],
     )
     module = importlib.util.module_from_spec(spec)
-    sys.modules["dream_reference"] = module
+    sys.modules[name] = module
     spec.loader.exec_module(module)
     return module
+
+
+BLOCK_LENGTH, THRESHOLD = 4, 0.9
+
+
+def fast_dllm_generations(directory: Path, checkpoint: Path, prompt_ids: torch.Tensor):
+    """Fast-dLLM's block-wise Dream sampler on the saved checkpoint, row by row."""
+    fast = load_reference(directory, "fast_dllm_dream")
+    block = importlib.import_module("fast_dllm_dream.generation_utils_block")
+    model = fast.DreamModel.from_pretrained(checkpoint, torch_dtype=torch.float32).eval()
+    # As Fast-dLLM's eval.py: the block-wise methods bound over the model's own.
+    for method in ["diffusion_generate", "_sample"]:
+        bound = types.MethodType(getattr(block.DreamGenerationMixin, method), model)
+        setattr(model, method, bound)
+    out = {}
+    for dual in [False, True]:
+        for alg, name in [("entropy", "entropy"), ("confidence_threshold", "threshold")]:
+            rows = []
+            for row in prompt_ids:
+                config = block.DreamGenerationConfig(
+                    max_new_tokens=GEN_LENGTH,
+                    steps=STEPS,
+                    temperature=0.0,
+                    alg=alg,
+                    alg_temp=0.0,
+                    return_dict_in_generate=True,
+                    mask_token_id=MASK,
+                    pad_token_id=PAD,
+                    bos_token_id=PAD,
+                    eos_token_id=EOS,
+                )
+                result = model.diffusion_generate(
+                    row[None],
+                    generation_config=config,
+                    block_length=BLOCK_LENGTH,
+                    threshold=THRESHOLD,
+                    dual_cache=dual,
+                )
+                rows.append(getattr(result, "sequences", result)[0])
+            out[f"block_{'dual' if dual else 'prefix'}_{name}"] = torch.stack(rows)
+    return out
 
 
 def tiny_model(reference):
@@ -102,6 +150,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--reference", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--fast-dllm", type=Path, help="Fast-dLLM's dream/model directory")
     args = parser.parse_args()
     reference = load_reference(args.reference)
     model = tiny_model(reference)
@@ -149,6 +198,8 @@ def main():
             )
             out = model.diffusion_generate(prompt_ids, generation_config=config)
             golden[f"generation_{alg}"] = getattr(out, "sequences", out)
+        if args.fast_dllm is not None:
+            golden.update(fast_dllm_generations(args.fast_dllm, args.out, prompt_ids))
 
     save_file(
         {k: v.contiguous() for k, v in golden.items()},
@@ -164,6 +215,8 @@ def main():
         "temperature": 0.0,
         "alg_temp": 0.0,
         "padded_rows": {"0": 4},
+        "block_length": BLOCK_LENGTH if args.fast_dllm is not None else None,
+        "threshold": THRESHOLD if args.fast_dllm is not None else None,
         "torch": torch.__version__,
         "transformers": __import__("transformers").__version__,
     }

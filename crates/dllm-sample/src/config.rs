@@ -51,6 +51,59 @@ impl std::str::FromStr for CacheKind {
     }
 }
 
+/// Which reverse process decides what to unmask at each step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Method {
+    /// LLaDA's `generate`: blocks, a uniform number of tokens per step, `remasking`.
+    #[default]
+    Llada,
+    /// Dream's `diffusion_generate`: timesteps `linspace(1, eps, steps + 1)`, `alg` picks the
+    /// positions; with a cache, Fast-dLLM's block-wise Dream sampler (`crate::dream`).
+    Dream,
+}
+
+impl std::str::FromStr for Method {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "llada" => Ok(Self::Llada),
+            "dream" => Ok(Self::Dream),
+            o => Err(format!("unknown method `{o}` (llada or dream)")),
+        }
+    }
+}
+
+/// Dream's `alg`: which positions of a step are unmasked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum DreamAlg {
+    /// Each masked position independently with probability `1 - s / t`.
+    Origin,
+    /// The most probable candidates (`max p`).
+    MaskgitPlus,
+    /// The largest margin between the two most probable tokens (`p1 - p2`).
+    TopkMargin,
+    /// The lowest entropy (`sum p log p`, highest first); Dream's recommended setting.
+    #[default]
+    Entropy,
+}
+
+impl std::str::FromStr for DreamAlg {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "origin" => Ok(Self::Origin),
+            "maskgit_plus" => Ok(Self::MaskgitPlus),
+            "topk_margin" => Ok(Self::TopkMargin),
+            "entropy" => Ok(Self::Entropy),
+            o => Err(format!(
+                "unknown alg `{o}` (origin, maskgit_plus, topk_margin or entropy)"
+            )),
+        }
+    }
+}
+
 /// Everything `generate` needs besides the model and prompts.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -91,6 +144,19 @@ pub struct SamplerConfig {
     pub adapter: bool,
     /// Seed of the sampler's random numbers (Gumbel noise, random remasking).
     pub seed: u64,
+    /// The reverse process: LLaDA's (default) or Dream's.
+    pub method: Method,
+    /// Dream: which positions a step unmasks.
+    pub alg: DreamAlg,
+    /// Dream: `0` takes the top positions by confidence; above 0 draws them without replacement
+    /// from `softmax(confidence / alg_temp)`.
+    pub alg_temp: f64,
+    /// Dream: the last timestep of `linspace(1, eps, steps + 1)`.
+    pub eps: f64,
+    /// Dream: nucleus filtering of the candidates' distribution (`None` or 1: off).
+    pub top_p: Option<f64>,
+    /// Dream: keep only the `top_k` most probable tokens (`None`: off).
+    pub top_k: Option<usize>,
 }
 
 impl Default for SamplerConfig {
@@ -112,6 +178,12 @@ impl Default for SamplerConfig {
             eot_token_id: None,
             adapter: true,
             seed: 0,
+            method: Method::Llada,
+            alg: DreamAlg::Entropy,
+            alg_temp: 0.0,
+            eps: 1e-3,
+            top_p: None,
+            top_k: None,
         }
     }
 }
@@ -160,7 +232,75 @@ impl SamplerConfig {
         if self.refresh_every == Some(0) {
             return bad("refresh_every must be positive".into());
         }
-        Ok(())
+        match self.method {
+            Method::Llada => self.validate_without_dream_settings(),
+            Method::Dream => self.validate_dream(),
+        }
+    }
+
+    /// Dream's settings left at their defaults when the method is LLaDA's (they would be ignored).
+    fn validate_without_dream_settings(&self) -> Result<(), crate::SampleError> {
+        let d = Self::default();
+        let set = [
+            ("alg", self.alg != d.alg),
+            ("alg_temp", self.alg_temp != d.alg_temp),
+            ("eps", self.eps != d.eps),
+            ("top_p", self.top_p.is_some()),
+            ("top_k", self.top_k.is_some()),
+        ];
+        match set.iter().find(|(_, on)| *on) {
+            Some((field, _)) => Err(crate::SampleError::Config(format!(
+                "{field} is a setting of Dream's sampler: set method = \"dream\" to use it"
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    /// The combinations Dream's samplers (`diffusion_generate`, Fast-dLLM's block-wise one) define.
+    fn validate_dream(&self) -> Result<(), crate::SampleError> {
+        let bad = |m: String| Err(crate::SampleError::Config(m));
+        if !(self.eps > 0.0 && self.eps < 1.0) {
+            return bad(format!("eps {} must be in (0, 1)", self.eps));
+        }
+        if !self.alg_temp.is_finite() || self.alg_temp < 0.0 {
+            return bad(format!("alg_temp {} must be >= 0", self.alg_temp));
+        }
+        if let Some(p) = self.top_p {
+            if !(p > 0.0 && p <= 1.0) {
+                return bad(format!("top_p {p} must be in (0, 1]"));
+            }
+        }
+        if self.top_k == Some(0) {
+            return bad("top_k must be positive".into());
+        }
+        if self.cfg_scale > 0.0 || self.remasking != Remasking::LowConfidence {
+            return bad("cfg_scale and remasking are LLaDA's; Dream's sampler has alg".into());
+        }
+        if self.logits_eos_inf || self.confidence_eos_eot_inf || self.refresh_every.is_some() {
+            return bad(
+                "logits_eos_inf, confidence_eos_eot_inf and refresh_every are LLaDA's settings"
+                    .into(),
+            );
+        }
+        match (self.cache, self.threshold) {
+            (CacheKind::None, Some(_)) => bad(
+                "threshold decoding is Fast-dLLM's block-wise Dream sampler: set cache = \"prefix\" \
+                 or \"dual\""
+                    .into(),
+            ),
+            (CacheKind::None, None) => Ok(()),
+            (_, None) if self.alg != DreamAlg::Entropy => bad(format!(
+                "with a cache, Dream's block-wise sampler ranks positions by entropy: alg must be \
+                 entropy (is {:?})",
+                self.alg
+            )),
+            (_, Some(_)) if self.alg != DreamAlg::MaskgitPlus => bad(format!(
+                "threshold decoding ranks positions by their probability: alg must be \
+                 maskgit_plus (is {:?})",
+                self.alg
+            )),
+            _ => Ok(()),
+        }
     }
 
     /// Steps per block (`steps / num_blocks`).

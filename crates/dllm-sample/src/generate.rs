@@ -1,4 +1,5 @@
-//! LLaDA's `generate` (docs/algorithm.md §2), exact by default, with Fast-dLLM caches and threshold decoding.
+//! LLaDA's `generate` (docs/algorithm.md §2), exact by default, with Fast-dLLM caches and threshold
+//! decoding; with `method = dream` the same entry points run Dream's sampler ([`crate::dream`]).
 //!
 //! The loop keeps the sequences on the host and, each step, asks the model for logits only at
 //! the positions that can be committed (the current block, plus any earlier position that is
@@ -13,7 +14,7 @@ use dllm_model::{DiffusionLm, ForwardOptions, KvCache, LogitPositions};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use crate::config::{CacheKind, Remasking, SamplerConfig};
+use crate::config::{CacheKind, Method, Remasking, SamplerConfig};
 use crate::schedule::num_transfer_tokens;
 use crate::SampleError;
 
@@ -107,23 +108,24 @@ pub fn generate_rows<B: Backend>(
     Sampler::new(model, prompts, config, placement)?.run(&mut |_| {})
 }
 
-struct Sampler<'m, B: Backend> {
-    model: &'m DiffusionLm<B>,
-    config: &'m SamplerConfig,
-    device: B::Device,
-    batch: usize,
-    prompt_len: usize,
-    total: usize,
-    mask_id: i64,
+/// The state of one generation, shared by LLaDA's loop (here) and Dream's (`crate::dream`).
+pub(crate) struct Sampler<'m, B: Backend> {
+    pub(crate) model: &'m DiffusionLm<B>,
+    pub(crate) config: &'m SamplerConfig,
+    pub(crate) device: B::Device,
+    pub(crate) batch: usize,
+    pub(crate) prompt_len: usize,
+    pub(crate) total: usize,
+    pub(crate) mask_id: i64,
     /// Sequences `[batch * total]`.
-    x: Vec<i64>,
+    pub(crate) x: Vec<i64>,
     /// Positions that are prompt (never masked for CFG's unconditional input).
-    pad_lengths: Vec<usize>,
-    decode_step: Vec<Vec<Option<usize>>>,
+    pub(crate) pad_lengths: Vec<usize>,
+    pub(crate) decode_step: Vec<Vec<Option<usize>>>,
     /// One random stream per row ([`RowPlacement`]).
-    rngs: Vec<ChaCha8Rng>,
-    cache: KvCache<B>,
-    nfe: usize,
+    pub(crate) rngs: Vec<ChaCha8Rng>,
+    pub(crate) cache: KvCache<B>,
+    pub(crate) nfe: usize,
 }
 
 impl<'m, B: Backend> Sampler<'m, B> {
@@ -201,6 +203,9 @@ impl<'m, B: Backend> Sampler<'m, B> {
     }
 
     fn run(mut self, observer: &mut dyn FnMut(&StepEvent<'_>)) -> Result<Generation, SampleError> {
+        if self.config.method == Method::Dream {
+            return self.run_dream(observer);
+        }
         let c = self.config;
         let num_blocks = c.gen_length / c.block_length;
         let mut step = 0usize;
@@ -239,9 +244,14 @@ impl<'m, B: Backend> Sampler<'m, B> {
                 step += 1;
             }
         }
+        Ok(self.finish(step))
+    }
+
+    /// The generation as it stands after `steps` steps.
+    pub(crate) fn finish(self, steps: usize) -> Generation {
         let completions = self.completions();
         let eos = self.model.config.eos_token_id;
-        Ok(Generation {
+        Generation {
             eos_position: completions
                 .iter()
                 .map(|c| c.iter().position(|&t| t == eos))
@@ -258,15 +268,15 @@ impl<'m, B: Backend> Sampler<'m, B> {
             pad_lengths: self.pad_lengths,
             decode_step: self.decode_step,
             nfe: self.nfe,
-            steps: step,
-        })
+            steps,
+        }
     }
 
-    fn row(&self, b: usize) -> &[i64] {
+    pub(crate) fn row(&self, b: usize) -> &[i64] {
         &self.x[b * self.total..(b + 1) * self.total]
     }
 
-    fn completions(&self) -> Vec<Vec<u32>> {
+    pub(crate) fn completions(&self) -> Vec<Vec<u32>> {
         (0..self.batch)
             .map(|b| {
                 self.row(b)[self.prompt_len..]
@@ -378,7 +388,7 @@ impl<'m, B: Backend> Sampler<'m, B> {
         ids
     }
 
-    fn key_padding(&self, rows: usize) -> Option<Tensor<B, 2, Bool>> {
+    pub(crate) fn key_padding(&self, rows: usize) -> Option<Tensor<B, 2, Bool>> {
         if !self.config.padding_mask || self.pad_lengths.iter().all(|&p| p == 0) {
             return None;
         }

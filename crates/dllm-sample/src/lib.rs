@@ -1,4 +1,5 @@
-//! Sampling from LLaDA-style masked diffusion LMs (docs/algorithm.md §2).
+//! Sampling from masked diffusion LMs (docs/algorithm.md §2): LLaDA's `generate` and Dream's
+//! `diffusion_generate` (`SamplerConfig::method`), with Fast-dLLM's caches for both.
 //!
 //! ```no_run
 //! use dllm_model::{load_model, LoadOptions};
@@ -13,10 +14,11 @@
 #![warn(missing_docs)]
 
 pub mod config;
+pub mod dream;
 pub mod generate;
 pub mod schedule;
 
-pub use config::{CacheKind, Remasking, SamplerConfig};
+pub use config::{CacheKind, DreamAlg, Method, Remasking, SamplerConfig};
 pub use generate::{
     generate, generate_rows, generate_with_observer, Generation, RowPlacement, StepEvent,
 };
