@@ -27,6 +27,13 @@ Writes into `--out`:
   (`generation_utils_block.py`) on the same checkpoint, block length 4, 12 steps, greedy, `alg`
   entropy or `confidence_threshold` (threshold 0.9), each row generated alone (its threshold
   branch handles one row);
+- `golden_train.safetensors`: one DMPO (WDCE) update of the whole model by the reference's
+  formulas on Dream's reference forward: the `generation_entropy` sequences as a group of 2,
+  `train_masks` [K * 2, 12] (K = 2 replicates, replicate-major), fixed weights `w_plus`,
+  `w_minus` (negative centering, `A = w+ - w-`), `loss = sum_r -A_i / (K m_r) sum_{j masked}
+  log softmax(shifted logits)[x_j]`; `train_loss`, `grad.<name>` and `after.<name>` (every
+  parameter after one `torch.optim.AdamW` step, lr 1e-3, betas (0.9, 0.999), eps 1e-8, weight
+  decay 0.01);
 - `golden.json`: the settings above, for the Rust test to read.
 
 `alg = "origin"` is not recorded: it picks the positions to unmask with `torch.rand`, which
@@ -146,6 +153,47 @@ def padded_forward_inputs(attention_mask: torch.Tensor):
     return mask, tok_idx
 
 
+TRAIN = {"replicates": 2, "w_plus": [0.7, 0.3], "w_minus": [0.2, 0.8], "lr": 1e-3,
+         "betas": [0.9, 0.999], "eps": 1e-8, "weight_decay": 0.01}
+
+
+def dmpo_update(model, sequences: torch.Tensor, prompt_len: int):
+    """One WDCE update by the reference's formulas (docs/algorithm.md §4), on Dream's forward."""
+    k = TRAIN["replicates"]
+    n, total = sequences.shape
+    gen = total - prompt_len
+    g = torch.Generator().manual_seed(7)
+    rates = torch.tensor([0.3, 0.6, 0.5, 0.9])[: k * n, None]
+    masks = torch.rand((k * n, gen), generator=g) < rates
+    targets = sequences.repeat(k, 1)  # row r = k * n + i is sample i
+    inputs = targets.clone()
+    inputs[:, prompt_len:][masks] = MASK
+    model.zero_grad()
+    logits = model(inputs).logits.float()
+    logits = torch.cat([logits[:, :1], logits[:, :-1]], dim=1)
+    logp = torch.log_softmax(logits, dim=-1).gather(-1, targets[..., None]).squeeze(-1)
+    sums = (logp[:, prompt_len:] * masks).sum(-1)
+    advantages = torch.tensor(TRAIN["w_plus"]) - torch.tensor(TRAIN["w_minus"])
+    m = masks.sum(-1).clamp(min=1)
+    coef = -advantages[torch.arange(k * n) % n] / (k * m)
+    loss = (sums * coef).sum()
+    loss.backward()
+    out = {"train_masks": masks.long(), "train_loss": loss.detach().reshape(1)}
+    for name, p in model.named_parameters():
+        out[f"grad.{name}"] = p.grad.detach().clone()
+    opt = torch.optim.AdamW(
+        model.parameters(),
+        lr=TRAIN["lr"],
+        betas=tuple(TRAIN["betas"]),
+        eps=TRAIN["eps"],
+        weight_decay=TRAIN["weight_decay"],
+    )
+    opt.step()
+    for name, p in model.named_parameters():
+        out[f"after.{name}"] = p.detach().clone()
+    return out
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--reference", type=Path, required=True)
@@ -205,6 +253,11 @@ def main():
         {k: v.contiguous() for k, v in golden.items()},
         str(args.out / "golden.safetensors"),
     )
+    train = dmpo_update(model, golden["generation_entropy"], prompt_ids.shape[1])
+    save_file(
+        {k: v.contiguous() for k, v in train.items()},
+        str(args.out / "golden_train.safetensors"),
+    )
     meta = {
         "mask_token_id": MASK,
         "pad_token_id": PAD,
@@ -215,6 +268,7 @@ def main():
         "temperature": 0.0,
         "alg_temp": 0.0,
         "padded_rows": {"0": 4},
+        "train": TRAIN,
         "block_length": BLOCK_LENGTH if args.fast_dllm is not None else None,
         "threshold": THRESHOLD if args.fast_dllm is not None else None,
         "torch": torch.__version__,
