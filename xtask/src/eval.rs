@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use burn::tensor::backend::Backend;
 use dllm_model::backend::{dispatch, BackendKind, BackendTask};
-use dllm_model::{load_model, LladaTokenizer, LoadOptions};
+use dllm_model::{load_model, ChatTokenizer, LoadOptions};
 use dmpo_train::eval::evaluate;
 use dmpo_train::recipe::{CompletionText, EvalOrder, EvalSection, PromptStyle, TaskSection};
 use dmpo_train::tasks::eval_items;
@@ -83,7 +83,7 @@ impl BackendTask for Eval {
             holdout: 0,
         };
         let items = eval_items(&section, task, a.order, a.limit)?;
-        let tokenizer = LladaTokenizer::from_file(a.model.join("tokenizer.json"))?;
+        let tokenizer = ChatTokenizer::from_file(a.model.join("tokenizer.json"))?;
         let mut model = load_model::<B>(&a.model, LoadOptions::default(), &device)?;
         tokenizer.check_model(&model.config)?;
         if let Some(ad) = &a.adapter {

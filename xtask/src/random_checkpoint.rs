@@ -82,6 +82,7 @@ impl View for &RandomTensor {
                     let value = match self.role {
                         TensorRole::Matrix => rng.random_range(-a..=a),
                         TensorRole::Norm => 1.0,
+                        TensorRole::Bias => 0.0,
                     };
                     pair.copy_from_slice(&bf16::from_f32(value).to_le_bytes());
                 }

@@ -46,7 +46,7 @@ pub use load::{load_model, save_model, LoadOptions};
 pub use lora::{LoraConfig, LINEAR_NAMES};
 pub use model::{DiffusionLm, ForwardOptions, LogitPositions};
 pub use params::{checkpoint_tensors, TensorRole};
-pub use tokenizer::{ChatMessage, ChatTokens, LladaTokenizer};
+pub use tokenizer::{ChatFormat, ChatMessage, ChatTokenizer, ChatTokens};
 pub use weights::{WeightDType, WeightFiles};
 
 pub use burn;

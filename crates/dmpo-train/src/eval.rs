@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use burn::tensor::backend::Backend;
-use dllm_model::{DiffusionLm, LladaTokenizer};
+use dllm_model::{ChatTokenizer, DiffusionLm};
 use dllm_sample::{generate, SamplerConfig};
 use rewards::{Task, TaskItem};
 use serde::Serialize;
@@ -58,16 +58,25 @@ impl EvalResult {
 
 /// The sampler settings of an evaluation at `gen_length`.
 pub fn eval_sampler(section: &EvalSection, gen_length: usize) -> SamplerConfig {
-    let block = section.block_length.min(gen_length);
+    let dream_whole = section.method == dllm_sample::Method::Dream
+        && section.cache == dllm_sample::CacheKind::None;
+    let block = if dream_whole {
+        gen_length
+    } else {
+        section.block_length.min(gen_length)
+    };
     let blocks = gen_length / block;
     let steps = ((gen_length as f64 * section.steps_per_token).round() as usize).max(blocks);
     SamplerConfig {
         gen_length,
         block_length: block,
         steps: steps / blocks * blocks,
-        temperature: 0.0,
+        temperature: section.temperature,
         cache: section.cache,
         padding_mask: section.padding_mask,
+        method: section.method,
+        alg: section.alg,
+        top_p: section.top_p,
         ..SamplerConfig::default()
     }
 }
@@ -76,7 +85,7 @@ pub fn eval_sampler(section: &EvalSection, gen_length: usize) -> SamplerConfig {
 #[allow(clippy::too_many_arguments)]
 pub fn evaluate<B: Backend>(
     model: &DiffusionLm<B>,
-    tokenizer: &LladaTokenizer,
+    tokenizer: &ChatTokenizer,
     task: Task,
     items: &[TaskItem],
     style: PromptStyle,
@@ -103,7 +112,7 @@ pub fn evaluate<B: Backend>(
 #[derive(Clone, Copy)]
 pub struct EvalSetup<'a> {
     /// The model's tokenizer.
-    pub tokenizer: &'a LladaTokenizer,
+    pub tokenizer: &'a ChatTokenizer,
     /// The task that scores.
     pub task: Task,
     /// The evaluation set, in order.

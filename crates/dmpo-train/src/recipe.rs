@@ -535,6 +535,16 @@ pub struct EvalSection {
     /// attend the pads, so their scores depend on the batch size and order); on gives every item
     /// the score it gets alone, at any batch size (the recommended mode, docs/reference-parity.md).
     pub padding_mask: bool,
+    /// The sampler: LLaDA's (`llada`, d1's protocol) or Dream's (`dream`: `diffusion_generate`,
+    /// one block of the whole length unless `cache` asks for Fast-dLLM's block-wise one).
+    pub method: dllm_sample::Method,
+    /// Dream's `alg` (with `method = "dream"`).
+    pub alg: dllm_sample::DreamAlg,
+    /// Sampling temperature (0: greedy, d1's and DMPO's LLaDA protocol; DMPO's Dream
+    /// evaluation, `eval_dream.py`, samples at 0.2).
+    pub temperature: f64,
+    /// Dream's nucleus filtering (DMPO's `eval_dream.py`: 0.95).
+    pub top_p: Option<f64>,
 }
 
 impl Default for EvalSection {
@@ -549,6 +559,10 @@ impl Default for EvalSection {
             batch_size: 8,
             cache: dllm_sample::CacheKind::None,
             padding_mask: false,
+            method: dllm_sample::Method::Llada,
+            alg: dllm_sample::DreamAlg::Entropy,
+            temperature: 0.0,
+            top_p: None,
         }
     }
 }

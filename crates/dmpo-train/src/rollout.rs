@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::ops::Range;
 
 use burn::tensor::backend::Backend;
-use dllm_model::{DiffusionLm, LladaTokenizer};
+use dllm_model::{ChatTokenizer, DiffusionLm};
 use dllm_sample::{generate_rows, Generation, RowPlacement, SamplerConfig};
 use dmpo_core::weights::{mean_group_std, zero_variance_fraction};
 use dmpo_core::HostBatch;
@@ -25,7 +25,7 @@ pub struct RolloutSource<'a> {
     /// The task whose rewards score the completions.
     pub task: Task,
     /// Encodes prompts and decodes completions.
-    pub tokenizer: &'a LladaTokenizer,
+    pub tokenizer: &'a ChatTokenizer,
     /// The training prompts.
     pub data: &'a TrainData,
 }

@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use dllm_model::{ChatMessage, ChatTokens, LladaTokenizer};
+use dllm_model::{ChatMessage, ChatTokenizer, ChatTokens};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rewards::{Task, TaskItem};
@@ -176,7 +176,7 @@ pub fn prompt_string(
 
 /// Prompt token ids of [`prompt_string`], left-truncated to `max_tokens`.
 pub fn prompt_ids(
-    tokenizer: &LladaTokenizer,
+    tokenizer: &ChatTokenizer,
     item: &TaskItem,
     style: PromptStyle,
     eval: bool,
@@ -191,13 +191,13 @@ pub fn prompt_ids(
 }
 
 /// Decodes a completion up to (not including) its first EOS, special tokens removed.
-pub fn completion_text(tokenizer: &LladaTokenizer, ids: &[u32], eos: u32) -> Result<String> {
+pub fn completion_text(tokenizer: &ChatTokenizer, ids: &[u32], eos: u32) -> Result<String> {
     completion_text_as(tokenizer, ids, eos, CompletionText::UntilEos)
 }
 
 /// Decodes a completion as `mode` says (docs/reference-parity.md, row "completion text").
 pub fn completion_text_as(
-    tokenizer: &LladaTokenizer,
+    tokenizer: &ChatTokenizer,
     ids: &[u32],
     eos: u32,
     mode: CompletionText,

@@ -12,7 +12,7 @@ use std::time::Instant;
 use burn::module::{AutodiffModule, Module};
 use burn::optim::Optimizer;
 use burn::tensor::backend::AutodiffBackend;
-use dllm_model::{load_model, DiffusionLm, LladaTokenizer, LoadOptions, WeightDType};
+use dllm_model::{load_model, ChatTokenizer, DiffusionLm, LoadOptions, WeightDType};
 use dmpo_core::ModelView;
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::SeedableRng;
@@ -109,7 +109,7 @@ pub fn train<AB: AutodiffBackend>(
         .map_err(|e: rewards::Error| TrainError::Data(e.to_string()))?;
 
     // Everything that can be wrong with the inputs fails here, before any training.
-    let tokenizer = LladaTokenizer::from_file(recipe.model.path.join("tokenizer.json"))?;
+    let tokenizer = ChatTokenizer::from_file(recipe.model.path.join("tokenizer.json"))?;
     let data = TrainData::open(&recipe.task, task)?;
     let eval_set = eval_items(&recipe.task, task, recipe.eval.order, recipe.eval.limit)?;
     let (model, reference) = load_policy_and_reference::<AB>(recipe, &device)?;
@@ -315,7 +315,7 @@ fn last_quarter_mean(rewards: &[f64]) -> f64 {
 struct RunFiles<'a> {
     recipe: &'a Recipe,
     run_dir: &'a Path,
-    tokenizer: &'a LladaTokenizer,
+    tokenizer: &'a ChatTokenizer,
     task: Task,
     eval_set: &'a [rewards::TaskItem],
     /// `metrics.jsonl`.

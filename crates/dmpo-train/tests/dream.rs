@@ -171,3 +171,159 @@ fn one_dmpo_update_on_dream_equals_the_reference_formulas() {
     }
     assert_eq!(checked, 2 * 12 + 3);
 }
+
+/// A tiny random Dream-layout model with a character-level ChatML tokenizer, saved as a Hugging
+/// Face directory: what the Dream recipes can start on in a test.
+fn tiny_dream_dir(dir: &std::path::Path) {
+    use tokenizers::decoders::fuse::Fuse;
+    use tokenizers::models::wordlevel::WordLevel;
+    use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
+    use tokenizers::{AddedToken, SplitDelimiterBehavior, Tokenizer};
+
+    let chars: Vec<String> = (' '..='~').chain(['\n']).map(String::from).collect();
+    let mut vocab: std::collections::HashMap<String, u32> = Default::default();
+    vocab.insert("[UNK]".into(), 0);
+    for c in &chars {
+        let id = vocab.len() as u32;
+        vocab.insert(c.clone(), id);
+    }
+    let model = WordLevel::builder()
+        .vocab(vocab.into_iter().collect())
+        .unk_token("[UNK]".into())
+        .build()
+        .unwrap();
+    let mut tokenizer = Tokenizer::new(model);
+    let split = Split::new(
+        SplitPattern::Regex("(?s).".into()),
+        SplitDelimiterBehavior::Isolated,
+        false,
+    )
+    .unwrap();
+    tokenizer.with_pre_tokenizer(Some(split));
+    tokenizer.with_decoder(Some(Fuse::new()));
+    let specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|mask|>"];
+    let added: Vec<AddedToken> = specials
+        .iter()
+        .map(|s| AddedToken::from(*s, true))
+        .collect();
+    tokenizer.add_special_tokens(&added);
+    std::fs::create_dir_all(dir).unwrap();
+    tokenizer.save(dir.join("tokenizer.json"), false).unwrap();
+    let id = |t: &str| tokenizer.token_to_id(t).unwrap();
+    let vocab = tokenizer.get_vocab_size(true);
+
+    let mut config = dllm_model::ModelConfig::from_file(dream().join("config.json")).unwrap();
+    config.vocab_size = vocab;
+    config.mask_token_id = id("<|mask|>");
+    config.eos_token_id = id("<|endoftext|>");
+    config.pad_token_id = id("<|endoftext|>");
+    config.bos_token_id = Some(id("<|endoftext|>"));
+    config.max_sequence_length = 512;
+    let model = DiffusionLm::<Flex>::init(&config, &Default::default());
+    save_model(&model, dir).unwrap();
+}
+
+/// The three Dream recipes start and run one step on flex in their own dtype (bf16), LoRA
+/// targets (all seven of Dream's linears) and samplers (Fast-dLLM's block-wise Dream sampler for
+/// the rollouts, `diffusion_generate` for the evaluation), shrunk by overrides to a tiny
+/// Dream-layout model; and diffu-GRPO on the same model.
+#[test]
+fn dream_recipes_start_on_flex() {
+    use dmpo_train::run_dir::StartMode;
+    use dmpo_train::trainer::{train, RunOptions};
+    use dmpo_train::Recipe;
+
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("tiny-dream");
+    tiny_dream_dir(&model);
+    let gsm8k = tmp.path().join("gsm8k.jsonl");
+    std::fs::write(
+        &gsm8k,
+        "{\"question\": \"What is 2 + 3?\", \"answer\": \"2 + 3 = 5\\n#### 5\"}\n\
+         {\"question\": \"What is 4 - 1?\", \"answer\": \"4 - 1 = 3\\n#### 3\"}\n",
+    )
+    .unwrap();
+    let countdown = tmp.path().join("countdown.jsonl");
+    std::fs::write(
+        &countdown,
+        "{\"nums\": [1, 2, 3], \"target\": 6}\n{\"nums\": [4, 5, 6], \"target\": 15}\n",
+    )
+    .unwrap();
+    let sudoku = tmp.path().join("sudoku.csv");
+    std::fs::write(
+        &sudoku,
+        "Puzzle,Solution\n1234341221434321,1234341221434321\n0234341221434321,1234341221434321\n",
+    )
+    .unwrap();
+    let recipes = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../recipes");
+    for (task, data, algorithm) in [
+        ("sudoku", &sudoku, "dmpo"),
+        ("countdown", &countdown, "dmpo"),
+        ("gsm8k", &gsm8k, "dmpo"),
+        ("sudoku", &sudoku, "diffu_grpo"),
+    ] {
+        let file = format!("dream7b-{task}");
+        let name = format!("{file}-{algorithm}");
+        let mut o: Vec<String> = vec![
+            format!("model.path=\"{}\"", model.display()),
+            format!("run.output_dir=\"{}\"", tmp.path().display()),
+            format!("run.name=\"{name}\""),
+            format!("task.train=\"{}\"", data.display()),
+            format!("train.algorithm=\"{algorithm}\""),
+            "train.steps=1".into(),
+            "train.prompts_per_step=1".into(),
+            "train.group_size=2".into(),
+            "train.num_iterations=1".into(),
+            "train.micro_batch=2".into(),
+            "train.loss_unit_rows=2".into(),
+            "task.holdout=0".into(),
+            "lora.r=4".into(),
+            "dmpo.num_replicates=2".into(),
+            "rollout.gen_length=16".into(),
+            "rollout.block_length=8".into(),
+            "rollout.steps=8".into(),
+            "eval.gen_lengths=[16]".into(),
+            "eval.limit=2".into(),
+        ];
+        if task == "gsm8k" {
+            o.push(format!("task.eval=\"{}\"", data.display()));
+        }
+        let recipe = Recipe::load(&recipes.join(format!("{file}.toml")), &o)
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(recipe.rollout.method, dllm_sample::Method::Dream, "{name}");
+        assert_eq!(recipe.eval.method, dllm_sample::Method::Dream, "{name}");
+        assert_eq!(recipe.lora.target_modules.len(), 7, "{name}");
+        let options = RunOptions {
+            start: StartMode::Fresh,
+            quiet: true,
+            skip_eval: false,
+            stop_after: None,
+        };
+        let summary = train::<Autodiff<Flex>>(&recipe, Default::default(), &options)
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(summary.steps, 1, "{name}");
+        let text = std::fs::read_to_string(recipe.run_dir().join("metrics.jsonl")).unwrap();
+        let row: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+        for key in ["loss", "grad_norm", "completion_length"] {
+            assert!(
+                row[key].as_f64().is_some_and(f64::is_finite),
+                "{name}: {key} in {row}"
+            );
+        }
+        // The adapter is saved with Dream's module names (PEFT loads it onto Dream's modules).
+        let config = recipe
+            .run_dir()
+            .join("checkpoints/step-000001/adapter/adapter_config.json");
+        let saved = dllm_model::lora::read_adapter_config(config.parent().unwrap()).unwrap();
+        assert_eq!(
+            saved.target_modules,
+            Family::Dream.linear_names().map(String::from).to_vec(),
+            "{name}"
+        );
+        // Evaluations ran with Dream's sampler, before and after.
+        assert!(
+            recipe.run_dir().join("eval_after_len16.json").is_file(),
+            "{name}"
+        );
+    }
+}

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use burn::module::AutodiffModule;
 use burn::optim::{AdamWConfig, GradientsParams};
 use burn::tensor::{Int, Tensor, TensorData};
-use dllm_model::{load_model, LladaTokenizer, LoadOptions};
+use dllm_model::{load_model, ChatTokenizer, LoadOptions};
 use dllm_sample::{generate, SamplerConfig};
 use dmpo_core::{wdce_loss, Baseline, DmpoConfig, ModelView, RolloutWeights, SequenceBatch};
 use dmpo_train::optim::apply_update;
@@ -20,7 +20,7 @@ type AB = burn::backend::Autodiff<burn::backend::Flex>;
 fn positive_weights_pull_greedy_decoding_to_the_sequence() {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models/tiny-sudoku");
     let device = Default::default();
-    let tok = LladaTokenizer::from_file(dir.join("tokenizer.json")).unwrap();
+    let tok = ChatTokenizer::from_file(dir.join("tokenizer.json")).unwrap();
     let mut model = load_model::<AB>(&dir, LoadOptions::default(), &device).unwrap();
     let item = rewards::data::sudoku_4x4_test()[3].clone();
     let solution = match &item.truth {

@@ -331,7 +331,7 @@ fn training_data_keeps_the_three_number_rows_shuffled_less_the_holdout() {
 
 #[test]
 fn completion_text_modes_read_the_whole_completion_or_stop_at_eos() {
-    let tok = dllm_model::LladaTokenizer::from_file(
+    let tok = dllm_model::ChatTokenizer::from_file(
         common::root().join("models/tiny-sudoku/tokenizer.json"),
     )
     .unwrap();

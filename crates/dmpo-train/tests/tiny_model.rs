@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 
 use burn::backend::Flex;
-use dllm_model::{load_model, LladaTokenizer, LoadOptions};
+use dllm_model::{load_model, ChatTokenizer, LoadOptions};
 use dllm_sample::{generate, SamplerConfig};
 use dmpo_train::recipe::PromptStyle;
 use dmpo_train::tasks::{completion_text, prompt_ids};
@@ -15,8 +15,8 @@ fn model_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models/tiny-sudoku")
 }
 
-fn tokenizer() -> LladaTokenizer {
-    LladaTokenizer::from_file(model_dir().join("tokenizer.json")).expect("tiny tokenizer")
+fn tokenizer() -> ChatTokenizer {
+    ChatTokenizer::from_file(model_dir().join("tokenizer.json")).expect("tiny tokenizer")
 }
 
 #[test]

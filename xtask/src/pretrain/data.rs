@@ -5,7 +5,7 @@
 use std::collections::HashSet;
 
 use anyhow::{bail, ensure};
-use dllm_model::LladaTokenizer;
+use dllm_model::ChatTokenizer;
 use dmpo_train::recipe::PromptStyle;
 use dmpo_train::tasks::prompt_ids;
 use rand::SeedableRng;
@@ -60,7 +60,7 @@ pub fn step_rng(seed: u64, step: usize) -> ChaCha8Rng {
 /// Prompt and completion ids of training items, every prompt `prompt_len` tokens.
 pub struct Encoder<'a> {
     /// The trained tokenizer.
-    pub tokenizer: &'a LladaTokenizer,
+    pub tokenizer: &'a ChatTokenizer,
     /// The length every prompt has.
     pub prompt_len: usize,
     /// The EOS id that pads completions to [`GEN_LENGTH`].

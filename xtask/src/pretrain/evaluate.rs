@@ -2,7 +2,7 @@
 //! answers, solved puzzles and agreement with the flawed row-only solver.
 
 use burn::tensor::backend::Backend;
-use dllm_model::{DiffusionLm, LladaTokenizer};
+use dllm_model::{ChatTokenizer, DiffusionLm};
 use dllm_sample::generate;
 use dmpo_train::recipe::PromptStyle;
 use dmpo_train::tasks::{completion_text, prompt_ids};
@@ -32,7 +32,7 @@ pub struct Scores {
 /// Greedy evaluation with the RL sampler.
 pub fn evaluate<B: Backend>(
     model: &DiffusionLm<B>,
-    tokenizer: &LladaTokenizer,
+    tokenizer: &ChatTokenizer,
     items: &[TaskItem],
 ) -> anyhow::Result<Scores> {
     let config = eval_sampler();

@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use std::path::Path;
 
 use anyhow::{ensure, Context};
-use dllm_model::LladaTokenizer;
+use dllm_model::ChatTokenizer;
 use dmpo_train::recipe::PromptStyle;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -43,7 +43,7 @@ pub fn build_tokenizer(
     seed: u64,
     excluded: &HashSet<String>,
     path: &Path,
-) -> anyhow::Result<LladaTokenizer> {
+) -> anyhow::Result<ChatTokenizer> {
     let added: Vec<AddedToken> = SPECIAL_TOKENS
         .iter()
         .map(|t| AddedToken::from(*t, true))
@@ -63,11 +63,11 @@ pub fn build_tokenizer(
     tokenizer.with_pre_tokenizer(Some(split));
     tokenizer.with_decoder(Some(Fuse::new()));
 
-    // The chat template comes from `LladaTokenizer`, which only needs the special tokens: a
+    // The chat template comes from `ChatTokenizer`, which only needs the special tokens: a
     // throw-away copy carrying them renders the corpus.
     let mut with_added = tokenizer.clone();
     with_added.add_tokens(&added);
-    let templater = LladaTokenizer::from_tokenizer(with_added, path)?;
+    let templater = ChatTokenizer::from_tokenizer(with_added, path)?;
     let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x746F_6B65_6E69_7A65);
     let mut corpus = Vec::with_capacity(TOKENIZER_CORPUS);
     for _ in 0..TOKENIZER_CORPUS {
@@ -110,7 +110,7 @@ pub fn build_tokenizer(
         .save(path, true)
         .map_err(anyhow::Error::msg)
         .with_context(|| format!("writing {}", path.display()))?;
-    let loaded = LladaTokenizer::from_file(path)?;
+    let loaded = ChatTokenizer::from_file(path)?;
     for (i, t) in added.iter().enumerate() {
         ensure!(
             loaded.token_id(&t.content) == Some(i as u32),

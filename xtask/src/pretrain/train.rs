@@ -11,7 +11,7 @@ use burn::module::AutodiffModule;
 use burn::optim::{GradientsParams, Optimizer};
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
-use dllm_model::{load_model, save_model, DiffusionLm, LladaTokenizer, LoadOptions, ModelConfig};
+use dllm_model::{load_model, save_model, ChatTokenizer, DiffusionLm, LoadOptions, ModelConfig};
 use dmpo_core::SequenceBatch;
 use dmpo_train::recipe::PromptStyle;
 use dmpo_train::tasks::prompt_ids;
@@ -217,7 +217,7 @@ fn train<B: AutodiffBackend>(
     inputs: &Inputs<'_>,
     device: &B::Device,
 ) -> anyhow::Result<Trained<B>> {
-    let tokenizer: &LladaTokenizer = inputs.encoder.tokenizer;
+    let tokenizer: &ChatTokenizer = inputs.encoder.tokenizer;
     let mut optim = optimiser.adamw.config().init::<B, DiffusionLm<B>>();
     let mut mask_rng = ChaCha8Rng::seed_from_u64(args.seed ^ 0x6D61_736B);
 

@@ -5,8 +5,9 @@ use std::time::Instant;
 
 use burn::tensor::backend::Backend;
 use dllm_model::backend::{dispatch, BackendTask};
-use dllm_model::{ChatMessage, LladaTokenizer};
-use dllm_sample::{generate_with_observer, CacheKind, Remasking, SamplerConfig};
+use dllm_model::Family;
+use dllm_model::{ChatMessage, ChatTokenizer};
+use dllm_sample::{generate_with_observer, CacheKind, DreamAlg, Method, Remasking, SamplerConfig};
 
 use super::ModelArgs;
 
@@ -29,9 +30,10 @@ pub struct Args {
     /// Tokens to generate.
     #[arg(long, default_value_t = 128)]
     pub gen_length: usize,
-    /// Block length.
-    #[arg(long, default_value_t = 32)]
-    pub block_length: usize,
+    /// Block length (default: 32 for LLaDA's sampler; for Dream's, the whole completion
+    /// without a cache, 32 with one).
+    #[arg(long)]
+    pub block_length: Option<usize>,
     /// Denoising steps (default: gen_length / 2, the d1 evaluation setting).
     #[arg(long)]
     pub steps: Option<usize>,
@@ -53,6 +55,24 @@ pub struct Args {
     /// Random seed.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// llada or dream (default: the model family's own sampler).
+    #[arg(long)]
+    pub method: Option<Method>,
+    /// Dream: origin, maskgit_plus, topk_margin or entropy (default entropy).
+    #[arg(long)]
+    pub alg: Option<DreamAlg>,
+    /// Dream: temperature of the position draw (default 0: the most confident).
+    #[arg(long)]
+    pub alg_temp: Option<f64>,
+    /// Dream: the last timestep (default 1e-3).
+    #[arg(long)]
+    pub eps: Option<f64>,
+    /// Dream: nucleus filtering.
+    #[arg(long)]
+    pub top_p: Option<f64>,
+    /// Dream: top-k filtering.
+    #[arg(long)]
+    pub top_k: Option<usize>,
     /// Print `{"ids", "text", "nfe", "seconds"}` as JSON.
     #[arg(long)]
     pub json: bool,
@@ -66,7 +86,7 @@ impl BackendTask for Task {
         let a = self.0;
         let tokenizer_path = a.model.model.join("tokenizer.json");
         let tokenizer = if tokenizer_path.is_file() {
-            Some(LladaTokenizer::from_file(&tokenizer_path)?)
+            Some(ChatTokenizer::from_file(&tokenizer_path)?)
         } else {
             None
         };
@@ -87,9 +107,17 @@ impl BackendTask for Task {
         if let Some(tok) = &tokenizer {
             tok.check_model(&model.config)?;
         }
+        let method = a.method.unwrap_or(match model.config.family {
+            Family::Dream => Method::Dream,
+            Family::Llada => Method::Llada,
+        });
+        let block_length = a.block_length.unwrap_or(match (method, a.cache) {
+            (Method::Dream, CacheKind::None) => a.gen_length,
+            _ => 32,
+        });
         let config = SamplerConfig {
             gen_length: a.gen_length,
-            block_length: a.block_length,
+            block_length,
             steps: a.steps.unwrap_or((a.gen_length / 2).max(1)),
             temperature: a.temperature,
             remasking: a.remasking,
@@ -97,7 +125,17 @@ impl BackendTask for Task {
             cache: a.cache,
             threshold: a.threshold,
             seed: a.seed,
+            method,
             ..Default::default()
+        };
+        // Dream's settings given to LLaDA's sampler are refused by `validate`, not ignored.
+        let config = SamplerConfig {
+            alg: a.alg.unwrap_or(config.alg),
+            alg_temp: a.alg_temp.unwrap_or(config.alg_temp),
+            eps: a.eps.unwrap_or(config.eps),
+            top_p: a.top_p,
+            top_k: a.top_k,
+            ..config
         };
         let stream = !a.json && std::io::stderr().is_terminal() && tokenizer.is_some();
         let mask = model.config.mask_token_id;

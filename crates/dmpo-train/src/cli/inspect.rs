@@ -59,6 +59,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let summary = serde_json::json!({
         "model": a.model,
         "weights": weights.origin(),
+        "family": config.family.name(),
         "n_layers": config.n_layers,
         "d_model": config.d_model,
         "n_heads": config.n_heads,
@@ -82,7 +83,8 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     }
     println!("model        {}", a.model.display());
     println!(
-        "architecture LLaDA: {} layers, d_model {}, {} heads ({} kv), mlp {}, vocab {} (embeddings {})",
+        "architecture {}: {} layers, d_model {}, {} heads ({} kv), mlp {}, vocab {} (embeddings {})",
+        config.family.name(),
         config.n_layers,
         config.d_model,
         config.n_heads,

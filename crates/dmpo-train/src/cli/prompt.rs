@@ -4,7 +4,7 @@
 use std::io::Write;
 use std::path::PathBuf;
 
-use dllm_model::{ChatTokens, LladaTokenizer};
+use dllm_model::{ChatTokenizer, ChatTokens};
 
 use crate::recipe::{CompletionText, EvalOrder, PromptStyle, TaskSection};
 use crate::tasks::{eval_items, prompt_string, TrainData};
@@ -74,7 +74,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let tokenizer = a
         .model
         .as_ref()
-        .map(|m| LladaTokenizer::from_file(m.join("tokenizer.json")))
+        .map(|m| ChatTokenizer::from_file(m.join("tokenizer.json")))
         .transpose()?;
     let chat = tokenizer
         .as_ref()
