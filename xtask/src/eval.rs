@@ -99,6 +99,12 @@ impl BackendTask for Eval {
             batch_size: 64,
             cache: a.cache,
             padding_mask: a.padding_mask,
+            // Each family's own sampler, greedy.
+            method: match model.config.family {
+                dllm_model::Family::Dream => dllm_sample::Method::Dream,
+                dllm_model::Family::Llada => dllm_sample::Method::Llada,
+            },
+            ..EvalSection::default()
         };
         if let Some(d) = &a.out {
             std::fs::create_dir_all(d)?;

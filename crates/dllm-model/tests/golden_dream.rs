@@ -177,3 +177,50 @@ fn a_dream_checkpoint_saves_in_its_own_layout_and_adapters_use_its_names() {
         saved.target_modules
     );
 }
+
+#[test]
+fn dream_7b_config_reads_with_the_qwen25_7b_geometry() {
+    let path = fixtures().join("configs/dream-7b-instruct.json");
+    let c = dllm_model::ModelConfig::from_file(&path).unwrap();
+    assert_eq!(c.family, Family::Dream);
+    assert_eq!(
+        (c.n_layers, c.d_model, c.n_heads, c.num_kv_heads()),
+        (28, 3584, 28, 4)
+    );
+    assert_eq!(
+        (c.mlp_hidden(), c.embed_size(), c.mask_token_id),
+        (18944, 152064, 151666)
+    );
+    assert!(c.include_qkv_bias && !c.weight_tying);
+    // Qwen2.5-7B's 7.62B parameters (biases included).
+    let p = c.num_params();
+    assert!((7_610_000_000..7_620_000_000).contains(&p), "{p}");
+}
+
+#[test]
+fn bad_dream_configs_are_refused_by_their_own_keys() {
+    let text = std::fs::read_to_string(dream_dir().join("config.json")).unwrap();
+    let with = |key: &str, value: serde_json::Value| {
+        let mut v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        v[key] = value;
+        dllm_model::ModelConfig::from_json_str(&v.to_string(), "dream/config.json")
+            .unwrap_err()
+            .to_string()
+    };
+    let e = with("num_attention_heads", 3.into());
+    assert!(
+        e.contains("num_attention_heads") && e.contains("dream/config.json"),
+        "{e}"
+    );
+    let e = with(
+        "rope_scaling",
+        serde_json::json!({"type": "yarn", "factor": 4.0}),
+    );
+    assert!(e.contains("rope_scaling"), "{e}");
+    let e = with("use_sliding_window", true.into());
+    assert!(e.contains("use_sliding_window"), "{e}");
+    let e = with("hidden_act", "gelu".into());
+    assert!(e.contains("hidden_act"), "{e}");
+    let e = with("hidden_size", "big".into());
+    assert!(e.contains("dream/config.json"), "{e}");
+}

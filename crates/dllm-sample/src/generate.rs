@@ -138,6 +138,17 @@ impl<'m, B: Backend> Sampler<'m, B> {
         if prompts.is_empty() {
             return Err(SampleError::Input("no prompts".into()));
         }
+        if config.method == Method::Llada
+            && config.cache != CacheKind::None
+            && model.config.family.shifts_logits()
+        {
+            // A cached span's first logit would be its own position's, not its left neighbour's.
+            return Err(SampleError::Config(format!(
+                "LLaDA's cached sampler cannot run a {} model (its logits are shifted); use \
+                 method = \"dream\" (Fast-dLLM's block-wise Dream sampler) or cache = \"none\"",
+                model.config.family.name()
+            )));
+        }
         let vocab = model.config.embed_size();
         let mask = model.config.mask_token_id;
         for (i, p) in prompts.iter().enumerate() {

@@ -160,3 +160,27 @@ fn settings_of_the_other_sampler_are_refused() {
     .to_string();
     assert!(e.contains("alg must be entropy"), "{e}");
 }
+
+#[test]
+fn llada_cached_sampling_of_a_dream_model_is_refused() {
+    type B = burn::backend::Flex;
+    let model = load_model::<B>(fixtures(), LoadOptions::default(), &Default::default()).unwrap();
+    let config = SamplerConfig {
+        gen_length: 12,
+        block_length: 4,
+        steps: 12,
+        cache: CacheKind::Prefix,
+        ..Default::default()
+    };
+    let e = generate(&model, &rows("prompt_ids"), &config)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("method = \"dream\""), "{e}");
+    // Without a cache LLaDA's sampler reads the aligned logits and runs.
+    let plain = SamplerConfig {
+        cache: CacheKind::None,
+        ..config
+    };
+    let out = generate(&model, &rows("prompt_ids"), &plain).unwrap();
+    assert_eq!(out.completions[0].len(), 12);
+}
