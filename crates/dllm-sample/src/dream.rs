@@ -29,7 +29,7 @@ use dllm_model::{ForwardOptions, LogitPositions};
 use rand::Rng;
 
 use crate::config::{CacheKind, DreamAlg};
-use crate::generate::{Generation, Sampler, StepEvent};
+use crate::generate::{check_finite, Generation, Sampler, StepEvent};
 use crate::SampleError;
 
 /// `torch.linspace(start, end, n)` in f32 on the CPU: the first half counted up from `start`,
@@ -342,14 +342,7 @@ impl<B: Backend> Sampler<'_, B> {
             .convert::<f32>()
             .to_vec::<f32>()
             .expect("f32");
-        if let Some(i) = conf.iter().position(|c| !c.is_finite()) {
-            return Err(SampleError::NonFinite(format!(
-                "non-finite logits at row {}, position {} (diverged weights, or an f16 overflow: \
-                 try bf16 or f32)",
-                i / n,
-                i % n
-            )));
-        }
+        check_finite(&conf, n)?;
         let x0 = x0
             .reshape([batch * n])
             .into_data()

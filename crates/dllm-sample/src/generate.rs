@@ -456,13 +456,7 @@ impl<'m, B: Backend> Sampler<'m, B> {
         if low_confidence {
             // A NaN or infinite logit makes its softmax NaN: diverged or overflowing weights
             // (f16) would otherwise decode silently to arbitrary tokens.
-            if let Some(i) = conf.iter().position(|c| !c.is_finite()) {
-                return Err(SampleError::NonFinite(format!(
-                    "non-finite logits at row {}, position {} (diverged weights, or an f16 overflow: try bf16 or f32)",
-                    i / n,
-                    i % n
-                )));
-            }
+            check_finite(&conf, n)?;
             let conf = match eot_logits {
                 Some((eot, logits)) => confidence_without(logits, eot, &x0, conf),
                 None => conf,
@@ -555,6 +549,20 @@ impl<'m, B: Backend> Sampler<'m, B> {
                 }
             }
         }
+    }
+}
+
+/// Refuses confidences `[rows * n]` that are not finite: a NaN or infinite logit (diverged or
+/// overflowing weights) would otherwise decode silently to arbitrary tokens.
+pub(crate) fn check_finite(conf: &[f32], n: usize) -> Result<(), SampleError> {
+    match conf.iter().position(|c| !c.is_finite()) {
+        Some(i) => Err(SampleError::NonFinite(format!(
+            "non-finite logits at row {}, position {} (diverged weights, or an f16 overflow: try \
+             bf16 or f32)",
+            i / n,
+            i % n
+        ))),
+        None => Ok(()),
     }
 }
 

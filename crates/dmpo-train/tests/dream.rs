@@ -5,6 +5,8 @@
 
 use std::path::PathBuf;
 
+mod common;
+
 use burn::backend::{Autodiff, Flex};
 use burn::module::AutodiffModule;
 use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
@@ -236,25 +238,7 @@ fn dream_recipes_start_on_flex() {
     let tmp = tempfile::tempdir().unwrap();
     let model = tmp.path().join("tiny-dream");
     tiny_dream_dir(&model);
-    let gsm8k = tmp.path().join("gsm8k.jsonl");
-    std::fs::write(
-        &gsm8k,
-        "{\"question\": \"What is 2 + 3?\", \"answer\": \"2 + 3 = 5\\n#### 5\"}\n\
-         {\"question\": \"What is 4 - 1?\", \"answer\": \"4 - 1 = 3\\n#### 3\"}\n",
-    )
-    .unwrap();
-    let countdown = tmp.path().join("countdown.jsonl");
-    std::fs::write(
-        &countdown,
-        "{\"nums\": [1, 2, 3], \"target\": 6}\n{\"nums\": [4, 5, 6], \"target\": 15}\n",
-    )
-    .unwrap();
-    let sudoku = tmp.path().join("sudoku.csv");
-    std::fs::write(
-        &sudoku,
-        "Puzzle,Solution\n1234341221434321,1234341221434321\n0234341221434321,1234341221434321\n",
-    )
-    .unwrap();
+    let (gsm8k, _, countdown, sudoku) = common::two_row_task_files(tmp.path());
     let recipes = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../recipes");
     for (task, data, algorithm) in [
         ("sudoku", &sudoku, "dmpo"),
@@ -326,4 +310,83 @@ fn dream_recipes_start_on_flex() {
             "{name}"
         );
     }
+}
+
+/// `dmpo inspect` and `dmpo generate` on the tiny Dream checkpoint: the family is reported, and
+/// Dream's own sampler is the default, reproducing the reference's greedy generation.
+#[test]
+fn the_cli_inspects_and_generates_with_dream() {
+    let dmpo = env!("CARGO_BIN_EXE_dmpo");
+    let out = std::process::Command::new(dmpo)
+        .args(["inspect", "--json", "--model"])
+        .arg(dream())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["family"], "Dream", "{v}");
+
+    let prompts = read_ints(dream().join("golden.safetensors"), "prompt_ids").unwrap();
+    let want = read_ints(dream().join("golden.safetensors"), "generation_topk_margin").unwrap();
+    let ids: Vec<String> = prompts.values[..6].iter().map(|v| v.to_string()).collect();
+    let out = std::process::Command::new(dmpo)
+        .arg("generate")
+        .arg("--model")
+        .arg(dream())
+        .args([
+            "--prompt-ids",
+            &ids.join(","),
+            "--gen-length",
+            "12",
+            "--steps",
+            "12",
+        ])
+        .args(["--alg", "topk_margin", "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let got: Vec<i64> = v["ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_i64().unwrap())
+        .collect();
+    assert_eq!(got, want.values[6..18], "{v}");
+    assert_eq!(v["nfe"], 12);
+
+    // LLaDA's sampler settings with Dream's are refused, naming the setting.
+    let out = std::process::Command::new(dmpo)
+        .arg("generate")
+        .arg("--model")
+        .arg(dream())
+        .args([
+            "--prompt-ids",
+            &ids.join(","),
+            "--gen-length",
+            "12",
+            "--steps",
+            "12",
+        ])
+        .args([
+            "--block-length",
+            "12",
+            "--method",
+            "llada",
+            "--alg",
+            "origin",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(e.contains("alg is a setting of Dream's sampler"), "{e}");
 }

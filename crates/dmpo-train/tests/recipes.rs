@@ -2,6 +2,8 @@
 
 use std::path::{Path, PathBuf};
 
+mod common;
+
 use dmpo_train::recipe::{Algorithm, Finetune};
 use dmpo_train::Recipe;
 
@@ -126,32 +128,7 @@ fn paper_recipes_start_on_flex() {
     let tmp = tempfile::tempdir().unwrap();
     let model = recipes_dir().join("../models/tiny-sudoku");
     // GSM8K and MATH read user-supplied files: two rows each.
-    let gsm8k = tmp.path().join("gsm8k.jsonl");
-    std::fs::write(
-        &gsm8k,
-        "{\"question\": \"What is 2 + 3?\", \"answer\": \"2 + 3 = 5\\n#### 5\"}\n\
-         {\"question\": \"What is 4 - 1?\", \"answer\": \"4 - 1 = 3\\n#### 3\"}\n",
-    )
-    .unwrap();
-    let math = tmp.path().join("math.jsonl");
-    std::fs::write(
-        &math,
-        "{\"problem\": \"Compute 1 + 1.\", \"solution\": \"$\\\\boxed{2}$\"}\n\
-         {\"problem\": \"Compute 2 + 2.\", \"solution\": \"$\\\\boxed{4}$\"}\n",
-    )
-    .unwrap();
-    let countdown = tmp.path().join("countdown.jsonl");
-    std::fs::write(
-        &countdown,
-        "{\"nums\": [1, 2, 3], \"target\": 6}\n{\"nums\": [4, 5, 6], \"target\": 15}\n",
-    )
-    .unwrap();
-    let sudoku = tmp.path().join("sudoku.csv");
-    std::fs::write(
-        &sudoku,
-        "Puzzle,Solution\n1234341221434321,1234341221434321\n0234341221434321,1234341221434321\n",
-    )
-    .unwrap();
+    let (gsm8k, math, countdown, sudoku) = common::two_row_task_files(tmp.path());
     let mut runs = Vec::new();
     for (task, data) in [
         ("sudoku", &sudoku),

@@ -147,3 +147,33 @@ pub fn assert_close(a: &serde_json::Value, b: &serde_json::Value, tol: f64, at: 
         _ => assert_eq!(a, b, "{at}"),
     }
 }
+
+/// Two-row training files of each task in `dir` (GSM8K and MATH read user-supplied files, and
+/// the generated tasks read them too when given): `(gsm8k, math, countdown, sudoku)`.
+pub fn two_row_task_files(dir: &Path) -> (PathBuf, PathBuf, PathBuf, PathBuf) {
+    let write = |name: &str, text: &str| {
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    (
+        write(
+            "gsm8k.jsonl",
+            "{\"question\": \"What is 2 + 3?\", \"answer\": \"2 + 3 = 5\\n#### 5\"}\n\
+             {\"question\": \"What is 4 - 1?\", \"answer\": \"4 - 1 = 3\\n#### 3\"}\n",
+        ),
+        write(
+            "math.jsonl",
+            "{\"problem\": \"Compute 1 + 1.\", \"solution\": \"$\\\\boxed{2}$\"}\n\
+             {\"problem\": \"Compute 2 + 2.\", \"solution\": \"$\\\\boxed{4}$\"}\n",
+        ),
+        write(
+            "countdown.jsonl",
+            "{\"nums\": [1, 2, 3], \"target\": 6}\n{\"nums\": [4, 5, 6], \"target\": 15}\n",
+        ),
+        write(
+            "sudoku.csv",
+            "Puzzle,Solution\n1234341221434321,1234341221434321\n0234341221434321,1234341221434321\n",
+        ),
+    )
+}
