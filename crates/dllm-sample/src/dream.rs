@@ -110,8 +110,8 @@ impl<B: Backend> Sampler<'_, B> {
                 // The full pass fills the cache and commits the block's first token.
                 let logits = self.dream_logits(start, start + 1, true);
                 let (x0, _) = self.sample_tokens(logits, Confidence::Probability)?;
-                for b in 0..self.batch {
-                    self.put(b, start, x0[b], step);
+                for (b, &token) in x0.iter().enumerate() {
+                    self.put(b, start, token, step);
                 }
                 self.observe(observer, step, block);
                 step += 1;

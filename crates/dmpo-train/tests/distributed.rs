@@ -98,11 +98,13 @@ fn two_and_six_peers_give_the_metrics_and_weights_of_one() {
         for (devices, many, w) in &runs[1..] {
             for (step, (a, b)) in one.iter().zip(many).enumerate() {
                 // The sample completion is the first row's on all; losses and rewards agree
-                // to the order of float sums.
+                // to the order of float sums. burn-collective adds the peers' f32 gradients in
+                // the order they arrive, so that order (and the rounding) changes from run to
+                // run: on a loaded machine a diffu-GRPO loss of 8.7e-4 came out 1.2e-5 apart.
                 assert_close(
                     a,
                     b,
-                    1e-5,
+                    3e-5,
                     &format!("{algorithm} {devices} peers, step {step}"),
                 );
             }
