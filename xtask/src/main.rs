@@ -30,7 +30,7 @@ enum Command {
     Compare(compare::Args),
     /// Trains the embedded tiny model from scratch and writes `models/tiny-<task>/`.
     Pretrain(pretrain::Args),
-    /// Writes a random-weight checkpoint in the exact LLaDA layout (bf16, optionally sharded).
+    /// Writes a random-weight checkpoint in the exact LLaDA or Dream layout (bf16, optionally sharded).
     RandomCheckpoint(random_checkpoint::Args),
     /// Loads a model, generates with each sampler cache and runs one LoRA DMPO update,
     /// printing seconds and peak resident memory per phase.

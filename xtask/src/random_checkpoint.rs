@@ -1,12 +1,14 @@
 //! `cargo xtask random-checkpoint --config CONFIG --out DIR [--shards N]`: a checkpoint of random
-//! bf16 weights in the exact LLaDA layout (tensor names, `[out, in]` linear weights, bf16, one
-//! `model.safetensors` or `N` shards with `model.safetensors.index.json`), so that the full-size
+//! bf16 weights in the exact layout of the config's family, LLaDA or Dream (tensor names,
+//! `[out, in]` linear weights, bf16, one `model.safetensors` or `N` shards with
+//! `model.safetensors.index.json`), so that the full-size
 //! paths (`cargo xtask scale`, `dmpo plan`) run without downloading 16 GB.
 //!
 //! Written streaming: the safetensors header first, then one tensor at a time, each generated
 //! into its own buffer as it is written (the largest, LLaDA-8B's embedding table, is 1 GiB), in
 //! parallel chunks from a seeded generator, so the same seed gives the same bytes. Matrices are
-//! uniform with standard deviation `--std` (0.02, LLaDA's `init_std`), norm weights one.
+//! uniform with standard deviation `--std` (0.02, LLaDA's `init_std`), norm weights one, Dream's
+//! q/k/v biases zero.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -24,7 +26,8 @@ use safetensors::{Dtype, View};
 /// Arguments of `cargo xtask random-checkpoint`.
 #[derive(Debug, Parser)]
 pub struct Args {
-    /// A LLaDA `config.json` (e.g. `fixtures/configs/llada-8b-instruct.json`).
+    /// A LLaDA or Dream `config.json` (e.g. `fixtures/configs/llada-8b-instruct.json`,
+    /// `fixtures/configs/dream-7b-instruct.json`).
     #[arg(long)]
     pub config: PathBuf,
     /// Output directory (created; its config.json and weight files are replaced).

@@ -263,13 +263,19 @@ impl BackendTask for Scale<'_> {
 }
 
 /// The greedy sampler of the generation phases.
-fn greedy(a: &Args, steps: usize, cache: CacheKind) -> SamplerConfig {
+/// Greedy generation with the family's own sampler (Dream's block-wise one with a cache).
+fn greedy(a: &Args, steps: usize, cache: CacheKind, family: dllm_model::Family) -> SamplerConfig {
+    let method = match family {
+        dllm_model::Family::Dream => dllm_sample::Method::Dream,
+        dllm_model::Family::Llada => dllm_sample::Method::Llada,
+    };
     SamplerConfig {
         gen_length: a.gen_length,
         block_length: a.block_length,
         steps,
         temperature: 0.0,
         cache,
+        method,
         ..SamplerConfig::default()
     }
 }
@@ -345,7 +351,7 @@ fn run_on<AB: AutodiffBackend>(a: &Args, device: &AB::Device) -> anyhow::Result<
         let frozen = base.valid();
         for cache in &caches {
             let name = format!("generate ({})", cache_name(*cache));
-            let sampler = greedy(a, steps, *cache);
+            let sampler = greedy(a, steps, *cache, config.family);
             rec.phase(&name, Some(a.gen_length), || {
                 Ok(generate(&frozen, std::slice::from_ref(&prompt), &sampler)?)
             })?;

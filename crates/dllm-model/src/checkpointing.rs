@@ -120,7 +120,8 @@ impl<AB: AutodiffBackend> BlockCheckpoints<AB> {
             // A forward the loss did not use contributes nothing.
             let Some(mut grad) = grad else { continue };
             let device = record.ids.device();
-            let rope = model.rope_tables(0, record.ids.dims()[1], &device);
+            let len = record.ids.dims()[1];
+            let rope = model.rope_for(record.key_padding.as_ref(), 0, len, &device);
             for (layer, block) in model.blocks.iter().enumerate().rev() {
                 let x = Tensor::<AB, 3>::from_inner(record.inputs[layer].clone()).require_grad();
                 if let Some(&seed) = record.seeds.get(layer) {
@@ -175,7 +176,7 @@ fn checkpointed_forward<AB: AutodiffBackend>(
     let ids = input_ids.clone().inner();
     let key_padding = options.key_padding.clone().map(|m| m.inner());
     let device = ids.device();
-    let rope = inner.rope_tables(0, ids.dims()[1], &device);
+    let rope = inner.rope_for(key_padding.as_ref(), 0, ids.dims()[1], &device);
     let mut x = inner.embed(ids);
     let mut inputs = Vec::with_capacity(inner.blocks.len());
     let mut seeds = Vec::new();

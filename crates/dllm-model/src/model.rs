@@ -186,12 +186,7 @@ impl<B: Backend> DiffusionLm<B> {
     ) -> Tensor<B, 3> {
         let [_, len] = input_ids.dims();
         let device = input_ids.device();
-        let rope = match &options.key_padding {
-            Some(padding) if self.config.family.positions_skip_padding() => {
-                self.rope_tables_skipping(padding, start, len, &device)
-            }
-            _ => self.rope_tables(start, len, &device),
-        };
+        let rope = self.rope_for(options.key_padding.as_ref(), start, len, &device);
         let mut x = self.embed(input_ids);
         for (layer, block) in self.blocks.iter().enumerate() {
             x = block.forward(
@@ -208,7 +203,7 @@ impl<B: Backend> DiffusionLm<B> {
 
     /// RoPE tables for positions `start..start + len` (queries, then keys: one table twice
     /// without grouped-query attention).
-    pub(crate) fn rope_tables(
+    fn rope_tables(
         &self,
         start: usize,
         len: usize,
@@ -221,6 +216,24 @@ impl<B: Backend> DiffusionLm<B> {
             (t.clone(), t)
         } else {
             (table(c.n_heads), table(c.num_kv_heads()))
+        }
+    }
+
+    /// RoPE tables for positions `start..start + len` of rows padded as `key_padding`: counted
+    /// from the left edge, or, for a family whose positions skip padding (Dream), from each
+    /// row's first real token.
+    pub(crate) fn rope_for(
+        &self,
+        key_padding: Option<&Tensor<B, 2, Bool>>,
+        start: usize,
+        len: usize,
+        device: &B::Device,
+    ) -> (RopeTables<B>, RopeTables<B>) {
+        match key_padding {
+            Some(padding) if self.config.family.positions_skip_padding() => {
+                self.rope_tables_skipping(padding, start, len, device)
+            }
+            _ => self.rope_tables(start, len, device),
         }
     }
 

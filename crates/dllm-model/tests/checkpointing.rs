@@ -1,6 +1,6 @@
 //! Block-level gradient checkpointing gives the gradients of the plain backward pass: LoRA on the
 //! golden model (f32, and bf16-resident weights), full fine-tuning (every weight, embeddings
-//! included), with a key-padding mask, and over two forwards in one loss.
+//! included), with a key-padding mask, and over two forwards in one loss; Dream with padding.
 
 mod common;
 
@@ -202,4 +202,22 @@ fn with_adapter_dropout_the_checkpointed_gradient_is_that_of_the_returned_loss()
         (actual - predicted).abs() <= 0.15 * predicted,
         "loss fell by {actual}, the gradient predicts {predicted}"
     );
+}
+
+/// Dream: biases, shifted logits and left-padded rows (positioned from their first real token)
+/// give the same gradients through the checkpointed blocks as through the plain ones.
+#[test]
+fn checkpointed_dream_gradients_equal_the_plain_ones_with_padding() {
+    let _generator = generator();
+    let dir = fixtures().join("golden-dream");
+    let model = lora(load_model::<AB>(dir, LoadOptions::default(), &Default::default()).unwrap());
+    assert_eq!(model.config.family, dllm_model::Family::Dream);
+    let padding = Tensor::<AB, 2, Bool>::from_data(
+        TensorData::new(
+            (0..24).map(|i| i % 12 < 3 && i < 12).collect::<Vec<bool>>(),
+            [2, 12],
+        ),
+        &Default::default(),
+    );
+    assert_same_gradients(&model, Some(padding), "Dream LoRA, padding");
 }

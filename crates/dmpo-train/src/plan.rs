@@ -80,13 +80,14 @@ fn dtype_bytes(d: WeightDType) -> f64 {
     }
 }
 
-/// Input and output sizes of a LLaDA block's linear layer, by name.
+/// Input and output sizes of a block's linear layer, by either family's name (LLaDA's
+/// `attn_out` is Dream's `o_proj`, …; `dllm_model::Family::linear_index`).
 fn linear_dims(c: &ModelConfig, name: &str) -> (usize, usize) {
     let (d, h, kv) = (c.d_model, c.mlp_hidden(), c.num_kv_heads() * c.head_dim());
-    match name {
-        "q_proj" | "attn_out" => (d, d),
-        "k_proj" | "v_proj" => (d, kv),
-        "ff_proj" | "up_proj" => (d, h),
+    match dllm_model::Family::linear_index(name) {
+        Some(0 | 3) => (d, d),
+        Some(1 | 2) => (d, kv),
+        Some(4 | 5) => (d, h),
         _ => (h, d),
     }
 }
@@ -352,6 +353,21 @@ mod tests {
         let lora = 32 * (3 * 128 * (4096 + 4096) + 128 * (4096 + 12288));
         assert_eq!(p.trainable_parameters, lora as u64);
         assert_eq!(bytes_of(&p.resident, "AdamW"), 8 * lora as u64);
+    }
+
+    #[test]
+    fn the_dream_recipe_counts_dream_7b_and_its_seven_adapters() {
+        let config =
+            ModelConfig::from_file(root().join("fixtures/configs/dream-7b-instruct.json")).unwrap();
+        let recipe = Recipe::load(&root().join("recipes/dream7b-countdown.toml"), &[]).unwrap();
+        let p = plan(&config, &recipe, 1);
+        // 7,615,616,512 parameters (q/k/v biases included) in bf16.
+        assert_eq!(bytes_of(&p.resident, "weights"), 2 * 7_615_616_512);
+        // r 128 on q/o (3584 -> 3584), k/v (3584 -> 512), gate/up (3584 -> 18944) and down
+        // (18944 -> 3584), 28 layers: Dream's names, not LLaDA's, decide the shapes.
+        let r = 128;
+        let per_layer = r * (2 * (3584 + 3584) + 2 * (3584 + 512) + 3 * (3584 + 18944));
+        assert_eq!(p.trainable_parameters, 28 * per_layer as u64);
     }
 
     #[test]
