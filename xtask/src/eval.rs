@@ -100,10 +100,7 @@ impl BackendTask for Eval {
             cache: a.cache,
             padding_mask: a.padding_mask,
             // Each family's own sampler, greedy.
-            method: match model.config.family {
-                dllm_model::Family::Dream => dllm_sample::Method::Dream,
-                dllm_model::Family::Llada => dllm_sample::Method::Llada,
-            },
+            method: dllm_sample::Method::of_family(model.config.family),
             ..EvalSection::default()
         };
         if let Some(d) = &a.out {

@@ -265,17 +265,13 @@ impl BackendTask for Scale<'_> {
 /// The greedy sampler of the generation phases.
 /// Greedy generation with the family's own sampler (Dream's block-wise one with a cache).
 fn greedy(a: &Args, steps: usize, cache: CacheKind, family: dllm_model::Family) -> SamplerConfig {
-    let method = match family {
-        dllm_model::Family::Dream => dllm_sample::Method::Dream,
-        dllm_model::Family::Llada => dllm_sample::Method::Llada,
-    };
     SamplerConfig {
         gen_length: a.gen_length,
         block_length: a.block_length,
         steps,
         temperature: 0.0,
         cache,
-        method,
+        method: dllm_sample::Method::of_family(family),
         ..SamplerConfig::default()
     }
 }

@@ -63,6 +63,16 @@ pub enum Method {
     Dream,
 }
 
+impl Method {
+    /// The family's own sampler: Dream's for Dream models, LLaDA's otherwise.
+    pub fn of_family(family: dllm_model::Family) -> Self {
+        match family {
+            dllm_model::Family::Dream => Self::Dream,
+            dllm_model::Family::Llada => Self::Llada,
+        }
+    }
+}
+
 impl std::str::FromStr for Method {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {

@@ -29,7 +29,7 @@ use dllm_model::{ForwardOptions, LogitPositions};
 use rand::Rng;
 
 use crate::config::{CacheKind, DreamAlg};
-use crate::generate::{check_finite, Generation, Sampler, StepEvent};
+use crate::generate::{check_finite, host_floats, host_ids, Generation, Sampler, StepEvent};
 use crate::SampleError;
 
 /// `torch.linspace(start, end, n)` in f32 on the CPU: the first half counted up from `start`,
@@ -336,20 +336,9 @@ impl<B: Backend> Sampler<'_, B> {
             }
             Confidence::NegEntropy => (probs.clone() * (probs + 1e-10).log()).sum_dim(2),
         };
-        let conf: Vec<f32> = conf
-            .reshape([batch * n])
-            .into_data()
-            .convert::<f32>()
-            .to_vec::<f32>()
-            .expect("f32");
+        let conf = host_floats(conf);
         check_finite(&conf, n)?;
-        let x0 = x0
-            .reshape([batch * n])
-            .into_data()
-            .convert::<i64>()
-            .to_vec::<i64>()
-            .expect("i64");
-        Ok((x0, conf))
+        Ok((host_ids(x0), conf))
     }
 
     /// Writes `token` at position `pos` of row `b`, recording the step (a mask id stays masked).

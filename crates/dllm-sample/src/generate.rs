@@ -498,23 +498,11 @@ impl<'m, B: Backend> Sampler<'m, B> {
             let max = logits.clone().max_dim(2);
             let lse = max.clone() + (logits.clone() - max).exp().sum_dim(2).log();
             let chosen = logits.gather(2, x0.clone());
-            (chosen - lse)
-                .exp()
-                .reshape([batch * n])
-                .into_data()
-                .convert::<f32>()
-                .to_vec::<f32>()
-                .expect("f32")
+            host_floats((chosen - lse).exp())
         } else {
             Vec::new()
         };
-        let x0 = x0
-            .reshape([batch * n])
-            .into_data()
-            .convert::<i64>()
-            .to_vec::<i64>()
-            .expect("i64");
-        (x0, conf)
+        (host_ids(x0), conf)
     }
 
     /// Commits positions of `[lo, end)` per row: the top-`k` masked positions by confidence,
@@ -550,6 +538,26 @@ impl<'m, B: Backend> Sampler<'m, B> {
             }
         }
     }
+}
+
+/// A `[batch, n, 1]` float tensor read back as `[batch * n]` f32 values.
+pub(crate) fn host_floats<B: Backend>(t: Tensor<B, 3>) -> Vec<f32> {
+    let [batch, n, _] = t.dims();
+    t.reshape([batch * n])
+        .into_data()
+        .convert::<f32>()
+        .to_vec::<f32>()
+        .expect("f32 after convert")
+}
+
+/// A `[batch, n, 1]` id tensor read back as `[batch * n]` values.
+pub(crate) fn host_ids<B: Backend>(t: Tensor<B, 3, Int>) -> Vec<i64> {
+    let [batch, n, _] = t.dims();
+    t.reshape([batch * n])
+        .into_data()
+        .convert::<i64>()
+        .to_vec::<i64>()
+        .expect("i64 after convert")
 }
 
 /// Refuses confidences `[rows * n]` that are not finite: a NaN or infinite logit (diverged or
@@ -596,14 +604,7 @@ fn confidence_without<B: Backend>(
     x0: &[i64],
     conf: Vec<f32>,
 ) -> Vec<f32> {
-    let [batch, n, _] = logits.dims();
-    let p_eot: Vec<f32> = burn::tensor::activation::softmax(logits, 2)
-        .narrow(2, eot, 1)
-        .reshape([batch * n])
-        .into_data()
-        .convert::<f32>()
-        .to_vec::<f32>()
-        .expect("f32");
+    let p_eot = host_floats(burn::tensor::activation::softmax(logits, 2).narrow(2, eot, 1));
     conf.iter()
         .zip(&p_eot)
         .zip(x0)

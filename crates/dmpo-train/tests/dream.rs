@@ -248,27 +248,9 @@ fn dream_recipes_start_on_flex() {
     ] {
         let file = format!("dream7b-{task}");
         let name = format!("{file}-{algorithm}");
-        let mut o: Vec<String> = vec![
-            format!("model.path=\"{}\"", model.display()),
-            format!("run.output_dir=\"{}\"", tmp.path().display()),
-            format!("run.name=\"{name}\""),
-            format!("task.train=\"{}\"", data.display()),
-            format!("train.algorithm=\"{algorithm}\""),
-            "train.steps=1".into(),
-            "train.prompts_per_step=1".into(),
-            "train.group_size=2".into(),
-            "train.num_iterations=1".into(),
-            "train.micro_batch=2".into(),
-            "train.loss_unit_rows=2".into(),
-            "task.holdout=0".into(),
-            "lora.r=4".into(),
-            "dmpo.num_replicates=2".into(),
-            "rollout.gen_length=16".into(),
-            "rollout.block_length=8".into(),
-            "rollout.steps=8".into(),
-            "eval.gen_lengths=[16]".into(),
-            "eval.limit=2".into(),
-        ];
+        let mut o = common::one_tiny_step(&model, tmp.path(), &name);
+        o.push(format!("task.train=\"{}\"", data.display()));
+        o.push(format!("train.algorithm=\"{algorithm}\""));
         if task == "gsm8k" {
             o.push(format!("task.eval=\"{}\"", data.display()));
         }
@@ -316,43 +298,35 @@ fn dream_recipes_start_on_flex() {
 /// Dream's own sampler is the default, reproducing the reference's greedy generation.
 #[test]
 fn the_cli_inspects_and_generates_with_dream() {
-    let dmpo = env!("CARGO_BIN_EXE_dmpo");
-    let out = std::process::Command::new(dmpo)
-        .args(["inspect", "--json", "--model"])
-        .arg(dream())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let dir = dream();
+    let model = dir.to_str().unwrap();
+    let out = common::dmpo(&dir, &["inspect", "--json", "--model", model]);
+    assert!(out.status.success(), "{}", common::text(&out));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["family"], "Dream", "{v}");
 
-    let prompts = read_ints(dream().join("golden.safetensors"), "prompt_ids").unwrap();
-    let want = read_ints(dream().join("golden.safetensors"), "generation_topk_margin").unwrap();
+    let prompts = read_ints(dir.join("golden.safetensors"), "prompt_ids").unwrap();
+    let want = read_ints(dir.join("golden.safetensors"), "generation_topk_margin").unwrap();
     let ids: Vec<String> = prompts.values[..6].iter().map(|v| v.to_string()).collect();
-    let out = std::process::Command::new(dmpo)
-        .arg("generate")
-        .arg("--model")
-        .arg(dream())
-        .args([
-            "--prompt-ids",
-            &ids.join(","),
-            "--gen-length",
-            "12",
-            "--steps",
-            "12",
-        ])
-        .args(["--alg", "topk_margin", "--json"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let ids = ids.join(",");
+    let generate = [
+        "generate",
+        "--model",
+        model,
+        "--prompt-ids",
+        &ids,
+        "--gen-length",
+        "12",
+    ];
+    let out = common::dmpo(
+        &dir,
+        &[
+            &generate[..],
+            &["--steps", "12", "--alg", "topk_margin", "--json"],
+        ]
+        .concat(),
     );
+    assert!(out.status.success(), "{}", common::text(&out));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let got: Vec<i64> = v["ids"]
         .as_array()
@@ -364,28 +338,17 @@ fn the_cli_inspects_and_generates_with_dream() {
     assert_eq!(v["nfe"], 12);
 
     // LLaDA's sampler settings with Dream's are refused, naming the setting.
-    let out = std::process::Command::new(dmpo)
-        .arg("generate")
-        .arg("--model")
-        .arg(dream())
-        .args([
-            "--prompt-ids",
-            &ids.join(","),
-            "--gen-length",
-            "12",
-            "--steps",
-            "12",
-        ])
-        .args([
-            "--block-length",
-            "12",
-            "--method",
-            "llada",
-            "--alg",
-            "origin",
-        ])
-        .output()
-        .unwrap();
+    let llada = [
+        "--steps",
+        "12",
+        "--block-length",
+        "12",
+        "--method",
+        "llada",
+        "--alg",
+        "origin",
+    ];
+    let out = common::dmpo(&dir, &[&generate[..], &llada].concat());
     assert!(!out.status.success());
     let e = String::from_utf8_lossy(&out.stderr);
     assert!(e.contains("alg is a setting of Dream's sampler"), "{e}");

@@ -140,26 +140,8 @@ fn paper_recipes_start_on_flex() {
         runs.push((format!("llada8b-{task}-d1"), data));
     }
     for (name, data) in &runs {
-        let mut o: Vec<String> = vec![
-            format!("model.path=\"{}\"", model.display()),
-            format!("run.output_dir=\"{}\"", tmp.path().display()),
-            format!("run.name=\"{name}\""),
-            "train.steps=1".into(),
-            "train.prompts_per_step=1".into(),
-            "train.group_size=2".into(),
-            "train.num_iterations=1".into(),
-            "train.micro_batch=2".into(),
-            "train.loss_unit_rows=2".into(),
-            "task.holdout=0".into(),
-            "lora.r=4".into(),
-            "dmpo.num_replicates=2".into(),
-            "rollout.gen_length=16".into(),
-            "rollout.block_length=8".into(),
-            "rollout.steps=8".into(),
-            "eval.gen_lengths=[16]".into(),
-            "eval.block_length=8".into(),
-            "eval.limit=2".into(),
-        ];
+        let mut o = common::one_tiny_step(&model, tmp.path(), name);
+        o.push("eval.block_length=8".into());
         o.push(format!("task.train=\"{}\"", data.display()));
         if name.contains("gsm8k") || name.contains("math") {
             o.push(format!("task.eval=\"{}\"", data.display()));

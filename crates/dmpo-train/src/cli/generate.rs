@@ -5,7 +5,6 @@ use std::time::Instant;
 
 use burn::tensor::backend::Backend;
 use dllm_model::backend::{dispatch, BackendTask};
-use dllm_model::Family;
 use dllm_model::{ChatMessage, ChatTokenizer};
 use dllm_sample::{generate_with_observer, CacheKind, DreamAlg, Method, Remasking, SamplerConfig};
 
@@ -107,10 +106,7 @@ impl BackendTask for Task {
         if let Some(tok) = &tokenizer {
             tok.check_model(&model.config)?;
         }
-        let method = a.method.unwrap_or(match model.config.family {
-            Family::Dream => Method::Dream,
-            Family::Llada => Method::Llada,
-        });
+        let method = a.method.unwrap_or(Method::of_family(model.config.family));
         let block_length = a.block_length.unwrap_or(match (method, a.cache) {
             (Method::Dream, CacheKind::None) => a.gen_length,
             _ => 32,

@@ -177,3 +177,33 @@ pub fn two_row_task_files(dir: &Path) -> (PathBuf, PathBuf, PathBuf, PathBuf) {
         ),
     )
 }
+
+/// Overrides that shrink a paper recipe to one tiny step on a tiny model at `model`, writing
+/// the run `name` under `out`.
+pub fn one_tiny_step(model: &Path, out: &Path, name: &str) -> Vec<String> {
+    let mut o = vec![
+        format!("model.path=\"{}\"", model.display()),
+        format!("run.output_dir=\"{}\"", out.display()),
+        format!("run.name=\"{name}\""),
+    ];
+    o.extend(
+        [
+            "train.steps=1",
+            "train.prompts_per_step=1",
+            "train.group_size=2",
+            "train.num_iterations=1",
+            "train.micro_batch=2",
+            "train.loss_unit_rows=2",
+            "task.holdout=0",
+            "lora.r=4",
+            "dmpo.num_replicates=2",
+            "rollout.gen_length=16",
+            "rollout.block_length=8",
+            "rollout.steps=8",
+            "eval.gen_lengths=[16]",
+            "eval.limit=2",
+        ]
+        .map(String::from),
+    );
+    o
+}
