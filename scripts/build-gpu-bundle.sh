@@ -1,27 +1,51 @@
 #!/usr/bin/env bash
-# Builds, on a CPU machine with a Rust toolchain (no GPU, no nvcc needed), everything that
-# scripts/gpu-check.sh runs on an NVIDIA machine without Rust or network: the `dmpo` and `xtask`
-# binaries and the backend-parity test binary, all with the `cuda` feature, plus the fixtures.
+# Builds, on a CPU machine with a Rust toolchain (no GPU or nvcc needed), everything
+# scripts/gpu-check.sh needs on an NVIDIA machine without Rust or network (docs/gpu.md):
 #
-#   scripts/build-gpu-bundle.sh [OUT_DIR]      (default: gpu-bundle)
+#   OUT/bin/xtask.xz     one stripped release binary with `cuda` + `flex`: every step of the check
+#   OUT/scripts/         gpu-check.sh, reference_gpu.py (PyTorch side), cuda-env.sh, nvrtc-smoke.py
+#   OUT/fixtures/, OUT/recipes/   the files the steps read, at their repository paths
+#   OUT/cuda-headers/    CUDA 13 runtime and CCCL headers, for a machine without a toolkit
+#   OUT/COMMIT           the commit it was built from
+#
+#   scripts/build-gpu-bundle.sh OUT      (OUT inside the repository and git-ignored, e.g. gpu-bundle)
+#
+# Fails when the bundle exceeds 48 MiB (the device tool carries at most 64 MiB of working tree).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-OUT=${1:-gpu-bundle}
+[ $# -eq 1 ] || { echo "usage: $0 OUT_DIR" >&2; exit 2; }
+OUT=$1
+LIMIT_MIB=48
+mkdir -p "$OUT"
+case "$(cd "$OUT" && pwd)/" in
+  "$(pwd)/"?*) ;;
+  *) echo "$OUT: must be inside the repository (the device tool carries the working tree)" >&2; exit 2 ;;
+esac
+git check-ignore -q "$OUT" || { echo "$OUT: not ignored by git; use gpu-bundle or add it to .gitignore" >&2; exit 2; }
+
+# CUDA 13 (driver 580); cudarc loads the driver and NVRTC at run time.
 export CUDARC_CUDA_VERSION=${CUDARC_CUDA_VERSION:-13000}
-FEATURES="flex,cuda"
+cargo build --release -p xtask --features flex,cuda
 
-mkdir -p "$OUT/bin"
-cargo build --release -p dmpo-train --bin dmpo --features "$FEATURES"
-cargo build --release -p xtask --features "$FEATURES"
-cp target/release/dmpo target/release/xtask "$OUT/bin/"
+rm -rf "${OUT:?}"/*
+mkdir -p "$OUT/bin" "$OUT/scripts" "$OUT/fixtures/llada-tiny" "$OUT/fixtures/configs" "$OUT/recipes"
+# Stripped, the binary is about 60 MB; xz brings it to about 10 (gpu-check.sh unpacks it).
+strip -o "$OUT/bin/xtask" target/release/xtask
+xz -T0 -6 "$OUT/bin/xtask"
+cp scripts/gpu-check.sh scripts/reference_gpu.py scripts/cuda-env.sh scripts/nvrtc-smoke.py "$OUT/scripts/"
+cp fixtures/llada-tiny/{config.json,model.safetensors,golden.safetensors,golden_meta.json} "$OUT/fixtures/llada-tiny/"
+cp fixtures/configs/llada-8b-instruct.json "$OUT/fixtures/configs/"
+cp recipes/llada8b-countdown.toml "$OUT/recipes/"
+scripts/fetch-cuda-headers.sh "$OUT"
+commit=$(git rev-parse HEAD)
+git diff --quiet HEAD -- . ':!'"$OUT" || commit="$commit (with uncommitted changes)"
+echo "$commit" > "$OUT/COMMIT"
 
-# The parity test as a standalone binary (cargo prints its path as JSON).
-parity=$(cargo test --release -p dmpo-train --features "$FEATURES" --test backend_parity --no-run \
-  --message-format=json 2>/dev/null | grep -o '"executable":"[^"]*backend_parity[^"]*"' | tail -n 1 | cut -d'"' -f4)
-cp "$parity" "$OUT/bin/backend_parity"
-
-# Data the binaries read, at the same relative paths as in the repository.
-mkdir -p "$OUT/repo"
-cp -r fixtures models recipes "$OUT/repo/"
-cp scripts/gpu-check.sh "$OUT/"
-echo "bundle ready in $OUT (copy it to the GPU machine and run: bash $OUT/gpu-check.sh)"
+bytes=$(du -sb "$OUT" | cut -f1)
+mib=$(awk -v b="$bytes" 'BEGIN { printf "%.1f", b / 1048576 }')
+echo "bundle $OUT: $mib MiB (limit $LIMIT_MIB MiB)"
+du -sh "$OUT"/* | sed 's/^/  /'
+if [ "$bytes" -gt $(( LIMIT_MIB * 1048576 )) ]; then
+  echo "the bundle is larger than $LIMIT_MIB MiB" >&2; exit 1
+fi
+echo "run it with: bash $OUT/scripts/gpu-check.sh OUT_DIR --backend cuda --scale 8b"

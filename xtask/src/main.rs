@@ -1,13 +1,16 @@
-//! `cargo xtask`: the project's recipes runner (train, eval, pretrain, bench, compare, random-checkpoint, scale).
+//! `cargo xtask`: the project's recipes runner (train, eval, pretrain, bench, compare, random-checkpoint, scale, gpu-check).
 
 mod bench;
 mod bench_ddp;
 mod compare;
 mod eval;
+mod gpu_check;
+mod memory;
 mod pretrain;
 mod random_checkpoint;
 mod scale;
 mod train;
+mod update;
 
 use clap::{Parser, Subcommand};
 
@@ -35,6 +38,9 @@ enum Command {
     /// Loads a model, generates with each sampler cache and runs one LoRA DMPO update,
     /// printing seconds and peak resident memory per phase.
     Scale(scale::Args),
+    /// The steps of `scripts/gpu-check.sh`: backend parity, the measured geometry, one measured
+    /// operation, the report (docs/gpu.md).
+    GpuCheck(gpu_check::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -47,5 +53,6 @@ fn main() -> anyhow::Result<()> {
         Command::Compare(a) => compare::run(a),
         Command::RandomCheckpoint(a) => random_checkpoint::run(a),
         Command::Scale(a) => scale::run(a),
+        Command::GpuCheck(a) => gpu_check::run(a),
     }
 }

@@ -12,8 +12,6 @@
 //! call — an update's ELBO is sampled, its loss pass reports the whole update's high-water mark.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -24,16 +22,16 @@ use clap::Parser;
 use dllm_model::backend::{dispatch, BackendKind, BackendTask};
 use dllm_model::{load_model, DiffusionLm, LoadOptions, WeightDType};
 use dllm_sample::{generate, CacheKind, SamplerConfig};
-use dmpo_core::ModelView;
-use dmpo_train::algorithm::{dmpo, Learner, UpdateInputs};
 use dmpo_train::checkpoint::TrainState;
-use dmpo_train::distributed::Peer;
 use dmpo_train::plan::plan;
 use dmpo_train::rollout::{host_batch, Rollout};
 use dmpo_train::Recipe;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
+
+use crate::memory::{high_water_bytes, reset_high_water_mark, resident_bytes, RssMonitor};
+use crate::update::{dmpo_update, UpdateState};
 
 /// Arguments of `cargo xtask scale`.
 #[derive(Debug, Parser)]
@@ -110,84 +108,6 @@ pub struct Report {
     pub phases: Vec<Phase>,
     /// Largest resident set of the whole run, bytes.
     pub peak_rss_bytes: u64,
-}
-
-/// Samples the process's resident set every 10 ms on a thread.
-struct RssMonitor {
-    samples: Arc<Mutex<Vec<(Instant, u64)>>>,
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl RssMonitor {
-    fn start() -> Self {
-        let samples = Arc::new(Mutex::new(vec![(Instant::now(), resident_bytes())]));
-        let stop = Arc::new(AtomicBool::new(false));
-        let thread = {
-            let (samples, stop) = (samples.clone(), stop.clone());
-            std::thread::spawn(move || {
-                while !stop.load(Ordering::Relaxed) {
-                    let rss = resident_bytes();
-                    samples
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .push((Instant::now(), rss));
-                    std::thread::sleep(Duration::from_millis(10));
-                }
-            })
-        };
-        Self {
-            samples,
-            stop,
-            thread: Some(thread),
-        }
-    }
-
-    /// The largest sample in `[from, to]`.
-    fn peak(&self, from: Instant, to: Instant) -> u64 {
-        let samples = self.samples.lock().unwrap_or_else(|e| e.into_inner());
-        samples
-            .iter()
-            .filter(|(t, _)| *t >= from && *t <= to)
-            .map(|&(_, rss)| rss)
-            .max()
-            .unwrap_or(0)
-    }
-}
-
-impl Drop for RssMonitor {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-/// The resident set of this process in bytes (`/proc/self/statm`; 0 where it cannot be read).
-fn resident_bytes() -> u64 {
-    let pages = std::fs::read_to_string("/proc/self/statm")
-        .ok()
-        .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
-        .unwrap_or(0);
-    pages * 4096
-}
-
-/// Starts a new high-water mark of the resident set (`/proc/self/clear_refs`, Linux 4.0+); the
-/// kernel then tracks the exact peak, however short, that 10 ms samples can miss.
-fn reset_high_water_mark() {
-    let _ = std::fs::write("/proc/self/clear_refs", "5");
-}
-
-/// The resident set's high-water mark since the last [`reset_high_water_mark`], bytes
-/// (`VmHWM`; 0 where it cannot be read, the samples then stand alone).
-fn high_water_bytes() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map_or(0, |kb| kb * 1024)
 }
 
 /// Phases recorded in order, each with its time window.
@@ -374,30 +294,19 @@ fn run_on<AB: AutodiffBackend>(a: &Args, device: &AB::Device) -> anyhow::Result<
     })?;
     rec.planned(planned_peak("rollout").saturating_sub(moments));
 
-    let t = &recipe.train;
-    let mut optimizer = dmpo_train::optim::adamw(t).init::<AB, DiffusionLm<AB>>();
-    let mut state = TrainState::default();
-    let mut rng = ChaCha8Rng::seed_from_u64(recipe.run.seed);
+    let mut s = UpdateState {
+        optimizer: dmpo_train::optim::adamw(&recipe.train).init::<AB, DiffusionLm<AB>>(),
+        state: TrainState::default(),
+        rng: ChaCha8Rng::seed_from_u64(recipe.run.seed),
+    };
     let mut policy = policy;
     for update in 1..=a.updates {
         reset_high_water_mark();
         let start = Instant::now();
-        let (updated, diagnostics) = {
-            let no_grad = policy.valid();
-            let inputs = UpdateInputs {
-                recipe: &recipe,
-                rollout: &rollout,
-                policy: ModelView::policy(&no_grad),
-                reference: ModelView::without_adapter(&no_grad),
-                device,
-                peer: Peer::single(),
-            };
-            let mut learner = Learner::new(&mut optimizer, t, 1, &mut state);
-            if !a.json {
-                eprintln!("scale: DMPO update {update} (ELBO, then loss, backward and AdamW) …");
-            }
-            dmpo::update(policy, &inputs, &mut learner, &mut rng)?
-        };
+        if !a.json {
+            eprintln!("scale: DMPO update {update} (ELBO, then loss, backward and AdamW) …");
+        }
+        let (updated, diagnostics) = dmpo_update(policy, &recipe, &rollout, &mut s, device)?;
         policy = updated;
         let end = Instant::now();
         let elbo_end = start + Duration::from_secs_f64(diagnostics.seconds.elbo);

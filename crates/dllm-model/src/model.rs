@@ -95,6 +95,19 @@ impl<B: Backend> DiffusionLm<B> {
         model
     }
 
+    /// A model of `config` with random weights made on `device` in `dtype` (as [`init`](Self::init),
+    /// cast tensor by tensor): a full-size model for measurements, with no checkpoint on disk.
+    /// A dtype the backend cannot compute in is refused.
+    pub fn random(
+        config: &ModelConfig,
+        dtype: crate::WeightDType,
+        device: &B::Device,
+    ) -> crate::Result<Self> {
+        crate::load::check_dtype_supported::<B>(dtype, device)?;
+        let Ok(model) = Self::build(config, &mut RandomInit::new(0.02, device).in_dtype(dtype));
+        Ok(model)
+    }
+
     /// The model of `config` with every parameter from `source`, by the names of its
     /// [`Family`](crate::Family): each block in turn, then the embeddings, the final norm and (untied) the LM
     /// head; then [`ParamSource::finish`] (a checkpoint refuses tensors the config does not use).

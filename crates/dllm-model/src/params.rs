@@ -120,25 +120,46 @@ pub trait ParamSource<B: Backend> {
     fn finish(&mut self, config: &ModelConfig) -> Result<(), Self::Error>;
 }
 
-/// Fresh parameters: `N(0, std)` matrices, unit norm weights.
+/// Fresh parameters: `N(0, std)` matrices, unit norm weights, in f32 unless
+/// [`in_dtype`](Self::in_dtype) asks for another element type.
 pub struct RandomInit<'d, B: Backend> {
     std: f64,
+    dtype: WeightDType,
     device: &'d B::Device,
 }
 
 impl<'d, B: Backend> RandomInit<'d, B> {
     /// Matrices drawn from `N(0, std)` on `device`.
     pub fn new(std: f64, device: &'d B::Device) -> Self {
-        Self { std, device }
+        Self {
+            std,
+            dtype: WeightDType::F32,
+            device,
+        }
+    }
+
+    /// Every tensor made in `dtype` on the device: drawn in f32 one tensor at a time and cast
+    /// there, so a full-size model never exists in f32 (the draws are those of f32).
+    pub fn in_dtype(self, dtype: WeightDType) -> Self {
+        Self { dtype, ..self }
     }
 
     /// A `[rows, cols]` matrix from `N(0, std)`.
     fn normal(&self, rows: usize, cols: usize) -> Tensor<B, 2> {
-        Tensor::random(
+        let drawn = Tensor::random(
             [rows, cols],
             Distribution::Normal(0.0, self.std),
             self.device,
-        )
+        );
+        self.typed(drawn)
+    }
+
+    /// `t` in the requested element type.
+    fn typed<const D: usize>(&self, t: Tensor<B, D>) -> Tensor<B, D> {
+        match self.dtype {
+            WeightDType::F32 => t,
+            other => t.cast(other.burn()),
+        }
     }
 }
 
@@ -159,12 +180,12 @@ impl<B: Backend> ParamSource<B> for RandomInit<'_, B> {
     }
 
     fn norm_weight(&mut self, _: &str, d: usize) -> Result<Tensor<B, 1>, Infallible> {
-        Ok(Tensor::ones([d], self.device))
+        Ok(self.typed(Tensor::ones([d], self.device)))
     }
 
     /// Zero, as `DreamPreTrainedModel._init_weights`; no draw from the generator.
     fn bias(&mut self, _: &str, d: usize) -> Result<Tensor<B, 1>, Infallible> {
-        Ok(Tensor::zeros([d], self.device))
+        Ok(self.typed(Tensor::zeros([d], self.device)))
     }
 
     fn finish(&mut self, _: &ModelConfig) -> Result<(), Infallible> {

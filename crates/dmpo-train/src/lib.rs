@@ -10,6 +10,7 @@ pub mod tasks;
 pub use error::{Result, TrainError};
 pub use recipe::Recipe;
 pub mod algorithm;
+pub mod backend_check;
 pub mod checkpoint;
 pub mod distributed;
 #[cfg(feature = "download")]

@@ -1,131 +1,31 @@
-//! The same code on every backend compiled in: golden logits, a greedy generation and one DMPO
-//! loss + gradient agree with flex (f32, 1e-4). In CI this runs flex and ndarray (and WGPU or
-//! CUDA where those features are built, e.g. by `scripts/gpu-check.sh`).
+//! The same code on every backend compiled in: golden logits, greedy generations (exact, prefix
+//! and dual cache) and one DMPO loss + gradient agree with flex (f32, 1e-4;
+//! `dmpo_train::backend_check`). In CI this runs flex and ndarray, and WGPU where that feature is
+//! built (`cargo test -p dmpo-train --features wgpu --test backend_parity`).
 
 use std::path::PathBuf;
 
 use burn::backend::Autodiff;
 use burn::module::AutodiffModule;
-use burn::tensor::{backend::Backend, ElementConversion, Int, Tensor, TensorData};
+use burn::tensor::{backend::Backend, ElementConversion};
 use dllm_model::backend::{dispatch, BackendKind, BackendTask};
-use dllm_model::tensor_file::{read_floats, read_ints};
-use dllm_model::{load_model, DiffusionLm, LoadOptions};
+use dllm_model::{load_model, LoadOptions, WeightDType};
 use dllm_sample::{generate, SamplerConfig};
-use dmpo_core::{
-    wdce_loss_with_masks, DmpoConfig, ModelView, ReplicateMasks, RolloutWeights, SequenceBatch,
+use dmpo_train::backend_check::{
+    check_outputs, compare_bf16, compare_f32, fixed_wdce_loss, golden_logits, max_abs_diff,
 };
 
-/// The repository root: `DMPO_REPO` when set (a GPU bundle), else this checkout.
+/// The golden tiny model of this checkout.
 fn tiny() -> PathBuf {
-    let root = std::env::var_os("DMPO_REPO")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.."));
-    root.join("fixtures/llada-tiny")
-}
-
-/// What each backend computes.
-#[derive(Debug, Clone)]
-struct Outputs {
-    logits: Vec<f32>,
-    generation: Vec<Vec<u32>>,
-    loss: f64,
-    grad_head: Vec<f32>,
-}
-
-struct Run;
-
-impl BackendTask for Run {
-    type Output = Outputs;
-    fn run<B: Backend>(self, device: B::Device) -> Outputs {
-        let golden = tiny().join("golden.safetensors");
-        let model = load_model::<Autodiff<B>>(tiny(), LoadOptions::default(), &device).unwrap();
-        let ids = read_ints(&golden, "input_ids").unwrap();
-        let inner = model.valid();
-        let input =
-            Tensor::<B, 2, Int>::from_data(TensorData::new(ids.values.clone(), [2, 24]), &device);
-        let logits = inner
-            .forward(input)
-            .into_data()
-            .convert::<f32>()
-            .to_vec::<f32>()
-            .unwrap();
-
-        let p = read_ints(&golden, "gen_prompts").unwrap();
-        let prompts: Vec<Vec<u32>> = p
-            .values
-            .chunks(8)
-            .map(|r| r.iter().map(|&t| t as u32).collect())
-            .collect();
-        let cfg = SamplerConfig {
-            gen_length: 16,
-            block_length: 8,
-            steps: 16,
-            ..Default::default()
-        };
-        let generation = generate(&inner, &prompts, &cfg).unwrap().completions;
-
-        // One WDCE loss and gradient on fixed masks and weights (a group of 2).
-        let loss = fixed_wdce_loss(&model, &device);
-        let value: f64 = loss.clone().into_scalar().elem();
-        let grads = loss.backward();
-        let head = model.head.as_ref().unwrap().weight.val();
-        let grad_head = head
-            .grad(&grads)
-            .unwrap()
-            .into_data()
-            .convert::<f32>()
-            .to_vec::<f32>()
-            .unwrap();
-        Outputs {
-            logits,
-            generation,
-            loss: value,
-            grad_head,
-        }
-    }
-}
-
-/// The WDCE loss of `model` on the golden targets with fixed masks and weights (a group of 2).
-fn fixed_wdce_loss<B: Backend>(
-    model: &DiffusionLm<Autodiff<B>>,
-    device: &B::Device,
-) -> Tensor<Autodiff<B>, 1> {
-    let golden = tiny().join("golden.safetensors");
-    let seq = read_ints(&golden, "targets").unwrap();
-    let x = Tensor::<Autodiff<B>, 2, Int>::from_data(TensorData::new(seq.values, [2, 24]), device);
-    let batch = SequenceBatch::with_eos_index(x, 8, vec![16, 16]).unwrap();
-    let masked: Vec<bool> = (0..2 * 2 * 16).map(|i| (i * 7) % 3 == 0).collect();
-    let masks = ReplicateMasks::from_rows(2, 2, 16, masked).unwrap();
-    let weights = RolloutWeights {
-        group_size: 2,
-        w_plus: vec![0.7, 0.3],
-        w_minus: vec![0.2, 0.8],
-        ell_cur: vec![-10.0, -12.0],
-        coeffs: vec![1.0],
-    };
-    let config = DmpoConfig {
-        num_replicates: 2,
-        ..Default::default()
-    };
-    wdce_loss_with_masks(&ModelView::policy(model), &batch, &weights, &config, &masks)
-        .unwrap()
-        .loss
-}
-
-fn max_diff(a: &[f32], b: &[f32]) -> f32 {
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/llada-tiny")
 }
 
 #[test]
 fn every_compiled_backend_matches_flex() {
-    let reference = dispatch(BackendKind::Flex, Run).unwrap();
+    let reference = check_outputs(BackendKind::Flex, &tiny(), WeightDType::F32).unwrap();
     // Flex itself against the PyTorch golden logits.
-    let want = read_floats(tiny().join("golden.safetensors"), "logits").unwrap();
-    let w: Vec<f32> = want.values.iter().map(|&v| v as f32).collect();
-    assert!(max_diff(&reference.logits, &w) <= 1e-4);
+    let d = max_abs_diff(&reference.logits, &golden_logits(&tiny()).unwrap());
+    assert!(d <= 1e-4, "flex: golden logits differ by {d}");
     let others: Vec<BackendKind> = BackendKind::compiled()
         .into_iter()
         .filter(|b| *b != BackendKind::Flex)
@@ -135,33 +35,48 @@ fn every_compiled_backend_matches_flex() {
         "tests build ndarray beside flex"
     );
     for kind in others {
-        let got = dispatch(kind, Run).unwrap();
-        let d = max_diff(&got.logits, &reference.logits);
-        assert!(d <= 1e-4, "{kind}: logits differ by {d}");
-        assert_eq!(
-            got.generation, reference.generation,
-            "{kind}: greedy generation differs"
-        );
-        assert!(
-            (got.loss - reference.loss).abs() <= 1e-4 * reference.loss.abs().max(1.0),
-            "{kind}: loss {} vs {}",
-            got.loss,
-            reference.loss
-        );
-        let g = max_diff(&got.grad_head, &reference.grad_head);
-        assert!(g <= 1e-4, "{kind}: gradient differs by {g}");
-        eprintln!(
-            "{kind}: logits {d:.2e}, loss {:.2e}, grad {g:.2e}",
-            (got.loss - reference.loss).abs()
-        );
+        let got = check_outputs(kind, &tiny(), WeightDType::F32).unwrap();
+        for c in compare_f32(&got, &reference) {
+            eprintln!(
+                "{kind}: {}: {:.2e} (tolerance {:.0e})",
+                c.name, c.difference, c.tolerance
+            );
+            assert!(c.passed, "{kind}: {c:?}");
+        }
     }
+}
+
+#[test]
+fn the_comparisons_catch_a_wrong_backend() {
+    let flex = check_outputs(BackendKind::Flex, &tiny(), WeightDType::F32).unwrap();
+    let flex_bf16 = check_outputs(BackendKind::Flex, &tiny(), WeightDType::BF16).unwrap();
+    // Flex against itself passes in both precisions.
+    assert!(compare_f32(&flex, &flex).iter().all(|c| c.passed));
+    assert!(compare_bf16(&flex_bf16, &flex_bf16, &flex)
+        .iter()
+        .all(|c| c.passed));
+    // bf16's own error is well above f32's tolerance: bf16 results fail the f32 comparison…
+    let logits = &compare_f32(&flex_bf16, &flex)[0];
+    assert!(!logits.passed, "bf16 logits within 1e-4 of f32: {logits:?}");
+    // …and a backend off by a tenth of a logit, a wrong token or a scaled gradient fails either.
+    let mut wrong = flex_bf16.clone();
+    wrong.logits[7] += 0.1 + 4.0 * logits.difference as f32;
+    wrong.dual_generation[1][3] ^= 1;
+    wrong.grad_head.iter_mut().for_each(|g| *g *= 1.5);
+    let failed: Vec<String> = compare_bf16(&wrong, &flex_bf16, &flex)
+        .into_iter()
+        .filter(|c| !c.passed)
+        .map(|c| c.name)
+        .collect();
+    assert_eq!(failed.len(), 3, "{failed:?}");
+    assert!(failed[1].contains("dual cache"), "{failed:?}");
 }
 
 /// bf16 and f16 weights on every compiled backend: where the backend computes in that dtype,
 /// sampling at temperature 1 (prefix cache) and a LoRA WDCE loss and gradient run and are
 /// finite; where it does not (burn's WGPU has no bf16 arithmetic, ndarray no half types), loading
 /// is refused with an error that says so, never a panic inside a kernel.
-struct HalfPrecision(dllm_model::WeightDType);
+struct HalfPrecision(WeightDType);
 
 impl BackendTask for HalfPrecision {
     type Output = Result<f64, String>;
@@ -186,7 +101,7 @@ impl BackendTask for HalfPrecision {
         let out = generate(&model.valid(), &prompts, &cfg).unwrap();
         assert!(out.completions.iter().all(|c| c.len() == 16));
 
-        let loss = fixed_wdce_loss(&model, &device);
+        let loss = fixed_wdce_loss(&model, &tiny(), &device).unwrap();
         let value: f64 = loss.clone().into_scalar().elem();
         let grads = loss.backward();
         let a = model.blocks[0].attn.q_proj.lora.as_ref().unwrap().b.val();
@@ -200,7 +115,7 @@ impl BackendTask for HalfPrecision {
 #[test]
 fn half_precision_runs_or_is_refused_on_every_backend() {
     for kind in BackendKind::compiled() {
-        for dtype in [dllm_model::WeightDType::BF16, dllm_model::WeightDType::F16] {
+        for dtype in [WeightDType::BF16, WeightDType::F16] {
             match dispatch(kind, HalfPrecision(dtype)).unwrap() {
                 Ok(loss) => {
                     assert!(loss.is_finite(), "{kind} {dtype:?}: loss {loss}");
