@@ -130,7 +130,7 @@ impl ModelConfig {
     /// Reads and validates `config.json`.
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
-        let text = std::fs::read_to_string(path).map_err(|e| ModelError::io(path, e))?;
+        let text = crate::text_file::read_text(path)?;
         Self::from_json_str(&text, path)
     }
 
@@ -143,6 +143,15 @@ impl ModelConfig {
         };
         let value: serde_json::Value = serde_json::from_str(text).map_err(json)?;
         let model_type = value.get("model_type").and_then(|v| v.as_str());
+        if let Some(t) = model_type
+            .filter(|t| !t.eq_ignore_ascii_case("llada") && !t.eq_ignore_ascii_case("dream"))
+        {
+            return Err(ModelError::config(
+                path,
+                "model_type",
+                format!("`{t}` is not a model this loads (LLaDA: `llada`, Dream: `Dream`)"),
+            ));
+        }
         let config: Self = match Family::from_model_type(model_type) {
             Family::Llada => serde_json::from_value(value).map_err(json)?,
             Family::Dream => serde_json::from_value::<DreamConfig>(value)
@@ -238,6 +247,31 @@ impl ModelConfig {
                 return bad(field, "`true` is not supported".into());
             }
         }
+        if self.family == Family::Llada {
+            // OLMo-style switches of LLaDA's modeling code that change what a block computes.
+            let set = |k: &str| self.extra.get(k).filter(|v| !v.is_null());
+            if let Some(v) = set("clip_qkv") {
+                return Err(ModelError::config(
+                    path,
+                    "clip_qkv",
+                    format!("{v} is not supported (only `null`: no clipping)"),
+                ));
+            }
+            if let Some(v) = set("layer_norm_with_affine").filter(|v| **v != true) {
+                return Err(ModelError::config(
+                    path,
+                    "layer_norm_with_affine",
+                    format!("{v} is not supported (only `true`: norms with weights)"),
+                ));
+            }
+            if let Some(v) = set("bias_for_layer_norm").filter(|v| **v != false) {
+                return Err(ModelError::config(
+                    path,
+                    "bias_for_layer_norm",
+                    format!("{v} is not supported (only `false`: norms without biases)"),
+                ));
+            }
+        }
         if self.family == Family::Dream {
             if self.extra.get("rope_scaling").is_some_and(|v| !v.is_null()) {
                 return bad("rope_scaling", "only `null` is supported".into());
@@ -312,6 +346,22 @@ impl ModelConfig {
                 );
             }
         }
+        // The mask token must be a token of its own: a mask id shared with EOS or BOS would
+        // make every generated end-of-text (or the prompt's start) read as a masked position.
+        for (field, other) in [
+            ("eos_token_id", Some(self.eos_token_id)),
+            ("bos_token_id", self.bos_token_id),
+        ] {
+            if other == Some(self.mask_token_id) {
+                return bad(
+                    "mask_token_id",
+                    format!(
+                        "{} is also the `{field}`: the mask token must be its own token",
+                        self.mask_token_id
+                    ),
+                );
+            }
+        }
         if self.rope_theta.is_nan() || self.rope_theta <= 0.0 {
             return bad("rope_theta", "must be positive".into());
         }
@@ -358,6 +408,22 @@ impl ModelConfig {
     pub fn mlp_hidden(&self) -> usize {
         self.mlp_hidden_size
             .unwrap_or(self.mlp_ratio.saturating_mul(self.d_model))
+    }
+
+    /// `[in, out]` of a block's linear layer by either family's name (`q_proj`, `attn_out` or
+    /// `o_proj`, `ff_proj` or `gate_proj`, …); `None` for a name that is not one.
+    pub fn linear_dims(&self, name: &str) -> Option<[usize; 2]> {
+        let (d, h, kv) = (
+            self.d_model,
+            self.mlp_hidden(),
+            self.num_kv_heads() * self.head_dim(),
+        );
+        Some(match crate::Family::linear_index(name)? {
+            0 | 3 => [d, d],
+            1 | 2 => [d, kv],
+            4 | 5 => [d, h],
+            _ => [h, d],
+        })
     }
 
     /// Rows of the embedding table (and columns of the logits).

@@ -33,6 +33,7 @@ pub mod ops;
 pub mod params;
 pub mod rope;
 pub mod tensor_file;
+pub mod text_file;
 pub mod tokenizer;
 pub mod weights;
 

@@ -8,11 +8,12 @@
 
 use std::path::Path;
 
-use burn::module::{Module, Param};
+use burn::module::{Module, ModuleMapper, Param};
 use burn::nn::Dropout;
 use burn::tensor::{backend::Backend, Tensor};
 use serde::{Deserialize, Serialize};
 
+use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
 use crate::family::{Family, DREAM_LINEARS};
 use crate::linear::Lora;
@@ -178,6 +179,23 @@ impl<B: Backend> DiffusionLm<B> {
         self
     }
 
+    /// Every parameter trainable again (after [`load_adapter`](Self::load_adapter) froze the
+    /// base and [`merge_adapters`](Self::merge_adapters) folded the adapter in: full
+    /// fine-tuning from an adapter).
+    pub fn all_trainable(self) -> Self {
+        struct Trainable;
+        impl<B: Backend> ModuleMapper<B> for Trainable {
+            fn map_float<const D: usize>(
+                &mut self,
+                param: Param<Tensor<B, D>>,
+            ) -> Param<Tensor<B, D>> {
+                let (id, tensor, mapper) = param.consume();
+                Param::from_mapped_value(id, tensor.set_require_grad(true), mapper)
+            }
+        }
+        self.map(&mut Trainable)
+    }
+
     /// The adapter configuration implied by the attached adapters, if any.
     pub fn lora_config(&self) -> Option<LoraConfig> {
         let mut targets = Vec::new();
@@ -247,20 +265,12 @@ impl<B: Backend> DiffusionLm<B> {
 
     /// Freezes the base and loads PEFT adapters from `dir` (any previous adapters are replaced).
     pub fn load_adapter(self, dir: impl AsRef<Path>, device: &B::Device) -> Result<Self> {
-        let dir = dir.as_ref();
-        let config = read_adapter_config(dir)?;
-        let file = dir.join("adapter_model.safetensors");
-        if !file.is_file() {
-            return Err(ModelError::io(
-                &file,
-                std::io::Error::new(std::io::ErrorKind::NotFound, "adapter weights not found"),
-            ));
-        }
-        let weights = WeightFiles::open_file(&file)?;
+        let adapter = AdapterFiles::open(dir.as_ref())?;
+        let config = &adapter.config;
         let mut model = self.no_grad();
         // Adapters are f32 whatever the base's dtype (PEFT's `autocast_adapter_dtype`): they
         // are what training updates.
-        let (dtype, wdtype) = (burn::tensor::DType::F32, WeightDType::F32);
+        let dtype = burn::tensor::DType::F32;
         let family = model.config.family;
         for (i, block) in model.blocks.iter_mut().enumerate() {
             for (name, lin) in block.linears_mut() {
@@ -269,16 +279,7 @@ impl<B: Backend> DiffusionLm<B> {
                     continue;
                 }
                 let [d_in, d_out] = lin.dims();
-                let a = weights.read(
-                    &peft_key(family, i, name, "lora_A"),
-                    &[config.r, d_in],
-                    wdtype,
-                )?;
-                let b = weights.read(
-                    &peft_key(family, i, name, "lora_B"),
-                    &[d_out, config.r],
-                    wdtype,
-                )?;
+                let (a, b) = adapter.matrices(family, i, name, d_in, d_out)?;
                 let t = |h: crate::weights::HostTensor| {
                     Tensor::<B, 2>::from_data(h.transposed().into_data(), (device, dtype))
                 };
@@ -293,28 +294,159 @@ impl<B: Backend> DiffusionLm<B> {
                 });
             }
         }
-        if let Some(first) = weights.unused().first() {
-            return Err(ModelError::Safetensors {
-                path: file,
-                message: format!(
-                    "adapter tensor `{first}` does not match the model or adapter_config.json"
-                ),
-            });
-        }
+        adapter.check_all_used()?;
         Ok(model)
     }
 }
 
-/// Reads and validates a PEFT `adapter_config.json`.
+/// A PEFT adapter directory opened for reading: its checked `adapter_config.json` and its
+/// weights, read one pair of matrices at a time.
+struct AdapterFiles {
+    config: LoraConfig,
+    file: std::path::PathBuf,
+    weights: WeightFiles,
+}
+
+impl AdapterFiles {
+    fn open(dir: &Path) -> Result<Self> {
+        let config = read_adapter_config(dir)?;
+        let file = dir.join("adapter_model.safetensors");
+        if !file.is_file() {
+            return Err(ModelError::io(
+                &file,
+                std::io::Error::new(std::io::ErrorKind::NotFound, "adapter weights not found"),
+            ));
+        }
+        let weights = WeightFiles::open_file(&file)?;
+        Ok(Self {
+            config,
+            file,
+            weights,
+        })
+    }
+
+    /// `lora_A` `[r, in]` and `lora_B` `[out, r]` of linear `name` of block `block`, in f32,
+    /// shape-checked and finite.
+    fn matrices(
+        &self,
+        family: Family,
+        block: usize,
+        name: &str,
+        d_in: usize,
+        d_out: usize,
+    ) -> Result<(crate::weights::HostTensor, crate::weights::HostTensor)> {
+        let r = self.config.r;
+        let a = self.weights.read(
+            &peft_key(family, block, name, "lora_A"),
+            &[r, d_in],
+            WeightDType::F32,
+        )?;
+        let b = self.weights.read(
+            &peft_key(family, block, name, "lora_B"),
+            &[d_out, r],
+            WeightDType::F32,
+        )?;
+        Ok((a, b))
+    }
+
+    /// Refuses a tensor no matrix read took (an adapter of another model or configuration).
+    fn check_all_used(&self) -> Result<()> {
+        match self.weights.unused().first() {
+            Some(first) => Err(ModelError::Safetensors {
+                path: self.file.clone(),
+                message: format!(
+                    "adapter tensor `{first}` does not match the model or adapter_config.json"
+                ),
+            }),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Checks the PEFT adapter in `dir` against a model of `model` exactly as
+/// [`DiffusionLm::load_adapter`] reads it — configuration, every matrix's presence, shape and
+/// values, no tensor left over — one pair of matrices in memory at a time, without the model.
+pub fn verify_adapter(dir: &Path, model: &ModelConfig) -> Result<LoraConfig> {
+    let adapter = AdapterFiles::open(dir)?;
+    let family = model.family;
+    for block in 0..model.n_layers {
+        for name in family.linear_names() {
+            if !adapter.config.targets(name) {
+                continue;
+            }
+            let [d_in, d_out] = model
+                .linear_dims(name)
+                .expect("a family's linear names are linears");
+            adapter.matrices(family, block, name, d_in, d_out)?;
+        }
+    }
+    adapter.check_all_used()?;
+    Ok(adapter.config)
+}
+
+/// Keys of PEFT's `LoraConfig` that describe an adapter without changing what it computes
+/// (where it came from, how it was initialised, PEFT's bookkeeping).
+const PEFT_INFORMATIONAL_KEYS: [&str; 14] = [
+    "peft_type",
+    "task_type",
+    "base_model_name_or_path",
+    "revision",
+    "inference_mode",
+    "init_lora_weights",
+    "auto_mapping",
+    "peft_version",
+    "layers_pattern",
+    "loftq_config",
+    "eva_config",
+    "corda_config",
+    "megatron_config",
+    "megatron_core",
+];
+
+/// Keys of PEFT's `LoraConfig` that this implementation reads.
+const PEFT_IMPLEMENTED_KEYS: [&str; 5] = [
+    "r",
+    "lora_alpha",
+    "lora_dropout",
+    "target_modules",
+    "use_rslora",
+];
+
+/// Whether a value of a key we do not implement leaves PEFT's computation as ours: PEFT's
+/// off values (`null`, `false`, `{}`, `[]`, `"none"`).
+fn is_off(v: &serde_json::Value) -> bool {
+    use serde_json::Value;
+    match v {
+        Value::Null | Value::Bool(false) => true,
+        Value::Object(o) => o.is_empty(),
+        Value::Array(a) => a.is_empty(),
+        Value::String(s) => s == "none",
+        _ => false,
+    }
+}
+
+/// Reads and validates a PEFT `adapter_config.json`. Every key is accounted for: the ones this
+/// implementation reads, the informational ones, and any other (`use_dora`, `rank_pattern`,
+/// `alpha_pattern`, `layers_to_transform`, `fan_in_fan_out`, `bias`, `modules_to_save`, …, or
+/// one a later PEFT adds) only at PEFT's off value; otherwise it is refused by name, since
+/// ignoring it would compute a different adapter than PEFT does. `target_modules =
+/// "all-linear"` means every linear of every block, as PEFT (the LM head excluded).
 pub fn read_adapter_config(dir: &Path) -> Result<LoraConfig> {
     let path = dir.join("adapter_config.json");
-    let text = std::fs::read_to_string(&path).map_err(|e| ModelError::io(&path, e))?;
-    let json: serde_json::Value =
+    let text = crate::text_file::read_text(&path)?;
+    let mut json: serde_json::Value =
         serde_json::from_str(&text).map_err(|source| ModelError::Json {
             path: path.clone(),
             source,
         })?;
-    match json.get("peft_type").and_then(|v| v.as_str()) {
+    let Some(object) = json.as_object_mut() else {
+        return Err(ModelError::config(
+            &path,
+            "adapter_config.json",
+            "is not a JSON object",
+        ));
+    };
+    match object.get("peft_type").and_then(|v| v.as_str()) {
         Some("LORA") | None => {}
         Some(other) => {
             return Err(ModelError::config(
@@ -324,13 +456,38 @@ pub fn read_adapter_config(dir: &Path) -> Result<LoraConfig> {
             ))
         }
     }
-    if json.get("target_modules").is_some_and(|v| v.is_string()) {
-        return Err(ModelError::config(
-            &path,
-            "target_modules",
-            "a regular expression is not supported; list the module names",
-        ));
+    for (key, value) in object.iter() {
+        let known = PEFT_IMPLEMENTED_KEYS.contains(&key.as_str())
+            || PEFT_INFORMATIONAL_KEYS.contains(&key.as_str());
+        if !known && !is_off(value) {
+            return Err(ModelError::config(
+                &path,
+                key,
+                format!(
+                    "{value} is not supported: this implementation would compute a different \
+                     adapter than PEFT (only r, lora_alpha, lora_dropout, target_modules and \
+                     use_rslora are read; other keys must be at PEFT's default)"
+                ),
+            ));
+        }
     }
+    match object.get("target_modules") {
+        Some(serde_json::Value::String(s)) if s == "all-linear" => {
+            object.insert("target_modules".into(), all_targets().into());
+        }
+        Some(serde_json::Value::String(s)) => {
+            return Err(ModelError::config(
+                &path,
+                "target_modules",
+                format!(
+                    "{s:?}: a regular expression of module names is not supported; list the \
+                     module names, or use \"all-linear\""
+                ),
+            ));
+        }
+        _ => {}
+    }
+    object.retain(|k, _| PEFT_IMPLEMENTED_KEYS.contains(&k.as_str()));
     let config: LoraConfig = serde_json::from_value(json).map_err(|source| ModelError::Json {
         path: path.clone(),
         source,

@@ -165,6 +165,8 @@ impl ChatTokens<'_> {
 
 const BOS_NAMES: [&str; 3] = ["<|startoftext|>", "<|begin_of_text|>", "<s>"];
 const EOS_NAMES: [&str; 3] = ["<|endoftext|>", "<|end_of_text|>", "</s>"];
+/// The mask token of LLaDA's and of Dream's tokenizer.
+const MASK_NAMES: [&str; 2] = ["<|mdm_mask|>", "<|mask|>"];
 
 impl ChatTokenizer {
     /// Loads `tokenizer.json` (no network).
@@ -176,10 +178,22 @@ impl ChatTokenizer {
                 std::io::Error::new(std::io::ErrorKind::NotFound, "tokenizer.json not found"),
             ));
         }
-        let inner = Tokenizer::from_file(path).map_err(|e| ModelError::Tokenizer {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        })?;
+        let text = crate::text_file::read_text(path)?;
+        let mut inner: Tokenizer =
+            text.parse()
+                .map_err(|e: tokenizers::Error| ModelError::Tokenizer {
+                    path: path.to_path_buf(),
+                    message: e.to_string(),
+                })?;
+        // transformers turns the file's `truncation` and `padding` off when it encodes a
+        // prompt (padding and truncation are per-call arguments there); so do we.
+        inner
+            .with_truncation(None)
+            .map_err(|e| ModelError::Tokenizer {
+                path: path.to_path_buf(),
+                message: e.to_string(),
+            })?
+            .with_padding(None);
         Self::from_tokenizer(inner, path)
     }
 
@@ -284,16 +298,55 @@ impl ChatTokenizer {
 
     /// Checks that every id this tokenizer produces has a row in the model's embedding table
     /// (a tokenizer from another model would otherwise yield ids the model cannot read).
+    /// Its special tokens must also be the config's: the mask token (`<|mdm_mask|>` or
+    /// `<|mask|>`), the end of text, and (LLaDA's format) the beginning of text.
     pub fn check_model(&self, config: &crate::ModelConfig) -> Result<()> {
+        let bad = |message: String| {
+            Err(ModelError::Tokenizer {
+                path: self.path.clone(),
+                message,
+            })
+        };
         let (vocab, embed) = (self.vocab_size(), config.embed_size());
         if vocab > embed {
-            return Err(ModelError::Tokenizer {
-                path: self.path.clone(),
-                message: format!(
-                    "{vocab} tokens, but the model's embedding table has {embed} rows: the \
-                     tokenizer belongs to another model"
-                ),
-            });
+            return bad(format!(
+                "{vocab} tokens, but the model's embedding table has {embed} rows: the \
+                 tokenizer belongs to another model"
+            ));
+        }
+        let mask = MASK_NAMES
+            .iter()
+            .find_map(|n| Some((*n, self.token_id(n)?)));
+        let bos = match self.format {
+            ChatFormat::Headers => config.bos_token_id.map(|b| (self.bos.as_str(), b)),
+            ChatFormat::ChatMl => None,
+        };
+        let pairs = [
+            (mask, "mask_token_id", config.mask_token_id),
+            (
+                Some((self.eos.as_str(), self.eos_id())),
+                "eos_token_id",
+                config.eos_token_id,
+            ),
+        ];
+        for (found, field, want) in pairs {
+            if let Some((name, id)) = found.filter(|&(_, id)| id != want) {
+                return bad(format!(
+                    "`{name}` is id {id} here, but config.json's `{field}` is {want}: the \
+                     tokenizer and the config disagree"
+                ));
+            }
+        }
+        if let Some((name, want)) = bos {
+            match self.token_id(name) {
+                Some(id) if id != want => {
+                    return bad(format!(
+                        "`{name}` is id {id} here, but config.json's `bos_token_id` is {want}: \
+                         the tokenizer and the config disagree"
+                    ))
+                }
+                _ => {}
+            }
         }
         Ok(())
     }

@@ -154,7 +154,7 @@ impl WeightFiles {
 
     /// Opens the shards listed in a `model.safetensors.index.json` (`weight_map`).
     pub fn open_index(index: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(index).map_err(|e| ModelError::io(index, e))?;
+        let text = crate::text_file::read_text(index)?;
         let json: serde_json::Value =
             serde_json::from_str(&text).map_err(|source| ModelError::Json {
                 path: index.to_path_buf(),

@@ -364,9 +364,13 @@ impl<B: Backend> Sampler<'_, B> {
 }
 
 /// `top_k_logits`: logits below the `k`-th largest of their row set to the dtype's minimum.
+/// A `k` of the vocabulary or more keeps every logit (Hugging Face clamps `top_k` to the
+/// vocabulary; burn's `topk` needs `k` below the dimension).
 fn top_k_filter<B: Backend>(logits: Tensor<B, 3>, k: usize) -> Tensor<B, 3> {
     let vocab = logits.dims()[2];
-    let k = k.min(vocab);
+    if k >= vocab {
+        return logits;
+    }
     let kth = logits.clone().topk(k, 2).narrow(2, k - 1, 1);
     let below = logits.clone().lower(kth);
     logits.mask_fill(below, f32::MIN)
@@ -437,6 +441,10 @@ mod tests {
             kept(top_k_filter(logits.clone(), 2)),
             [false, true, false, true]
         );
+        // A k of the vocabulary or more keeps everything (Hugging Face clamps it).
+        for k in [4, 5, usize::MAX] {
+            assert_eq!(kept(top_k_filter(logits.clone(), k)), [true; 4], "k {k}");
+        }
         // p = (0.644, 0.237, 0.087, 0.032): cumulative 0.644, 0.881, …; top_p 0.7 keeps two.
         assert_eq!(
             kept(top_p_filter(logits.clone(), 0.7)),

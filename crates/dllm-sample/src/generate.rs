@@ -449,14 +449,15 @@ impl<'m, B: Backend> Sampler<'m, B> {
         });
         // docs/algorithm.md §2 step 3: confidence softmax(logits)[x0], untempered, or uniform draws.
         let low_confidence = self.config.remasking == Remasking::LowConfidence;
+        // The confidences are computed for random remasking too: a NaN or infinite logit makes
+        // its softmax NaN, and diverged or overflowing weights (f16) must not decode silently to
+        // arbitrary tokens under either rule.
         let (x0, conf) = match dllm_model::ops::argmax_with_confidence(&logits, noise.as_deref()) {
             Some(fused) => fused,
-            None => self.candidates_on_device(logits, noise, low_confidence),
+            None => self.candidates_on_device(logits, noise),
         };
+        check_finite(&conf, n)?;
         if low_confidence {
-            // A NaN or infinite logit makes its softmax NaN: diverged or overflowing weights
-            // (f16) would otherwise decode silently to arbitrary tokens.
-            check_finite(&conf, n)?;
             let conf = match eot_logits {
                 Some((eot, logits)) => confidence_without(logits, eot, &x0, conf),
                 None => conf,
@@ -473,13 +474,12 @@ impl<'m, B: Backend> Sampler<'m, B> {
         }
     }
 
-    /// [`Self::candidates`]' argmax and (when `confidence`) its probability as tensor
-    /// operations (backends without a fused kernel); only `[batch, n]` results are read back.
+    /// [`Self::candidates`]' argmax and its probability as tensor operations (backends without
+    /// a fused kernel); only `[batch, n]` results are read back.
     fn candidates_on_device(
         &self,
         logits: Tensor<B, 3>,
         noise: Option<Vec<f64>>,
-        confidence: bool,
     ) -> (Vec<i64>, Vec<f32>) {
         let [batch, n, vocab] = logits.dims();
         let scores = match noise {
@@ -494,15 +494,10 @@ impl<'m, B: Backend> Sampler<'m, B> {
             None => logits.clone(),
         };
         let x0 = scores.argmax(2);
-        let conf = if confidence {
-            let max = logits.clone().max_dim(2);
-            let lse = max.clone() + (logits.clone() - max).exp().sum_dim(2).log();
-            let chosen = logits.gather(2, x0.clone());
-            host_floats((chosen - lse).exp())
-        } else {
-            Vec::new()
-        };
-        (host_ids(x0), conf)
+        let max = logits.clone().max_dim(2);
+        let lse = max.clone() + (logits.clone() - max).exp().sum_dim(2).log();
+        let chosen = logits.gather(2, x0.clone());
+        (host_ids(x0.clone()), host_floats((chosen - lse).exp()))
     }
 
     /// Commits positions of `[lo, end)` per row: the top-`k` masked positions by confidence,

@@ -74,7 +74,7 @@ impl Layout {
             nodes: section.nodes.clone(),
             node_rank: section.node_rank,
             orchestrator: section.orchestrator.clone(),
-            timeout: Duration::from_secs_f64(section.timeout_s),
+            timeout: section.timeout(),
         }
     }
 

@@ -51,6 +51,12 @@ pub enum TrainError {
         /// The run directory.
         path: PathBuf,
     },
+    /// `--resume` where no run ever started.
+    #[error("{path}: nothing to resume (no run was started in this directory; check `run.output_dir` and `run.name`, which a relative path resolves from the current directory)")]
+    NothingToResume {
+        /// The run directory.
+        path: PathBuf,
+    },
     /// A data-parallel peer failed, or the peers disagree.
     #[error("distributed: {0}")]
     Distributed(String),

@@ -200,6 +200,7 @@ impl EvalSetup<'_> {
         if let Some(path) = out {
             let sampler = eval_sampler(self.section, gen_length);
             let doc = serde_json::json!({
+                "task": self.task.name(),
                 "generations": records,
                 "metrics": {
                     "correct": correct, "total": total, "accuracy": result.accuracy_pct,

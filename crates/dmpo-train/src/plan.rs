@@ -80,16 +80,11 @@ fn dtype_bytes(d: WeightDType) -> f64 {
     }
 }
 
-/// Input and output sizes of a block's linear layer, by either family's name (LLaDA's
-/// `attn_out` is Dream's `o_proj`, …; `dllm_model::Family::linear_index`).
-fn linear_dims(c: &ModelConfig, name: &str) -> (usize, usize) {
-    let (d, h, kv) = (c.d_model, c.mlp_hidden(), c.num_kv_heads() * c.head_dim());
-    match dllm_model::Family::linear_index(name) {
-        Some(0 | 3) => (d, d),
-        Some(1 | 2) => (d, kv),
-        Some(4 | 5) => (d, h),
-        _ => (h, d),
-    }
+/// `(in, out)` of a block's linear layer by name (the down projection for a name that is not
+/// one: recipes are validated before they are planned).
+pub(crate) fn linear_dims(c: &ModelConfig, name: &str) -> (usize, usize) {
+    let [i, o] = c.linear_dims(name).unwrap_or([c.mlp_hidden(), c.d_model]);
+    (i, o)
 }
 
 /// Floats autodiff keeps per token and block for the backward pass: the norms' inputs and
@@ -145,16 +140,16 @@ pub fn plan(config: &ModelConfig, recipe: &Recipe, micro_batch: usize) -> Memory
     let mut resident = vec![part("weights", params * w)];
     let trainable = match recipe.model.finetune {
         Finetune::Lora => {
-            let per_block: usize = recipe
+            let per_block: f64 = recipe
                 .lora
                 .target_modules
                 .iter()
                 .map(|name| {
                     let (i, o) = linear_dims(c, name);
-                    recipe.lora.r * (i + o)
+                    recipe.lora.r as f64 * (i + o) as f64
                 })
-                .sum();
-            let n = (per_block * c.n_layers) as f64;
+                .sum::<f64>();
+            let n = per_block * c.n_layers as f64;
             resident.push(part("LoRA parameters (f32)", 4.0 * n));
             resident.push(part("AdamW moments (2 x f32)", 8.0 * n));
             n
@@ -166,7 +161,8 @@ pub fn plan(config: &ModelConfig, recipe: &Recipe, micro_batch: usize) -> Memory
         }
     };
     resident.push(part("runtime", RUNTIME_BYTES as f64));
-    let resident_bytes: u64 = resident.iter().map(|p| p.bytes).sum();
+    // Saturating: a recipe far beyond any device plans as "does not fit", never wraps.
+    let resident_bytes: u64 = resident.iter().fold(0, |a, p| a.saturating_add(p.bytes));
     let grad_bytes = match recipe.model.finetune {
         Finetune::Lora => 4.0 * trainable,
         Finetune::Full => params * w,
@@ -267,7 +263,9 @@ pub fn plan(config: &ModelConfig, recipe: &Recipe, micro_batch: usize) -> Memory
     let load_base = (params * w) as u64 + RUNTIME_BYTES;
 
     let phase = |name, base: u64, transient: Vec<Part>| {
-        let peak = base + transient.iter().map(|p| p.bytes).sum::<u64>();
+        let peak = transient
+            .iter()
+            .fold(base, |a, p| a.saturating_add(p.bytes));
         PhasePlan {
             name,
             transient,
@@ -305,16 +303,29 @@ impl MemoryPlan {
 }
 
 /// The largest `micro_batch` (rows per update pass, at most the step's rows) whose plan peaks
-/// within `device_bytes`; `None` when not even one row fits.
+/// within `device_bytes`; `None` when not even one row fits. A binary search: the peak grows
+/// with the micro-batch.
 pub fn largest_micro_batch(
     config: &ModelConfig,
     recipe: &Recipe,
     device_bytes: u64,
 ) -> Option<usize> {
+    let fits = |m: usize| plan(config, recipe, m).peak_bytes <= device_bytes;
     let rows = recipe.train.rows_per_step();
-    (1..=rows)
-        .rev()
-        .find(|&m| plan(config, recipe, m).peak_bytes <= device_bytes)
+    if rows == 0 || !fits(1) {
+        return None;
+    }
+    // Invariant: `lo` fits; every size above `hi` does not.
+    let (mut lo, mut hi) = (1, rows);
+    while lo < hi {
+        let mid = lo + (hi - lo).div_ceil(2);
+        if fits(mid) {
+            lo = mid;
+        } else {
+            hi = mid - 1;
+        }
+    }
+    Some(lo)
 }
 
 #[cfg(test)]

@@ -3,9 +3,10 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use dllm_model::backend::BackendKind;
-use dllm_model::{LoraConfig, WeightDType};
+use dllm_model::{LoraConfig, ModelConfig, WeightDType};
 use dllm_sample::SamplerConfig;
 use dmpo_core::{DmpoConfig, GrpoConfig};
 use serde::{Deserialize, Serialize};
@@ -89,9 +90,15 @@ impl DistributedSection {
         self.nodes.len().max(1)
     }
 
-    /// Peers in the run: `devices` on each machine.
+    /// Peers in the run: `devices` on each machine (saturating: a count that overflows is
+    /// refused by validation as too many peers for the step's rows).
     pub fn peers(&self) -> usize {
-        self.devices * self.node_count()
+        self.devices.saturating_mul(self.node_count())
+    }
+
+    /// `timeout_s` as a duration (validation refuses what does not fit one).
+    pub fn timeout(&self) -> Duration {
+        Duration::try_from_secs_f64(self.timeout_s).unwrap_or(Duration::MAX)
     }
 }
 
@@ -567,7 +574,93 @@ impl Default for EvalSection {
     }
 }
 
+/// The `[lora]` keys an adapter's `adapter_config.json` decides.
+const ADAPTER_DECIDES: [&str; 4] = ["r", "alpha", "dropout", "target_modules"];
+
+/// Refuses `[lora]` settings beside `model.adapter`: the adapter brings its own rank, scale,
+/// dropout and layers, so those keys would be ignored while the run's `recipe.toml` recorded
+/// them. (A run's own `recipe.toml` leaves them out: see [`Recipe::to_run_toml`].)
+fn refuse_lora_beside_adapter(value: &toml::Table) -> std::result::Result<(), String> {
+    let adapter = value.get("model").and_then(|m| m.get("adapter")).is_some();
+    let set: Vec<&str> = value
+        .get("lora")
+        .and_then(|l| l.as_table())
+        .map(|l| {
+            ADAPTER_DECIDES
+                .iter()
+                .copied()
+                .filter(|k| l.contains_key(*k))
+                .collect()
+        })
+        .unwrap_or_default();
+    if adapter && !set.is_empty() {
+        return Err(format!(
+            "`lora.{}` set beside `model.adapter`: the adapter's adapter_config.json decides its \
+             rank, alpha, dropout and target modules; remove these keys (or `model.adapter` to \
+             train a new adapter)",
+            set.join("`, `lora.")
+        ));
+    }
+    Ok(())
+}
+
 impl Recipe {
+    /// The recipe as a run records it in its `recipe.toml`: every value resolved, and without
+    /// the `[lora]` keys an adapter decides when `model.adapter` is set.
+    pub fn to_run_toml(&self) -> String {
+        let mut value = toml::Value::try_from(self).expect("a recipe serialises");
+        if self.model.adapter.is_some() {
+            if let Some(lora) = value.get_mut("lora").and_then(|l| l.as_table_mut()) {
+                lora.retain(|k, _| !ADAPTER_DECIDES.contains(&k));
+            }
+        }
+        toml::to_string_pretty(&value).expect("a recipe serialises")
+    }
+
+    /// Refuses what this recipe asks of a model of `config` that the model cannot give,
+    /// before any work: a longest sequence (the prompt cap plus the rollout's or an evaluation's
+    /// generation length) beyond its context, and an adapter rank beyond a targeted layer's.
+    /// Errors name `config_path`, the file `config` was read from.
+    pub fn check_model(&self, config: &ModelConfig, config_path: &Path) -> Result<()> {
+        let path = config_path.to_path_buf();
+        let bad = |message: String| {
+            Err(TrainError::Recipe {
+                path: path.clone(),
+                message,
+            })
+        };
+        let (prompt, context) = (self.task.max_prompt_tokens, config.max_sequence_length);
+        let lengths = std::iter::once(("rollout.gen_length", self.rollout.gen_length)).chain(
+            self.eval
+                .gen_lengths
+                .iter()
+                .map(|&l| ("eval.gen_lengths", l)),
+        );
+        for (key, len) in lengths {
+            if prompt.saturating_add(len) > context {
+                return bad(format!(
+                    "`{key}` {len} + `task.max_prompt_tokens` {prompt} exceeds the model's \
+                     context (max_sequence_length {context})"
+                ));
+            }
+        }
+        // (An adapter given in `model.adapter` brings its own rank, checked when it is read.)
+        if self.model.finetune == Finetune::Lora && self.model.adapter.is_none() {
+            for name in &self.lora.target_modules {
+                let (d_in, d_out) = crate::plan::linear_dims(config, name);
+                if self.lora.r > d_in.min(d_out) {
+                    return bad(format!(
+                        "`lora.r` {} exceeds the rank of `{name}` ({d_in} x {d_out}): an update \
+                         of that rank cannot be more than min(in, out) = {}",
+                        self.lora.r,
+                        d_in.min(d_out)
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Reads a recipe and applies `section.key=value` overrides (values parsed as TOML,
     /// falling back to strings).
     pub fn load(path: &Path, overrides: &[String]) -> Result<Self> {
@@ -607,6 +700,7 @@ impl Recipe {
                 _ => return Err(bad(format!("`{}` is not a section", parts[0]))),
             }
         }
+        refuse_lora_beside_adapter(&value).map_err(bad)?;
         fill_rollout_defaults(&mut value);
         let recipe: Recipe = toml::Value::Table(value)
             .try_into()
@@ -834,10 +928,16 @@ impl Recipe {
                 "must be 0 without `distributed.nodes`".into(),
             );
         }
-        if !(d.timeout_s.is_finite() && d.timeout_s > 0.0) {
+        if !(d.timeout_s.is_finite() && d.timeout_s > 0.0)
+            || Duration::try_from_secs_f64(d.timeout_s).is_err()
+        {
             return bad(
                 "distributed.timeout_s",
-                format!("must be a positive number of seconds, not {}", d.timeout_s),
+                format!(
+                    "must be a positive number of seconds up to {:.3e}, not {}",
+                    Duration::MAX.as_secs_f64(),
+                    d.timeout_s
+                ),
             );
         }
         let devices = d.peers();

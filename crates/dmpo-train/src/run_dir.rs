@@ -54,7 +54,7 @@ pub fn holds_run(path: &Path) -> bool {
 }
 
 /// Files and directories a run writes directly under its directory (what
-/// [`StartMode::Overwrite`] removes); evaluation outputs `eval_*.json` and the plots too.
+/// [`StartMode::Overwrite`] removes, with the evaluation files of [`is_run_evaluation`]).
 const RUN_FILES: [&str; 7] = [
     "recipe.toml",
     "metrics.jsonl",
@@ -64,6 +64,24 @@ const RUN_FILES: [&str; 7] = [
     "accuracy.png",
     "reward.png",
 ];
+
+/// Whether `name` is an evaluation file a run writes: `eval_{before,after,stepN}_len{L}.json`
+/// (a user's own `eval_notes.json` is not one).
+fn is_run_evaluation(name: &str) -> bool {
+    let Some(rest) = name
+        .strip_prefix("eval_")
+        .and_then(|r| r.strip_suffix(".json"))
+    else {
+        return false;
+    };
+    let Some((label, len)) = rest.rsplit_once("_len") else {
+        return false;
+    };
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    let label_ok =
+        label == "before" || label == "after" || label.strip_prefix("step").is_some_and(digits);
+    label_ok && digits(len)
+}
 
 /// The files whose presence means the directory holds a run (besides a checkpoint).
 const RUN_MARKERS: [&str; 2] = ["recipe.toml", "metrics.jsonl"];
@@ -78,6 +96,13 @@ pub struct RunDir {
 impl RunDir {
     /// Creates (if needed) and locks `path` for a run started in `mode`.
     pub fn open(path: &Path, mode: StartMode) -> Result<Self> {
+        // A run that started here left its lock file (even one killed before its first file).
+        let started_before = path.join(".lock").is_file();
+        if mode == StartMode::Resume && !started_before && !holds_run(path) {
+            return Err(TrainError::NothingToResume {
+                path: path.to_path_buf(),
+            });
+        }
         std::fs::create_dir_all(path).map_err(|e| TrainError::io(path, e))?;
         let lock_path = path.join(".lock");
         let lock = OpenOptions::new()
@@ -135,13 +160,14 @@ impl RunDir {
         &self.path
     }
 
-    /// Removes what a previous run wrote ([`RUN_FILES`] and `eval_*.json`), nothing else.
+    /// Removes what a previous run wrote ([`RUN_FILES`] and its evaluation files), nothing
+    /// else.
     fn remove_run_files(&self) -> Result<()> {
         let entries = std::fs::read_dir(&self.path).map_err(|e| TrainError::io(&self.path, e))?;
         for entry in entries {
             let entry = entry.map_err(|e| TrainError::io(&self.path, e))?;
             let name = entry.file_name().to_string_lossy().into_owned();
-            let is_eval = name.starts_with("eval_") && name.ends_with(".json");
+            let is_eval = is_run_evaluation(&name);
             if !(RUN_FILES.contains(&name.as_str()) || is_eval) {
                 continue;
             }
@@ -223,6 +249,37 @@ mod tests {
             dir.join("notes.txt").is_file(),
             "files a run does not write are kept"
         );
+    }
+
+    #[test]
+    fn only_a_runs_own_evaluation_files_count_as_its_files() {
+        for name in [
+            "eval_before_len256.json",
+            "eval_after_len8.json",
+            "eval_step40_len128.json",
+        ] {
+            assert!(is_run_evaluation(name), "{name}");
+        }
+        for name in [
+            "eval_notes.json",
+            "eval_before_len.json",
+            "eval_stepx_len8.json",
+            "eval_after_len8.jsonl",
+        ] {
+            assert!(!is_run_evaluation(name), "{name}");
+        }
+    }
+
+    #[test]
+    fn resuming_where_no_run_started_is_refused() {
+        let (_tmp, dir) = scratch();
+        let fresh = dir.join("never-ran");
+        let e = RunDir::open(&fresh, StartMode::Resume).unwrap_err();
+        assert!(e.to_string().contains("nothing to resume"), "{e}");
+        assert!(!fresh.exists(), "a refused resume creates nothing");
+        // A run killed before it wrote a file left its lock: resuming it starts it again.
+        drop(RunDir::open(&fresh, StartMode::Fresh).unwrap());
+        RunDir::open(&fresh, StartMode::Resume).unwrap();
     }
 
     #[test]

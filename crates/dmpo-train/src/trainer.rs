@@ -114,11 +114,11 @@ pub fn train<AB: AutodiffBackend>(
     let eval_set = eval_items(&recipe.task, task, recipe.eval.order, recipe.eval.limit)?;
     let (model, reference) = load_policy_and_reference::<AB>(recipe, &device)?;
     tokenizer.check_model(&model.config)?;
-    check_context(recipe, model.config.max_sequence_length)?;
+    recipe.check_model(&model.config, &recipe.model.path.join("config.json"))?;
     let t = &recipe.train;
     let optimizer = crate::optim::adamw(t).init::<AB, DiffusionLm<AB>>();
 
-    let resolved = toml::to_string_pretty(recipe).expect("serialisable recipe");
+    let resolved = recipe.to_run_toml();
     dllm_model::load::write_atomic(&run_dir.join("recipe.toml"), resolved.as_bytes())?;
     let metrics_path = run_dir.join("metrics.jsonl");
     let mut run = StepContext {
@@ -172,31 +172,6 @@ pub fn train<AB: AutodiffBackend>(
     Ok(summary)
 }
 
-/// Refuses a recipe whose longest sequence (the prompt cap plus the rollout's or an
-/// evaluation's generation length) exceeds the model's context, before any work.
-fn check_context(recipe: &Recipe, context: usize) -> Result<()> {
-    let prompt = recipe.task.max_prompt_tokens;
-    let lengths = std::iter::once(("rollout.gen_length", recipe.rollout.gen_length)).chain(
-        recipe
-            .eval
-            .gen_lengths
-            .iter()
-            .map(|&l| ("eval.gen_lengths", l)),
-    );
-    for (key, len) in lengths {
-        if prompt.saturating_add(len) > context {
-            return Err(TrainError::Recipe {
-                path: recipe.model.path.join("config.json"),
-                message: format!(
-                    "`{key}` {len} + `task.max_prompt_tokens` {prompt} exceeds the model's \
-                     context (max_sequence_length {context})"
-                ),
-            });
-        }
-    }
-    Ok(())
-}
-
 /// Refuses to resume `run_dir` with a recipe whose settings differ from the run's
 /// `recipe.toml` in anything but [`crate::recipe::RESUMABLE_KEYS`], naming the keys, and any
 /// resume of full fine-tuning in half precision.
@@ -217,6 +192,17 @@ fn check_resumable(recipe: &Recipe, run_dir: &Path) -> Result<()> {
         });
     }
     if !saved_path.is_file() {
+        // A run writes its recipe before anything else: without it, checkpoints or metrics
+        // cannot be checked against the settings they were made with.
+        if crate::run_dir::holds_run(run_dir) {
+            return Err(TrainError::Recipe {
+                path: saved_path,
+                message: "is missing, so the run's settings cannot be checked against this \
+                          recipe: --resume needs the run's recipe.toml (restore it, or start a \
+                          new run)"
+                    .into(),
+            });
+        }
         return Ok(());
     }
     let saved = Recipe::load(&saved_path, &[])?;
@@ -276,9 +262,19 @@ fn load_policy_and_reference<AB: AutodiffBackend>(
             };
             (m, Reference::AdapterOff)
         }
+        // Full fine-tuning from an adapter starts from the base with the adapter merged in, and
+        // so does its reference.
         Finetune::Full => {
             let frozen = load_model::<AB::InnerBackend>(&recipe.model.path, load, device)?;
-            (base, Reference::Frozen(Box::new(frozen)))
+            match &recipe.model.adapter {
+                Some(a) => (
+                    base.load_adapter(a, device)?
+                        .merge_adapters()
+                        .all_trainable(),
+                    Reference::Frozen(Box::new(frozen.load_adapter(a, device)?.merge_adapters())),
+                ),
+                None => (base, Reference::Frozen(Box::new(frozen))),
+            }
         }
     })
 }

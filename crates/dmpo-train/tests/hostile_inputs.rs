@@ -390,3 +390,585 @@ fn run_directories_keep_previous_runs() {
     assert!(!run.join("checkpoints/step-000002").exists());
     assert!(run.join("checkpoints/step-000001/state.json").is_file());
 }
+
+/// `dmpo` with arguments that need not be UTF-8.
+fn dmpo_os(dir: &Path, args: &[&std::ffi::OsStr]) -> Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_dmpo"))
+        .args(args)
+        .current_dir(dir)
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn plan_counts_durations_and_output() {
+    use std::os::unix::ffi::OsStrExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let recipe = root().join("recipes/tiny-sudoku.toml");
+    let r = recipe.to_str().unwrap();
+    let config = root().join("models/tiny-sudoku/config.json");
+    let c = config.to_str().unwrap();
+    let plan = |sets: &[&str]| {
+        let mut args = vec!["plan", r, "--json", "--config", c];
+        for s in sets {
+            args.extend(["--set", s]);
+        }
+        dmpo(dir, &args)
+    };
+    // A step of 2^63 rows is answered at once (the largest micro-batch by bisection).
+    succeeds(
+        "2^63 rows",
+        &plan(&[
+            "train.prompts_per_step=4294967296",
+            "train.group_size=2147483648",
+        ]),
+    );
+    // What training would refuse, planning refuses too, naming it.
+    let lora = ["model.finetune=\"lora\"", "train.sync_ref_model=false"];
+    fails(
+        "lora.r 2^62",
+        &plan(&[lora[0], lora[1], "lora.r=4611686018427387904"]),
+        &["lora.r", "rank"],
+    );
+    fails(
+        "gen_length 2^40",
+        &plan(&[
+            "rollout.gen_length=1099511627776",
+            "rollout.block_length=1099511627776",
+            "rollout.steps=1",
+        ]),
+        &["rollout.gen_length", "max_sequence_length"],
+    );
+    // Durations and counts that overflow are refused by key.
+    let model = model_copy(dir, "m", |_| {});
+    fails(
+        "timeout 1e300",
+        &train(
+            dir,
+            &model,
+            &["distributed.timeout_s=1e300"],
+            &["--skip-eval"],
+        ),
+        &["distributed.timeout_s"],
+    );
+    let nodes = "distributed.nodes=[\"127.0.0.1:39111\",\"127.0.0.1:39112\",\"127.0.0.1:39113\",\"127.0.0.1:39114\"]";
+    fails(
+        "devices x machines overflows",
+        &train(
+            dir,
+            &model,
+            &[
+                "distributed.devices=4611686018427387904",
+                nodes,
+                "distributed.experimental_multi_machine=true",
+                "distributed.orchestrator=\"127.0.0.1:9\"",
+            ],
+            &["--skip-eval"],
+        ),
+        &["distributed.devices"],
+    );
+    // Paths that are not UTF-8 are printed, not a panic.
+    let odd = dir.join(std::ffi::OsStr::from_bytes(b"r\xff.toml"));
+    std::fs::copy(&recipe, &odd).unwrap();
+    let out = dmpo_os(
+        dir,
+        &[
+            "plan".as_ref(),
+            odd.as_os_str(),
+            "--json".as_ref(),
+            "--config".as_ref(),
+            config.as_os_str(),
+        ],
+    );
+    succeeds("plan --json, non-UTF-8 recipe name", &out);
+    let odd_model = dir.join(std::ffi::OsStr::from_bytes(b"m\xff"));
+    std::fs::rename(&model, &odd_model).unwrap();
+    let out = dmpo_os(
+        dir,
+        &[
+            "inspect".as_ref(),
+            "--model".as_ref(),
+            odd_model.as_os_str(),
+            "--json".as_ref(),
+        ],
+    );
+    succeeds("inspect, non-UTF-8 model directory", &out);
+    // A closed stdout ends the process quietly.
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_dmpo"))
+        .args(["plan", r, "--config", c])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("panicked"));
+}
+
+/// A LoRA adapter trained one step on the tiny model, in `dir/adapter`.
+fn trained_adapter(dir: &Path, model: &Path) -> std::path::PathBuf {
+    let sets = [
+        "model.finetune=\"lora\"",
+        "train.sync_ref_model=false",
+        "lora.r=4",
+        "lora.alpha=8",
+        "lora.dropout=0",
+        "train.lr=0.05",
+        "run.name=\"lora\"",
+    ];
+    succeeds("LoRA run", &train(dir, model, &sets, &["--skip-eval"]));
+    let from = dir.join("runs/lora/checkpoints/step-000001/adapter");
+    let to = dir.join("adapter");
+    std::fs::create_dir_all(&to).unwrap();
+    for f in ["adapter_config.json", "adapter_model.safetensors"] {
+        std::fs::copy(from.join(f), to.join(f)).unwrap();
+    }
+    to
+}
+
+/// A copy of `adapter` with `key` of its config set to `value`.
+fn adapter_with(
+    dir: &Path,
+    adapter: &Path,
+    name: &str,
+    key: &str,
+    value: serde_json::Value,
+) -> std::path::PathBuf {
+    let to = dir.join(name);
+    std::fs::create_dir_all(&to).unwrap();
+    std::fs::copy(
+        adapter.join("adapter_model.safetensors"),
+        to.join("adapter_model.safetensors"),
+    )
+    .unwrap();
+    let mut c: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(adapter.join("adapter_config.json")).unwrap(),
+    )
+    .unwrap();
+    c[key] = value;
+    std::fs::write(to.join("adapter_config.json"), c.to_string()).unwrap();
+    to
+}
+
+#[test]
+fn adapters_are_read_as_peft_reads_them_and_checked_by_inspect() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let model = model_copy(dir, "m", |_| {});
+    let adapter = trained_adapter(dir, &model);
+    let gen = |a: &Path| generate(dir, &model, &["--adapter", a.to_str().unwrap(), "--json"]);
+    let ids = |out: &Output| -> serde_json::Value {
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["ids"].clone()
+    };
+    let plain = gen(&adapter);
+    succeeds("adapter", &plain);
+    // Keys that change PEFT's computation are refused by name; their off values are not.
+    for (key, value) in [
+        ("use_dora", serde_json::json!(true)),
+        ("alpha_pattern", serde_json::json!({"q_proj": 80})),
+        ("rank_pattern", serde_json::json!({"q_proj": 2})),
+        ("layers_to_transform", serde_json::json!([0])),
+        ("a_key_of_a_later_peft", serde_json::json!(3)),
+    ] {
+        let a = adapter_with(dir, &adapter, key, key, value);
+        fails(key, &gen(&a), &[key, "adapter_config.json"]);
+    }
+    let off = adapter_with(dir, &adapter, "off", "use_dora", serde_json::json!(false));
+    assert_eq!(
+        ids(&gen(&off)),
+        ids(&plain),
+        "use_dora false is PEFT's default"
+    );
+    let all = adapter_with(
+        dir,
+        &adapter,
+        "all",
+        "target_modules",
+        serde_json::json!("all-linear"),
+    );
+    assert_eq!(
+        ids(&gen(&all)),
+        ids(&plain),
+        "all-linear: every block linear"
+    );
+
+    // inspect reads the adapter's weights as generate does.
+    let inspect = |a: &Path| {
+        dmpo(
+            dir,
+            &[
+                "inspect",
+                "--model",
+                model.to_str().unwrap(),
+                "--adapter",
+                a.to_str().unwrap(),
+            ],
+        )
+    };
+    succeeds("inspect adapter", &inspect(&adapter));
+    let r8 = adapter_with(dir, &adapter, "r8", "r", serde_json::json!(8));
+    fails(
+        "rank 8 config over rank 4 tensors",
+        &inspect(&r8),
+        &["adapter_model.safetensors"],
+    );
+    let gone = adapter_with(dir, &adapter, "gone", "r", serde_json::json!(4));
+    std::fs::remove_file(gone.join("adapter_model.safetensors")).unwrap();
+    fails(
+        "no weights",
+        &inspect(&gone),
+        &["adapter_model.safetensors"],
+    );
+
+    // model.adapter brings its own rank and layers: [lora] beside it is a conflict; with full
+    // fine-tuning the adapter is merged into the starting weights.
+    let with_adapter = format!("model.adapter=\"{}\"", adapter.display());
+    fails(
+        "lora.r beside model.adapter",
+        &train(
+            dir,
+            &model,
+            &[
+                &with_adapter,
+                "model.finetune=\"lora\"",
+                "train.sync_ref_model=false",
+                "lora.r=8",
+                "run.name=\"e61\"",
+            ],
+            &["--skip-eval"],
+        ),
+        &["lora.r", "model.adapter"],
+    );
+    succeeds(
+        "adapter resumed as LoRA",
+        &train(
+            dir,
+            &model,
+            &[
+                &with_adapter,
+                "model.finetune=\"lora\"",
+                "train.sync_ref_model=false",
+                "run.name=\"cont\"",
+            ],
+            &["--skip-eval"],
+        ),
+    );
+    let recorded = std::fs::read_to_string(dir.join("runs/cont/recipe.toml")).unwrap();
+    assert!(
+        !recorded.contains("\nr = "),
+        "recipe.toml records the adapter's own rank:\n{recorded}"
+    );
+    succeeds(
+        "full fine-tuning from an adapter",
+        &train(
+            dir,
+            &model,
+            &[&with_adapter, "run.name=\"full\""],
+            &["--skip-eval"],
+        ),
+    );
+}
+
+#[test]
+fn configs_and_tokenizers_that_disagree_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let inspect = |m: &Path| dmpo(dir, &["inspect", "--model", m.to_str().unwrap()]);
+    for (name, key, value, needle) in [
+        (
+            "gpt2",
+            "model_type",
+            serde_json::json!("gpt2"),
+            "model_type",
+        ),
+        (
+            "mask-eos",
+            "mask_token_id",
+            serde_json::json!(1),
+            "mask_token_id",
+        ),
+        (
+            "mask-bos",
+            "mask_token_id",
+            serde_json::json!(0),
+            "mask_token_id",
+        ),
+        ("clip", "clip_qkv", serde_json::json!(8.0), "clip_qkv"),
+        (
+            "affine",
+            "layer_norm_with_affine",
+            serde_json::json!(false),
+            "layer_norm_with_affine",
+        ),
+        (
+            "bias",
+            "bias_for_layer_norm",
+            serde_json::json!(true),
+            "bias_for_layer_norm",
+        ),
+    ] {
+        let m = model_copy(dir, name, |c| c[key] = value);
+        fails(name, &inspect(&m), &[needle, "config.json"]);
+    }
+    // The tokenizer must be the config's: the same mask and end-of-text ids, no token beyond
+    // the embedding table; inspect checks it as generate does.
+    let edit_tokenizer = |name: &str, edit: &dyn Fn(&mut serde_json::Value)| {
+        let m = model_copy(dir, name, |_| {});
+        let p = m.join("tokenizer.json");
+        let mut t: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+        edit(&mut t);
+        std::fs::write(&p, t.to_string()).unwrap();
+        m
+    };
+    let swap = |a: &'static str, b: &'static str| {
+        move |t: &mut serde_json::Value| {
+            let id = |t: &serde_json::Value, s: &str| t["model"]["vocab"][s].clone();
+            let (ia, ib) = (id(t, a), id(t, b));
+            for e in t["added_tokens"].as_array_mut().unwrap() {
+                if e["content"] == a {
+                    e["id"] = ib.clone();
+                } else if e["content"] == b {
+                    e["id"] = ia.clone();
+                }
+            }
+            t["model"]["vocab"][a] = ib.clone();
+            t["model"]["vocab"][b] = ia.clone();
+        }
+    };
+    let mask = edit_tokenizer("mask", &swap("<|mdm_mask|>", "<unk>"));
+    fails(
+        "mask id",
+        &inspect(&mask),
+        &["<|mdm_mask|>", "mask_token_id", "disagree"],
+    );
+    fails(
+        "mask id, generate",
+        &generate(dir, &mask, &[]),
+        &["mask_token_id"],
+    );
+    let eos = edit_tokenizer("eos", &swap("<|endoftext|>", "<|startoftext|>"));
+    fails("eos id", &inspect(&eos), &["eos_token_id", "disagree"]);
+    // transformers ignores the file's truncation and padding when encoding a prompt.
+    let prompt = |m: &Path| {
+        dmpo(
+            dir,
+            &[
+                "prompt",
+                "--task",
+                "sudoku",
+                "--data",
+                "builtin",
+                "--index",
+                "0",
+                "--style",
+                "compact",
+                "--model",
+                m.to_str().unwrap(),
+            ],
+        )
+    };
+    let plain = prompt(&model_copy(dir, "plain", |_| {}));
+    succeeds("prompt", &plain);
+    let truncating = edit_tokenizer("trunc", &|t| {
+        t["truncation"] = serde_json::json!({"direction": "Right", "max_length": 4, "strategy": "LongestFirst", "stride": 0});
+        t["padding"] = serde_json::json!({"strategy": {"Fixed": 64}, "direction": "Right", "pad_to_multiple_of": null, "pad_id": 1, "pad_type_id": 0, "pad_token": "<|endoftext|>"});
+    });
+    assert_eq!(prompt(&truncating).stdout, plain.stdout);
+    // A byte-order mark before config.json's text is skipped.
+    let bom = model_copy(dir, "bom", |_| {});
+    let text = std::fs::read_to_string(bom.join("config.json")).unwrap();
+    std::fs::write(bom.join("config.json"), format!("\u{feff}{text}")).unwrap();
+    succeeds("BOM", &inspect(&bom));
+}
+
+#[test]
+fn score_refuses_files_of_another_task_and_counts_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let record = |truth: &str| serde_json::json!({"question": "3102200002100320", "generations": "<answer>3142243142131324</answer>", "ground_truth": truth});
+    let write = |name: &str, doc: serde_json::Value| {
+        let p = dir.join(name);
+        std::fs::write(&p, doc.to_string()).unwrap();
+        p.display().to_string()
+    };
+    let good = write(
+        "eval_after_len8.json",
+        serde_json::json!({"task": "sudoku", "generations": [record("3142243142131324")]}),
+    );
+    let score = |task: &str, files: &[&str]| {
+        let mut args = vec!["score", "--task", task];
+        args.extend(files);
+        dmpo(dir, &args)
+    };
+    succeeds("sudoku", &score("sudoku", &[&good]));
+    for task in ["gsm8k", "countdown", "math"] {
+        fails(task, &score(task, &[&good]), &["sudoku generations", task]);
+    }
+    // Without the `task` key, the ground truths still tell.
+    let untagged = write(
+        "plain.json",
+        serde_json::json!({"generations": [record("3142243142131324")]}),
+    );
+    fails(
+        "untagged as gsm8k",
+        &score("gsm8k", &[&untagged]),
+        &["ground_truth", "gsm8k"],
+    );
+    fails("twice", &score("sudoku", &[&good, &good]), &["given twice"]);
+    let other = write(
+        "summary.json",
+        serde_json::json!({"before": [], "after": []}),
+    );
+    fails(
+        "not an evaluation file",
+        &score("sudoku", &[&other]),
+        &["not an evaluation file"],
+    );
+    let bad_truth = write(
+        "bad.json",
+        serde_json::json!({"generations": [record("123")]}),
+    );
+    fails(
+        "invalid ground truth",
+        &score("sudoku", &[&bad_truth]),
+        &["ground_truth", "123"],
+    );
+    let bom = dir.join("bom.json");
+    std::fs::write(
+        &bom,
+        format!("\u{feff}{}", std::fs::read_to_string(&good).unwrap()),
+    )
+    .unwrap();
+    succeeds("BOM", &score("sudoku", &[bom.to_str().unwrap()]));
+}
+
+#[test]
+fn resume_and_overwrite_touch_only_what_a_run_made() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let model = model_copy(dir, "m", |_| {});
+    let run = dir.join("runs/r");
+    fails(
+        "nothing to resume",
+        &train(dir, &model, &[], &["--resume", "--skip-eval"]),
+        &["nothing to resume"],
+    );
+    assert!(!run.exists(), "a refused resume creates nothing");
+    succeeds("first run", &train(dir, &model, &[], &["--skip-eval"]));
+    std::fs::write(run.join("eval_notes.json"), "{}").unwrap();
+    std::fs::write(run.join("eval_after_len8.json"), "{}").unwrap();
+    succeeds(
+        "overwrite",
+        &train(dir, &model, &[], &["--overwrite", "--skip-eval"]),
+    );
+    assert!(
+        run.join("eval_notes.json").is_file(),
+        "a user's file is kept"
+    );
+    assert!(
+        !run.join("eval_after_len8.json").exists(),
+        "the run's own evaluation is removed"
+    );
+    std::fs::remove_file(run.join("recipe.toml")).unwrap();
+    fails(
+        "recipe.toml deleted",
+        &train(
+            dir,
+            &model,
+            &["train.steps=2", "run.seed=7"],
+            &["--resume", "--skip-eval"],
+        ),
+        &["recipe.toml", "missing"],
+    );
+}
+
+#[test]
+fn samplers_and_data_files_at_their_limits() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let model = root().join("models/tiny-sudoku");
+    // Random remasking checks the logits as low-confidence remasking does.
+    for remasking in ["random", "low_confidence"] {
+        fails(
+            remasking,
+            &generate(
+                dir,
+                &model,
+                &["--cfg", "1e38", "--remasking", remasking, "--json"],
+            ),
+            &["non-finite"],
+        );
+    }
+    // Dream's top_k at or beyond the vocabulary keeps every token (Hugging Face clamps it).
+    let dream = root().join("fixtures/golden-dream");
+    let d = dream.to_str().unwrap();
+    let base = [
+        "generate",
+        "--model",
+        d,
+        "--prompt-ids",
+        "7,8,9",
+        "--gen-length",
+        "8",
+        "--json",
+    ];
+    let plain = dmpo(dir, &base);
+    succeeds("dream", &plain);
+    let mut clamped = base.to_vec();
+    clamped.extend(["--top-k", "100000"]);
+    let out = dmpo(dir, &clamped);
+    succeeds("top_k beyond the vocabulary", &out);
+    let ids =
+        |o: &Output| serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap()["ids"].clone();
+    assert_eq!(
+        ids(&out),
+        ids(&plain),
+        "a top_k of the whole vocabulary filters nothing"
+    );
+    // An all-padding row has no logits.
+    let input = dir.join("pad.st");
+    write_i64(
+        &input,
+        &[
+            ("input_ids", &[7, 8, 9, 7, 8, 9], &[2, 3]),
+            ("attention_mask", &[1, 1, 1, 0, 0, 0], &[2, 3]),
+        ],
+    )
+    .unwrap();
+    fails(
+        "all-padding row",
+        &dmpo(
+            dir,
+            &[
+                "logits",
+                "--model",
+                model.to_str().unwrap(),
+                "--input",
+                "pad.st",
+                "--output",
+                "o.st",
+            ],
+        ),
+        &["row 1", "attention_mask"],
+    );
+    // A data file with no line end is not read whole.
+    fails(
+        "endless data file",
+        &dmpo(
+            dir,
+            &[
+                "prompt",
+                "--task",
+                "countdown",
+                "--data",
+                "/dev/zero",
+                "--index",
+                "0",
+            ],
+        ),
+        &["/dev/zero", "MiB"],
+    );
+}

@@ -165,6 +165,11 @@ pub fn read_jsonl<R: Read>(task: Task, reader: R, path: &Path) -> Result<Vec<Tas
     for (i, line) in BufReader::new(reader).lines().enumerate() {
         let n = i as u64 + 1;
         let line = line.map_err(|e| bad(path, n, format!("unreadable line: {e}")))?;
+        // A byte-order mark before the first row (Windows editors) is not JSON.
+        let line = match (n, line.strip_prefix('\u{feff}')) {
+            (1, Some(rest)) => rest.to_string(),
+            _ => line,
+        };
         if line.trim().is_empty() {
             continue;
         }
@@ -206,8 +211,53 @@ pub fn read_sudoku_csv<R: Read>(reader: R, path: &Path) -> Result<Vec<TaskItem>,
     Ok(items)
 }
 
-fn open(path: &Path) -> Result<File, Error> {
-    File::open(path).map_err(|e| io_err(path, e))
+/// The longest line a data file may hold (a task row is a few kilobytes; a file without
+/// newlines, `/dev/zero` say, must not be read into memory whole).
+pub const MAX_LINE_BYTES: usize = 16 << 20;
+/// The most a JSON Lines or CSV data file may hold.
+pub const MAX_DATA_BYTES: u64 = 1 << 30;
+
+/// A reader that fails, with a message saying which limit, once a line runs past
+/// [`MAX_LINE_BYTES`] or the file past [`MAX_DATA_BYTES`].
+struct Bounded<R> {
+    inner: R,
+    line: usize,
+    total: u64,
+}
+
+impl<R: Read> Read for Bounded<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.total += n as u64;
+        for &b in &buf[..n] {
+            self.line = if b == b'\n' { 0 } else { self.line + 1 };
+            if self.line > MAX_LINE_BYTES {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!(
+                        "a line longer than {} MiB (a data file holds one row per line)",
+                        MAX_LINE_BYTES >> 20
+                    ),
+                ));
+            }
+        }
+        if self.total > MAX_DATA_BYTES {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("the file is larger than {} MiB", MAX_DATA_BYTES >> 20),
+            ));
+        }
+        Ok(n)
+    }
+}
+
+fn open(path: &Path) -> Result<Bounded<File>, Error> {
+    let inner = File::open(path).map_err(|e| io_err(path, e))?;
+    Ok(Bounded {
+        inner,
+        line: 0,
+        total: 0,
+    })
 }
 
 /// Load GSM8K JSONL (`question`, `answer`).

@@ -67,12 +67,49 @@ fn numbers_of(v: &Value) -> Vec<f64> {
     }
 }
 
+/// Refuses a record whose ground truth cannot be one of `task`'s, so that a file of another
+/// task is an error rather than a score of 0: a number for GSM8K (d1 and `dmpo` store
+/// numbers), a string or number for MATH, a `[numbers,
+/// target]` pair for Countdown (or none, the question then carries them), and for Sudoku a
+/// solved 16-digit grid that agrees with the question's puzzle.
+fn check_truth(task: Task, question: &str, truth: Option<&Value>) -> Result<(), String> {
+    let shown = || truth.map_or("none".to_string(), |t| t.to_string());
+    let ok = match (task, truth) {
+        (Task::Gsm8k, Some(Value::Number(_))) => true,
+        (Task::Math, Some(Value::String(_) | Value::Number(_)) | None) => true,
+        (Task::Countdown, Some(Value::Array(pair))) => {
+            pair.len() == 2 && pair[0].is_array() && pair[1].is_number()
+        }
+        (Task::Countdown, None) => countdown::truth_from_question(question).1.is_some(),
+        (Task::Sudoku, Some(Value::String(solution))) => {
+            let puzzle = sudoku::puzzle_from_question(question).unwrap_or_default();
+            crate::data::sudoku_item(&puzzle, solution).is_ok()
+        }
+        _ => false,
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "ground_truth {} is not a {task} answer ({})",
+            shown(),
+            match task {
+                Task::Gsm8k => "a number",
+                Task::Math => "a string or a number",
+                Task::Countdown => "a [numbers, target] pair",
+                Task::Sudoku => "a solved 16-digit grid that agrees with the question's puzzle",
+            }
+        ))
+    }
+}
+
 /// Score one generation record (`question`, `generations`, `ground_truth`) of a task.
 pub fn score_record(task: Task, item: &Value) -> Result<EvalScore, String> {
     if !item.is_object() {
         return Err("generation record is not a JSON object".into());
     }
     let question = str_or_default(item, "question")?;
+    check_truth(task, question, item.get("ground_truth"))?;
     let generation = str_or_default(item, "generations")?;
     let truth = item.get("ground_truth").unwrap_or(&Value::Null);
     Ok(match task {
@@ -114,8 +151,23 @@ pub fn score_value(task: Task, data: &Value, path: &str) -> Result<FileScore, Er
     if !data.is_object() {
         return Err(bad("top level is not a JSON object".into()));
     }
+    // Files written by `dmpo` name their task; d1's are named after it.
+    let named = match data.get("task") {
+        Some(Value::String(t)) => t.parse::<Task>().ok(),
+        _ => task_from_file_name(path),
+    };
+    if let Some(other) = named.filter(|&t| t != task) {
+        return Err(bad(format!(
+            "holds {other} generations, not {task} (the file's `task` or name says so)"
+        )));
+    }
     let records = match data.get("generations") {
-        None => &[][..],
+        None => {
+            return Err(bad(
+                "no \"generations\" list: not an evaluation file ({\"generations\": [{\"question\", \"generations\", \"ground_truth\"}, …]})"
+                    .into(),
+            ))
+        }
         Some(Value::Array(a)) => &a[..],
         Some(_) => return Err(bad("\"generations\" is not a list".into())),
     };
@@ -157,9 +209,14 @@ fn read_limited(path: &Path, limit: u64) -> Result<String, Error> {
             ),
         });
     }
-    String::from_utf8(bytes).map_err(|e| Error::BadFile {
+    let text = String::from_utf8(bytes).map_err(|e| Error::BadFile {
         path: path.to_path_buf(),
         message: format!("not UTF-8 text ({e})"),
+    })?;
+    // A leading byte-order mark (Windows editors) is not JSON; it is skipped.
+    Ok(match text.strip_prefix('\u{feff}') {
+        Some(rest) => rest.to_string(),
+        None => text,
     })
 }
 
@@ -174,12 +231,31 @@ pub fn score_file(task: Task, path: impl AsRef<Path>) -> Result<FileScore, Error
     score_value(task, &data, &path.display().to_string())
 }
 
-/// Score generation files (e.g. the shards of one run): per-file and total accuracy.
+/// Score generation files (e.g. the shards of one run): per-file and total accuracy. A file
+/// given twice (the same file by any path) and a set with nothing to score are refused.
 pub fn score_files<P: AsRef<Path>>(task: Task, paths: &[P]) -> Result<ScoreReport, Error> {
+    let mut seen = Vec::new();
+    for p in paths {
+        let p = p.as_ref();
+        let key = std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+        if seen.contains(&key) {
+            return Err(Error::BadFile {
+                path: p.to_path_buf(),
+                message: "given twice: its items would be counted twice".into(),
+            });
+        }
+        seen.push(key);
+    }
     let files = paths
         .iter()
         .map(|p| score_file(task, p))
         .collect::<Result<Vec<_>, _>>()?;
+    if let Some(first) = paths.first().filter(|_| files.iter().all(|f| f.total == 0)) {
+        return Err(Error::BadFile {
+            path: first.as_ref().to_path_buf(),
+            message: "nothing to score: no generation record in the files given".into(),
+        });
+    }
     let items = files.iter().map(|f| f.items).sum();
     let correct = files.iter().map(|f| f.correct).sum();
     let total = files.iter().map(|f| f.total).sum();
@@ -219,8 +295,24 @@ mod tests {
     fn layout_errors_and_defaults() {
         assert!(score_value(Task::Gsm8k, &json!([1]), "x").is_err());
         assert!(score_value(Task::Gsm8k, &json!({"generations": 3}), "x").is_err());
-        let empty = score_value(Task::Gsm8k, &json!({"metrics": {}}), "x").unwrap();
+        // Not an evaluation file: no `generations`.
+        let e = score_value(Task::Gsm8k, &json!({"metrics": {}}), "x").unwrap_err();
+        assert!(e.to_string().contains("not an evaluation file"), "{e}");
+        let empty = score_value(Task::Gsm8k, &json!({"generations": []}), "x").unwrap();
         assert_eq!((empty.items, empty.total, empty.accuracy_pct), (0, 0, 0.0));
+        // Another task's file, by its `task` or its name.
+        let e = score_value(
+            Task::Gsm8k,
+            &json!({"task": "sudoku", "generations": []}),
+            "x",
+        );
+        assert!(e.unwrap_err().to_string().contains("sudoku generations"));
+        let e = score_value(
+            Task::Math,
+            &json!({"generations": []}),
+            "countdown_shard0.json",
+        );
+        assert!(e.unwrap_err().to_string().contains("countdown generations"));
         let e = score_value(
             Task::Gsm8k,
             &json!({"generations": [{"generations": 5}]}),

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use burn::tensor::backend::Backend;
 use dllm_model::backend::{dispatch, BackendKind, BackendTask};
-use dllm_model::{ModelConfig, WeightFiles};
+use dllm_model::{ChatTokenizer, ModelConfig, WeightFiles};
 
 /// [`dllm_model::load::verify_model`] on a backend (its placeholders are empty tensors).
 struct VerifyTask(std::path::PathBuf);
@@ -52,13 +52,23 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             .is_file()
             .then(|| a.model.clone())
     });
+    // The adapter's weights and the tokenizer are checked as `generate` and `train` load them.
     let adapter = match &adapter_dir {
-        Some(d) => Some(dllm_model::lora::read_adapter_config(d)?),
+        Some(d) => Some(dllm_model::lora::verify_adapter(d, &config)?),
         None => None,
     };
+    let tokenizer_path = a.model.join("tokenizer.json");
+    let tokenizer = if tokenizer_path.is_file() {
+        let tokenizer = ChatTokenizer::from_file(&tokenizer_path)?;
+        tokenizer.check_model(&config)?;
+        Some(tokenizer.vocab_size())
+    } else {
+        None
+    };
     let summary = serde_json::json!({
-        "model": a.model,
-        "weights": weights.origin(),
+        "model": a.model.display().to_string(),
+        "weights": weights.origin().display().to_string(),
+        "tokenizer_tokens": tokenizer,
         "family": config.family.name(),
         "n_layers": config.n_layers,
         "d_model": config.d_model,
@@ -103,6 +113,10 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         config.num_params_u128() as f64 / 1e6,
         stored
     );
+    match tokenizer {
+        Some(n) => println!("tokenizer    {n} tokens"),
+        None => println!("tokenizer    none (token ids only)"),
+    }
     for (dtype, n) in dtypes {
         println!("dtype        {dtype}: {n} values");
     }

@@ -63,6 +63,12 @@ impl BackendTask for Task {
             if let Some(bad) = m.values.iter().find(|&&v| v != 0 && v != 1) {
                 anyhow::bail!("{file}: `attention_mask` holds {bad}; it must be 0 (pad) or 1");
             }
+            if let Some(row) = m.values.chunks(s).position(|r| r.iter().all(|&v| v == 0)) {
+                anyhow::bail!(
+                    "{file}: row {row} of `attention_mask` is all 0: a row with no token to \
+                     attend to has no logits (its attention would be 0/0)"
+                );
+            }
             Some(m.values)
         } else {
             None

@@ -48,6 +48,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         .clone()
         .unwrap_or_else(|| recipe.model.path.join("config.json"));
     let config = ModelConfig::from_file(&config_path)?;
+    recipe.check_model(&config, &config_path)?;
     let device = match a.device_memory {
         Some(g) if g.is_finite() && g > 0.0 => (g * 1e9) as u64,
         Some(g) => anyhow::bail!("--device-memory must be a positive number of GB, got {g}"),
@@ -60,8 +61,8 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let fits = largest_micro_batch(&config, &recipe, device);
     if a.json {
         let out = serde_json::json!({
-            "recipe": a.recipe,
-            "config": config_path,
+            "recipe": a.recipe.display().to_string(),
+            "config": config_path.display().to_string(),
             "micro_batch": micro_batch,
             "device_bytes": device,
             "plan": p,
