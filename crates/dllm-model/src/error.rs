@@ -81,6 +81,20 @@ pub enum ModelError {
         /// The value (`NaN`, `inf` or `-inf`).
         value: String,
     },
+    /// A finite stored value does not fit the element type asked for (1e5 in f16).
+    #[error("{path}: tensor `{tensor}` holds {value} at flat index {index}, beyond the range of {dtype}: load the model in bf16 or f32")]
+    Overflow {
+        /// The file holding the tensor.
+        path: PathBuf,
+        /// The tensor's name.
+        tensor: String,
+        /// Row-major index of the value.
+        index: usize,
+        /// The value as stored.
+        value: String,
+        /// The element type asked for.
+        dtype: String,
+    },
     /// No weights were found in a model directory.
     #[error("{path}: no `model.safetensors` or `model.safetensors.index.json` found")]
     NoWeights {

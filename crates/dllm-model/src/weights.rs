@@ -217,7 +217,10 @@ impl WeightFiles {
             let mmap = unsafe { Mmap::map(&file) }.map_err(|e| ModelError::io(path, e))?;
             let st = SafeTensors::deserialize(&mmap).map_err(|e| ModelError::Safetensors {
                 path: path.clone(),
-                message: e.to_string(),
+                message: match first_inconsistent_tensor(&mmap) {
+                    Some(why) => format!("{e}: {why}"),
+                    None => e.to_string(),
+                },
             })?;
             for name in st.names() {
                 if let Some(&prev) = location.get(name) {
@@ -290,8 +293,23 @@ impl WeightFiles {
             tensor: name.to_string(),
             dtype: format!("{:?}", view.dtype()),
         })?;
-        release_pages(mmap, bytes);
         if let Some((index, value)) = values.first_non_finite() {
+            // Finite as stored: the conversion overflowed (a value beyond f16's ±65504).
+            let stored = convert(bytes, view.dtype(), WeightDType::F32)
+                .and_then(|v| match v {
+                    HostValues::F32(v) => v.get(index).copied(),
+                    _ => None,
+                })
+                .filter(|v| v.is_finite());
+            if let Some(stored) = stored {
+                return Err(ModelError::Overflow {
+                    path: path.clone(),
+                    tensor: name.to_string(),
+                    index,
+                    value: stored.to_string(),
+                    dtype: format!("{dtype:?}").to_lowercase(),
+                });
+            }
             return Err(ModelError::NonFinite {
                 path: path.clone(),
                 tensor: name.to_string(),
@@ -299,10 +317,50 @@ impl WeightFiles {
                 value: value.to_string(),
             });
         }
+        release_pages(mmap, bytes);
         Ok(HostTensor {
             values,
             shape: expected.to_vec(),
         })
+    }
+
+    /// A digest of the weights that notices any change of a tensor's name, dtype, shape or
+    /// values without reading them whole: FNV-1a over each tensor's name, dtype, shape and
+    /// 4096 evenly spaced 8-byte windows of its data (every value of a tensor smaller than
+    /// that). A model scaled, retrained or re-created gets another digest.
+    pub fn sampled_digest(&self) -> Result<u64> {
+        const WINDOWS: usize = 4096;
+        let mut names: Vec<&String> = self.location.keys().collect();
+        names.sort();
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        let mut eat = |bytes: &[u8]| {
+            for &b in bytes {
+                h = (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
+            }
+        };
+        for name in names {
+            let (path, mmap) = &self.files[self.location[name]];
+            let st = SafeTensors::deserialize(mmap).map_err(|e| ModelError::Safetensors {
+                path: path.clone(),
+                message: e.to_string(),
+            })?;
+            let view = st.tensor(name).map_err(|e| ModelError::Safetensors {
+                path: path.clone(),
+                message: format!("tensor `{name}`: {e}"),
+            })?;
+            eat(name.as_bytes());
+            eat(format!("{:?}{:?}", view.dtype(), view.shape()).as_bytes());
+            let data = view.data();
+            if data.len() <= WINDOWS * 8 {
+                eat(data);
+            } else {
+                let stride = data.len() / WINDOWS;
+                for i in 0..WINDOWS {
+                    eat(&data[i * stride..i * stride + 8]);
+                }
+            }
+        }
+        Ok(h)
     }
 
     /// Names present in the files but never read, sorted.
@@ -352,6 +410,60 @@ fn release_pages(mmap: &Mmap, bytes: &[u8]) {
 }
 
 /// Decodes little-endian `bytes` of type `from` into `to`; `None` for unsupported dtypes.
+/// Bytes per element of a safetensors dtype name (`None` for a name this does not know).
+fn dtype_bytes(name: &str) -> Option<u64> {
+    Some(match name {
+        "BOOL" | "U8" | "I8" | "F8_E4M3" | "F8_E5M2" => 1,
+        "U16" | "I16" | "F16" | "BF16" => 2,
+        "U32" | "I32" | "F32" => 4,
+        "U64" | "I64" | "F64" => 8,
+        _ => return None,
+    })
+}
+
+/// Which tensor of a safetensors file the crate's "invalid shape, data type, or offset" error is
+/// about, and why: its header read by hand, each entry's byte range against its dtype and shape
+/// and against the data that follows the header.
+fn first_inconsistent_tensor(file: &[u8]) -> Option<String> {
+    let len = u64::from_le_bytes(file.get(..8)?.try_into().ok()?);
+    let header = file.get(8..8usize.checked_add(usize::try_from(len).ok()?)?)?;
+    let data_len = (file.len() as u64).checked_sub(8 + len)?;
+    let json: serde_json::Value = serde_json::from_slice(header).ok()?;
+    let mut entries: Vec<(&String, &serde_json::Value)> = json
+        .as_object()?
+        .iter()
+        .filter(|(k, _)| *k != "__metadata__")
+        .collect();
+    entries.sort_by_key(|(_, v)| v["data_offsets"][0].as_u64().unwrap_or(u64::MAX));
+    for (name, v) in entries {
+        let dtype = v["dtype"].as_str().unwrap_or("?");
+        let shape: Option<Vec<u64>> = v["shape"].as_array()?.iter().map(|d| d.as_u64()).collect();
+        let (begin, end) = (
+            v["data_offsets"][0].as_u64()?,
+            v["data_offsets"][1].as_u64()?,
+        );
+        let want = shape
+            .as_ref()
+            .and_then(|s| s.iter().try_fold(1u64, |a, &d| a.checked_mul(d)))
+            .zip(dtype_bytes(dtype))
+            .and_then(|(n, b)| n.checked_mul(b));
+        if end < begin || end > data_len {
+            return Some(format!(
+                "tensor `{name}`: data_offsets [{begin}, {end}] lie outside the {data_len} bytes of data"
+            ));
+        }
+        if want != Some(end - begin) {
+            return Some(format!(
+                "tensor `{name}`: {dtype} {:?} needs {} bytes, its data_offsets hold {}",
+                shape.unwrap_or_default(),
+                want.map_or("?".to_string(), |w| w.to_string()),
+                end - begin
+            ));
+        }
+    }
+    None
+}
+
 fn convert(bytes: &[u8], from: Dtype, to: WeightDType) -> Option<HostValues> {
     let as_f32: Vec<f32> = match from {
         Dtype::F32 => {

@@ -2,6 +2,9 @@
 
 use serde::{Deserialize, Serialize};
 
+/// The smallest positive temperature: logits up to about 1e8 divided by it stay finite in f32.
+pub const MIN_TEMPERATURE: f64 = 1e-30;
+
 /// How the confidence that ranks masked positions is computed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
@@ -230,6 +233,14 @@ impl SamplerConfig {
         }
         if !self.temperature.is_finite() || self.temperature < 0.0 {
             return bad(format!("temperature {} must be >= 0", self.temperature));
+        }
+        if self.temperature > 0.0 && self.temperature < MIN_TEMPERATURE {
+            // Dream divides the logits by the temperature: below this, f32 logits overflow.
+            return bad(format!(
+                "temperature {} is too small to divide logits by in f32 (0 is greedy decoding; \
+                 otherwise at least {MIN_TEMPERATURE:e})",
+                self.temperature
+            ));
         }
         if !self.cfg_scale.is_finite() || self.cfg_scale < 0.0 {
             return bad(format!("cfg_scale {} must be >= 0", self.cfg_scale));

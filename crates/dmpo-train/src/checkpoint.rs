@@ -44,10 +44,17 @@ fn record_err(path: &Path, e: RecorderError) -> TrainError {
         RecorderError::DeserializeError(m) => ("unreadable record", m),
         RecorderError::Unknown(m) => ("cannot write or read the record", m),
     };
+    // burn's messages wrap Debug dumps of its decoder's errors; only an I/O message inside
+    // (disk full) says something a person can act on.
     let detail = inner
         .split_once("message: \"")
         .and_then(|(_, rest)| rest.split_once('"'))
-        .map_or(inner.as_str(), |(m, _)| m);
+        .map(|(m, _)| m.to_string());
+    let detail = match (detail, what) {
+        (Some(m), _) => m,
+        (None, "file not found") => "not found".into(),
+        (None, _) => "truncated or corrupt (it does not decode as a record of this version)".into(),
+    };
     ckpt_err(path, format!("{what}: {detail}"))
 }
 
@@ -69,6 +76,101 @@ pub struct Snapshot<'a, B: AutodiffBackend, O> {
     pub finetune: Finetune,
     /// The base model's directory (named in the adapter config; its tokenizer is copied).
     pub base_model: &'a str,
+    /// What the model was trained on, checked on resume.
+    pub trained_on: &'a TrainedOn,
+}
+
+/// What a checkpoint was trained on, written beside its records (`trained_on.json`) and
+/// compared on resume before anything is loaded: a model re-created at `model.path` with
+/// other shapes, changed base weights, another fine-tuning mode or adapter, or record files
+/// truncated or swapped are refused by name instead of loading silently or panicking.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainedOn {
+    /// The model's configuration as loaded.
+    pub config: serde_json::Value,
+    /// The shape of every float parameter of the trained model, in record order.
+    pub parameter_shapes: Vec<Vec<usize>>,
+    /// LoRA or full fine-tuning.
+    pub finetune: Finetune,
+    /// The adapter trained (LoRA), as PEFT would describe it.
+    pub adapter: Option<dllm_model::LoraConfig>,
+    /// [`dllm_model::WeightFiles::sampled_digest`] of the weights at `model.path`, hex.
+    pub base_digest: String,
+    /// Bytes of each record file of the checkpoint (`model.bin`, `optimizer.bin`, …).
+    #[serde(default)]
+    pub record_bytes: std::collections::BTreeMap<String, u64>,
+}
+
+/// Shapes of a module's float parameters, in traversal order.
+#[derive(Default)]
+struct ParamShapes(Vec<Vec<usize>>);
+
+impl<B: Backend> ModuleVisitor<B> for ParamShapes {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        self.0.push(param.val().dims().to_vec());
+    }
+}
+
+impl TrainedOn {
+    /// What `model`, fine-tuned as `finetune` from the weights in `base`, is trained on.
+    pub fn of<B: Backend>(model: &DiffusionLm<B>, finetune: Finetune, base: &Path) -> Result<Self> {
+        let mut shapes = ParamShapes::default();
+        model.visit(&mut shapes);
+        let digest = dllm_model::WeightFiles::open_dir(base)?.sampled_digest()?;
+        Ok(Self {
+            config: serde_json::to_value(&model.config).expect("a config serialises"),
+            parameter_shapes: shapes.0,
+            finetune,
+            adapter: model.lora_config(),
+            base_digest: format!("{digest:016x}"),
+            record_bytes: Default::default(),
+        })
+    }
+
+    /// Why a checkpoint trained on `saved` cannot be resumed into this, if it cannot.
+    fn mismatch(&self, saved: &Self) -> Option<String> {
+        if self.finetune != saved.finetune {
+            return Some(format!(
+                "it was trained with `model.finetune` {:?}, this run is {:?}",
+                saved.finetune, self.finetune
+            ));
+        }
+        if self.config != saved.config {
+            let keys: Vec<String> = match (self.config.as_object(), saved.config.as_object()) {
+                (Some(now), Some(then)) => now
+                    .keys()
+                    .chain(then.keys())
+                    .filter(|k| now.get(*k) != then.get(*k))
+                    .cloned()
+                    .collect::<std::collections::BTreeSet<_>>()
+                    .into_iter()
+                    .collect(),
+                _ => vec![],
+            };
+            return Some(format!(
+                "the model at `model.path` is not the one it was trained on (config.json \
+                 differs in {})",
+                keys.join(", ")
+            ));
+        }
+        if self.parameter_shapes != saved.parameter_shapes {
+            return Some("its parameters have other shapes than this run's model".into());
+        }
+        if self.adapter != saved.adapter {
+            return Some(format!(
+                "it trained the adapter {:?}, this run builds {:?}",
+                saved.adapter, self.adapter
+            ));
+        }
+        if self.base_digest != saved.base_digest {
+            return Some(
+                "the weights at `model.path` changed since it was written (another or edited \
+                 base model)"
+                    .into(),
+            );
+        }
+        None
+    }
 }
 
 /// Saves `snapshot` as checkpoint `step-N` (`N` = `snapshot.state.step`) under
@@ -124,6 +226,7 @@ where
         state,
         finetune,
         base_model,
+        trained_on: _,
     } = *snapshot;
     model
         .clone()
@@ -145,6 +248,15 @@ where
             copy_tokenizer_files(Path::new(base_model), &tmp.join("hf"))?;
         }
     }
+    let mut trained_on = snapshot.trained_on.clone();
+    for name in RECORD_FILES {
+        if let Ok(meta) = std::fs::metadata(tmp.join(name)) {
+            trained_on.record_bytes.insert(name.to_string(), meta.len());
+        }
+    }
+    let text = serde_json::to_string_pretty(&trained_on).expect("serialisable");
+    let trained_on_path = tmp.join(TRAINED_ON_FILE);
+    std::fs::write(&trained_on_path, text).map_err(|e| TrainError::io(&trained_on_path, e))?;
     let json = serde_json::to_string_pretty(&state).expect("serialisable");
     let state_path = tmp.join("state.json");
     std::fs::write(&state_path, json).map_err(|e| TrainError::io(&state_path, e))
@@ -185,6 +297,12 @@ fn discard(root: &Path, name: &str) -> Result<()> {
 
 /// The moving reference's record inside a checkpoint directory (extension added by burn).
 const REFERENCE_FILE: &str = "reference";
+
+/// The record files of a checkpoint, as burn names them.
+const RECORD_FILES: [&str; 3] = ["model.bin", "optimizer.bin", "reference.bin"];
+
+/// What a checkpoint was trained on ([`TrainedOn`]).
+const TRAINED_ON_FILE: &str = "trained_on.json";
 
 /// Restores a reference saved with the checkpoint at `path` into `reference`; `None` when the
 /// checkpoint has none (a reference that never moved).
@@ -322,30 +440,115 @@ fn load_keeping_dtypes<B: Backend, M: Module<B>>(
 ) -> Result<M> {
     let mut dtypes = ParamDTypes::default();
     module.visit(&mut dtypes);
-    let loaded = module
-        .load_file(file, &recorder(), device)
-        .map_err(|e| record_err(path, e))?;
+    let named = path.join(format!(
+        "{}.bin",
+        file.file_name()
+            .map_or("model".into(), |n| n.to_string_lossy())
+    ));
+    let loaded = guarded(&named, || {
+        module
+            .load_file(file, &recorder(), device)
+            .map_err(|e| record_err(&named, e))
+    })?;
     Ok(loaded.map(&mut dtypes))
 }
 
-/// Restores model, optimiser and counters from a checkpoint directory.
+/// Restores model, optimiser and counters from a checkpoint directory, once it is checked to
+/// be of this run's model (`trained_on`) and whole.
 pub fn load<B, O>(
     path: &Path,
     model: DiffusionLm<B>,
     optimizer: O,
+    trained_on: &TrainedOn,
     device: &B::Device,
 ) -> Result<(DiffusionLm<B>, O, TrainState)>
 where
     B: AutodiffBackend,
     O: Optimizer<DiffusionLm<B>, B>,
 {
+    let state = read_state(path)?;
+    check_trained_on(path, trained_on)?;
     let model = load_keeping_dtypes(model, path.join("model"), path, device)?;
-    let record = recorder()
-        .load(path.join("optimizer"), device)
-        .map_err(|e| record_err(path, e))?;
+    let file = path.join("optimizer.bin");
+    let record = guarded(&file, || {
+        recorder()
+            .load(path.join("optimizer"), device)
+            .map_err(|e| record_err(&file, e))
+    })?;
     let optimizer = optimizer.load_record(record);
+    Ok((model, optimizer, state))
+}
+
+/// The counters of checkpoint `path`, which must be those of its directory's step.
+fn read_state(path: &Path) -> Result<TrainState> {
     let state_path = path.join("state.json");
     let text = std::fs::read_to_string(&state_path).map_err(|e| TrainError::io(&state_path, e))?;
-    let state = serde_json::from_str(&text).map_err(|e| ckpt_err(path, e))?;
-    Ok((model, optimizer, state))
+    let state: TrainState = serde_json::from_str(&text).map_err(|e| ckpt_err(&state_path, e))?;
+    let named = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.strip_prefix("step-"))
+        .and_then(|n| n.parse::<usize>().ok());
+    if named != Some(state.step) {
+        return Err(ckpt_err(
+            &state_path,
+            format!(
+                "says step {}, but its directory is {}: the checkpoint was edited or moved",
+                state.step,
+                path.file_name().map_or("?".into(), |n| n.to_string_lossy())
+            ),
+        ));
+    }
+    Ok(state)
+}
+
+/// Refuses checkpoint `path` unless it was trained on what `now` describes and its record
+/// files are the ones it wrote (by size), before any record is read.
+fn check_trained_on(path: &Path, now: &TrainedOn) -> Result<()> {
+    let file = path.join(TRAINED_ON_FILE);
+    let text = std::fs::read_to_string(&file).map_err(|e| {
+        ckpt_err(
+            &file,
+            format!(
+                "{e}: without it the checkpoint cannot be checked against this run's model \
+                 (a checkpoint of an earlier version, or an incomplete copy)"
+            ),
+        )
+    })?;
+    let saved: TrainedOn = serde_json::from_str(&text).map_err(|e| ckpt_err(&file, e))?;
+    if let Some(why) = now.mismatch(&saved) {
+        return Err(ckpt_err(path, format!("cannot be resumed here: {why}")));
+    }
+    for (name, &bytes) in &saved.record_bytes {
+        let f = path.join(name);
+        let found = std::fs::metadata(&f)
+            .map_err(|e| TrainError::io(&f, e))?
+            .len();
+        if found != bytes {
+            return Err(ckpt_err(
+                &f,
+                format!(
+                    "is {found} bytes, the checkpoint wrote {bytes}: it was truncated or \
+                     replaced"
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Runs a record read, turning a panic inside burn (a record whose bytes decode to values of
+/// the wrong size) into an error naming `file`.
+fn guarded<T>(file: &Path, read: impl FnOnce() -> Result<T>) -> Result<T> {
+    // The panic is reported as this error: the default hook's message is held back meanwhile.
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(read));
+    std::panic::set_hook(hook);
+    out.unwrap_or_else(|_| {
+        Err(ckpt_err(
+            file,
+            "unreadable record (corrupt: its values do not fit the model)",
+        ))
+    })
 }

@@ -735,6 +735,9 @@ impl Recipe {
                 "steps x num_iterations and prompts_per_step x group_size must fit in 64 bits",
             );
         }
+        if self.model.path.as_os_str().is_empty() {
+            return bad("model.path", "is empty: the model's directory is needed");
+        }
         if self.task.max_prompt_tokens == 0 {
             return bad("task.max_prompt_tokens", "must be positive");
         }

@@ -6,7 +6,8 @@
 //!   `kill -9` leaves nothing to clean up by hand.
 //! - **No silent overwrite.** A directory that holds a run (its `recipe.toml`, `metrics.jsonl` or
 //!   a checkpoint) is refused unless the caller asks to [`StartMode::Resume`] it or to
-//!   [`StartMode::Overwrite`] it; overwriting removes only the files a run writes.
+//!   [`StartMode::Overwrite`] it; overwriting removes only the files a run writes, and only
+//!   when the new run starts ([`RunDir::start`]), after its inputs are checked.
 //! - **Checked before work.** The directory and `checkpoints/` must be writable (the lock file
 //!   and a probe file prove it), and
 //!   leftovers of an interrupted checkpoint write (`checkpoints/.tmp-*`, `checkpoints/.trash-*`)
@@ -90,6 +91,7 @@ const RUN_MARKERS: [&str; 2] = ["recipe.toml", "metrics.jsonl"];
 #[derive(Debug)]
 pub struct RunDir {
     path: PathBuf,
+    mode: StartMode,
     _lock: File,
 }
 
@@ -122,6 +124,7 @@ impl RunDir {
         }
         let dir = Self {
             path: path.to_path_buf(),
+            mode,
             _lock: lock,
         };
         let holds_run = holds_run(path);
@@ -130,13 +133,6 @@ impl RunDir {
                 return Err(TrainError::RunExists {
                     path: path.to_path_buf(),
                 })
-            }
-            StartMode::Overwrite if holds_run => {
-                tracing::info!(
-                    "--overwrite: removing the previous run in {}",
-                    path.display()
-                );
-                dir.remove_run_files()?;
             }
             _ => {}
         }
@@ -153,6 +149,22 @@ impl RunDir {
         let probe = root.join(".tmp-probe");
         std::fs::write(&probe, b"").map_err(|e| TrainError::io(&probe, e))?;
         std::fs::remove_file(&probe).map_err(|e| TrainError::io(&probe, e))
+    }
+
+    /// Starts the run once its inputs are checked: under [`StartMode::Overwrite`] the previous
+    /// run's files are removed now, so that a run refused for a bad input (a mistyped data
+    /// path, say) leaves the previous run as it was.
+    pub fn start(&self) -> Result<()> {
+        if self.mode == StartMode::Overwrite && holds_run(&self.path) {
+            tracing::info!(
+                "--overwrite: removing the previous run in {}",
+                self.path.display()
+            );
+            self.remove_run_files()?;
+            // `checkpoints/` itself was removed: it is where the run writes next.
+            self.check_checkpoints_writable()?;
+        }
+        Ok(())
     }
 
     /// The directory.
@@ -238,7 +250,13 @@ mod tests {
         );
         drop(RunDir::open(&dir, StartMode::Resume).unwrap());
         assert!(dir.join("checkpoints/step-000001").is_dir());
-        drop(RunDir::open(&dir, StartMode::Overwrite).unwrap());
+        let overwriting = RunDir::open(&dir, StartMode::Overwrite).unwrap();
+        assert!(
+            holds_run(&dir),
+            "nothing is removed before the inputs are checked"
+        );
+        overwriting.start().unwrap();
+        drop(overwriting);
         assert!(!holds_run(&dir), "overwrite removed the previous run");
         std::fs::write(dir.join("metrics.jsonl"), "{}\n").unwrap();
         assert!(

@@ -21,7 +21,7 @@ use rewards::Task;
 use serde::Serialize;
 
 use crate::algorithm::{self, Diagnostics, Learner, UpdateInputs};
-use crate::checkpoint::{self, Snapshot, TrainState};
+use crate::checkpoint::{self, Snapshot, TrainState, TrainedOn};
 use crate::distributed::{exclusive_collective, trainable_digest, Layout, Peer};
 use crate::error::{Result, TrainError};
 use crate::eval::{EvalResult, EvalSetup};
@@ -118,6 +118,9 @@ pub fn train<AB: AutodiffBackend>(
     let t = &recipe.train;
     let optimizer = crate::optim::adamw(t).init::<AB, DiffusionLm<AB>>();
 
+    let trained_on = TrainedOn::of(&model, recipe.model.finetune, &recipe.model.path)?;
+    // The inputs are good: a run being overwritten is removed only now.
+    locked.start()?;
     let resolved = recipe.to_run_toml();
     dllm_model::load::write_atomic(&run_dir.join("recipe.toml"), resolved.as_bytes())?;
     let metrics_path = run_dir.join("metrics.jsonl");
@@ -134,6 +137,7 @@ pub fn train<AB: AutodiffBackend>(
         total_updates: t.steps * t.num_iterations,
         device,
         peer: Peer::single(),
+        trained_on: &trained_on,
     };
     let files = RunFiles {
         recipe,
@@ -439,6 +443,7 @@ where
                     total_updates: run.total_updates,
                     device,
                     peer: Peer::single(),
+                    trained_on: run.trained_on,
                 };
                 let layout = layout.clone();
                 scope.spawn(move || {
@@ -544,6 +549,8 @@ struct StepContext<'a, AB: AutodiffBackend, O> {
     device: AB::Device,
     /// This peer (the only one without data parallelism).
     peer: Peer,
+    /// What the model is trained on (written into checkpoints, checked on resume).
+    trained_on: &'a TrainedOn,
 }
 
 impl<AB: AutodiffBackend, O: Optimizer<DiffusionLm<AB>, AB>> StepContext<'_, AB, O> {
@@ -564,8 +571,23 @@ impl<AB: AutodiffBackend, O: Optimizer<DiffusionLm<AB>, AB>> StepContext<'_, AB,
         let before = if files.skip_eval {
             Vec::new()
         } else if self.state.step > 0 {
-            // Resumed: the first invocation's evaluation before training.
-            files.read_evaluations("before")?
+            // Resumed: the first invocation's evaluation before training, when it scored the
+            // items this one scores (`eval.*` may change on resume); otherwise there is nothing
+            // to compare with.
+            let items = files.eval_set.len();
+            let (same, other): (Vec<_>, Vec<_>) = files
+                .read_evaluations("before")?
+                .into_iter()
+                .partition(|r| r.items == items);
+            for r in other.iter().filter(|_| self.peer.is_leader()) {
+                tracing::warn!(
+                    "the evaluation before training (len {}) scored {} items, this run scores \
+                     {items} (eval settings changed on resume): no before/after comparison",
+                    r.gen_length,
+                    r.items
+                );
+            }
+            same
         } else {
             files.evaluate(&model, "before", &self.peer, &self.device)?
         };
@@ -611,8 +633,13 @@ impl<AB: AutodiffBackend, O: Optimizer<DiffusionLm<AB>, AB>> StepContext<'_, AB,
                     files.run_dir.display()
                 ))
             })?;
-            let (m, o, state) =
-                checkpoint::load(&path, model, self.optimizer.clone(), &self.device)?;
+            let (m, o, state) = checkpoint::load(
+                &path,
+                model,
+                self.optimizer.clone(),
+                self.trained_on,
+                &self.device,
+            )?;
             (model, self.optimizer, self.state) = (m, o, state);
             if let Reference::Frozen(frozen) = &mut self.reference {
                 if let Some(r) = checkpoint::load_reference(&path, frozen, &self.device)? {
@@ -772,6 +799,7 @@ impl<AB: AutodiffBackend, O: Optimizer<DiffusionLm<AB>, AB>> StepContext<'_, AB,
             state: self.state,
             finetune: recipe.model.finetune,
             base_model: &base_model,
+            trained_on: self.trained_on,
         };
         checkpoint::save(run_dir, &snapshot, 2)?;
         Ok(())

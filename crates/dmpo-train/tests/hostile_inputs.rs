@@ -858,6 +858,20 @@ fn resume_and_overwrite_touch_only_what_a_run_made() {
     );
     assert!(!run.exists(), "a refused resume creates nothing");
     succeeds("first run", &train(dir, &model, &[], &["--skip-eval"]));
+    fails(
+        "overwrite with a mistyped data path",
+        &train(
+            dir,
+            &model,
+            &["task.train=\"missing.csv\""],
+            &["--overwrite", "--skip-eval"],
+        ),
+        &["missing.csv"],
+    );
+    assert!(
+        run.join("checkpoints/step-000001/state.json").is_file(),
+        "a refused overwrite keeps the previous run"
+    );
     std::fs::write(run.join("eval_notes.json"), "{}").unwrap();
     std::fs::write(run.join("eval_after_len8.json"), "{}").unwrap();
     succeeds(
@@ -971,4 +985,220 @@ fn samplers_and_data_files_at_their_limits() {
         ),
         &["/dev/zero", "MiB"],
     );
+}
+
+#[test]
+fn resume_checks_what_the_checkpoint_was_trained_on() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let resume = |model: &Path, name: &str, extra: &[&str]| {
+        let run = format!("run.name=\"{name}\"");
+        let mut sets = vec![run.as_str(), "train.steps=2"];
+        sets.extend(extra);
+        train(dir, model, &sets, &["--resume", "--skip-eval"])
+    };
+    let first = |model: &Path, name: &str, extra: &[&str]| {
+        let run = format!("run.name=\"{name}\"");
+        let mut sets = vec![run.as_str()];
+        sets.extend(extra);
+        succeeds(name, &train(dir, model, &sets, &["--skip-eval"]));
+        dir.join("runs").join(name).join("checkpoints/step-000001")
+    };
+    let lora = [
+        "model.finetune=\"lora\"",
+        "train.sync_ref_model=false",
+        "lora.r=4",
+    ];
+
+    // The base weights at model.path changed (LoRA trains on them).
+    let m = model_copy(dir, "edited", |_| {});
+    first(&m, "edited", &lora);
+    rewrite_weights(
+        &m,
+        None,
+        Some(("model.transformer.ln_f.weight", 2.0)),
+        false,
+    );
+    fails(
+        "edited base",
+        &resume(&m, "edited", &lora),
+        &["model.path", "changed"],
+    );
+
+    // The model was re-created with another configuration.
+    let m = model_copy(dir, "recreated", |_| {});
+    first(&m, "recreated", &[]);
+    let p = m.join("config.json");
+    let mut c: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+    c["rope_theta"] = serde_json::json!(10000.0);
+    std::fs::write(&p, c.to_string()).unwrap();
+    fails(
+        "re-created model",
+        &resume(&m, "recreated", &[]),
+        &["config.json", "rope_theta"],
+    );
+
+    // Record files truncated, zero-filled or swapped for another run's.
+    let m = model_copy(dir, "m", |_| {});
+    let full = first(&m, "full", &[]);
+    let lora_ckpt = first(&m, "lora", &lora);
+    let bin = full.join("model.bin");
+    let original = std::fs::read(&bin).unwrap();
+    std::fs::write(&bin, &original[..original.len() / 2]).unwrap();
+    fails(
+        "truncated",
+        &resume(&m, "full", &[]),
+        &["model.bin", "truncated or replaced"],
+    );
+    std::fs::write(&bin, vec![0u8; original.len()]).unwrap();
+    fails("zero-filled", &resume(&m, "full", &[]), &["model.bin"]);
+    std::fs::copy(lora_ckpt.join("model.bin"), &bin).unwrap();
+    fails(
+        "another run's record",
+        &resume(&m, "full", &[]),
+        &["model.bin"],
+    );
+    std::fs::write(&bin, &original).unwrap();
+    // state.json must be its directory's step.
+    let state = full.join("state.json");
+    let text = std::fs::read_to_string(&state).unwrap();
+    std::fs::write(&state, text.replace("\"step\": 1", "\"step\": 7")).unwrap();
+    fails(
+        "edited state.json",
+        &resume(&m, "full", &[]),
+        &["state.json", "step 7"],
+    );
+    std::fs::write(&state, text).unwrap();
+    succeeds("restored", &resume(&m, "full", &[]));
+}
+
+#[test]
+fn unclear_errors_name_the_file_key_and_limit() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    // A finite weight beyond f16's range is an overflow, not "non-finite".
+    let big = model_copy(dir, "big", |_| {});
+    rewrite_weights(
+        &big,
+        None,
+        Some(("model.transformer.ln_f.weight", 1e5)),
+        false,
+    );
+    fails(
+        "1e5 in f16",
+        &generate(dir, &big, &["--dtype", "f16"]),
+        &["ln_f.weight", "100000", "beyond the range of f16"],
+    );
+    // A temperature too small to divide by is named.
+    let dream = root().join("fixtures/golden-dream");
+    fails(
+        "temperature 1e-300",
+        &dmpo(
+            dir,
+            &[
+                "generate",
+                "--model",
+                dream.to_str().unwrap(),
+                "--prompt-ids",
+                "7,8,9",
+                "--gen-length",
+                "8",
+                "--temperature",
+                "1e-300",
+            ],
+        ),
+        &["temperature"],
+    );
+    // A safetensors header whose offsets lie beyond the data names the tensor.
+    let lying = model_copy(dir, "lying", |_| {});
+    let file = lying.join("model.safetensors");
+    let bytes = std::fs::read(&file).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let mut header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    let end = header["model.transformer.wte.weight"]["data_offsets"][1]
+        .as_u64()
+        .unwrap();
+    header["model.transformer.wte.weight"]["data_offsets"][1] = serde_json::json!(end + 4096);
+    let mut text = header.to_string().into_bytes();
+    text.resize(text.len().div_ceil(8) * 8, b' ');
+    let mut out = (text.len() as u64).to_le_bytes().to_vec();
+    out.extend(&text);
+    out.extend(&bytes[8 + n..]);
+    std::fs::write(&file, out).unwrap();
+    fails(
+        "offsets beyond the data",
+        &dmpo(dir, &["inspect", "--model", lying.to_str().unwrap()]),
+        &["model.safetensors", "wte.weight"],
+    );
+    // Data files: the format expected is said.
+    std::fs::write(
+        dir.join("a.json"),
+        "[\n {\"question\": \"q\", \"answer\": \"#### 5\"}\n]\n",
+    )
+    .unwrap();
+    let prompt = |task: &str, file: &str| {
+        dmpo(
+            dir,
+            &["prompt", "--task", task, "--data", file, "--index", "0"],
+        )
+    };
+    fails(
+        "JSON array",
+        &prompt("gsm8k", "a.json"),
+        &["a.json", "one JSON object per line"],
+    );
+    std::fs::write(dir.join("g.csv"), "question,answer\nq,#### 5\n").unwrap();
+    fails(
+        "GSM8K as CSV",
+        &prompt("gsm8k", "g.csv"),
+        &["g.csv", "Sudoku only"],
+    );
+    std::fs::write(
+        dir.join("c.jsonl"),
+        "{\"nums\": [10000000000000000000, 2], \"target\": 6}\n",
+    )
+    .unwrap();
+    fails(
+        "1e19",
+        &prompt("countdown", "c.jsonl"),
+        &["c.jsonl", "out of range"],
+    );
+    // An empty model path is named.
+    let model = model_copy(dir, "m", |_| {});
+    fails(
+        "model.path empty",
+        &train(dir, &model, &["model.path=\"\""], &["--skip-eval"]),
+        &["model.path", "empty"],
+    );
+}
+
+#[test]
+fn a_resume_with_another_evaluation_set_compares_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let model = model_copy(dir, "m", |_| {});
+    succeeds("4 items", &train(dir, &model, &["eval.limit=4"], &[]));
+    succeeds(
+        "8 items",
+        &train(
+            dir,
+            &model,
+            &["eval.limit=8", "train.steps=2"],
+            &["--resume"],
+        ),
+    );
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("runs/r/summary.json")).unwrap())
+            .unwrap();
+    let items = |key: &str| -> Vec<u64> {
+        summary[key]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["items"].as_u64().unwrap())
+            .collect()
+    };
+    assert_eq!(items("after"), [8]);
+    assert!(items("before").iter().all(|&n| n == 8), "{summary}");
 }

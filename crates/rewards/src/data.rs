@@ -58,7 +58,12 @@ fn int_value(v: &Value, what: &str) -> Result<i64, String> {
                     .filter(|f| f.fract() == 0.0 && f.abs() < 9e15)
                     .map(|f| f as i64)
             })
-            .ok_or_else(|| format!("{what} is not an integer: {n}")),
+            .ok_or_else(|| match n.as_f64() {
+                Some(f) if f.fract() == 0.0 => {
+                    format!("{what} is out of range: {n} (integers up to ±9e15 are read)")
+                }
+                _ => format!("{what} is not an integer: {n}"),
+            }),
         Value::String(s) => s
             .trim()
             .parse::<i64>()
@@ -173,8 +178,15 @@ pub fn read_jsonl<R: Read>(task: Task, reader: R, path: &Path) -> Result<Vec<Tas
         if line.trim().is_empty() {
             continue;
         }
-        let row: Value =
-            serde_json::from_str(&line).map_err(|e| bad(path, n, format!("invalid JSON: {e}")))?;
+        let row: Value = serde_json::from_str(&line).map_err(|e| {
+            bad(
+                path,
+                n,
+                format!(
+                    "invalid JSON: {e} (a data file holds one JSON object per line: JSON Lines)"
+                ),
+            )
+        })?;
         items.push(item_from_json(task, &row).map_err(|m| bad(path, n, m))?);
     }
     Ok(items)
@@ -296,6 +308,13 @@ pub fn load(task: Task, path: impl AsRef<Path>) -> Result<Vec<TaskItem>, Error> 
     match ext.as_str() {
         "parquet" => load_parquet(task, path),
         "csv" if task == Task::Sudoku => load_sudoku_csv(path),
+        "csv" => Err(bad(
+            path,
+            1,
+            format!(
+                "CSV files are read for Sudoku only; {task} data is JSON Lines (.jsonl) or Parquet"
+            ),
+        )),
         _ => read_jsonl(task, open(path)?, path),
     }
 }
