@@ -77,10 +77,11 @@ fn check_truth(task: Task, question: &str, truth: Option<&Value>) -> Result<(), 
     let ok = match (task, truth) {
         (Task::Gsm8k, Some(Value::Number(_))) => true,
         (Task::Math, Some(Value::String(_) | Value::Number(_)) | None) => true,
-        (Task::Countdown, Some(Value::Array(pair))) => {
-            pair.len() == 2 && pair[0].is_array() && pair[1].is_number()
+        // A pair is scored as d1 scores it (a malformed one never validates).
+        (Task::Countdown, Some(Value::Array(pair))) => pair.len() == 2,
+        (Task::Countdown, None | Some(Value::Null)) => {
+            countdown::truth_from_question(question).1.is_some()
         }
-        (Task::Countdown, None) => countdown::truth_from_question(question).1.is_some(),
         (Task::Sudoku, Some(Value::String(solution))) => {
             let puzzle = sudoku::puzzle_from_question(question).unwrap_or_default();
             crate::data::sudoku_item(&puzzle, solution).is_ok()
@@ -341,12 +342,11 @@ mod tests {
             score_record(Task::Gsm8k, &rec(json!(18))).unwrap().correct,
             1
         );
-        assert_eq!(
-            score_record(Task::Gsm8k, &rec(json!("18")))
-                .unwrap()
-                .correct,
-            0
-        );
+        // d1's `parsed == ground_truth` never holds for a string; d1 and `dmpo` store numbers,
+        // so a string is another task's truth (a Sudoku grid, say) and is refused rather than
+        // scored 0.
+        let e = score_record(Task::Gsm8k, &rec(json!("18"))).unwrap_err();
+        assert!(e.contains("not a gsm8k answer"), "{e}");
         assert_eq!(
             score_record(Task::Math, &rec(json!("18"))).unwrap().correct,
             1
