@@ -270,14 +270,7 @@ impl WeightFiles {
                 tensor: name.to_string(),
             })?;
         let (path, mmap) = &self.files[i];
-        let st = SafeTensors::deserialize(mmap).map_err(|e| ModelError::Safetensors {
-            path: path.clone(),
-            message: e.to_string(),
-        })?;
-        let view = st.tensor(name).map_err(|e| ModelError::Safetensors {
-            path: path.clone(),
-            message: format!("tensor `{name}`: {e}"),
-        })?;
+        let view = self.view(i, name)?;
         if view.shape() != expected {
             return Err(ModelError::Shape {
                 path: path.clone(),
@@ -339,15 +332,7 @@ impl WeightFiles {
             }
         };
         for name in names {
-            let (path, mmap) = &self.files[self.location[name]];
-            let st = SafeTensors::deserialize(mmap).map_err(|e| ModelError::Safetensors {
-                path: path.clone(),
-                message: e.to_string(),
-            })?;
-            let view = st.tensor(name).map_err(|e| ModelError::Safetensors {
-                path: path.clone(),
-                message: format!("tensor `{name}`: {e}"),
-            })?;
+            let view = self.view(self.location[name], name)?;
             eat(name.as_bytes());
             eat(format!("{:?}{:?}", view.dtype(), view.shape()).as_bytes());
             let data = view.data();
@@ -361,6 +346,19 @@ impl WeightFiles {
             }
         }
         Ok(h)
+    }
+
+    /// Tensor `name` of file `i`, viewed in its map.
+    fn view(&self, i: usize, name: &str) -> Result<safetensors::tensor::TensorView<'_>> {
+        let (path, mmap) = &self.files[i];
+        let st = SafeTensors::deserialize(mmap).map_err(|e| ModelError::Safetensors {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
+        st.tensor(name).map_err(|e| ModelError::Safetensors {
+            path: path.clone(),
+            message: format!("tensor `{name}`: {e}"),
+        })
     }
 
     /// Names present in the files but never read, sorted.

@@ -237,7 +237,7 @@ impl SamplerConfig {
         if self.temperature > 0.0 && self.temperature < MIN_TEMPERATURE {
             // Dream divides the logits by the temperature: below this, f32 logits overflow.
             return bad(format!(
-                "temperature {} is too small to divide logits by in f32 (0 is greedy decoding; \
+                "temperature {:?} is too small to divide logits by in f32 (0 is greedy decoding; \
                  otherwise at least {MIN_TEMPERATURE:e})",
                 self.temperature
             ));

@@ -937,7 +937,7 @@ impl Recipe {
             return bad(
                 "distributed.timeout_s",
                 format!(
-                    "must be a positive number of seconds up to {:.3e}, not {}",
+                    "must be a positive number of seconds up to {:.3e}, not {:?}",
                     Duration::MAX.as_secs_f64(),
                     d.timeout_s
                 ),
