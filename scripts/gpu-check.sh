@@ -77,6 +77,13 @@ if [ "$BACKEND" = cuda ]; then
 fi
 cat "$OUT/env.txt"
 
+# The binary needs glibc 2.34 or later (built on Debian 12): say so in the report if it cannot run.
+if ! preflight=$("$XTASK" gpu-check --help 2>&1); then
+  { echo "# dmpo-rs GPU check: the xtask binary does not run on this machine"; echo
+    echo '```'; cat "$OUT/env.txt"; echo "$preflight" | tail -n 5; echo '```'; } > "$OUT/report.md"
+  cat "$OUT/report.md"; exit 1
+fi
+
 report() { "$XTASK" gpu-check report "$OUT" >>"$OUT/log.txt" 2>&1; }
 
 # step NAME LIMIT_S COMMAND...: runs COMMAND under `timeout`, within what is left of the budget.
