@@ -15,7 +15,7 @@ Measured (random weights in the geometry's dtype, made on the device; `--geometr
 Before timing, the same code runs in f32 on the tiny golden fixture and must reproduce it:
 (1) the golden logits within 1e-4, (2) LLaDA's golden generations token for token, and, when
 `--ours` gives our Rust outputs on the same model, (3) the prefix- and dual-cache generations and
-(4) the WDCE loss and head gradient of `crates/dmpo-train/tests/backend_parity.rs`. If a check
+(4) the WDCE loss and head gradient of `backend_check.rs::fixed_wdce_loss`. If a check
 fails nothing is timed and the exit status is 1. `--out` is rewritten after every check and
 every measurement, so a run cut short keeps what finished; a measurement that fails (e.g. out of
 memory) is listed under `errors` and the next one runs.
@@ -393,7 +393,7 @@ def check_cached(model, golden, ours, kind, mask_id):
 
 
 def check_wdce(model, golden, ours, mask_id):
-    """`backend_parity.rs::fixed_wdce_loss`: targets, prompt 8, masks (i*7)%3 == 0 over
+    """`backend_check.rs::fixed_wdce_loss`: targets, prompt 8, masks (i*7)%3 == 0 over
     `[K=2, n=2, L=16]`, A = w+ - w- with w+ [0.7, 0.3], w- [0.2, 0.8]."""
     dev = model.head_weight().device
     seqs = golden["targets"].to(dev)
