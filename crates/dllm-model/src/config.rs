@@ -248,28 +248,24 @@ impl ModelConfig {
             }
         }
         if self.family == Family::Llada {
-            // OLMo-style switches of LLaDA's modeling code that change what a block computes.
-            let set = |k: &str| self.extra.get(k).filter(|v| !v.is_null());
-            if let Some(v) = set("clip_qkv") {
-                return Err(ModelError::config(
-                    path,
-                    "clip_qkv",
-                    format!("{v} is not supported (only `null`: no clipping)"),
-                ));
-            }
-            if let Some(v) = set("layer_norm_with_affine").filter(|v| **v != true) {
-                return Err(ModelError::config(
-                    path,
-                    "layer_norm_with_affine",
-                    format!("{v} is not supported (only `true`: norms with weights)"),
-                ));
-            }
-            if let Some(v) = set("bias_for_layer_norm").filter(|v| **v != false) {
-                return Err(ModelError::config(
-                    path,
-                    "bias_for_layer_norm",
-                    format!("{v} is not supported (only `false`: norms without biases)"),
-                ));
+            // OLMo-style switches of LLaDA's modeling code that change what a block computes:
+            // each must be absent, `null`, or the value this computes.
+            for (key, computed, meaning) in [
+                ("clip_qkv", serde_json::Value::Null, "no clipping"),
+                ("layer_norm_with_affine", true.into(), "norms with weights"),
+                ("bias_for_layer_norm", false.into(), "norms without biases"),
+            ] {
+                if let Some(v) = self
+                    .extra
+                    .get(key)
+                    .filter(|v| !v.is_null() && **v != computed)
+                {
+                    return Err(ModelError::config(
+                        path,
+                        key,
+                        format!("{v} is not supported (only `{computed}`: {meaning})"),
+                    ));
+                }
             }
         }
         if self.family == Family::Dream {

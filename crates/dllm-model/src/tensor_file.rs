@@ -23,22 +23,13 @@ pub struct Array<T> {
 pub const MAX_FILE_BYTES: u64 = 1 << 30;
 
 fn open(path: &Path) -> Result<Vec<u8>> {
-    use std::io::Read;
-    let file = std::fs::File::open(path).map_err(|e| ModelError::io(path, e))?;
-    let mut bytes = Vec::new();
-    file.take(MAX_FILE_BYTES + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|e| ModelError::io(path, e))?;
-    if bytes.len() as u64 > MAX_FILE_BYTES {
-        return Err(ModelError::Safetensors {
-            path: path.to_path_buf(),
-            message: format!(
-                "larger than the {} MiB an array file may hold",
-                MAX_FILE_BYTES >> 20
-            ),
-        });
-    }
-    Ok(bytes)
+    crate::text_file::read_at_most(path, MAX_FILE_BYTES)?.ok_or_else(|| ModelError::Safetensors {
+        path: path.to_path_buf(),
+        message: format!(
+            "larger than the {} MiB an array file may hold",
+            MAX_FILE_BYTES >> 20
+        ),
+    })
 }
 
 fn view<'a>(

@@ -15,14 +15,20 @@ pub const MAX_TEXT_BYTES: u64 = 256 << 20;
 /// The UTF-8 encoding of U+FEFF.
 const BOM: &str = "\u{feff}";
 
-/// The text of `path`, without a leading byte-order mark.
-pub fn read_text(path: &Path) -> Result<String> {
+/// The bytes of `path` when it holds at most `limit` of them, `None` when it holds more: a file
+/// read whole never grows past its limit in memory, however long (or endless) it is.
+pub(crate) fn read_at_most(path: &Path, limit: u64) -> Result<Option<Vec<u8>>> {
     let file = std::fs::File::open(path).map_err(|e| ModelError::io(path, e))?;
     let mut bytes = Vec::new();
-    file.take(MAX_TEXT_BYTES + 1)
+    file.take(limit + 1)
         .read_to_end(&mut bytes)
         .map_err(|e| ModelError::io(path, e))?;
-    if bytes.len() as u64 > MAX_TEXT_BYTES {
+    Ok((bytes.len() as u64 <= limit).then_some(bytes))
+}
+
+/// The text of `path`, without a leading byte-order mark.
+pub fn read_text(path: &Path) -> Result<String> {
+    let Some(bytes) = read_at_most(path, MAX_TEXT_BYTES)? else {
         return Err(ModelError::io(
             path,
             std::io::Error::new(
@@ -33,7 +39,7 @@ pub fn read_text(path: &Path) -> Result<String> {
                 ),
             ),
         ));
-    }
+    };
     let text = String::from_utf8(bytes).map_err(|e| {
         ModelError::io(
             path,

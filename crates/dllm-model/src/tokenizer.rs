@@ -314,38 +314,33 @@ impl ChatTokenizer {
                  tokenizer belongs to another model"
             ));
         }
+        // (token, its id here, the config's key, the config's id), where both sides have one.
         let mask = MASK_NAMES
             .iter()
             .find_map(|n| Some((*n, self.token_id(n)?)));
         let bos = match self.format {
-            ChatFormat::Headers => config.bos_token_id.map(|b| (self.bos.as_str(), b)),
+            ChatFormat::Headers => config
+                .bos_token_id
+                .zip(self.token_id(&self.bos))
+                .map(|(want, id)| (self.bos.as_str(), id, "bos_token_id", want)),
             ChatFormat::ChatMl => None,
         };
         let pairs = [
-            (mask, "mask_token_id", config.mask_token_id),
-            (
-                Some((self.eos.as_str(), self.eos_id())),
+            mask.map(|(name, id)| (name, id, "mask_token_id", config.mask_token_id)),
+            Some((
+                self.eos.as_str(),
+                self.eos_id(),
                 "eos_token_id",
                 config.eos_token_id,
-            ),
+            )),
+            bos,
         ];
-        for (found, field, want) in pairs {
-            if let Some((name, id)) = found.filter(|&(_, id)| id != want) {
+        for (name, id, field, want) in pairs.into_iter().flatten() {
+            if id != want {
                 return bad(format!(
                     "`{name}` is id {id} here, but config.json's `{field}` is {want}: the \
                      tokenizer and the config disagree"
                 ));
-            }
-        }
-        if let Some((name, want)) = bos {
-            match self.token_id(name) {
-                Some(id) if id != want => {
-                    return bad(format!(
-                        "`{name}` is id {id} here, but config.json's `bos_token_id` is {want}: \
-                         the tokenizer and the config disagree"
-                    ))
-                }
-                _ => {}
             }
         }
         Ok(())

@@ -497,7 +497,7 @@ impl<'m, B: Backend> Sampler<'m, B> {
         let max = logits.clone().max_dim(2);
         let lse = max.clone() + (logits.clone() - max).exp().sum_dim(2).log();
         let chosen = logits.gather(2, x0.clone());
-        (host_ids(x0.clone()), host_floats((chosen - lse).exp()))
+        (host_ids(x0), host_floats((chosen - lse).exp()))
     }
 
     /// Commits positions of `[lo, end)` per row: the top-`k` masked positions by confidence,

@@ -251,33 +251,56 @@ fn generations(o: &CheckOutputs) -> [(&'static str, &[Vec<u32>]); 3] {
     ]
 }
 
-/// f32: `got` against `want` (flex) within 1e-4, generations token for token.
-pub fn compare_f32(got: &CheckOutputs, want: &CheckOutputs) -> Vec<Comparison> {
-    const TOL: f64 = 1e-4;
+/// How far each quantity may be from the reference.
+struct Tolerances {
+    logits: f64,
+    /// Differing tokens allowed per sampler, in the order of [`generations`].
+    tokens: [f64; 3],
+    loss: f64,
+    grad: f64,
+}
+
+/// `got` against `want`, quantity by quantity, within `tol`.
+fn compare(got: &CheckOutputs, want: &CheckOutputs, tol: Tolerances) -> Vec<Comparison> {
     let mut out = vec![Comparison::new(
         "logits (max |diff|)",
         max_abs_diff(&got.logits, &want.logits),
-        TOL,
+        tol.logits,
     )];
-    for ((name, g), (_, w)) in generations(got).into_iter().zip(generations(want)) {
-        let diff = differing_tokens(g, w) as f64;
+    for (((name, g), (_, w)), allowed) in generations(got)
+        .into_iter()
+        .zip(generations(want))
+        .zip(tol.tokens)
+    {
         out.push(Comparison::new(
             format!("greedy generation, {name} (differing tokens)"),
-            diff,
-            0.0,
+            differing_tokens(g, w) as f64,
+            allowed,
         ));
     }
     out.push(Comparison::new(
         "WDCE loss (relative)",
         loss_diff(got.wdce_loss, want.wdce_loss),
-        TOL,
+        tol.loss,
     ));
     out.push(Comparison::new(
         "WDCE gradient of the LM head (max |diff|)",
         max_abs_diff(&got.grad_head, &want.grad_head),
-        TOL,
+        tol.grad,
     ));
     out
+}
+
+/// f32: `got` against `want` (flex) within 1e-4, generations token for token.
+pub fn compare_f32(got: &CheckOutputs, want: &CheckOutputs) -> Vec<Comparison> {
+    const TOL: f64 = 1e-4;
+    let tol = Tolerances {
+        logits: TOL,
+        tokens: [0.0; 3],
+        loss: TOL,
+        grad: TOL,
+    };
+    compare(got, want, tol)
 }
 
 /// bf16: `got` against `want` (flex, bf16) within three times bf16's own error, measured as
@@ -290,31 +313,21 @@ pub fn compare_bf16(
     // Floor: flex's bf16 and f32 could agree exactly on a quantity by chance.
     const FLOOR: f64 = 1e-6;
     let bound = |rounding: f64| 3.0 * rounding.max(FLOOR);
-    let mut out = vec![Comparison::new(
-        "logits (max |diff|)",
-        max_abs_diff(&got.logits, &want.logits),
-        bound(max_abs_diff(&want.logits, &want_f32.logits)),
-    )];
-    for (((name, g), (_, w)), (_, w32)) in generations(got)
-        .into_iter()
-        .zip(generations(want))
-        .zip(generations(want_f32))
-    {
-        out.push(Comparison::new(
-            format!("greedy generation, {name} (differing tokens)"),
-            differing_tokens(g, w) as f64,
-            differing_tokens(w, w32) as f64,
-        ));
-    }
-    out.push(Comparison::new(
-        "WDCE loss (relative)",
-        loss_diff(got.wdce_loss, want.wdce_loss),
-        bound(loss_diff(want.wdce_loss, want_f32.wdce_loss)),
-    ));
-    out.push(Comparison::new(
-        "WDCE gradient of the LM head (max |diff|)",
-        max_abs_diff(&got.grad_head, &want.grad_head),
-        bound(max_abs_diff(&want.grad_head, &want_f32.grad_head)),
-    ));
-    out
+    let (w, w32) = (generations(want), generations(want_f32));
+    let tol = Tolerances {
+        logits: bound(max_abs_diff(&want.logits, &want_f32.logits)),
+        tokens: std::array::from_fn(|i| differing_tokens(w[i].1, w32[i].1) as f64),
+        loss: bound(loss_diff(want.wdce_loss, want_f32.wdce_loss)),
+        grad: bound(max_abs_diff(&want.grad_head, &want_f32.grad_head)),
+    };
+    compare(got, want, tol)
+}
+
+/// Flex's f32 logits of the tiny model in `fixture` against PyTorch's golden ones, within 1e-4.
+pub fn compare_with_golden(flex: &CheckOutputs, fixture: &Path) -> Result<Comparison> {
+    Ok(Comparison::new(
+        "flex against the PyTorch golden logits (max |diff|)",
+        max_abs_diff(&flex.logits, &golden_logits(fixture)?),
+        1e-4,
+    ))
 }

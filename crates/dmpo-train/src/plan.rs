@@ -82,7 +82,7 @@ fn dtype_bytes(d: WeightDType) -> f64 {
 
 /// `(in, out)` of a block's linear layer by name (the down projection for a name that is not
 /// one: recipes are validated before they are planned).
-pub(crate) fn linear_dims(c: &ModelConfig, name: &str) -> (usize, usize) {
+fn linear_dims(c: &ModelConfig, name: &str) -> (usize, usize) {
     let [i, o] = c.linear_dims(name).unwrap_or([c.mlp_hidden(), c.d_model]);
     (i, o)
 }

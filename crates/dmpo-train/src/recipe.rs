@@ -647,7 +647,9 @@ impl Recipe {
         // (An adapter given in `model.adapter` brings its own rank, checked when it is read.)
         if self.model.finetune == Finetune::Lora && self.model.adapter.is_none() {
             for name in &self.lora.target_modules {
-                let (d_in, d_out) = crate::plan::linear_dims(config, name);
+                let Some([d_in, d_out]) = config.linear_dims(name) else {
+                    continue; // not a linear: `validate` refused it already
+                };
                 if self.lora.r > d_in.min(d_out) {
                     return bad(format!(
                         "`lora.r` {} exceeds the rank of `{name}` ({d_in} x {d_out}): an update \

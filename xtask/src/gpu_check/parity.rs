@@ -9,7 +9,7 @@ use std::time::Instant;
 use dllm_model::backend::BackendKind;
 use dllm_model::WeightDType;
 use dmpo_train::backend_check::{
-    check_outputs, compare_bf16, compare_f32, golden_logits, max_abs_diff, CheckOutputs, Comparison,
+    check_outputs, compare_bf16, compare_f32, compare_with_golden, CheckOutputs, Comparison,
 };
 use serde::{Deserialize, Serialize};
 
@@ -52,13 +52,7 @@ pub fn run(
             if let Some(path) = ours_tiny {
                 write_ours_tiny(&flex, path)?;
             }
-            let golden = golden_logits(fixture)?;
-            let mut comparisons = vec![Comparison {
-                name: "flex against the PyTorch golden logits (max |diff|)".to_string(),
-                difference: max_abs_diff(&flex.logits, &golden),
-                tolerance: 1e-4,
-                passed: max_abs_diff(&flex.logits, &golden) <= 1e-4,
-            }];
+            let mut comparisons = vec![compare_with_golden(&flex, fixture)?];
             let got = check_outputs(kind, fixture, WeightDType::F32)?;
             comparisons.extend(compare_f32(&got, &flex));
             ("f32", comparisons)
