@@ -1,4 +1,4 @@
-//! `cargo xtask`: the project's recipes runner (train, eval, pretrain, bench, compare, random-checkpoint, scale, gpu-check).
+//! `cargo xtask`: the project's recipes runner (train, eval, pretrain, bench, compare, study, random-checkpoint, scale, gpu-check).
 
 mod bench;
 mod bench_ddp;
@@ -8,7 +8,9 @@ mod gpu_check;
 mod memory;
 mod pretrain;
 mod random_checkpoint;
+mod runs;
 mod scale;
+mod study;
 mod train;
 mod update;
 
@@ -38,6 +40,9 @@ enum Command {
     /// Loads a model, generates with each sampler cache and runs one LoRA DMPO update,
     /// printing seconds and peak resident memory per phase.
     Scale(scale::Args),
+    /// The learning evidence of docs/results/: DMPO, d1's diffu-GRPO and wd1 over seeds on the
+    /// tiny Sudoku and Countdown models, tables and plots.
+    Study(study::Args),
     /// The steps of `scripts/gpu-check.sh`: backend parity, the measured geometry, one measured
     /// operation, the report (docs/gpu.md).
     GpuCheck(gpu_check::Args),
@@ -53,6 +58,7 @@ fn main() -> anyhow::Result<()> {
         Command::Compare(a) => compare::run(a),
         Command::RandomCheckpoint(a) => random_checkpoint::run(a),
         Command::Scale(a) => scale::run(a),
+        Command::Study(a) => study::run(a),
         Command::GpuCheck(a) => gpu_check::run(a),
     }
 }

@@ -120,6 +120,16 @@ pub struct Series {
     pub points: Vec<(f64, f64)>,
 }
 
+/// A series drawn as its mean line over a shaded band from `lower` to `upper` (e.g. mean ± one
+/// standard deviation over seeds).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Band {
+    /// Legend label.
+    pub label: String,
+    /// `(x, mean, lower, upper)` per point, in drawing order.
+    pub points: Vec<(f64, f64, f64, f64)>,
+}
+
 /// The text around a chart.
 #[derive(Debug, Clone, Copy)]
 pub struct Labels<'a> {
@@ -141,6 +151,47 @@ pub fn line_plot(
     labels: &Labels<'_>,
     series: &[Series],
 ) -> std::result::Result<(), PlotError> {
+    draw_file(path, labels, series, &[])
+}
+
+/// Draws each of `bands` as a shaded area between its lower and upper values with its mean as a
+/// line on top, into `path` as PNG or SVG by its extension, with the same axes and legend as
+/// [`line_plot`]. Points with a non-finite value are left out.
+pub fn band_plot(
+    path: &Path,
+    labels: &Labels<'_>,
+    bands: &[Band],
+) -> std::result::Result<(), PlotError> {
+    let finite = |p: &&(f64, f64, f64, f64)| {
+        p.0.is_finite() && p.1.is_finite() && p.2.is_finite() && p.3.is_finite()
+    };
+    let series: Vec<Series> = bands
+        .iter()
+        .map(|b| Series {
+            label: b.label.clone(),
+            points: b.points.iter().filter(finite).map(|p| (p.0, p.1)).collect(),
+        })
+        .collect();
+    let areas: Vec<Vec<(f64, f64)>> = bands
+        .iter()
+        .map(|b| {
+            let kept: Vec<_> = b.points.iter().filter(finite).collect();
+            let upper = kept.iter().map(|p| (p.0, p.3));
+            let lower = kept.iter().rev().map(|p| (p.0, p.2));
+            upper.chain(lower).collect()
+        })
+        .collect();
+    draw_file(path, labels, &series, &areas)
+}
+
+/// Writes the chart of `series` (lines) and `areas` (closed polygons, one per series, shaded in
+/// its colour) to `path`.
+fn draw_file(
+    path: &Path,
+    labels: &Labels<'_>,
+    series: &[Series],
+    areas: &[Vec<(f64, f64)>],
+) -> std::result::Result<(), PlotError> {
     let format = ImageFormat::from_path(path)?;
     let finite = finite_series(path, series)?;
     register_font()?;
@@ -151,12 +202,12 @@ pub fn line_plot(
     match format {
         ImageFormat::Png => {
             let root = BitMapBackend::new(path, SIZE).into_drawing_area();
-            draw_chart(&root, labels, &finite).map_err(|e| draw_error(e.to_string()))?;
+            draw_chart(&root, labels, &finite, areas).map_err(|e| draw_error(e.to_string()))?;
             root.present().map_err(|e| draw_error(e.to_string()))
         }
         ImageFormat::Svg => {
             let root = SVGBackend::new(path, SIZE).into_drawing_area();
-            draw_chart(&root, labels, &finite).map_err(|e| draw_error(e.to_string()))?;
+            draw_chart(&root, labels, &finite, areas).map_err(|e| draw_error(e.to_string()))?;
             root.present().map_err(|e| draw_error(e.to_string()))
         }
     }
@@ -206,13 +257,20 @@ fn finite_series(path: &Path, series: &[Series]) -> std::result::Result<Vec<Seri
         .collect()
 }
 
-/// Draws the whole chart on `root`; `series` are non-empty and finite.
+/// Draws the whole chart on `root`; `series` are non-empty and finite, `areas` (shaded under the
+/// lines, the i-th in the i-th series' colour) finite.
 fn draw_chart<DB: DrawingBackend>(
     root: &DrawingArea<DB, Shift>,
     labels: &Labels<'_>,
     series: &[Series],
+    areas: &[Vec<(f64, f64)>],
 ) -> std::result::Result<(), DrawingAreaErrorKind<DB::ErrorType>> {
-    let points = || series.iter().flat_map(|s| s.points.iter().copied());
+    let points = || {
+        series
+            .iter()
+            .flat_map(|s| s.points.iter().copied())
+            .chain(areas.iter().flatten().copied())
+    };
     let x_range = padded_range(points().map(|p| p.0), 0.02, 0.0);
     let legend_px = LEGEND_FRAME_PX + LEGEND_ROW_PX * series.len() as f64;
     let legend_share = (legend_px / PLOT_AREA_PX).min(0.5);
@@ -243,6 +301,12 @@ fn draw_chart<DB: DrawingBackend>(
         .light_line_style(TRANSPARENT)
         .axis_style(BLACK.mix(0.8))
         .draw()?;
+    for (i, area) in areas.iter().enumerate() {
+        if area.len() > 2 {
+            let color = COLORS[i % COLORS.len()];
+            chart.draw_series(std::iter::once(Polygon::new(area.clone(), color.mix(0.18))))?;
+        }
+    }
     for (i, s) in series.iter().enumerate() {
         let color = COLORS[i % COLORS.len()];
         let marker = if s.points.len() <= MARKER_LIMIT { 3 } else { 0 };
