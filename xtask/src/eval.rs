@@ -81,6 +81,10 @@ impl BackendTask for Eval {
             countdown_numbers: 0,
             shuffle_seed: None,
             holdout: 0,
+            countdown_number_range: [1, 100],
+            countdown_target_range: [1, 100],
+            countdown_in_order: false,
+            exclude_eval: false,
         };
         let items = eval_items(&section, task, a.order, a.limit)?;
         let tokenizer = ChatTokenizer::from_file(a.model.join("tokenizer.json"))?;

@@ -528,3 +528,74 @@ fn current_commit() -> anyhow::Result<String> {
 fn today() -> String {
     chrono::Utc::now().format("%Y-%m-%d").to_string()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(algorithm: &str, seed: u64, curve: &[f64]) -> RunFigures {
+        let curve: Vec<(f64, f64)> = curve
+            .iter()
+            .enumerate()
+            .map(|(i, &y)| (64.0 * i as f64, y))
+            .collect();
+        let best = curve[1..].iter().map(|p| p.1).fold(f64::MIN, f64::max);
+        RunFigures {
+            algorithm: algorithm.into(),
+            recipe: "r.toml".into(),
+            seed,
+            commit: "abc".into(),
+            before: curve[0].1,
+            r#final: curve[curve.len() - 1].1,
+            best,
+            best_at_rollouts: 0.0,
+            seconds: 10.0,
+            curve,
+        }
+    }
+
+    #[test]
+    fn the_report_compares_dmpo_with_each_baseline_seed_by_seed() {
+        let args = Args {
+            tasks: vec![StudyTask::Sudoku],
+            seeds: Some(2),
+            runs: "runs/study".into(),
+            out: "docs/results".into(),
+            fresh: false,
+            overrides: vec![],
+        };
+        let runs = vec![
+            run("DMPO", 0, &[50.0, 60.0, 70.0]),
+            run("DMPO", 1, &[50.0, 64.0, 62.0]),
+            run("diffu-GRPO (d1)", 0, &[50.0, 55.0, 65.0]),
+            run("diffu-GRPO (d1)", 1, &[50.0, 58.0, 66.0]),
+            run("wd1", 0, &[50.0, 52.0, 54.0]),
+            run("wd1", 1, &[50.0, 51.0, 53.0]),
+        ];
+        let r = report(StudyTask::Sudoku, &args, 2, runs).unwrap();
+        let dmpo = &r.summary[0];
+        assert_eq!((dmpo.algorithm.as_str(), dmpo.seeds), ("DMPO", 2));
+        assert_eq!(dmpo.r#final.mean, 66.0);
+        assert!((dmpo.r#final.sd - 32f64.sqrt()).abs() < 1e-12);
+        assert_eq!((dmpo.change.min, dmpo.change.max), (12.0, 20.0));
+        assert_eq!(dmpo.best.mean, 67.0);
+        let d1 = &r.dmpo_lead[0];
+        assert_eq!(d1.per_seed, vec![5.0, -4.0]);
+        assert_eq!((d1.ahead_on, d1.mean), (1, 0.5));
+        assert_eq!(r.dmpo_lead[1].ahead_on, 2);
+        let md = markdown(&r, "sudoku.png");
+        assert!(
+            md.contains("| diffu-GRPO (d1) | +5.00 | -4.00 | +0.50 | 1 of 2 seeds |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("cargo xtask study --tasks sudoku --seeds 2"),
+            "{md}"
+        );
+        let band = curve_band("DMPO", &r.runs).unwrap();
+        assert_eq!(
+            band.points[2],
+            (128.0, 66.0, 66.0 - 32f64.sqrt(), 66.0 + 32f64.sqrt())
+        );
+    }
+}

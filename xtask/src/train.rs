@@ -1,11 +1,14 @@
 //! `cargo xtask train`: run a recipe (default: the tiny Sudoku DMPO recipe) and print the
-//! before/after table.
+//! before/after table; with `--check-readme`, fail unless README.md states the figures printed
+//! (CI's guard against a front page that no longer holds).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
 
 use dmpo_train::cli::train::run_recipe;
 use dmpo_train::run_dir::{holds_run, StartMode};
-use dmpo_train::trainer::RunOptions;
+use dmpo_train::trainer::{RunOptions, Summary};
 use dmpo_train::Recipe;
 
 /// Arguments of `cargo xtask train`.
@@ -26,6 +29,10 @@ pub struct Args {
     /// Continue from the latest checkpoint.
     #[arg(long)]
     pub resume: bool,
+    /// After the run, fail unless README.md (in the working directory) states its before/after
+    /// figures as printed, and the DMPO change over seeds of docs/results/sudoku.json.
+    #[arg(long)]
+    pub check_readme: bool,
 }
 
 /// Runs the recipe.
@@ -53,12 +60,86 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         }
         StartMode::Overwrite
     };
-    run_recipe(
+    let summary = run_recipe(
         recipe,
         RunOptions {
             start,
             ..Default::default()
         },
     )?;
+    if a.check_readme {
+        check_readme(
+            &summary,
+            Path::new("README.md"),
+            Path::new("docs/results/sudoku.json"),
+        )?;
+        println!("README.md states these figures");
+    }
+    Ok(())
+}
+
+/// The sentence README.md must hold for a run: `from B% to A% (+C points`, with the figures as
+/// the before/after table prints them (first generation length).
+fn stated_figures(summary: &Summary) -> anyhow::Result<String> {
+    let after = summary
+        .after
+        .first()
+        .context("the run has no evaluation after training")?;
+    let before = summary
+        .before
+        .iter()
+        .find(|b| b.gen_length == after.gen_length)
+        .context("the run has no evaluation before training (resumed or --skip-eval?)")?;
+    Ok(format!(
+        "from {:.2}% to {:.2}% ({:+.2} points",
+        before.accuracy_pct,
+        after.accuracy_pct,
+        after.accuracy_pct - before.accuracy_pct
+    ))
+}
+
+/// The DMPO row's change over seeds in a study report (`docs/results/<task>.json`), as README.md
+/// quotes it: `+M ± S points over N seeds`.
+fn stated_study(report: &Path) -> anyhow::Result<String> {
+    let text =
+        std::fs::read_to_string(report).with_context(|| format!("reading {}", report.display()))?;
+    let json: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("parsing {}", report.display()))?;
+    let dmpo = json["summary"]
+        .as_array()
+        .and_then(|rows| rows.iter().find(|r| r["algorithm"] == "DMPO"))
+        .with_context(|| format!("{}: no DMPO row in `summary`", report.display()))?;
+    let (mean, sd, seeds) = (
+        dmpo["change"]["mean"].as_f64(),
+        dmpo["change"]["sd"].as_f64(),
+        dmpo["seeds"].as_u64(),
+    );
+    match (mean, sd, seeds) {
+        (Some(m), Some(s), Some(n)) => Ok(format!("{m:+.2} ± {s:.2} points over {n} seeds")),
+        _ => bail!(
+            "{}: the DMPO row lacks change.mean, change.sd or seeds",
+            report.display()
+        ),
+    }
+}
+
+/// Fails unless `readme` holds the run's [`stated_figures`] and, when `report` exists, its
+/// [`stated_study`].
+fn check_readme(summary: &Summary, readme: &Path, report: &Path) -> anyhow::Result<()> {
+    let text =
+        std::fs::read_to_string(readme).with_context(|| format!("reading {}", readme.display()))?;
+    let mut wanted = vec![stated_figures(summary)?];
+    if report.exists() {
+        wanted.push(stated_study(report)?);
+    }
+    for w in wanted {
+        if !text.contains(&w) {
+            bail!(
+                "{} does not state `{w}`: the figures changed; rerun `cargo xtask study` and \
+                 update the README from docs/results/",
+                readme.display()
+            );
+        }
+    }
     Ok(())
 }

@@ -369,6 +369,28 @@ pub struct TaskSection {
     /// Countdown and Sudoku rows out).
     #[serde(default)]
     pub holdout: usize,
+    /// The numbers of generated Countdown items (range, inclusive); how many numbers an item
+    /// has is `countdown_numbers` (0: 3 or 4).
+    #[serde(default = "default_countdown_number_range")]
+    pub countdown_number_range: [i64; 2],
+    /// The targets of generated Countdown items (range, inclusive).
+    #[serde(default = "default_countdown_target_range")]
+    pub countdown_target_range: [i64; 2],
+    /// Generated Countdown items all have a solution that combines the numbers in the order
+    /// given (`rewards::generate::in_order_solution`).
+    #[serde(default)]
+    pub countdown_in_order: bool,
+    /// Generated training items never repeat an evaluation item (the same puzzle, or the same
+    /// numbers and target): one that does is drawn again.
+    #[serde(default)]
+    pub exclude_eval: bool,
+}
+
+fn default_countdown_number_range() -> [i64; 2] {
+    [1, 100]
+}
+fn default_countdown_target_range() -> [i64; 2] {
+    [1, 100]
 }
 
 fn default_reward_text() -> CompletionText {

@@ -110,8 +110,8 @@ pub fn train<AB: AutodiffBackend>(
 
     // Everything that can be wrong with the inputs fails here, before any training.
     let tokenizer = ChatTokenizer::from_file(recipe.model.path.join("tokenizer.json"))?;
-    let data = TrainData::open(&recipe.task, task)?;
     let eval_set = eval_items(&recipe.task, task, recipe.eval.order, recipe.eval.limit)?;
+    let data = TrainData::open(&recipe.task, task, &eval_set)?;
     let (model, reference) = load_policy_and_reference::<AB>(recipe, &device)?;
     tokenizer.check_model(&model.config)?;
     recipe.check_model(&model.config, &recipe.model.path.join("config.json"))?;

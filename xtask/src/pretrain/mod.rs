@@ -1,51 +1,53 @@
-//! `cargo xtask pretrain`: trains the embedded tiny model from scratch.
+//! `cargo xtask pretrain`: trains an embedded tiny model from scratch.
 //!
 //! A character-level tokenizer is trained with the `tokenizers` crate over the formatted
-//! training text, then a small LLaDA-layout model learns 4x4 Sudoku with LLaDA's supervised
+//! training text, then a small LLaDA-layout model learns 4x4 Sudoku or 3-number Countdown
+//! ([`task`]) with LLaDA's supervised
 //! masked-diffusion objective (docs/algorithm.md §1, [`dmpo_core::sft`]): per sequence `t ~ U(eps, 1)`, each
 //! completion token masked with probability `t`, loss = sum of masked cross-entropies / `t`,
 //! divided by `batch * gen_length`. Training stops at the first periodic evaluation whose greedy
-//! cell accuracy on the held-out test puzzles reaches `--target-accuracy` (with well-formed
+//! accuracy on the held-out items reaches `--target-accuracy` (with well-formed
 //! answers), so that the base stays clearly imperfect and RL has headroom. The result is written
 //! to `models/tiny-<task>/` in the Hugging Face layout, with `README.md` and `pretrain.json`.
 //!
+//! - [`task`]: what differs between the tasks (held-out and training items, true and flawed
+//!   answers, scores);
 //! - [`tokenizer`]: the character-level tokenizer and its special tokens;
-//! - [`data`]: training items, the per-step data stream, completion targets and their ids;
+//! - [`data`]: the per-step data stream and the ids of prompts and completions;
 //! - [`optimiser`]: the AdamW settings and learning-rate schedule, trained with and recorded;
 //! - [`train`]: set-up, the training loop and the written outputs;
-//! - [`evaluate`]: greedy evaluation on the test puzzles;
+//! - [`evaluate`]: greedy evaluation on the held-out items;
 //! - [`model_card`]: `pretrain.json` and the `README.md` rendered from it.
 
 mod data;
 mod evaluate;
 mod model_card;
 mod optimiser;
+mod task;
 mod tokenizer;
 mod train;
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, ensure, Context};
+use anyhow::{ensure, Context};
 use burn::backend::Autodiff;
 use burn::tensor::backend::Backend;
 use dllm_model::backend::{dispatch, BackendKind, BackendTask};
 use dllm_sample::SamplerConfig;
 
-/// Tokens generated per prompt, by the RL recipe and by the evaluation here.
-pub const GEN_LENGTH: usize = 24;
+use task::PretrainTask;
+
 /// Semi-autoregressive block length of the evaluation sampler.
 pub const BLOCK_LENGTH: usize = 8;
-/// Denoising steps of the evaluation sampler (2 tokens per step).
-pub const SAMPLER_STEPS: usize = 12;
 /// Longest prompt in tokens (the recipes' `max_prompt_tokens`).
 const MAX_PROMPT_TOKENS: usize = 200;
 
 /// Arguments of `cargo xtask pretrain`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Args {
-    /// Task to pretrain on (only `sudoku`).
-    #[arg(long, default_value = "sudoku")]
-    pub task: String,
+    /// Task to pretrain on.
+    #[arg(long, value_enum, default_value = "sudoku")]
+    pub task: PretrainTask,
     /// Seed of the tokenizer corpus, the model initialisation, the data and the masks.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -55,10 +57,11 @@ pub struct Args {
     /// Most optimiser steps.
     #[arg(long, default_value_t = 1000)]
     pub max_steps: usize,
-    /// Stop at the first evaluation whose greedy cell accuracy reaches this (0..1).
+    /// Stop at the first evaluation whose greedy accuracy (Sudoku: cells) reaches this (0..1).
     #[arg(long, default_value_t = 0.40)]
     pub target_accuracy: f64,
-    /// Smallest share of well-formed answers (`<answer>` + 16 digits + `</answer>`) for stopping.
+    /// Smallest share of well-formed answers for stopping (`<answer>` + 16 digits + `</answer>`;
+    /// Countdown: an expression over the item's numbers inside the tags).
     #[arg(long, default_value_t = 0.95)]
     pub min_well_formed: f64,
     /// Sequences per optimiser step.
@@ -73,7 +76,8 @@ pub struct Args {
     /// Evaluate every this many steps.
     #[arg(long, default_value_t = 100)]
     pub eval_every: usize,
-    /// Held-out test puzzles evaluated (the first N of the shipped 4x4 test set).
+    /// Held-out items evaluated (the first N of the shipped 4x4 Sudoku test set, or of the
+    /// Countdown items written to `test.jsonl`).
     #[arg(long, default_value_t = 256)]
     pub eval_items: usize,
     /// Hidden size.
@@ -92,7 +96,8 @@ pub struct Args {
     #[arg(long, default_value = "flex")]
     pub backend: BackendKind,
     /// Share (0..1) of training completions written by a flawed solver instead of the true
-    /// solution: the row-only heuristic of `rewards::generate::row_only_fill`. A base that
+    /// solution: the row-only heuristic of `rewards::generate::row_only_fill` (Sudoku), the sum
+    /// of every number of `rewards::generate::sum_fill` (Countdown). A base that
     /// imitated such mixed demonstrations can produce correct answers but prefers the flawed
     /// ones, the situation RL fine-tuning is meant for.
     #[arg(long, default_value_t = 0.0)]
@@ -105,12 +110,6 @@ pub struct Args {
 
 /// Runs `cargo xtask pretrain`.
 pub fn run(args: Args) -> anyhow::Result<()> {
-    if args.task != "sudoku" {
-        bail!(
-            "pretraining is only implemented for `sudoku` (asked for `{}`)",
-            args.task
-        );
-    }
     ensure!(args.batch_size > 0, "--batch-size must be positive");
     ensure!(args.eval_every > 0, "--eval-every must be positive");
     ensure!(
@@ -124,7 +123,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let out = args
         .out
         .clone()
-        .unwrap_or_else(|| PathBuf::from(format!("models/tiny-{}", args.task)));
+        .unwrap_or_else(|| PathBuf::from(format!("models/tiny-{}", args.task.name())));
     if args.readme_only {
         return model_card::rewrite_readme(&out);
     }
@@ -145,12 +144,12 @@ impl BackendTask for Pretrain {
     }
 }
 
-/// The sampler the RL recipe uses, greedy.
-pub fn eval_sampler() -> SamplerConfig {
+/// The evaluation sampler: the RL recipes' lengths, greedy, [`PretrainTask::eval_steps`].
+pub fn eval_sampler(task: PretrainTask) -> SamplerConfig {
     SamplerConfig {
-        gen_length: GEN_LENGTH,
+        gen_length: task.gen_length(),
         block_length: BLOCK_LENGTH,
-        steps: SAMPLER_STEPS,
+        steps: task.eval_steps(),
         temperature: 0.0,
         ..Default::default()
     }
@@ -160,7 +159,8 @@ pub fn eval_sampler() -> SamplerConfig {
 fn command_line(args: &Args, out: &Path) -> String {
     let mut s = format!(
         "cargo xtask pretrain --task {} --seed {}",
-        args.task, args.seed
+        args.task.name(),
+        args.seed
     );
     s.push_str(&format!(" --out {}", out.display()));
     s.push_str(&format!(

@@ -1,6 +1,6 @@
 //! The pretraining tokenizer: a character-level WordLevel model trained with the `tokenizers`
-//! crate over formatted training text (chat-templated prompt + target completion + EOS), with
-//! LLaDA's special tokens and the answer tags as added tokens.
+//! crate over formatted training text (chat-templated prompt + target completion + EOS, and the
+//! task's alphabet), with LLaDA's special tokens and the answer tags as added tokens.
 
 use std::collections::HashSet;
 use std::path::Path;
@@ -16,7 +16,7 @@ use tokenizers::models::TrainerWrapper;
 use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
 use tokenizers::{AddedToken, SplitDelimiterBehavior, Tokenizer};
 
-use super::data::{target_text, train_item};
+use super::task::PretrainTask;
 
 /// Formatted training examples the tokenizer is trained on.
 const TOKENIZER_CORPUS: usize = 512;
@@ -35,11 +35,14 @@ pub const SPECIAL_TOKENS: [&str; 7] = [
     MASK_TOKEN,
     UNK_TOKEN,
 ];
-/// Normal added tokens (kept by `decode(.., skip_special = true)`), after the special ones.
+/// The answer tags, added after the special tokens: normal added tokens (kept by
+/// `decode(.., skip_special = true)`) or special ones, as [`PretrainTask::answer_tags_special`]
+/// says.
 pub const ANSWER_TOKENS: [&str; 2] = ["<answer>", "</answer>"];
 
 /// Trains the character-level tokenizer over formatted training text and saves it.
 pub fn build_tokenizer(
+    task: PretrainTask,
     seed: u64,
     excluded: &HashSet<String>,
     path: &Path,
@@ -47,7 +50,11 @@ pub fn build_tokenizer(
     let added: Vec<AddedToken> = SPECIAL_TOKENS
         .iter()
         .map(|t| AddedToken::from(*t, true))
-        .chain(ANSWER_TOKENS.iter().map(|t| AddedToken::from(*t, false)))
+        .chain(
+            ANSWER_TOKENS
+                .iter()
+                .map(|t| AddedToken::from(*t, task.answer_tags_special())),
+        )
         .collect();
     let model = WordLevel::builder()
         .unk_token(UNK_TOKEN.to_string())
@@ -71,18 +78,18 @@ pub fn build_tokenizer(
     let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x746F_6B65_6E69_7A65);
     let mut corpus = Vec::with_capacity(TOKENIZER_CORPUS);
     for _ in 0..TOKENIZER_CORPUS {
-        let item = train_item(&mut rng, excluded)?;
+        let item = task.train_item(&mut rng, excluded)?;
         let prompt = dmpo_train::tasks::prompt_text(&item, PromptStyle::Compact, false);
         corpus.push(format!(
             "{}{}{}",
             templater.chat_template(&[dllm_model::ChatMessage::user(prompt)], true),
-            target_text(&item, false)?,
+            task.target_text(&item, false)?,
             templater.eos
         ));
     }
     // The trainer counts characters; the added tokens are not characters, and it puts them
     // first in the vocabulary itself (ids 0.. in `added`'s order), then registers them.
-    let characters: Vec<String> = corpus
+    let mut characters: Vec<String> = corpus
         .iter()
         .map(|text| {
             added
@@ -90,6 +97,9 @@ pub fn build_tokenizer(
                 .fold(text.clone(), |t, a| t.replace(&a.content, ""))
         })
         .collect();
+    if !task.alphabet().is_empty() {
+        characters.push(task.alphabet().to_string());
+    }
     let mut trainer: TrainerWrapper = WordLevelTrainer::builder()
         .show_progress(false)
         .special_tokens(added.clone())

@@ -20,18 +20,19 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rewards::TaskItem;
 
-use super::data::{puzzle_of, step_rng, train_item, Encoder, TRAIN_BLANKS};
+use super::data::{step_rng, Encoder};
 use super::evaluate::{evaluate, Scores};
 use super::model_card::{readme, EvalPoint, Record};
 use super::optimiser::Optimiser;
+use super::task::{PretrainTask, COUNTDOWN_NUMBERS, COUNTDOWN_TARGETS, SUDOKU_BLANKS};
 use super::tokenizer::{build_tokenizer, MASK_TOKEN};
-use super::{command_line, eval_sampler, Args, GEN_LENGTH, MAX_PROMPT_TOKENS};
+use super::{command_line, eval_sampler, Args, MAX_PROMPT_TOKENS};
 
 /// Smallest masking ratio of the diffusion objective.
 const T_EPS: f64 = 1e-3;
 
-/// The fixed inputs of the training loop: the encoder, the excluded test puzzles and the
-/// evaluated ones.
+/// The fixed inputs of the training loop: the encoder, the keys of the held-out items (never
+/// trained on) and the evaluated ones.
 struct Inputs<'a> {
     encoder: Encoder<'a>,
     excluded: HashSet<String>,
@@ -55,15 +56,17 @@ pub fn pretrain<B: AutodiffBackend>(
     out: &Path,
     device: &B::Device,
 ) -> anyhow::Result<()> {
-    let test = rewards::data::sudoku_4x4_test();
+    let task = args.task;
+    let heldout = task.heldout_items(out)?;
     ensure!(
-        !test.is_empty(),
-        "the built-in 4x4 Sudoku test set is empty"
+        !heldout.is_empty(),
+        "the held-out {} set is empty",
+        task.name()
     );
-    let excluded: HashSet<String> = test.iter().map(|it| puzzle_of(it).to_string()).collect();
-    let eval_items: Vec<TaskItem> = test.iter().take(args.eval_items).cloned().collect();
+    let excluded: HashSet<String> = heldout.iter().map(|it| task.key(it)).collect();
+    let eval_items: Vec<TaskItem> = heldout.iter().take(args.eval_items).cloned().collect();
 
-    let tokenizer = build_tokenizer(args.seed, &excluded, &out.join("tokenizer.json"))?;
+    let tokenizer = build_tokenizer(task, args.seed, &excluded, &out.join("tokenizer.json"))?;
     let id = |t: &str| {
         tokenizer
             .token_id(t)
@@ -80,6 +83,7 @@ pub fn pretrain<B: AutodiffBackend>(
     )?
     .len();
     let encoder = Encoder {
+        task,
         tokenizer: &tokenizer,
         prompt_len,
         eos: eos_id,
@@ -126,7 +130,7 @@ pub fn pretrain<B: AutodiffBackend>(
     save_model(&model, out)?;
     // Re-load what was written and measure it: the recorded figure is the committed model's.
     let reloaded = load_model::<B::InnerBackend>(out, LoadOptions::default(), device)?;
-    let base = evaluate(&reloaded, &tokenizer, &eval_items)?;
+    let base = evaluate(task, &reloaded, &tokenizer, &eval_items)?;
     let (base_accuracy, base_well_formed, base_solved) =
         (base.accuracy, base.well_formed, base.solved);
     if let Some(last) = evals.last() {
@@ -137,10 +141,16 @@ pub fn pretrain<B: AutodiffBackend>(
         );
     }
     let model_bytes = std::fs::metadata(out.join("model.safetensors"))?.len();
+    let (mut flawed_right, mut flawed_total) = (0u64, 0u64);
+    for item in &eval_items {
+        let score = task.score(item, &task.target_completion(item, true)?)?;
+        flawed_right += score.correct;
+        flawed_total += score.total;
+    }
     let command = command_line(args, out);
     let record = Record {
         command: command.clone(),
-        task: args.task.clone(),
+        task: task.name().to_string(),
         seed: args.seed,
         backend: args.backend.to_string(),
         steps,
@@ -153,16 +163,19 @@ pub fn pretrain<B: AutodiffBackend>(
         base_well_formed,
         base_solved,
         eval_items: eval_items.len(),
-        sampler: eval_sampler(),
+        sampler: eval_sampler(task),
         batch_size: args.batch_size,
         optimiser,
-        train_blanks: TRAIN_BLANKS,
-        gen_length: GEN_LENGTH,
+        train_blanks: (task == PretrainTask::Sudoku).then_some(SUDOKU_BLANKS),
+        train_numbers: (task == PretrainTask::Countdown).then_some(COUNTDOWN_NUMBERS),
+        train_targets: (task == PretrainTask::Countdown).then_some(COUNTDOWN_TARGETS),
+        gen_length: task.gen_length(),
         prompt_tokens: prompt_len,
         vocab_size: vocab,
         parameters,
         model_bytes,
         train_seconds,
+        heldout_flawed_accuracy: Some(flawed_right as f64 / flawed_total.max(1) as f64),
         evals,
     };
     let json = serde_json::to_string_pretty(&record)?;
@@ -170,11 +183,13 @@ pub fn pretrain<B: AutodiffBackend>(
     std::fs::write(out.join("README.md"), readme(&record, &config))?;
     println!(
         "wrote {}: {steps} steps in {train_seconds:.0} s, final loss {last_loss:.4}, \
-         base cell accuracy {:.1}% (well-formed {:.1}%, solved {:.1}%) on {} test puzzles",
+         base accuracy {:.1}% (well-formed {:.1}%, solved {:.1}%, flawed-solver agreement {:.1}%) \
+         on {} held-out items",
         out.display(),
         100.0 * base_accuracy,
         100.0 * base_well_formed,
         100.0 * base_solved,
+        100.0 * base.flawed_agreement,
         eval_items.len()
     );
     Ok(())
@@ -189,10 +204,11 @@ fn step_batch<B: AutodiffBackend>(
     device: &B::Device,
 ) -> anyhow::Result<SequenceBatch<B>> {
     let encoder = &inputs.encoder;
+    let gen_length = encoder.task.gen_length();
     let mut rng = step_rng(args.seed, step);
-    let mut ids = Vec::with_capacity(args.batch_size * (encoder.prompt_len + GEN_LENGTH));
+    let mut ids = Vec::with_capacity(args.batch_size * (encoder.prompt_len + gen_length));
     for _ in 0..args.batch_size {
-        let item = train_item(&mut rng, &inputs.excluded)?;
+        let item = encoder.task.train_item(&mut rng, &inputs.excluded)?;
         ids.extend(encoder.prompt(&item)?.into_iter().map(i64::from));
         // Drawn only when asked, so that share 0 keeps the data stream of earlier builds.
         let flawed = args.flawed_share > 0.0 && rng.random::<f64>() < args.flawed_share;
@@ -203,7 +219,7 @@ fn step_batch<B: AutodiffBackend>(
                 .map(i64::from),
         );
     }
-    let shape = [args.batch_size, encoder.prompt_len + GEN_LENGTH];
+    let shape = [args.batch_size, encoder.prompt_len + gen_length];
     let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, shape), device);
     Ok(SequenceBatch::new(ids, encoder.prompt_len, encoder.eos)?)
 }
@@ -264,7 +280,7 @@ fn train<B: AutodiffBackend>(
                 well_formed,
                 solved,
                 flawed_agreement,
-            } = evaluate(&model.valid(), tokenizer, &inputs.eval_items)?;
+            } = evaluate(args.task, &model.valid(), tokenizer, &inputs.eval_items)?;
             let point = EvalPoint {
                 step: steps,
                 accuracy,
@@ -275,7 +291,7 @@ fn train<B: AutodiffBackend>(
             };
             (window_loss, window_n) = (0.0, 0);
             let line = format!(
-                "step {:>5}  loss {:.4}  cell accuracy {:.1}%  row-only agreement {:.1}%  well-formed {:.1}%  solved {:.1}%  ({:.0} s)",
+                "step {:>5}  loss {:.4}  accuracy {:.1}%  flawed-solver agreement {:.1}%  well-formed {:.1}%  solved {:.1}%  ({:.0} s)",
                 point.step,
                 point.train_loss,
                 100.0 * accuracy,
@@ -293,7 +309,7 @@ fn train<B: AutodiffBackend>(
             evals.push(point);
             if accuracy >= args.target_accuracy && well_formed >= args.min_well_formed {
                 stop_reason = format!(
-                    "greedy cell accuracy {:.1}% reached --target-accuracy {:.1}%",
+                    "greedy accuracy {:.1}% reached --target-accuracy {:.1}%",
                     100.0 * accuracy,
                     100.0 * args.target_accuracy
                 );

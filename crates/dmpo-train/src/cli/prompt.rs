@@ -52,13 +52,17 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         countdown_numbers: 0,
         shuffle_seed: None,
         holdout: 0,
+        countdown_number_range: [1, 100],
+        countdown_target_range: [1, 100],
+        countdown_in_order: false,
+        exclude_eval: false,
     };
     let items = if a.eval {
         eval_items(&section, task, a.order, 0)?
     } else if a.data == "builtin" {
         eval_items(&section, task, EvalOrder::File, 0)?
     } else {
-        match TrainData::open(&section, task)? {
+        match TrainData::open(&section, task, &[])? {
             TrainData::Items(items) => items,
             _ => anyhow::bail!("--data must name a file or `builtin`"),
         }
