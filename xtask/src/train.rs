@@ -143,3 +143,59 @@ fn check_readme(summary: &Summary, readme: &Path, report: &Path) -> anyhow::Resu
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dmpo_train::eval::EvalResult;
+
+    fn result(accuracy_pct: f64) -> EvalResult {
+        EvalResult {
+            gen_length: 24,
+            correct: 0,
+            total: 0,
+            accuracy_pct,
+            items: 256,
+        }
+    }
+
+    #[test]
+    fn the_readme_check_fails_when_the_stated_figures_moved() {
+        let dir = std::env::temp_dir().join(format!("check-readme-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let summary = Summary {
+            run_dir: dir.clone(),
+            before: vec![result(49.66015625)],
+            after: vec![result(66.89453125)],
+            steps: 120,
+            updates: 240,
+            skipped: 0,
+            final_reward: 0.66,
+            seconds: 1.0,
+        };
+        let report = dir.join("sudoku.json");
+        std::fs::write(
+            &report,
+            r#"{"summary": [{"algorithm": "DMPO", "seeds": 5, "change": {"mean": 16.371, "sd": 1.8129}}]}"#,
+        )
+        .unwrap();
+        let readme = dir.join("README.md");
+        let check = |text: &str| {
+            std::fs::write(&readme, text).unwrap();
+            check_readme(&summary, &readme, &report)
+        };
+        let both =
+            "from 49.66% to 66.89% (+17.23 points, seed 0); +16.37 ± 1.81 points over 5 seeds";
+        check(both).unwrap();
+        let stale_run = both.replace("66.89", "68.02");
+        let e = check(&stale_run).unwrap_err().to_string();
+        assert!(e.contains("from 49.66% to 66.89% (+17.23 points"), "{e}");
+        let stale_study = both.replace("+16.37", "+18.30");
+        let e = check(&stale_study).unwrap_err().to_string();
+        assert!(e.contains("+16.37 ± 1.81 points over 5 seeds"), "{e}");
+        // Without a study report only the run is checked.
+        std::fs::write(&readme, "from 49.66% to 66.89% (+17.23 points").unwrap();
+        check_readme(&summary, &readme, &dir.join("missing.json")).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

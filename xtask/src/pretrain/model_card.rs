@@ -110,6 +110,10 @@ struct TaskCard {
     prompt: String,
     completion: String,
     data: String,
+    /// Where the RL figures measured on the model are.
+    results: &'static str,
+    /// What the answer tags are.
+    tags: &'static str,
     /// Learning-curve column headers of the accuracy and the flawed-solver agreement.
     accuracy_column: &'static str,
     flawed_column: &'static str,
@@ -166,6 +170,8 @@ is `rewards::generate::in_order_solution`, `(a op b) op c` with the first operat
 distinct held-out items drawn from a fixed stream; no training item has the numbers and target \
 of one of them (the RL recipes set `task.exclude_eval` for the same guarantee). ",
                 ),
+                results: "docs/results/countdown.md",
+                tags: "the answer tags `<answer>`, `</answer>` are special tokens too",
                 accuracy_column: "accuracy",
                 flawed_column: "sum agreement",
             };
@@ -193,6 +199,8 @@ well-formed (`<answer>` + 16 digits + `</answer>`), {solved:.1}% of puzzles full
             data: "`rewards::generate::sudoku_items` with 6 to 10 blanks, every puzzle of the \
 test set excluded. "
                 .to_string(),
+            results: "docs/training.md",
+            tags: "normal added tokens `<answer>`, `</answer>`",
             accuracy_column: "cell accuracy",
             flawed_column: "row-only agreement",
         }
@@ -235,7 +243,7 @@ Seed {seed}, backend {backend}. The tokenizer corpus, the initialisation (`B::se
 training {items} and the masks all derive from the seed (ChaCha8). The weights also depend on \
 the backend's rounding: a change to the model's arithmetic or to the backend's kernels (SIMD, \
 threading) gives a different model of similar quality, so the committed files are the \
-reference and the RL figures in `docs/training.md` were measured on them.{provenance}\n\
+reference and the RL figures in `{results}` were measured on them.{provenance}\n\
 \n\
 ## Facts\n\
 \n\
@@ -253,7 +261,7 @@ eps {epsilon:e}, weight decay {weight_decay}); stopped because {stop}.\n\
 - Tokenizer (`tokenizers` crate, WordLevel trained with `WordLevelTrainer`): one token per \
 character (`Split` on `(?s).`, isolated; `Fuse` decoder). Special tokens `<|startoftext|>`, \
 `<|endoftext|>` (EOS and pad), `<|start_header_id|>`, `<|end_header_id|>`, `<|eot_id|>`, \
-`<|mdm_mask|>` (mask), `<unk>`; normal added tokens `<answer>`, `</answer>`.\n\
+`<|mdm_mask|>` (mask), `<unk>`; {tags}.\n\
 - Training data: {data}{mixture}Objective: LLaDA's SFT masked-diffusion loss (t ~ U(1e-3, 1), each \
 completion token masked with probability t, sum of CE / t over masked tokens divided by \
 batch x gen_length; the prompt is never masked).\n\
@@ -294,6 +302,8 @@ batch x gen_length; the prompt is never masked).\n\
         data = card.data,
         accuracy_column = card.accuracy_column,
         flawed_column = card.flawed_column,
+        results = card.results,
+        tags = card.tags,
         mixture = mixture(r),
         provenance = r
             .provenance
@@ -326,10 +336,11 @@ fn mixture(r: &Record) -> String {
             "**{flawed:.0}% of the training completions are written by a flawed solver** \
 (`sum_fill`: it adds every number in the order given, `(a+b)+c`, whatever the target; right only \
 when the target is the sum, {sum_right:.1}% of the held-out items), the other {good:.0}% are the \
-true solutions. The base therefore knows how to solve but prefers adding everything up: greedy \
-decoding answers with the sum on {agree:.1}% of the held-out items. This is the setting RL \
-fine-tuning is for (an SFT model that imitated mixed-quality demonstrations): the reward can \
-raise the share of the correct behaviour that sampling already finds. ",
+true solutions. The base prefers adding everything up: greedy decoding answers with the sum on \
+{agree:.1}% of the held-out items, while the true answers it was also taught stay among its \
+samples at temperature 1. This is the setting RL fine-tuning is for (an SFT model that imitated \
+mixed-quality demonstrations): the reward can raise the share of the correct behaviour that \
+sampling already finds. ",
             flawed = 100.0 * r.flawed_share,
             good = 100.0 * (1.0 - r.flawed_share),
             sum_right = 100.0 * r.heldout_flawed_accuracy.unwrap_or(f64::NAN),
