@@ -4,10 +4,10 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use anyhow::{bail, ensure};
+use anyhow::bail;
 use dmpo_train::plot::{line_plot, ImageFormat, Labels, Series};
 
-use crate::runs::{mean_std, read_run, Run};
+use crate::runs::{curve_spread, mean_std, read_run, Run};
 
 /// Arguments of `cargo xtask compare`.
 #[derive(Debug, clap::Args)]
@@ -73,20 +73,10 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             members.len()
         );
         // Mean curve over the runs of the group, at the rollout counts they share.
-        let xs: Vec<f64> = members[0].curve.iter().map(|p| p.0).collect();
-        ensure!(
-            members
-                .iter()
-                .all(|r| r.curve.iter().map(|p| p.0).eq(xs.iter().copied())),
-            "the `{label}` runs were evaluated at different rollout counts; compare runs of one recipe"
-        );
-        let points = xs
-            .iter()
-            .enumerate()
-            .map(|(i, &x)| {
-                let ys: Vec<f64> = members.iter().map(|r| r.curve[i].1).collect();
-                (x, mean_std(&ys).0)
-            })
+        let curves: Vec<&[(f64, f64)]> = members.iter().map(|r| r.curve.as_slice()).collect();
+        let points = curve_spread(label, &curves)?
+            .into_iter()
+            .map(|(x, mean, _)| (x, mean))
             .collect();
         series.push(Series {
             label: format!("{label} (mean of {})", members.len()),

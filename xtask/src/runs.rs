@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::Context;
+use anyhow::{ensure, Context};
 use dmpo_train::recipe::Recipe;
 
 /// One finished run: its group label, seed, wall time and accuracy (%) after each number of
@@ -84,4 +84,27 @@ pub fn mean_std(v: &[f64]) -> (f64, f64) {
         0.0
     };
     (mean, var.sqrt())
+}
+
+/// `(x, mean, sd)` at each evaluation point of `curves` (runs of one group), which must all be
+/// evaluated at the same rollout counts.
+pub fn curve_spread(label: &str, curves: &[&[(f64, f64)]]) -> anyhow::Result<Vec<(f64, f64, f64)>> {
+    let xs: Vec<f64> = curves
+        .first()
+        .map_or(Vec::new(), |c| c.iter().map(|p| p.0).collect());
+    ensure!(
+        curves
+            .iter()
+            .all(|c| c.iter().map(|p| p.0).eq(xs.iter().copied())),
+        "the `{label}` runs were evaluated at different rollout counts; compare runs of one recipe"
+    );
+    Ok(xs
+        .iter()
+        .enumerate()
+        .map(|(i, &x)| {
+            let ys: Vec<f64> = curves.iter().map(|c| c[i].1).collect();
+            let (mean, sd) = mean_std(&ys);
+            (x, mean, sd)
+        })
+        .collect())
 }

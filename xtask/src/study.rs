@@ -22,7 +22,7 @@ use dmpo_train::Recipe;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 
-use crate::runs::{mean_std, read_run};
+use crate::runs::{curve_spread, mean_std, read_run};
 
 /// A task of the study and its grid of recipes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -392,26 +392,17 @@ fn write_report(out: &Path, task: StudyTask, report: &Report) -> anyhow::Result<
 
 /// The mean ± sd band of `algorithm`'s curves; its runs must share their evaluation points.
 fn curve_band(algorithm: &str, runs: &[RunFigures]) -> anyhow::Result<Band> {
-    let of: Vec<&RunFigures> = runs.iter().filter(|r| r.algorithm == algorithm).collect();
-    let xs: Vec<f64> = of
-        .first()
-        .map_or(Vec::new(), |r| r.curve.iter().map(|p| p.0).collect());
-    ensure!(
-        of.iter()
-            .all(|r| r.curve.iter().map(|p| p.0).eq(xs.iter().copied())),
-        "the {algorithm} runs were evaluated at different rollout counts"
-    );
-    let points = xs
+    let curves: Vec<&[(f64, f64)]> = runs
         .iter()
-        .enumerate()
-        .map(|(i, &x)| {
-            let ys: Vec<f64> = of.iter().map(|r| r.curve[i].1).collect();
-            let (m, sd) = mean_std(&ys);
-            (x, m, m - sd, m + sd)
-        })
+        .filter(|r| r.algorithm == algorithm)
+        .map(|r| r.curve.as_slice())
+        .collect();
+    let points = curve_spread(algorithm, &curves)?
+        .into_iter()
+        .map(|(x, m, sd)| (x, m, m - sd, m + sd))
         .collect();
     Ok(Band {
-        label: format!("{algorithm} ({} seeds)", of.len()),
+        label: format!("{algorithm} ({} seeds)", curves.len()),
         points,
     })
 }

@@ -51,15 +51,16 @@ impl TrainData {
                     excluded,
                 }),
                 Task::Countdown => {
-                    let count = match section.countdown_numbers {
-                        0 => CountdownConfig::default().min_count..=CountdownConfig::default().max_count,
-                        n => n..=n,
+                    let default = CountdownConfig::default();
+                    let (min_count, max_count) = match section.countdown_numbers {
+                        0 => (default.min_count, default.max_count),
+                        n => (n, n),
                     };
                     let [min_number, max_number] = section.countdown_number_range;
                     let [min_target, max_target] = section.countdown_target_range;
                     let config = CountdownConfig {
-                        min_count: *count.start(),
-                        max_count: *count.end(),
+                        min_count,
+                        max_count,
                         min_number,
                         max_number,
                         min_target,

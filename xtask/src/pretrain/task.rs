@@ -62,7 +62,7 @@ impl Completion {
     pub fn decode(tokenizer: &ChatTokenizer, ids: &[u32], eos: u32) -> anyhow::Result<Self> {
         let end = ids.iter().position(|&t| t == eos).unwrap_or(ids.len());
         Ok(Self {
-            scored: tokenizer.decode(&ids[..end], true)?,
+            scored: dmpo_train::tasks::completion_text(tokenizer, ids, eos)?,
             whole: tokenizer.decode(&ids[..end], false)?,
         })
     }

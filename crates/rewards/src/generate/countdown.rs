@@ -179,17 +179,22 @@ pub fn sum_fill(numbers: &[i64]) -> String {
 mod tests {
     use super::*;
 
-    #[test]
-    fn the_solution_text_reaches_the_target_and_the_sum_fill_only_the_sum() {
-        let cfg = CountdownConfig {
+    /// Three numbers from 1 to 9, targets from 10 to 30.
+    fn small(in_order: bool) -> CountdownConfig {
+        CountdownConfig {
             min_count: 3,
             max_count: 3,
             min_number: 1,
             max_number: 9,
             min_target: 10,
             max_target: 30,
-            in_order: false,
-        };
+            in_order,
+        }
+    }
+
+    #[test]
+    fn the_solution_text_reaches_the_target_and_the_sum_fill_only_the_sum() {
+        let cfg = small(false);
         let items = countdown_items(7, 200, &cfg).unwrap();
         let (mut sums, mut right_sums) = (0, 0);
         for item in &items {
@@ -236,15 +241,7 @@ mod tests {
         // 5*(4-3) = 5 needs another order.
         assert_eq!(in_order_solution(&[5, 4, 3], 5), None);
         assert!(solve(&[5, 4, 3], 5).is_some());
-        let cfg = CountdownConfig {
-            min_count: 3,
-            max_count: 3,
-            min_number: 1,
-            max_number: 9,
-            min_target: 10,
-            max_target: 30,
-            in_order: true,
-        };
+        let cfg = small(true);
         for item in countdown_items(11, 100, &cfg).unwrap() {
             let crate::GroundTruth::Countdown { numbers, target } = &item.truth else {
                 panic!("not a Countdown item")
