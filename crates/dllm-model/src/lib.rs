@@ -28,6 +28,7 @@ pub mod linear;
 pub mod load;
 pub mod lora;
 pub mod model;
+pub mod nf4;
 pub mod norm;
 pub mod ops;
 pub mod params;
