@@ -29,6 +29,7 @@ pub mod load;
 pub mod lora;
 pub mod model;
 pub mod nf4;
+pub mod nf4_weight;
 pub mod norm;
 pub mod ops;
 pub mod params;

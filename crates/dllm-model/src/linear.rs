@@ -5,6 +5,7 @@ use burn::module::{Module, Param};
 use burn::nn::Dropout;
 use burn::tensor::{backend::Backend, module::linear, Distribution, Tensor};
 
+use crate::nf4_weight::Nf4Weight;
 use crate::params::ParamSource;
 
 /// `y = x W + b` with `W` stored `[in, out]` (burn's layout; Hugging Face stores `[out, in]` and
@@ -13,7 +14,7 @@ use crate::params::ParamSource;
 #[derive(Module, Debug)]
 pub struct Linear<B: Backend> {
     /// Base weight, `[in, out]`.
-    pub weight: Param<Tensor<B, 2>>,
+    pub weight: LinearWeight<B>,
     /// Bias `[out]`, when the layer has one.
     pub bias: Option<Param<Tensor<B, 1>>>,
     /// LoRA adapter, if one is attached.
@@ -36,11 +37,48 @@ pub struct Lora<B: Backend> {
     pub dropout_always: bool,
 }
 
+/// A linear layer's base weight: a (trainable or frozen) dense matrix, or a frozen NF4 one.
+#[derive(Module, Debug)]
+pub enum LinearWeight<B: Backend> {
+    /// Dense `[in, out]` (f32, bf16 or f16).
+    Dense(Param<Tensor<B, 2>>),
+    /// NF4 (bitsandbytes' `Linear4bit` weight), always frozen.
+    Nf4(Nf4Weight<B>),
+}
+
+impl<B: Backend> LinearWeight<B> {
+    /// The weight `[in, out]`: the dense matrix, or the NF4 weight decoded (one layer's copy).
+    pub fn val(&self) -> Tensor<B, 2> {
+        match self {
+            Self::Dense(w) => w.val(),
+            Self::Nf4(w) => w.dequantize(),
+        }
+    }
+
+    /// `[in, out]`.
+    pub fn dims(&self) -> [usize; 2] {
+        match self {
+            Self::Dense(w) => w.val().dims(),
+            Self::Nf4(w) => w.dims(),
+        }
+    }
+
+    /// Whether the weight is NF4.
+    pub fn is_nf4(&self) -> bool {
+        matches!(self, Self::Nf4(_))
+    }
+}
+
 impl<B: Backend> Linear<B> {
     /// A linear layer from a `[in, out]` weight.
     pub fn from_weight(weight: Tensor<B, 2>) -> Self {
+        Self::from_base(LinearWeight::Dense(Param::from_tensor(weight)))
+    }
+
+    /// A linear layer over `weight`, without bias or adapter.
+    pub fn from_base(weight: LinearWeight<B>) -> Self {
         Self {
-            weight: Param::from_tensor(weight),
+            weight,
             bias: None,
             lora: None,
         }
@@ -53,8 +91,8 @@ impl<B: Backend> Linear<B> {
         d_out: usize,
         source: &mut S,
     ) -> Result<Self, S::Error> {
-        let weight = source.linear_weight(&format!("{name}.weight"), d_in, d_out)?;
-        Ok(Self::from_weight(weight))
+        let weight = source.linear(&format!("{name}.weight"), d_in, d_out)?;
+        Ok(Self::from_base(weight))
     }
 
     /// [`build`](Self::build), then the bias `{name}.bias` `[d_out]`.
@@ -73,7 +111,7 @@ impl<B: Backend> Linear<B> {
 
     /// Input and output sizes.
     pub fn dims(&self) -> [usize; 2] {
-        self.weight.val().dims()
+        self.weight.dims()
     }
 
     /// Applies the layer; the adapter contributes only when `adapter` is true.
@@ -84,7 +122,12 @@ impl<B: Backend> Linear<B> {
     pub fn forward(&self, x: Tensor<B, 3>, adapter: bool) -> Tensor<B, 3> {
         let [batch, len, d_in] = x.dims();
         let x = x.reshape([batch * len, d_in]);
-        let y = product(&x, self.weight.val());
+        let y = match &self.weight {
+            LinearWeight::Dense(w) => product(&x, w.val()),
+            LinearWeight::Nf4(w) => {
+                crate::ops::matmul_nf4(&x, w).unwrap_or_else(|| product(&x, w.dequantize()))
+            }
+        };
         let y = match &self.bias {
             Some(b) => {
                 let b = b.val();

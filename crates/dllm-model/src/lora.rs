@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
 use crate::family::{Family, DREAM_LINEARS};
-use crate::linear::Lora;
+use crate::linear::{LinearWeight, Lora};
 use crate::load::{to_named, write_safetensors};
 use crate::model::DiffusionLm;
 use crate::weights::{WeightDType, WeightFiles};
@@ -165,14 +165,17 @@ impl<B: Backend> DiffusionLm<B> {
         Ok(model)
     }
 
-    /// Folds every adapter into its base weight (`W += scale * A B`) and removes it.
+    /// Folds every adapter into its base weight (`W += scale * A B`) and removes it. An NF4
+    /// base weight is decoded first and the merged layer stays dense in the NF4 weight's dtype
+    /// (bf16 for LLaDA and Dream): re-quantising would round the update away; quantise the
+    /// saved model again (`dmpo quantize`) to get an NF4 checkpoint of it.
     pub fn merge_adapters(mut self) -> Self {
         for block in &mut self.blocks {
             for (_, lin) in block.linears_mut() {
                 if let Some(lora) = lin.lora.take() {
                     let weight = lin.weight.val();
                     let merged = weight.clone() + lora.delta().cast(weight.dtype());
-                    lin.weight = Param::from_tensor(merged.detach());
+                    lin.weight = LinearWeight::Dense(Param::from_tensor(merged.detach()));
                 }
             }
         }

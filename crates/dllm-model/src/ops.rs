@@ -10,6 +10,7 @@ pub use crate::kernels::argmax::argmax_with_confidence;
 pub use crate::kernels::attention::attention_rows;
 pub use crate::kernels::log_probs::token_log_probs;
 pub use crate::kernels::matmul::matmul_2d;
+pub use crate::kernels::matmul_nf4::matmul_nf4;
 pub use crate::kernels::rms_norm::rms_norm_rows;
 pub use crate::kernels::rope::rope_heads_first;
 pub use crate::kernels::simd::exp_f32;

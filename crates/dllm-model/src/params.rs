@@ -21,6 +21,7 @@ use burn::tensor::{backend::Backend, Distribution, Tensor};
 
 use crate::config::ModelConfig;
 use crate::error::ModelError;
+use crate::linear::LinearWeight;
 use crate::weights::{WeightDType, WeightFiles};
 
 /// Prefix of every tensor name in a LLaDA checkpoint.
@@ -100,6 +101,20 @@ pub trait ParamSource<B: Backend> {
         d_in: usize,
         d_out: usize,
     ) -> Result<Tensor<B, 2>, Self::Error>;
+
+    /// The base weight of the linear layer whose weight is named `name`: dense
+    /// ([`linear_weight`](Self::linear_weight)) unless the source holds or makes it in NF4.
+    fn linear(
+        &mut self,
+        name: &str,
+        d_in: usize,
+        d_out: usize,
+    ) -> Result<LinearWeight<B>, Self::Error> {
+        let weight = self.linear_weight(name, d_in, d_out)?;
+        Ok(LinearWeight::Dense(burn::module::Param::from_tensor(
+            weight,
+        )))
+    }
 
     /// The embedding table `[rows, cols]` named `name`.
     fn embedding(

@@ -89,6 +89,20 @@ pub(super) fn to_flex<B: Backend, const D: usize>(t: &Tensor<B, D>) -> FlexTenso
         .tensor()
 }
 
+/// The flex primitive of an integer tensor of flex or of `Autodiff<Flex, C>` (whose integer
+/// tensors are flex's own); `None` on other backends.
+pub(super) fn int_to_flex<B: Backend, const D: usize>(
+    t: &Tensor<B, D, burn::tensor::Int>,
+) -> Option<FlexTensor> {
+    use burn::tensor::Int;
+    if let Some(t) = same_type::<_, Tensor<Flex, D, Int>>(t.clone()) {
+        return Some(t.into_primitive());
+    }
+    with_autodiff_flex!(B, C => same_type::<_, Tensor<Ad<C>, D, Int>>(t.clone())
+        .expect("B is autodiff flex")
+        .into_primitive())
+}
+
 /// A flex primitive as a tensor of `B` (known to be flex).
 pub(super) fn from_flex<B: Backend, const D: usize>(t: FlexTensor) -> Tensor<B, D> {
     same_type(Tensor::<Flex, D>::from_primitive(TensorPrimitive::Float(t))).expect("B is flex")

@@ -1,5 +1,6 @@
-//! The linear product `y = x w` with f32 activations and a bf16 or f16 weight (docs/algorithm.md
-//! §1), for models whose weights stay in half precision in memory (`model.dtype = "bf16"`).
+//! The linear product `y = x w` with f32 activations and a bf16, f16 or NF4 weight
+//! (docs/algorithm.md §1), for models whose weights stay in half precision in memory
+//! (`model.dtype = "bf16"`) or in 4 bits (`model.quantize = "nf4"`, [`crate::nf4`]).
 //!
 //! The weight is never converted whole: the product runs over panels of `PANEL_BYTES` of
 //! the weight's columns, each task converting its panel to f32 into a buffer it reuses and
@@ -20,17 +21,44 @@ use half::{bf16, f16};
 use rayon::prelude::*;
 
 use super::gemm::{gemm_to_ptr, SharedOut, Strided};
+use crate::nf4::{Nf4DType, BLOCK_SIZE, NF4_CODE};
 
 /// Bytes of f32 weight values one task converts and multiplies at a time.
 const PANEL_BYTES: usize = 2 << 20;
 
-/// Half-precision values, borrowed from a tensor's storage.
+/// Weight values narrower than f32, borrowed from a tensor's storage.
 #[derive(Debug, Clone, Copy)]
 pub(super) enum HalfSlice<'a> {
     /// bf16 storage.
     BF16(&'a [bf16]),
     /// f16 storage.
     F16(&'a [f16]),
+    /// NF4 storage: each value decoded as `NF4_CODE[index] * absmax[block]`, rounded to `dtype`.
+    Nf4(Nf4Slice<'a>),
+}
+
+/// Packed NF4 values ([`crate::nf4`]): `len` values, two per byte, one absmax per 64.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Nf4Slice<'a> {
+    /// Packed indices, the first of a pair in the high nibble.
+    pub packed: &'a [u8],
+    /// Per-block absmax.
+    pub absmax: &'a [f32],
+    /// Number of values.
+    pub len: usize,
+    /// The dtype decoded values are rounded to.
+    pub dtype: Nf4DType,
+}
+
+impl Nf4Slice<'_> {
+    /// Value `i`, decoded.
+    #[inline]
+    fn value(&self, i: usize) -> f32 {
+        let byte = self.packed[i / 2];
+        let index = if i % 2 == 0 { byte >> 4 } else { byte & 0x0f };
+        self.dtype
+            .round(NF4_CODE[index as usize] * self.absmax[i / BLOCK_SIZE])
+    }
 }
 
 impl HalfSlice<'_> {
@@ -38,6 +66,7 @@ impl HalfSlice<'_> {
         match self {
             Self::BF16(v) => v.len(),
             Self::F16(v) => v.len(),
+            Self::Nf4(v) => v.len,
         }
     }
 
@@ -49,6 +78,7 @@ impl HalfSlice<'_> {
             (Self::F16(v), 1) => out.extend(v[first..first + count].iter().map(|x| x.to_f32())),
             (Self::BF16(v), _) => out.extend((0..count).map(|i| v[first + i * step].to_f32())),
             (Self::F16(v), _) => out.extend((0..count).map(|i| v[first + i * step].to_f32())),
+            (Self::Nf4(v), _) => out.extend((0..count).map(|i| v.value(first + i * step))),
         }
     }
 }

@@ -22,6 +22,7 @@
 //! | [`log_probs`] | [`token_log_probs`](log_probs::token_log_probs) |
 //! | [`matmul`] | [`matmul_2d`](matmul::matmul_2d) |
 //! | [`matmul_half`] | [`matmul_2d`](matmul::matmul_2d) with a bf16 or f16 weight |
+//! | [`matmul_nf4`] | [`matmul_nf4`](matmul_nf4::matmul_nf4), a frozen NF4 weight |
 //! | [`splice`] | [`splice_positions`](splice::splice_positions) |
 //! | [`argmax`] | [`argmax_with_confidence`](argmax::argmax_with_confidence) |
 //!
@@ -92,6 +93,7 @@ pub(crate) mod attention;
 pub(crate) mod log_probs;
 pub(crate) mod matmul;
 pub(crate) mod matmul_half;
+pub(crate) mod matmul_nf4;
 pub(crate) mod rms_norm;
 pub(crate) mod rope;
 pub(crate) mod splice;
