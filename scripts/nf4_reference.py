@@ -16,7 +16,13 @@ Writes `fixtures/nf4/reference.safetensors` (and `reference.json`, what was run)
   model.input_ids               the golden model's input ids [2, 24]
   model.logits                  the golden model (cast to bf16, block linears quantised with
                                 bitsandbytes) run in f32 on bitsandbytes' dequantised weights
+  model.logits_bf16             the same model without quantisation (a control: what the bf16
+                                rounding alone gives)
   model.<linear>.packed/.nested_codes/...   that model's quantised linears, as above
+
+and `fixtures/nf4/llada-tiny-nf4/`: that quantised model as a checkpoint in the layout
+transformers + bitsandbytes save (`QuantState.as_dict(packed=True)` for each block linear, the
+other tensors bf16, `quantization_config` in `config.json`): a user's pre-quantised checkpoint.
 
 With `--check DIR` it instead loads a checkpoint written by `dmpo quantize` the way transformers +
 bitsandbytes do (`BitsAndBytesConfig` from its `quantization_config`, the block linears replaced
@@ -40,6 +46,7 @@ import bitsandbytes as bnb
 import bitsandbytes.functional as bf
 import torch
 from safetensors.torch import load_file, save_file
+from transformers import BitsAndBytesConfig
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import reference_gpu  # noqa: E402  (the f32 LLaDA reference, checked against the golden logits)
@@ -75,9 +82,14 @@ def cases():
     return out
 
 
-def quantise(name, t, into):
-    """bitsandbytes' NF4 of `t` (double quantised) and its parts, under `{name}.`."""
+def quantise(name, t, into, checkpoint=None, weight=None):
+    """bitsandbytes' NF4 of `t` (double quantised) and its parts, under `{name}.`; with
+    `checkpoint`, also the tensors `Linear4bit` saves for `weight`."""
     packed, state = bf.quantize_4bit(t, blocksize=64, compress_statistics=True, quant_type="nf4")
+    if checkpoint is not None:
+        checkpoint[weight] = packed
+        for k, v in state.as_dict(packed=True).items():
+            checkpoint[f"{weight}.{k}"] = v
     _, plain = bf.quantize_4bit(t, blocksize=64, compress_statistics=False, quant_type="nf4")
     into[f"{name}.input"] = t.contiguous()
     into[f"{name}.packed"] = packed.contiguous()
@@ -96,18 +108,25 @@ def quantised_model(golden):
     weights, run in f32; the quantised parts go into the fixture."""
     cfg = json.load(open(os.path.join(golden, "config.json")))
     state = {k: v.to(torch.bfloat16) for k, v in load_file(os.path.join(golden, "model.safetensors")).items()}
-    parts = {}
+    parts, checkpoint = {}, {}
     for name in list(state):
         if any(name.endswith(f".{l}.weight") for l in LINEARS) and ".blocks." in name:
-            state[name] = quantise(f"model.{name}", state[name], parts)
+            state[name] = quantise(f"model.{name}", state[name], parts, checkpoint, name)
+        else:
+            checkpoint[name] = state[name]
     model = reference_gpu.build_model(cfg, "cpu", torch.float32, {k: v.float() for k, v in state.items()})
-    return cfg, model, parts
+    cfg = dict(cfg)
+    cfg["quantization_config"] = BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=torch.bfloat16,
+    ).to_dict()
+    return cfg, model, parts, checkpoint
 
 
 def check(golden, out, ours):
     """`dmpo quantize`'s output loaded through transformers' config and bitsandbytes' modules."""
-    from transformers import BitsAndBytesConfig
-
     cfg = json.load(open(os.path.join(ours, "config.json")))
     qc = BitsAndBytesConfig.from_dict(cfg["quantization_config"])
     assert qc.load_in_4bit and qc.bnb_4bit_quant_type == "nf4" and qc.bnb_4bit_use_double_quant, qc
@@ -153,12 +172,19 @@ def main():
     tensors = {}
     for name, t in cases().items():
         quantise(f"case.{name}", t, tensors)
-    cfg, model, parts = quantised_model(args.golden)
+    cfg, model, parts, checkpoint = quantised_model(args.golden)
     tensors.update(parts)
+    model_dir = os.path.join(args.out, "llada-tiny-nf4")
+    os.makedirs(model_dir, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in checkpoint.items()}, os.path.join(model_dir, "model.safetensors"), metadata={"format": "pt"})
+    json.dump(cfg, open(os.path.join(model_dir, "config.json"), "w"), indent=2)
     golden = load_file(os.path.join(args.golden, "golden.safetensors"))
+    state = load_file(os.path.join(args.golden, "model.safetensors"))
+    dense = reference_gpu.build_model(cfg, "cpu", torch.float32, {k: v.to(torch.bfloat16).float() for k, v in state.items()})
     with torch.no_grad():
         tensors["model.input_ids"] = golden["input_ids"]
         tensors["model.logits"] = model(golden["input_ids"]).float()
+        tensors["model.logits_bf16"] = dense(golden["input_ids"]).float()
     os.makedirs(args.out, exist_ok=True)
     save_file(tensors, os.path.join(args.out, "reference.safetensors"))
     meta = {

@@ -33,6 +33,8 @@ pub mod nf4_weight;
 pub mod norm;
 pub mod ops;
 pub mod params;
+pub mod quantization;
+pub mod quantize_checkpoint;
 pub mod rope;
 pub mod tensor_file;
 pub mod text_file;

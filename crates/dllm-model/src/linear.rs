@@ -84,7 +84,20 @@ impl<B: Backend> Linear<B> {
         }
     }
 
-    /// The layer named `name` (its weight is `{name}.weight`), `[d_in, d_out]`, from `source`.
+    /// The layer named `name` (its weight is `{name}.weight`), `[d_in, d_out]`, from `source`,
+    /// its weight dense in any case (the LM head, which quantisation leaves dense).
+    pub fn build_dense<S: ParamSource<B> + ?Sized>(
+        name: &str,
+        d_in: usize,
+        d_out: usize,
+        source: &mut S,
+    ) -> Result<Self, S::Error> {
+        let weight = source.linear_weight(&format!("{name}.weight"), d_in, d_out)?;
+        Ok(Self::from_weight(weight))
+    }
+
+    /// A block's layer named `name` (its weight is `{name}.weight`), `[d_in, d_out]`, from
+    /// `source`: dense, or NF4 where the source holds or makes it so.
     pub fn build<S: ParamSource<B> + ?Sized>(
         name: &str,
         d_in: usize,

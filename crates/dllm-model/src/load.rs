@@ -9,6 +9,7 @@ use crate::config::{config_path, ModelConfig};
 use crate::error::{ModelError, Result};
 use crate::model::DiffusionLm;
 use crate::params::Checkpoint;
+use crate::quantization::{checkpoint_is_nf4, Quantize};
 use crate::weights::{WeightDType, WeightFiles};
 
 pub use crate::params::PREFIX;
@@ -18,6 +19,9 @@ pub use crate::params::PREFIX;
 pub struct LoadOptions {
     /// Element type of the loaded weights (checkpoints in bf16 are upcast to f32 by default).
     pub dtype: WeightDType,
+    /// Quantise the block linears of a dense checkpoint while loading (a checkpoint already
+    /// quantised loads as it is stored, whatever this says).
+    pub quantize: Option<Quantize>,
 }
 
 /// Loads `config.json` and the weights of a model directory.
@@ -42,7 +46,9 @@ pub fn from_weights<B: Backend>(
     device: &B::Device,
 ) -> Result<DiffusionLm<B>> {
     check_dtype_supported::<B>(options.dtype, device)?;
-    DiffusionLm::build(config, &mut Checkpoint::new(weights, options.dtype, device))
+    checkpoint_is_nf4(config, weights.origin())?;
+    let mut source = Checkpoint::new(weights, options.dtype, device).quantized(options.quantize);
+    DiffusionLm::build(config, &mut source)
 }
 
 /// Refuses a weight dtype the backend cannot compute in on `device` (burn's WGPU backend has
@@ -66,6 +72,7 @@ pub fn verify_model<B: Backend>(dir: impl AsRef<Path>, device: &B::Device) -> Re
     let dir = dir.as_ref();
     let config = ModelConfig::from_file(config_path(dir))?;
     let weights = WeightFiles::open_dir(dir)?;
+    checkpoint_is_nf4(&config, weights.origin())?;
     DiffusionLm::<B>::build(&config, &mut Checkpoint::verifying(&weights, device))?;
     Ok(config)
 }

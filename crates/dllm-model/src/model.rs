@@ -135,7 +135,12 @@ impl<B: Backend> DiffusionLm<B> {
             head: if config.weight_tying {
                 None
             } else {
-                Some(Linear::build(strip(family.head_name()), d, e, source)?)
+                Some(Linear::build_dense(
+                    strip(family.head_name()),
+                    d,
+                    e,
+                    source,
+                )?)
             },
             config: config.clone(),
         };

@@ -22,6 +22,9 @@ use burn::tensor::{backend::Backend, Distribution, Tensor};
 use crate::config::ModelConfig;
 use crate::error::ModelError;
 use crate::linear::LinearWeight;
+use crate::nf4::Nf4Tensor;
+use crate::nf4_weight::Nf4Weight;
+use crate::quantization::{holds_nf4, read_nf4, Quantize};
 use crate::weights::{WeightDType, WeightFiles};
 
 /// Prefix of every tensor name in a LLaDA checkpoint.
@@ -217,6 +220,8 @@ impl<B: Backend> ParamSource<B> for RandomInit<'_, B> {
 pub struct Checkpoint<'a, B: Backend> {
     weights: &'a WeightFiles,
     dtype: WeightDType,
+    /// Quantise dense block linears while loading.
+    quantize: Option<Quantize>,
     device: &'a B::Device,
     /// `false` when verifying: tensors are read and checked, then dropped.
     keep: bool,
@@ -228,9 +233,15 @@ impl<'a, B: Backend> Checkpoint<'a, B> {
         Self {
             weights,
             dtype,
+            quantize: None,
             device,
             keep: true,
         }
+    }
+
+    /// Dense block linears quantised as they load (one tensor at a time, in `dtype`).
+    pub fn quantized(self, quantize: Option<Quantize>) -> Self {
+        Self { quantize, ..self }
     }
 
     /// Every tensor of `weights` read and checked, none kept (placeholders on `device`).
@@ -276,6 +287,32 @@ impl<B: Backend> ParamSource<B> for Checkpoint<'_, B> {
     ) -> Result<Tensor<B, 2>, ModelError> {
         // Hugging Face stores linear weights `[out, in]`; burn's linear wants `[in, out]`.
         self.tensor(name, [d_out, d_in], true)
+    }
+
+    /// NF4 when the files hold the weight in NF4 or quantisation was asked for, else dense.
+    fn linear(
+        &mut self,
+        name: &str,
+        d_in: usize,
+        d_out: usize,
+    ) -> Result<LinearWeight<B>, ModelError> {
+        let shape = [d_out, d_in];
+        let nf4 = if holds_nf4(self.weights, name)? {
+            read_nf4(self.weights, name, shape)?
+        } else if self.quantize == Some(Quantize::Nf4) {
+            let values = self.weights.read(name, &shape, self.dtype)?.values.to_f32();
+            Nf4Tensor::quantize(&values, shape, self.dtype.nf4())
+        } else {
+            let weight = self.linear_weight(name, d_in, d_out)?;
+            return Ok(LinearWeight::Dense(burn::module::Param::from_tensor(
+                weight,
+            )));
+        };
+        if !self.keep {
+            let empty = Tensor::zeros([0, 0], self.device);
+            return Ok(LinearWeight::Dense(burn::module::Param::from_tensor(empty)));
+        }
+        Ok(LinearWeight::Nf4(Nf4Weight::new(&nf4, self.device)))
     }
 
     fn embedding(

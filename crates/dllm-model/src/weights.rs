@@ -36,6 +36,15 @@ impl std::str::FromStr for WeightDType {
 }
 
 impl WeightDType {
+    /// The dtype NF4 weights quantised in this type decode to.
+    pub fn nf4(self) -> crate::nf4::Nf4DType {
+        match self {
+            Self::F32 => crate::nf4::Nf4DType::F32,
+            Self::BF16 => crate::nf4::Nf4DType::BF16,
+            Self::F16 => crate::nf4::Nf4DType::F16,
+        }
+    }
+
     /// burn's element type for this weight type.
     pub fn burn(self) -> burn::tensor::DType {
         match self {
@@ -58,6 +67,15 @@ pub enum HostValues {
 }
 
 impl HostValues {
+    /// The values widened to f32 (exactly).
+    pub fn to_f32(&self) -> Vec<f32> {
+        match self {
+            Self::F32(v) => v.clone(),
+            Self::BF16(v) => v.iter().map(|x| x.to_f32()).collect(),
+            Self::F16(v) => v.iter().map(|x| x.to_f32()).collect(),
+        }
+    }
+
     /// The index and value of the first NaN or infinity, if any.
     pub fn first_non_finite(&self) -> Option<(usize, f32)> {
         fn find<T: Copy>(
@@ -315,6 +333,74 @@ impl WeightFiles {
             values,
             shape: expected.to_vec(),
         })
+    }
+
+    /// The files and the names of the tensors each holds (sorted), in file order.
+    pub fn tensors_by_file(&self) -> Vec<(PathBuf, Vec<String>)> {
+        let mut out: Vec<(PathBuf, Vec<String>)> = self
+            .files
+            .iter()
+            .map(|(path, _)| (path.clone(), Vec::new()))
+            .collect();
+        for (name, &i) in &self.location {
+            out[i].1.push(name.clone());
+        }
+        for (_, names) in &mut out {
+            names.sort();
+        }
+        out
+    }
+
+    /// Tensor `name` as stored: its safetensors dtype, shape and bytes.
+    pub fn read_stored(&self, name: &str) -> Result<(Dtype, Vec<usize>, Vec<u8>)> {
+        let &i = self
+            .location
+            .get(name)
+            .ok_or_else(|| ModelError::MissingTensor {
+                path: self.origin.clone(),
+                tensor: name.to_string(),
+            })?;
+        let view = self.view(i, name)?;
+        self.used.borrow_mut().insert(name.to_string());
+        Ok((view.dtype(), view.shape().to_vec(), view.data().to_vec()))
+    }
+
+    /// Reads tensor `name` stored as uint8 (packed NF4 indices, absmax codes, a quant state):
+    /// its bytes and shape.
+    pub fn read_u8(&self, name: &str) -> Result<(Vec<u8>, Vec<usize>)> {
+        let view = self.raw(name, Dtype::U8)?;
+        Ok((view.data().to_vec(), view.shape().to_vec()))
+    }
+
+    /// Reads tensor `name` stored as f32 (NF4 absmax and maps), flattened.
+    pub fn read_f32(&self, name: &str) -> Result<Vec<f32>> {
+        let view = self.raw(name, Dtype::F32)?;
+        Ok(view
+            .data()
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect())
+    }
+
+    /// Tensor `name`, which must be stored as `dtype`, marked as read.
+    fn raw(&self, name: &str, dtype: Dtype) -> Result<safetensors::tensor::TensorView<'_>> {
+        let &i = self
+            .location
+            .get(name)
+            .ok_or_else(|| ModelError::MissingTensor {
+                path: self.origin.clone(),
+                tensor: name.to_string(),
+            })?;
+        let view = self.view(i, name)?;
+        if view.dtype() != dtype {
+            return Err(ModelError::DType {
+                path: self.files[i].0.clone(),
+                tensor: name.to_string(),
+                dtype: format!("{:?} (expected {dtype:?})", view.dtype()),
+            });
+        }
+        self.used.borrow_mut().insert(name.to_string());
+        Ok(view)
     }
 
     /// A digest of the weights that notices any change of a tensor's name, dtype, shape or

@@ -146,3 +146,197 @@ fn dequantisation_equals_bitsandbytes_given_its_codes() {
         assert_eq!(bad, None, "{prefix}: dequantised value differs");
     }
 }
+
+/// The golden model's logits for the fixture's ids, loaded from `dir` with `options`.
+fn logits<B: burn::tensor::backend::Backend>(
+    dir: &std::path::Path,
+    options: dllm_model::LoadOptions,
+) -> Vec<f32> {
+    use burn::tensor::{Int, Tensor, TensorData};
+    let device = Default::default();
+    let model = dllm_model::load_model::<B>(dir, options, &device).expect("load");
+    let data = reference();
+    let st = SafeTensors::deserialize(&data).unwrap();
+    let ids = st.tensor("model.input_ids").unwrap();
+    let ids: Vec<i64> = ids
+        .data()
+        .chunks(8)
+        .map(|b| i64::from_le_bytes(b.try_into().unwrap()))
+        .collect();
+    let input = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [2, 24]), &device);
+    model
+        .forward(input)
+        .into_data()
+        .convert::<f32>()
+        .to_vec()
+        .unwrap()
+}
+
+fn nf4_options() -> dllm_model::LoadOptions {
+    dllm_model::LoadOptions {
+        dtype: dllm_model::WeightDType::BF16,
+        quantize: Some(dllm_model::quantization::Quantize::Nf4),
+    }
+}
+
+fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+fn bnb_checkpoint() -> std::path::PathBuf {
+    common::fixtures().join("nf4/llada-tiny-nf4")
+}
+
+fn options(dtype: dllm_model::WeightDType) -> dllm_model::LoadOptions {
+    dllm_model::LoadOptions {
+        dtype,
+        quantize: None,
+    }
+}
+
+#[test]
+fn a_bitsandbytes_checkpoint_loads_directly_and_gives_its_logits() {
+    use dllm_model::WeightDType::{BF16, F32};
+    let data = reference();
+    let st = SafeTensors::deserialize(&data).unwrap();
+    let want = f32s(&st, "model.logits");
+    // The CPU kernel decodes panel by panel.
+    let got = logits::<burn::backend::Flex>(&bnb_checkpoint(), options(BF16));
+    let diff = max_diff(&got, &want);
+    assert!(diff <= 1e-4, "flex: max |diff| {diff}");
+    // ndarray has neither bf16 nor the kernel: the generic decoding, rounded to bf16 in f32.
+    let generic = logits::<burn::backend::NdArray>(&bnb_checkpoint(), options(F32));
+    let diff = max_diff(&generic, &want);
+    assert!(diff <= 1e-4, "ndarray: max |diff| {diff}");
+    // The control: without quantisation the logits are far from these.
+    let dense = f32s(&st, "model.logits_bf16");
+    let ours = logits::<burn::backend::Flex>(&common::tiny_dir(), options(BF16));
+    assert!(max_diff(&ours, &dense) <= 1e-4);
+    assert!(max_diff(&dense, &want) > 1.0);
+}
+
+#[test]
+fn quantised_at_load_the_tiny_model_is_close_to_bitsandbytes() {
+    let data = reference();
+    let st = SafeTensors::deserialize(&data).unwrap();
+    let want = f32s(&st, "model.logits");
+    let got = logits::<burn::backend::Flex>(&common::tiny_dir(), nf4_options());
+    // Every packed nibble equals bitsandbytes'; the model's double-quantised absmax differ
+    // from its CPU lookup table's in a few codes (`quantisation_equals_bitsandbytes`), which
+    // moves these random-weight logits by a few thousandths (the quantisation itself moves
+    // them by more than 1).
+    let diff = max_diff(&got, &want);
+    assert!(diff <= 2e-2, "flex: max |diff| {diff}");
+    println!("quantised at load vs bitsandbytes' own codes: max |logit diff| {diff:.2e}");
+}
+
+#[test]
+fn a_quantised_checkpoint_holds_bitsandbytes_bytes_and_loads_directly() {
+    let data = reference();
+    let st = SafeTensors::deserialize(&data).unwrap();
+    // The golden model in bf16 (bitsandbytes quantises the weights in their own dtype).
+    let tmp = tempfile::tempdir().unwrap();
+    let bf16_dir = tmp.path().join("bf16");
+    let model = dllm_model::load_model::<burn::backend::Flex>(
+        common::tiny_dir(),
+        dllm_model::LoadOptions {
+            dtype: dllm_model::WeightDType::BF16,
+            quantize: None,
+        },
+        &Default::default(),
+    )
+    .unwrap();
+    dllm_model::save_model(&model, &bf16_dir).unwrap();
+    let out = tmp.path().join("nf4");
+    let mut calls = 0;
+    let report =
+        dllm_model::quantize_checkpoint::quantize_checkpoint(&bf16_dir, &out, |_, _| calls += 1)
+            .unwrap();
+    assert_eq!((report.quantized, report.copied), (14, 7));
+    assert_eq!(calls, 21);
+    let written = std::fs::read(out.join("model.safetensors")).unwrap();
+    let ours = SafeTensors::deserialize(&written).unwrap();
+    for name in ours.names() {
+        if let Some(prefix) = name.strip_suffix(".quant_state.bitsandbytes__nf4") {
+            let state: serde_json::Value =
+                serde_json::from_slice(ours.tensor(name).unwrap().data()).unwrap();
+            assert_eq!(state["quant_type"], "nf4");
+            assert_eq!(state["dtype"], "bfloat16");
+            assert_eq!(
+                bytes(&ours, prefix),
+                bytes(&st, &format!("model.{prefix}.packed")),
+                "{prefix}: packed nibbles"
+            );
+        }
+    }
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["quantization_config"]["bnb_4bit_quant_type"], "nf4");
+    // Loaded as it is stored, with no quantisation asked for: the model quantised at load.
+    let got = logits::<burn::backend::Flex>(&out, options(dllm_model::WeightDType::BF16));
+    let at_load = logits::<burn::backend::Flex>(&common::tiny_dir(), nf4_options());
+    assert_eq!(got, at_load);
+    // Quantising it again is refused.
+    let again = dllm_model::quantize_checkpoint::quantize_checkpoint(
+        &out,
+        &tmp.path().join("again"),
+        |_, _| {},
+    );
+    assert!(again.unwrap_err().to_string().contains("already quantised"));
+}
+
+#[test]
+fn quantisation_configs_that_are_not_nf4_are_refused_by_name() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(common::tiny_dir().join(f), dir.join(f)).unwrap();
+    }
+    let base: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(common::tiny_dir().join("config.json")).unwrap(),
+    )
+    .unwrap();
+    for (q, key, word) in [
+        (
+            serde_json::json!({"quant_method": "gptq", "bits": 4}),
+            "quant_method",
+            "gptq",
+        ),
+        (
+            serde_json::json!({"quant_method": "awq"}),
+            "quant_method",
+            "awq",
+        ),
+        (
+            serde_json::json!({"quant_method": "bitsandbytes", "load_in_8bit": true}),
+            "load_in_8bit",
+            "8-bit",
+        ),
+        (
+            serde_json::json!({"quant_method": "bitsandbytes", "load_in_4bit": true,
+                "bnb_4bit_quant_type": "fp4"}),
+            "bnb_4bit_quant_type",
+            "fp4",
+        ),
+    ] {
+        let mut config = base.clone();
+        config["quantization_config"] = q;
+        std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+        let err = dllm_model::load_model::<burn::backend::Flex>(
+            dir,
+            dllm_model::LoadOptions::default(),
+            &Default::default(),
+        )
+        .err()
+        .expect("refused")
+        .to_string();
+        assert!(
+            err.contains(&format!("quantization_config.{key}")) && err.contains(word),
+            "{err}"
+        );
+    }
+}
