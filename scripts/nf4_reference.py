@@ -24,17 +24,21 @@ and `fixtures/nf4/llada-tiny-nf4/`: that quantised model as a checkpoint in the 
 transformers + bitsandbytes save (`QuantState.as_dict(packed=True)` for each block linear, the
 other tensors bf16, `quantization_config` in `config.json`): a user's pre-quantised checkpoint.
 
-With `--check DIR` it instead loads a checkpoint written by `dmpo quantize` the way transformers +
-bitsandbytes do (`BitsAndBytesConfig` from its `quantization_config`, the block linears replaced
-by `bnb.nn.Linear4bit`, the packed state loaded through `Params4bit.from_prequantized`) and checks
-that its logits equal `model.logits` within 1e-4.
+With `--check DIR --ours LOGITS` it instead loads a checkpoint written by `dmpo quantize` the way
+transformers + bitsandbytes do (`BitsAndBytesConfig` from its `quantization_config`, the block
+linears replaced by `bnb.nn.Linear4bit`, the packed state loaded through its state-dict hooks) and
+checks that its logits for `input_ids.safetensors` equal ours (`dmpo logits` on the same
+directory) within 1e-4.
 
 Usage (bitsandbytes >= 0.50: its CPU backend quantises NF4):
 
     python3 -m venv venv && venv/bin/pip install torch safetensors transformers bitsandbytes
     venv/bin/python scripts/nf4_reference.py --golden fixtures/llada-tiny --out fixtures/nf4
+    target/release/dmpo quantize --model fixtures/llada-tiny --out OUT/quantized
+    target/release/dmpo logits --model OUT/quantized --input fixtures/nf4/input_ids.safetensors \\
+        --output OUT/ours.safetensors
     venv/bin/python scripts/nf4_reference.py --golden fixtures/llada-tiny --out fixtures/nf4 \\
-        --check OUT/quantized
+        --check OUT/quantized --ours OUT/ours.safetensors
 """
 
 import argparse
@@ -125,38 +129,47 @@ def quantised_model(golden):
     return cfg, model, parts, checkpoint
 
 
-def check(golden, out, ours):
+def check(out, ours_dir, ours_logits):
     """`dmpo quantize`'s output loaded through transformers' config and bitsandbytes' modules."""
-    cfg = json.load(open(os.path.join(ours, "config.json")))
+    cfg = json.load(open(os.path.join(ours_dir, "config.json")))
     qc = BitsAndBytesConfig.from_dict(cfg["quantization_config"])
     assert qc.load_in_4bit and qc.bnb_4bit_quant_type == "nf4" and qc.bnb_4bit_use_double_quant, qc
-    state = load_file(os.path.join(ours, "model.safetensors"))
+    state = load_file(os.path.join(ours_dir, "model.safetensors"))
     model = reference_gpu.Llada(cfg, torch.float32)
-    for block in model.model.transformer["blocks"]:
+    linear_names = {f"model.transformer.blocks.{i}.{l}.weight" for i in range(cfg["n_layers"]) for l in LINEARS}
+    quantised = {k for k in state if any(k == n or k.startswith(n + ".") for n in linear_names)}
+    rest = {k: v.float() for k, v in state.items() if k not in quantised}
+    missing, unexpected = model.load_state_dict(rest, strict=False)
+    assert not unexpected and set(missing) == linear_names, (unexpected, missing)
+    for i, block in enumerate(model.model.transformer["blocks"]):
         for l in LINEARS:
             old = getattr(block, l)
-            setattr(
-                block,
-                l,
-                bnb.nn.Linear4bit(
-                    old.in_features,
-                    old.out_features,
-                    bias=False,
-                    compute_dtype=torch.float32,
-                    compress_statistics=True,
-                    quant_type="nf4",
-                ),
+            new = bnb.nn.Linear4bit(
+                old.in_features,
+                old.out_features,
+                bias=False,
+                compute_dtype=torch.float32,
+                compress_statistics=True,
+                quant_type="nf4",
             )
-    plain = {k: v.float() for k, v in state.items() if v.dtype != torch.uint8 and "weight." not in k}
-    missing, unexpected = model.load_state_dict({**plain, **{k: v for k, v in state.items() if k not in plain}}, strict=False)
-    assert not unexpected, unexpected
-    assert all(".weight" in k for k in missing) and not [k for k in missing if not any(f".{l}." in k for l in LINEARS)], missing
+            # What transformers' bitsandbytes quantiser does for each pre-quantised weight.
+            name = f"model.transformer.blocks.{i}.{l}.weight"
+            stats = {k[len(name) + 1 :]: v for k, v in state.items() if k.startswith(name + ".")}
+            new.weight = bnb.nn.Params4bit.from_prequantized(
+                data=state[name], quantized_stats=stats, requires_grad=False, device="cpu", module=new
+            )
+            # On AVX512-BF16 CPUs bitsandbytes' inference path repacks the weight for a bf16 kernel
+            # (`_convert_weight_packed_for_cpu`); the training and GPU path decodes the weight
+            # and multiplies in the compute dtype, which is what is compared here.
+            new.support_avx512bf16_for_cpu = False
+            setattr(block, l, new)
     model.eval()
-    ref = load_file(os.path.join(out, "reference.safetensors"))
+    ids = load_file(os.path.join(out, "input_ids.safetensors"))["input_ids"]
     with torch.no_grad():
-        got = model(ref["model.input_ids"]).float()
-    diff = float((got - ref["model.logits"]).abs().max())
-    print(f"dmpo quantize output through bitsandbytes: max |logit diff| {diff:.2e} (tolerance 1e-4)")
+        got = model(ids).float()
+    want = load_file(ours_logits)["logits"]
+    diff = float((got - want).abs().max())
+    print(f"dmpo quantize output through bitsandbytes vs dmpo logits: max |diff| {diff:.2e} (tolerance 1e-4)")
     return diff <= 1e-4
 
 
@@ -165,10 +178,11 @@ def main():
     p.add_argument("--golden", required=True, help="the tiny golden model directory (fixtures/llada-tiny)")
     p.add_argument("--out", required=True, help="where reference.safetensors goes (fixtures/nf4)")
     p.add_argument("--check", help="a directory written by `dmpo quantize` to load with bitsandbytes")
+    p.add_argument("--ours", help="with --check: `dmpo logits` of that directory for input_ids.safetensors")
     args = p.parse_args()
     torch.manual_seed(0)
     if args.check:
-        sys.exit(0 if check(args.golden, args.out, args.check) else 1)
+        sys.exit(0 if check(args.out, args.check, args.ours) else 1)
     tensors = {}
     for name, t in cases().items():
         quantise(f"case.{name}", t, tensors)
@@ -185,6 +199,7 @@ def main():
         tensors["model.input_ids"] = golden["input_ids"]
         tensors["model.logits"] = model(golden["input_ids"]).float()
         tensors["model.logits_bf16"] = dense(golden["input_ids"]).float()
+    save_file({"input_ids": golden["input_ids"].contiguous()}, os.path.join(args.out, "input_ids.safetensors"))
     os.makedirs(args.out, exist_ok=True)
     save_file(tensors, os.path.join(args.out, "reference.safetensors"))
     meta = {

@@ -18,6 +18,10 @@ pub struct Args {
     /// PEFT adapter directory.
     #[arg(long)]
     pub adapter: Option<PathBuf>,
+    /// Quantise the block linears while loading (nf4). The references evaluate on the bf16
+    /// base, so evaluation does not quantise unless asked.
+    #[arg(long)]
+    pub quantize: Option<dllm_model::quantization::Quantize>,
     /// Task.
     #[arg(long, default_value = "sudoku")]
     pub task: String,
@@ -88,7 +92,11 @@ impl BackendTask for Eval {
         };
         let items = eval_items(&section, task, a.order, a.limit)?;
         let tokenizer = ChatTokenizer::from_file(a.model.join("tokenizer.json"))?;
-        let mut model = load_model::<B>(&a.model, LoadOptions::default(), &device)?;
+        let options = LoadOptions {
+            quantize: a.quantize,
+            ..LoadOptions::default()
+        };
+        let mut model = load_model::<B>(&a.model, options, &device)?;
         tokenizer.check_model(&model.config)?;
         if let Some(ad) = &a.adapter {
             model = model.load_adapter(ad, &device)?;

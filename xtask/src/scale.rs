@@ -20,6 +20,7 @@ use burn::module::AutodiffModule;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use clap::Parser;
 use dllm_model::backend::{dispatch, BackendKind, BackendTask};
+use dllm_model::quantization::Quantize;
 use dllm_model::{load_model, DiffusionLm, LoadOptions, WeightDType};
 use dllm_sample::{generate, CacheKind, SamplerConfig};
 use dmpo_train::checkpoint::TrainState;
@@ -42,6 +43,9 @@ pub struct Args {
     /// Element type of the resident weights.
     #[arg(long, default_value = "bf16")]
     pub dtype: WeightDType,
+    /// Quantise the block linears while loading (nf4): the reference's 4-bit base.
+    #[arg(long)]
+    pub quantize: Option<Quantize>,
     /// Backend.
     #[arg(long, default_value = "flex")]
     pub backend: BackendKind,
@@ -244,7 +248,10 @@ fn run_on<AB: AutodiffBackend>(a: &Args, device: &AB::Device) -> anyhow::Result<
         phases: Vec::new(),
         quiet: a.json,
     };
-    let options = LoadOptions { dtype: a.dtype };
+    let options = LoadOptions {
+        dtype: a.dtype,
+        quantize: a.quantize,
+    };
     let base: DiffusionLm<AB> = rec.phase("load", None, || {
         load_model::<AB>(&a.model, options, device)
             .with_context(|| format!("loading {}", a.model.display()))

@@ -87,6 +87,13 @@ impl<B: Backend> ForwardOptions<B> {
 }
 
 impl<B: Backend> DiffusionLm<B> {
+    /// Whether any block linear is stored in NF4 (frozen: only adapters train on it).
+    pub fn has_nf4_weights(&self) -> bool {
+        self.blocks
+            .iter()
+            .any(|b| b.linears().iter().any(|(_, l)| l.weight.is_nf4()))
+    }
+
     /// A randomly initialised model (`N(0, 0.02)` weights, unit norms), for pretraining; the
     /// draws come from the backend's generator (`B::seed`) in the order [`build`](Self::build)
     /// asks for them.

@@ -109,7 +109,11 @@ fn outputs_on<B: Backend>(
     device: &B::Device,
 ) -> Result<CheckOutputs> {
     let golden = fixture.join("golden.safetensors");
-    let model = load_model::<Autodiff<B>>(fixture, LoadOptions { dtype }, device)?;
+    let options = LoadOptions {
+        dtype,
+        quantize: None,
+    };
+    let model = load_model::<Autodiff<B>>(fixture, options, device)?;
     let inner = model.valid();
 
     let ids = read_ints(&golden, "input_ids")?;

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use dllm_model::backend::BackendKind;
+use dllm_model::quantization::Quantize;
 use dllm_model::{LoraConfig, ModelConfig, WeightDType};
 use dllm_sample::SamplerConfig;
 use dmpo_core::{DmpoConfig, GrpoConfig};
@@ -192,6 +193,32 @@ pub struct ModelSection {
     /// An adapter to start from.
     #[serde(default)]
     pub adapter: Option<PathBuf>,
+    /// Quantise the base's block linears while loading: `"nf4"` (bitsandbytes' NF4 with double
+    /// quantisation, the DMPO and d1 references' `load_in_4bit`) or `"none"` (default). A
+    /// checkpoint saved quantised loads quantised whatever this says.
+    #[serde(
+        default,
+        with = "quantize_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub quantize: Option<Quantize>,
+}
+
+mod quantize_serde {
+    use dllm_model::quantization::Quantize;
+    use serde::{Deserialize, Deserializer, Serializer};
+    pub fn serialize<S: Serializer>(q: &Option<Quantize>, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(q.map_or("none", Quantize::name))
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Quantize>, D::Error> {
+        let s = String::deserialize(d)?;
+        if s == "none" {
+            return Ok(None);
+        }
+        s.parse()
+            .map(Some)
+            .map_err(|e: String| serde::de::Error::custom(format!("{e}, or none")))
+    }
 }
 
 fn default_dtype() -> WeightDType {
@@ -822,6 +849,12 @@ impl Recipe {
             return bad(
                 "run.name",
                 "must be one plain directory name (no `/`, `..` or empty name): runs are written to output_dir/name",
+            );
+        }
+        if self.model.quantize.is_some() && self.model.finetune == Finetune::Full {
+            return bad(
+                "model.quantize",
+                "a quantised base is frozen: train it with LoRA (model.finetune = \"lora\"), or set model.quantize = \"none\"",
             );
         }
         if t.sync_ref_model {

@@ -251,8 +251,17 @@ fn load_policy_and_reference<AB: AutodiffBackend>(
 ) -> Result<(DiffusionLm<AB>, Reference<AB::InnerBackend>)> {
     let load = LoadOptions {
         dtype: recipe.model.dtype,
+        quantize: recipe.model.quantize,
     };
     let base = load_model::<AB>(&recipe.model.path, load, device)?;
+    if recipe.model.finetune == Finetune::Full && base.has_nf4_weights() {
+        return Err(TrainError::Recipe {
+            path: recipe.model.path.join("config.json"),
+            message: "`model.finetune`: the checkpoint is quantised (NF4) and its weights are \
+                      frozen; train it with LoRA (model.finetune = \"lora\")"
+                .into(),
+        });
+    }
     Ok(match recipe.model.finetune {
         Finetune::Lora => {
             let m = match &recipe.model.adapter {

@@ -5,6 +5,7 @@ mod inspect;
 mod logits;
 mod plan;
 mod prompt;
+mod quantize;
 mod score;
 pub mod train;
 
@@ -35,6 +36,8 @@ pub enum Command {
     Prompt(prompt::Args),
     /// Predict a recipe's peak memory per phase and the largest micro_batch that fits.
     Plan(plan::Args),
+    /// Write an NF4 copy of a model directory (bitsandbytes' layout, loaded directly).
+    Quantize(quantize::Args),
     /// Score evaluation files in the d1 JSON layout.
     Score(score::Args),
     /// Train with a recipe.
@@ -83,6 +86,10 @@ pub struct ModelArgs {
     /// Element type of the weights in memory: f32, bf16 or f16.
     #[arg(long, default_value = "f32")]
     pub dtype: dllm_model::WeightDType,
+    /// Quantise the block linears while loading: nf4 (a quantised checkpoint loads quantised
+    /// without it).
+    #[arg(long)]
+    pub quantize: Option<dllm_model::quantization::Quantize>,
 }
 
 impl ModelArgs {
@@ -93,7 +100,10 @@ impl ModelArgs {
     ) -> anyhow::Result<dllm_model::DiffusionLm<B>> {
         let model = dllm_model::load_model::<B>(
             &self.model,
-            dllm_model::LoadOptions { dtype: self.dtype },
+            dllm_model::LoadOptions {
+                dtype: self.dtype,
+                quantize: self.quantize,
+            },
             device,
         )?;
         Ok(match &self.adapter {
@@ -128,6 +138,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Generate(a) => generate::run(a),
         Command::Prompt(a) => prompt::run(a),
         Command::Plan(a) => plan::run(a),
+        Command::Quantize(a) => quantize::run(a),
         Command::Score(a) => score::run(a),
         Command::Train(a) => train::run(a),
         Command::Download(a) => download(a),
