@@ -19,7 +19,8 @@
 //! [`RUNTIME_BYTES`], checked against `cargo xtask scale` at three sizes (docs/memory.md).
 
 use dllm_model::backend::BackendKind;
-use dllm_model::{ModelConfig, WeightDType};
+use dllm_model::nf4::BLOCK_SIZE;
+use dllm_model::{ModelConfig, WeightDType, LINEAR_NAMES};
 use serde::Serialize;
 
 use crate::recipe::{Algorithm, Finetune, Recipe};
@@ -32,6 +33,9 @@ pub const RUNTIME_BYTES: u64 = 16 << 20;
 /// (bookkeeping, index tensors, the RoPE tables); with it the bench, 1.3B and 8B plans come
 /// within the table of docs/memory.md.
 pub const ACTIVATION_OVERHEAD: f64 = 1.10;
+
+/// Bytes per value of an NF4 weight in memory: two values per byte, an f32 absmax per block.
+pub const NF4_BYTES_PER_VALUE: f64 = 0.5 + 4.0 / BLOCK_SIZE as f64;
 
 /// One named amount of memory.
 #[derive(Debug, Clone, Serialize)]
@@ -136,8 +140,31 @@ pub fn plan(config: &ModelConfig, recipe: &Recipe, micro_batch: usize) -> Memory
     let heads = c.n_heads as f64;
     let kv_dim = (c.num_kv_heads() * c.head_dim()) as f64;
 
-    // Resident through the run.
-    let mut resident = vec![part("weights", params * w)];
+    // Resident through the run. NF4 keeps the block linears in half a byte per value plus an
+    // f32 absmax per 64 values (decoded from its double quantisation at load).
+    let nf4 = recipe.model.quantize.is_some();
+    let block_linear: f64 = LINEAR_NAMES
+        .iter()
+        .map(|name| {
+            let (i, o) = linear_dims(c, name);
+            (i * o) as f64
+        })
+        .sum();
+    let largest_linear = LINEAR_NAMES
+        .iter()
+        .map(|name| {
+            let (i, o) = linear_dims(c, name);
+            (i * o) as f64
+        })
+        .fold(0.0, f64::max);
+    let quantized = if nf4 { block_linear * layers } else { 0.0 };
+    let mut resident = vec![part("weights", (params - quantized) * w)];
+    if nf4 {
+        resident.push(part(
+            "NF4 block linears (packed + f32 absmax)",
+            quantized * NF4_BYTES_PER_VALUE,
+        ));
+    }
     let trainable = match recipe.model.finetune {
         Finetune::Lora => {
             let per_block: f64 = recipe
@@ -192,7 +219,15 @@ pub fn plan(config: &ModelConfig, recipe: &Recipe, micro_batch: usize) -> Memory
         dllm_sample::CacheKind::None => 0.0,
         _ => act * 2.0 * layers * rows * seq * kv_dim,
     };
+    // Off flex an NF4 product decodes its layer first with tensor ops: indices (i32), the
+    // gathered f32 values, their absmax product and the rounded weight, for the largest layer.
+    let decoded_layer = match recipe.run.device {
+        BackendKind::Flex => 0.0,
+        _ if nf4 => largest_linear * (4.0 + 4.0 + 4.0 + w),
+        _ => 0.0,
+    };
     let rollout = vec![
+        part("NF4 layer being decoded (off flex)", decoded_layer),
         part("KV cache", cache),
         part(
             "one block's intermediates",
@@ -218,6 +253,7 @@ pub fn plan(config: &ModelConfig, recipe: &Recipe, micro_batch: usize) -> Memory
     ) as f64)
         .min(rows * k);
     let elbo = vec![
+        part("NF4 layer being decoded (off flex)", decoded_layer),
         part(
             "one block's intermediates (one chunk)",
             act * chunk * seq * transient_floats_per_token(c) + scores(chunk),
@@ -249,7 +285,19 @@ pub fn plan(config: &ModelConfig, recipe: &Recipe, micro_batch: usize) -> Memory
     } else {
         vec![part("every block's kept tensors", layers * kept)]
     };
+    // Off flex autodiff keeps each decoded NF4 weight for its product's backward pass: one
+    // block's with block checkpointing, every block's without.
+    let kept_decoded = match recipe.run.device {
+        BackendKind::Flex => 0.0,
+        _ if nf4 && t.gradient_checkpointing => block_linear * w + decoded_layer,
+        _ if nf4 => quantized * w + decoded_layer,
+        _ => 0.0,
+    };
     let mut update = vec![part("gradients", grad_bytes)];
+    update.push(part(
+        "decoded NF4 weights kept for backward (off flex)",
+        kept_decoded,
+    ));
     update.extend(activations);
     update.push(part(
         "masked positions' logits and their gradient (+ log-softmax off flex)",
@@ -259,10 +307,23 @@ pub fn plan(config: &ModelConfig, recipe: &Recipe, micro_batch: usize) -> Memory
     // Loading: the weights and the runtime, plus the tensor being copied out of its mapped
     // shard (its pages are handed back once copied).
     let largest_tensor = (c.embed_size() * c.d_model).max(c.d_model * c.mlp_hidden()) as f64 * w;
-    let load = vec![part("largest tensor (mapped while copied)", largest_tensor)];
-    let load_base = (params * w) as u64 + RUNTIME_BYTES;
+    let mut load = vec![part("largest tensor (mapped while copied)", largest_tensor)];
+    if nf4 {
+        // A dense checkpoint quantised while it loads: the layer read in the load dtype and
+        // widened to f32 before quantising (a pre-quantised one needs less).
+        load.push(part(
+            "linear being quantised (load dtype + f32)",
+            largest_linear * (w + 4.0),
+        ));
+    }
+    let load_base = resident
+        .iter()
+        .filter(|p| p.name == "weights" || p.name.starts_with("NF4"))
+        .fold(RUNTIME_BYTES, |a, p| a.saturating_add(p.bytes));
 
-    let phase = |name, base: u64, transient: Vec<Part>| {
+    let phase = |name, base: u64, mut transient: Vec<Part>| {
+        // The NF4 terms only where they count.
+        transient.retain(|p| p.bytes > 0 || !p.name.contains("NF4"));
         let peak = transient
             .iter()
             .fold(base, |a, p| a.saturating_add(p.bytes));
@@ -356,7 +417,7 @@ mod tests {
 
     #[test]
     fn the_paper_recipe_counts_llada_8b_and_its_adapter() {
-        let (config, recipe) = paper_recipe(&[]);
+        let (config, recipe) = paper_recipe(&["model.quantize=\"none\""]);
         let p = plan(&config, &recipe, 1);
         // 8,015,581,184 parameters in bf16.
         assert_eq!(bytes_of(&p.resident, "weights"), 2 * 8_015_581_184);
@@ -364,6 +425,34 @@ mod tests {
         let lora = 32 * (3 * 128 * (4096 + 4096) + 128 * (4096 + 12288));
         assert_eq!(p.trainable_parameters, lora as u64);
         assert_eq!(bytes_of(&p.resident, "AdamW"), 8 * lora as u64);
+    }
+
+    #[test]
+    fn an_nf4_base_keeps_its_block_linears_in_half_a_byte_and_an_absmax_per_64() {
+        let (config, mut recipe) = paper_recipe(&["model.quantize=\"nf4\""]);
+        recipe.run.device = BackendKind::Flex;
+        let p = plan(&config, &recipe, 1);
+        // 32 blocks of 4 x 4096² + 3 x 4096 x 12288 values.
+        let linears: u64 = 32 * (4 * 4096 * 4096 + 3 * 4096 * 12288);
+        assert_eq!(bytes_of(&p.resident, "NF4"), linears / 2 + linears / 64 * 4);
+        assert_eq!(
+            bytes_of(&p.resident, "weights"),
+            2 * (8_015_581_184 - linears)
+        );
+        // On flex nothing is decoded whole; on CUDA one block's layers are, for the backward.
+        let update = &p.phase("update").unwrap().transient;
+        assert!(!update.iter().any(|p| p.name.starts_with("decoded")));
+        let (_, mut cuda) = paper_recipe(&["model.quantize=\"nf4\""]);
+        cuda.run.device = BackendKind::Cuda;
+        let g = plan(&config, &cuda, 1);
+        let block = 4 * 4096 * 4096 + 3 * 4096 * 12288;
+        assert!(bytes_of(&g.phase("update").unwrap().transient, "decoded") > 2 * block);
+        let mut dense = paper_recipe(&["model.quantize=\"none\""]).1;
+        dense.run.device = BackendKind::Flex;
+        let dense = plan(&config, &dense, 1);
+        // 16.0 GB of bf16 weights become 6.0 GB.
+        let saved = dense.peak_bytes - p.peak_bytes;
+        assert!((9_900_000_000..10_100_000_000).contains(&saved), "{saved}");
     }
 
     #[test]

@@ -54,10 +54,47 @@ impl Nf4Slice<'_> {
     /// Value `i`, decoded.
     #[inline]
     fn value(&self, i: usize) -> f32 {
-        let byte = self.packed[i / 2];
-        let index = if i % 2 == 0 { byte >> 4 } else { byte & 0x0f };
         self.dtype
-            .round(NF4_CODE[index as usize] * self.absmax[i / BLOCK_SIZE])
+            .round(NF4_CODE[self.index(i) as usize] * self.absmax[i / BLOCK_SIZE])
+    }
+
+    /// The 4-bit index of value `i`.
+    #[inline]
+    fn index(&self, i: usize) -> u8 {
+        let byte = self.packed[i / 2];
+        if i % 2 == 0 {
+            byte >> 4
+        } else {
+            byte & 0x0f
+        }
+    }
+
+    /// Appends values `first..first + count`, decoded: per block the 16 possible values are
+    /// decoded once (`NF4_CODE[k] * absmax`, rounded), then each value is a lookup.
+    fn push_run(&self, first: usize, count: usize, out: &mut Vec<f32>) {
+        let end = first + count;
+        let mut i = first;
+        while i < end {
+            let block = i / BLOCK_SIZE;
+            let block_end = ((block + 1) * BLOCK_SIZE).min(end);
+            let a = self.absmax[block];
+            let table: [f32; 16] = std::array::from_fn(|k| self.dtype.round(NF4_CODE[k] * a));
+            if i % 2 == 1 {
+                out.push(table[self.index(i) as usize]);
+                i += 1;
+            }
+            let pairs = (block_end - i) / 2;
+            out.extend(
+                self.packed[i / 2..i / 2 + pairs]
+                    .iter()
+                    .flat_map(|&b| [table[(b >> 4) as usize], table[(b & 0x0f) as usize]]),
+            );
+            i += 2 * pairs;
+            if i < block_end {
+                out.push(table[self.index(i) as usize]);
+                i += 1;
+            }
+        }
     }
 }
 
@@ -78,6 +115,7 @@ impl HalfSlice<'_> {
             (Self::F16(v), 1) => out.extend(v[first..first + count].iter().map(|x| x.to_f32())),
             (Self::BF16(v), _) => out.extend((0..count).map(|i| v[first + i * step].to_f32())),
             (Self::F16(v), _) => out.extend((0..count).map(|i| v[first + i * step].to_f32())),
+            (Self::Nf4(v), 1) => v.push_run(first, count, out),
             (Self::Nf4(v), _) => out.extend((0..count).map(|i| v.value(first + i * step))),
         }
     }
@@ -209,6 +247,34 @@ mod tests {
             }
         }
         out
+    }
+
+    #[test]
+    fn nf4_runs_decode_as_single_values() {
+        let values: Vec<f32> = values(1000, 3);
+        let host = crate::nf4::Nf4Tensor::quantize(&values, [10, 100], Nf4DType::BF16);
+        let absmax = host.absmax.decode();
+        let slice = Nf4Slice {
+            packed: &host.packed,
+            absmax: &absmax,
+            len: 1000,
+            dtype: Nf4DType::BF16,
+        };
+        let want = host.dequantize();
+        // Runs starting and ending on odd and even values, inside one block and across several.
+        for (first, count) in [
+            (0, 1000),
+            (1, 1),
+            (3, 60),
+            (63, 2),
+            (64, 64),
+            (101, 700),
+            (998, 2),
+        ] {
+            let mut got = Vec::new();
+            slice.push_run(first, count, &mut got);
+            assert_eq!(got, want[first..first + count], "{first} + {count}");
+        }
     }
 
     #[test]

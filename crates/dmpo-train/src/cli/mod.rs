@@ -113,6 +113,15 @@ impl ModelArgs {
     }
 }
 
+/// `overrides` plus `model.quantize` when `--quantize` was given (last, so it wins).
+fn with_quantize(overrides: &[String], quantize: Option<&str>) -> Vec<String> {
+    let mut all = overrides.to_vec();
+    if let Some(q) = quantize {
+        all.push(format!("model.quantize=\"{q}\""));
+    }
+    all
+}
+
 /// Logs to stderr, filtered by `RUST_LOG` (default `info`, burn-collective's `warn`); shared by
 /// `dmpo` and `xtask`.
 pub fn init_tracing() {

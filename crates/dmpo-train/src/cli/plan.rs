@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use dllm_model::ModelConfig;
 
+use super::with_quantize;
 use crate::plan::{largest_micro_batch, plan, MemoryPlan};
 use crate::recipe::Recipe;
 
@@ -16,6 +17,9 @@ pub struct Args {
     /// Override a recipe value, e.g. `--set train.micro_batch=2` (repeatable).
     #[arg(long = "set", value_name = "SECTION.KEY=VALUE")]
     pub overrides: Vec<String>,
+    /// Quantise the base while loading: `nf4` or `none` (sets `model.quantize`).
+    #[arg(long, value_parser = ["nf4", "none"])]
+    pub quantize: Option<String>,
     /// The model's `config.json` (default: the one in the recipe's `model.path`), so a recipe
     /// can be planned before the model is downloaded (`fixtures/configs/llada-8b-instruct.json`).
     #[arg(long)]
@@ -42,7 +46,10 @@ fn gb(bytes: u64) -> f64 {
 
 /// Prints the plan.
 pub fn run(a: Args) -> anyhow::Result<()> {
-    let recipe = Recipe::load(&a.recipe, &a.overrides)?;
+    let recipe = Recipe::load(
+        &a.recipe,
+        &with_quantize(&a.overrides, a.quantize.as_deref()),
+    )?;
     let config_path = a
         .config
         .clone()

@@ -6,6 +6,7 @@ use burn::backend::Autodiff;
 use burn::tensor::backend::Backend;
 use dllm_model::backend::{dispatch, BackendKind, BackendTask};
 
+use super::with_quantize;
 use crate::recipe::Recipe;
 use crate::run_dir::StartMode;
 use crate::trainer::{train, RunOptions, Summary};
@@ -18,6 +19,9 @@ pub struct Args {
     /// Override a recipe value, e.g. `--set train.steps=10` (repeatable).
     #[arg(long = "set", value_name = "SECTION.KEY=VALUE")]
     pub overrides: Vec<String>,
+    /// Quantise the base while loading: `nf4` or `none` (sets `model.quantize`).
+    #[arg(long, value_parser = ["nf4", "none"])]
+    pub quantize: Option<String>,
     /// Continue from the run's latest checkpoint.
     #[arg(long, conflicts_with = "overwrite")]
     pub resume: bool,
@@ -87,7 +91,10 @@ pub fn print_summary(s: &Summary) {
 
 /// Runs `dmpo train`.
 pub fn run(a: Args) -> anyhow::Result<()> {
-    let mut recipe = Recipe::load(&a.recipe, &a.overrides)?;
+    let mut recipe = Recipe::load(
+        &a.recipe,
+        &with_quantize(&a.overrides, a.quantize.as_deref()),
+    )?;
     if let Some(b) = a.backend {
         recipe.run.device = b;
     }
