@@ -215,6 +215,10 @@ fn run_on<AB: AutodiffBackend>(a: &Args, device: &AB::Device) -> anyhow::Result<
     let overrides = [
         format!("model.path={:?}", a.model.display().to_string()),
         format!("model.dtype={:?}", dtype_name(a.dtype)),
+        format!(
+            "model.quantize=\"{}\"",
+            a.quantize.map_or("none", Quantize::name)
+        ),
         "model.finetune=\"lora\"".to_string(),
         "train.steps=1".to_string(),
         "train.num_iterations=1".to_string(),

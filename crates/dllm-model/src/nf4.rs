@@ -298,12 +298,41 @@ impl Nf4DType {
     }
 
     /// `v` rounded to this dtype (to nearest, ties to even) and widened back to f32.
+    #[inline]
     pub fn round(self, v: f32) -> f32 {
         match self {
-            Self::BF16 => bf16::from_f32(v).to_f32(),
+            Self::BF16 => round_bf16(v),
             Self::F16 => f16::from_f32(v).to_f32(),
             Self::F32 => v,
         }
+    }
+}
+
+/// `v` rounded to the nearest bf16 (ties to even), as f32: `half::bf16::from_f32` for finite
+/// values, in four integer operations (NaN, which decoded weights never are, is passed to it).
+#[inline]
+pub fn round_bf16(v: f32) -> f32 {
+    if v.is_nan() {
+        return bf16::from_f32(v).to_f32();
+    }
+    round_bf16_not_nan(v)
+}
+
+/// [`round_bf16`] of a value known not to be NaN (branch-free, so loops of it vectorise).
+#[inline]
+pub fn round_bf16_not_nan(v: f32) -> f32 {
+    let bits = v.to_bits();
+    let rounded = bits.wrapping_add(0x7fff + ((bits >> 16) & 1)) & 0xffff_0000;
+    f32::from_bits(rounded)
+}
+
+/// The 16 values a block with this `absmax` decodes to, rounded to `dtype` (`absmax` finite).
+#[inline]
+pub fn block_values(absmax: f32, dtype: Nf4DType) -> [f32; 16] {
+    match dtype {
+        Nf4DType::BF16 => std::array::from_fn(|k| round_bf16_not_nan(NF4_CODE[k] * absmax)),
+        Nf4DType::F32 => std::array::from_fn(|k| NF4_CODE[k] * absmax),
+        Nf4DType::F16 => std::array::from_fn(|k| f16::from_f32(NF4_CODE[k] * absmax).to_f32()),
     }
 }
 
@@ -404,6 +433,32 @@ mod tests {
             assert_eq!(
                 dynamic_index(&map, v),
                 map.iter().position(|&m| m == v).unwrap() as u8
+            );
+        }
+    }
+
+    #[test]
+    fn bf16_rounding_equals_the_half_crate() {
+        let mut x = 0x1234_5678u32;
+        for _ in 0..200_000 {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            let v = f32::from_bits(x);
+            if v.is_finite() {
+                assert_eq!(
+                    round_bf16(v).to_bits(),
+                    bf16::from_f32(v).to_f32().to_bits(),
+                    "{v}"
+                );
+            }
+        }
+        // Ties go to even; values rounding past the largest bf16 become infinite.
+        for bits in [0x3f80_8000u32, 0x3f81_8000, 0x7f7f_ffff, 0x0000_8000] {
+            let v = f32::from_bits(bits);
+            assert_eq!(
+                round_bf16(v).to_bits(),
+                bf16::from_f32(v).to_f32().to_bits()
             );
         }
     }

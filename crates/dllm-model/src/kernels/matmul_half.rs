@@ -21,7 +21,7 @@ use half::{bf16, f16};
 use rayon::prelude::*;
 
 use super::gemm::{gemm_to_ptr, SharedOut, Strided};
-use crate::nf4::{Nf4DType, BLOCK_SIZE, NF4_CODE};
+use crate::nf4::{block_values, Nf4DType, BLOCK_SIZE, NF4_CODE};
 
 /// Bytes of f32 weight values one task converts and multiplies at a time.
 const PANEL_BYTES: usize = 2 << 20;
@@ -78,17 +78,17 @@ impl Nf4Slice<'_> {
             let block = i / BLOCK_SIZE;
             let block_end = ((block + 1) * BLOCK_SIZE).min(end);
             let a = self.absmax[block];
-            let table: [f32; 16] = std::array::from_fn(|k| self.dtype.round(NF4_CODE[k] * a));
+            let table = block_values(a, self.dtype);
             if i % 2 == 1 {
                 out.push(table[self.index(i) as usize]);
                 i += 1;
             }
             let pairs = (block_end - i) / 2;
-            out.extend(
-                self.packed[i / 2..i / 2 + pairs]
-                    .iter()
-                    .flat_map(|&b| [table[(b >> 4) as usize], table[(b & 0x0f) as usize]]),
-            );
+            let bytes = &self.packed[i / 2..i / 2 + pairs];
+            out.reserve(2 * pairs);
+            decode_pairs(&table, bytes, &mut out.spare_capacity_mut()[..2 * pairs]);
+            // SAFETY: `decode_pairs` initialised the `2 * pairs` values after the length.
+            unsafe { out.set_len(out.len() + 2 * pairs) };
             i += 2 * pairs;
             if i < block_end {
                 out.push(table[self.index(i) as usize]);
@@ -96,6 +96,60 @@ impl Nf4Slice<'_> {
             }
         }
     }
+}
+
+/// Writes `table[high nibble], table[low nibble]` of every byte into `out` (two values per
+/// byte): with AVX2 eight values per step (two 8-lane permutes of the table, blended on the
+/// index's top bit), else one lookup per value.
+fn decode_pairs(table: &[f32; 16], bytes: &[u8], out: &mut [std::mem::MaybeUninit<f32>]) {
+    assert_eq!(out.len(), 2 * bytes.len(), "two values per byte");
+    let mut done = 0;
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: AVX2 is present; the function reads `bytes` and writes `out` in bounds.
+        done = unsafe { decode_pairs_avx2(table, bytes, out) };
+    }
+    for (dst, &b) in out[2 * done..].chunks_exact_mut(2).zip(&bytes[done..]) {
+        dst[0].write(table[(b >> 4) as usize]);
+        dst[1].write(table[(b & 0x0f) as usize]);
+    }
+}
+
+/// [`decode_pairs`] four bytes at a time; returns the bytes decoded (a multiple of four).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn decode_pairs_avx2(
+    table: &[f32; 16],
+    bytes: &[u8],
+    out: &mut [std::mem::MaybeUninit<f32>],
+) -> usize {
+    use std::arch::x86_64::*;
+    let low = _mm256_loadu_ps(table.as_ptr());
+    let high = _mm256_loadu_ps(table.as_ptr().add(8));
+    // Each byte twice, the first copy shifted right by 4 (the high nibble comes first).
+    let doubled = _mm_setr_epi8(0, 0, 1, 1, 2, 2, 3, 3, -1, -1, -1, -1, -1, -1, -1, -1);
+    let shifts = _mm256_setr_epi32(4, 0, 4, 0, 4, 0, 4, 0);
+    let nibble = _mm256_set1_epi32(0x0f);
+    let quads = bytes.len() / 4;
+    for q in 0..quads {
+        let word = u32::from_le_bytes([
+            bytes[4 * q],
+            bytes[4 * q + 1],
+            bytes[4 * q + 2],
+            bytes[4 * q + 3],
+        ]);
+        let pairs = _mm_shuffle_epi8(_mm_cvtsi32_si128(word as i32), doubled);
+        let index = _mm256_and_si256(
+            _mm256_srlv_epi32(_mm256_cvtepu8_epi32(pairs), shifts),
+            nibble,
+        );
+        let from_low = _mm256_permutevar8x32_ps(low, index);
+        let from_high = _mm256_permutevar8x32_ps(high, index);
+        let upper = _mm256_castsi256_ps(_mm256_slli_epi32(index, 28));
+        let values = _mm256_blendv_ps(from_low, from_high, upper);
+        _mm256_storeu_ps(out[8 * q..8 * q + 8].as_mut_ptr().cast::<f32>(), values);
+    }
+    4 * quads
 }
 
 impl HalfSlice<'_> {
