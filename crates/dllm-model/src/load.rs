@@ -163,6 +163,8 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 
 /// Saves the model in the Hugging Face layout: `config.json` and `model.safetensors`.
 /// Adapters are not included (merge them first with [`DiffusionLm::merge_adapters`] to bake them in).
+/// NF4 weights are written decoded, in their dtype (bf16 for LLaDA and Dream), and the config
+/// loses its `quantization_config`: the saved model is dense (`dmpo quantize` makes an NF4 copy).
 pub fn save_model<B: Backend>(model: &DiffusionLm<B>, dir: impl AsRef<Path>) -> Result<()> {
     let dir = dir.as_ref();
     std::fs::create_dir_all(dir).map_err(|e| ModelError::io(dir, e))?;
@@ -208,5 +210,7 @@ pub fn save_model<B: Backend>(model: &DiffusionLm<B>, dir: impl AsRef<Path>) -> 
     let mut meta = std::collections::HashMap::new();
     meta.insert("format".to_string(), "pt".to_string());
     write_safetensors(&dir.join("model.safetensors"), &out, Some(meta))?;
-    model.config.save(config_path(dir))
+    let mut config = model.config.clone();
+    config.extra.remove("quantization_config");
+    config.save(config_path(dir))
 }

@@ -152,6 +152,23 @@ fn block_absmax(block: &[f32]) -> f32 {
 /// reciprocal of its absmax, the shorter last block divided by its absmax; scaled values are
 /// clamped to [-1, 1]; an absmax of zero scales by 1e38.
 pub fn quantize_4bit(values: &[f32]) -> (Vec<u8>, Vec<f32>) {
+    use rayon::prelude::*;
+    // Independent blocks, quantised in parallel chunks of whole blocks (an even number of
+    // values, so every chunk's bytes are its own) and concatenated in order.
+    const CHUNK: usize = 1024 * BLOCK_SIZE;
+    let parts: Vec<(Vec<u8>, Vec<f32>)> =
+        values.par_chunks(CHUNK).map(quantize_4bit_serial).collect();
+    let mut packed = Vec::with_capacity(values.len().div_ceil(2));
+    let mut absmax = Vec::with_capacity(values.len().div_ceil(BLOCK_SIZE));
+    for (p, a) in parts {
+        packed.extend(p);
+        absmax.extend(a);
+    }
+    (packed, absmax)
+}
+
+/// [`quantize_4bit`] on one thread.
+fn quantize_4bit_serial(values: &[f32]) -> (Vec<u8>, Vec<f32>) {
     let mut indices = Vec::with_capacity(values.len() + 1);
     let mut absmax = Vec::with_capacity(values.len().div_ceil(BLOCK_SIZE));
     for block in values.chunks(BLOCK_SIZE) {

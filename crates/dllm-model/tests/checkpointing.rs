@@ -143,8 +143,15 @@ fn lora(model: DiffusionLm<AB>) -> DiffusionLm<AB> {
 fn checkpointed_lora_gradients_equal_the_plain_ones_f32_and_bf16() {
     let _generator = generator();
     for dtype in [WeightDType::F32, WeightDType::BF16] {
-        let base =
-            load_model::<AB>(tiny_dir(), LoadOptions { dtype }, &Default::default()).unwrap();
+        let base = load_model::<AB>(
+            tiny_dir(),
+            LoadOptions {
+                dtype,
+                quantize: None,
+            },
+            &Default::default(),
+        )
+        .unwrap();
         let model = lora(base);
         assert_same_gradients(&model, None, &format!("LoRA {dtype:?}"));
         let padding = Tensor::<AB, 2, Bool>::from_data(

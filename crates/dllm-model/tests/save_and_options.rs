@@ -192,6 +192,7 @@ fn bf16_load_option_keeps_half_precision() {
         tiny_dir(),
         LoadOptions {
             dtype: WeightDType::BF16,
+            quantize: None,
         },
         &Default::default(),
     )

@@ -16,7 +16,15 @@ fn fixtures() -> PathBuf {
 }
 
 fn load(dir: &Path, dtype: WeightDType) -> DiffusionLm<Flex> {
-    load_model::<Flex>(dir, LoadOptions { dtype }, &Default::default()).expect("load")
+    load_model::<Flex>(
+        dir,
+        LoadOptions {
+            dtype,
+            quantize: None,
+        },
+        &Default::default(),
+    )
+    .expect("load")
 }
 
 /// The golden model in bf16, and an f32 model holding exactly its bf16-rounded weights (the

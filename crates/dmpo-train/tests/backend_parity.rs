@@ -81,7 +81,10 @@ struct HalfPrecision(WeightDType);
 impl BackendTask for HalfPrecision {
     type Output = Result<f64, String>;
     fn run<B: Backend>(self, device: B::Device) -> Result<f64, String> {
-        let options = LoadOptions { dtype: self.0 };
+        let options = LoadOptions {
+            dtype: self.0,
+            quantize: None,
+        };
         let base =
             load_model::<Autodiff<B>>(tiny(), options, &device).map_err(|e| e.to_string())?;
         let lora = dllm_model::LoraConfig {
@@ -127,6 +130,49 @@ fn half_precision_runs_or_is_refused_on_every_backend() {
                     eprintln!("{kind} {dtype:?}: refused: {e}");
                 }
             }
+        }
+    }
+}
+
+/// A checkpoint quantised by bitsandbytes (NF4, double quantisation) on every compiled backend:
+/// flex multiplies panel by panel inside its kernel, the others decode each layer with tensor
+/// ops (WGPU rounds to bf16 in f32 arithmetic, having no bf16); logits, greedy generations and a
+/// LoRA loss gradient through the frozen NF4 layers agree with flex, whose logits equal
+/// bitsandbytes' own within 1e-4.
+#[test]
+fn an_nf4_checkpoint_on_every_backend_matches_flex() {
+    let fixtures = tiny().join("..");
+    let dir = tempfile::tempdir().unwrap();
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(
+            fixtures.join("nf4/llada-tiny-nf4").join(f),
+            dir.path().join(f),
+        )
+        .unwrap();
+    }
+    for f in ["golden.safetensors", "golden_train.safetensors"] {
+        std::fs::copy(tiny().join(f), dir.path().join(f)).unwrap();
+    }
+    let reference = check_outputs(BackendKind::Flex, dir.path(), WeightDType::F32).unwrap();
+    let bitsandbytes = dllm_model::tensor_file::read_floats(
+        fixtures.join("nf4/reference.safetensors"),
+        "model.logits",
+    )
+    .unwrap();
+    let bitsandbytes: Vec<f32> = bitsandbytes.values.iter().map(|&v| v as f32).collect();
+    let d = max_abs_diff(&reference.logits, &bitsandbytes);
+    assert!(d <= 1e-4, "flex: bitsandbytes' logits differ by {d}");
+    for kind in BackendKind::compiled()
+        .into_iter()
+        .filter(|b| *b != BackendKind::Flex)
+    {
+        let got = check_outputs(kind, dir.path(), WeightDType::F32).unwrap();
+        for c in compare_f32(&got, &reference) {
+            eprintln!(
+                "{kind} (NF4): {}: {:.2e} (tolerance {:.0e})",
+                c.name, c.difference, c.tolerance
+            );
+            assert!(c.passed, "{kind} (NF4): {c:?}");
         }
     }
 }

@@ -33,6 +33,8 @@ fn value(recipe: &Recipe, key: &str) -> toml::Value {
 /// seed 42, 256 tokens in blocks of 32 over 128 steps; evaluation in blocks of 32, the seed-42
 /// item order, pads attended).
 const COMMON: &[(&str, &str)] = &[
+    // `load_in_4bit` with double quantisation and NF4 (docs/quantization.md).
+    ("model.quantize", "\"nf4\""),
     ("train.beta1", "0.9"),
     ("train.beta2", "0.99"),
     ("train.weight_decay", "0.1"),
