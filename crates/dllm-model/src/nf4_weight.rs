@@ -15,15 +15,17 @@
 //! the same values bitsandbytes decodes before every product.
 
 use burn::module::Module;
-use burn::tensor::{backend::Backend, DType, ElementConversion, Int, IntDType, Tensor, TensorData};
+use burn::tensor::{backend::Backend, DType, ElementConversion, Int, Tensor, TensorData};
 
 use crate::nf4::{Nf4DType, Nf4Tensor, BLOCK_SIZE, NF4_CODE};
 
 /// A linear weight in NF4: packed indices and per-block absmax on the device.
 #[derive(Module, Debug)]
 pub struct Nf4Weight<B: Backend> {
-    /// Packed 4-bit indices (u8, two per byte, the first in the high nibble) of the weight as
-    /// Hugging Face stores it, `[out, in]` row-major.
+    /// Packed 4-bit indices of the weight as Hugging Face stores it, `[out, in]` row-major: the
+    /// bytes (two indices each, the first in the high nibble) four to an i32 word, little-endian
+    /// (byte `k` of a word is bits `8k..8k + 8`). Words rather than bytes because WGSL has no
+    /// 8-bit integers; the memory is the same.
     pub packed: Tensor<B, 1, Int>,
     /// Per-block absmax, f32, one per 64 values.
     pub absmax: Tensor<B, 1>,
@@ -38,11 +40,20 @@ pub struct Nf4Weight<B: Backend> {
 impl<B: Backend> Nf4Weight<B> {
     /// The weight of `tensor` on `device` (its absmax decoded).
     pub fn new(tensor: &Nf4Tensor, device: &B::Device) -> Self {
-        let packed = TensorData::new(tensor.packed.clone(), [tensor.packed.len()]);
+        let words: Vec<i32> = tensor
+            .packed
+            .chunks(4)
+            .map(|c| {
+                let mut b = [0u8; 4];
+                b[..c.len()].copy_from_slice(c);
+                i32::from_le_bytes(b)
+            })
+            .collect();
+        let packed = TensorData::new(words.clone(), [words.len()]);
         let absmax = tensor.absmax.decode();
         let blocks = absmax.len();
         Self {
-            packed: Tensor::from_data(packed, (device, DType::U8)),
+            packed: Tensor::from_data(packed, (device, DType::I32)),
             absmax: Tensor::from_data(TensorData::new(absmax, [blocks]), (device, DType::F32)),
             shape: tensor.shape,
             dtype: tensor.dtype,
@@ -61,17 +72,25 @@ impl<B: Backend> Nf4Weight<B> {
         let device = self.absmax.device();
         let [rows, cols] = self.shape;
         let n = rows * cols;
-        let bytes = self.packed.clone().cast(IntDType::I32);
-        let high = bytes.clone().bitwise_right_shift_scalar(4.elem());
-        let low = bytes.bitwise_and_scalar(15.elem());
-        let pairs = self.packed.dims()[0];
-        let indices = Tensor::stack::<2>(vec![high, low], 1).reshape([2 * pairs]);
+        let words = self.packed.clone();
+        let count = self.packed.dims()[0];
+        // The eight indices of a word in value order: byte k's high nibble, then its low one.
+        let indices: Vec<Tensor<B, 1, Int>> = [4, 0, 12, 8, 20, 16, 28, 24]
+            .into_iter()
+            .map(|shift| {
+                words
+                    .clone()
+                    .bitwise_right_shift_scalar(shift.elem())
+                    .bitwise_and_scalar(15.elem())
+            })
+            .collect();
+        let indices = Tensor::stack::<2>(indices, 1).reshape([8 * count]);
         let blocks = self.absmax.dims()[0];
         let padded = blocks * BLOCK_SIZE;
-        let indices = if padded > 2 * pairs {
+        let indices = if padded > 8 * count {
             // The last block is short: pad with the index of 0.0.
             let fill =
-                Tensor::<B, 1, Int>::full([padded - 2 * pairs], 7, &device).cast(IntDType::I32);
+                Tensor::<B, 1, Int>::full([padded - 8 * count], 7, &device).cast(indices.dtype());
             Tensor::cat(vec![indices, fill], 0)
         } else {
             indices.slice(0..padded)

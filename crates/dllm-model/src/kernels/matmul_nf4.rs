@@ -69,6 +69,13 @@ pub fn matmul_nf4<B: Backend>(x: &Tensor<B, 2>, weight: &Nf4Weight<B>) -> Option
     })
 }
 
+// The packed words are read as the bytes they were made from (`Nf4Weight::new`: little-endian).
+#[cfg(feature = "flex")]
+const _: () = assert!(
+    cfg!(target_endian = "little"),
+    "NF4 words are read as little-endian bytes"
+);
+
 /// The packed weight and its absmax as flex tensors (shared storage, nothing copied).
 #[cfg(feature = "flex")]
 #[derive(Clone)]
@@ -85,10 +92,11 @@ impl StoredNf4 {
     fn view(&self) -> HalfMatrix<'_> {
         let [rows, cols] = self.shape;
         let slice = Nf4Slice {
-            packed: self
-                .packed
-                .as_slice::<u8>()
-                .expect("packed NF4 weights are contiguous u8"),
+            packed: &bytemuck::cast_slice::<i32, u8>(
+                self.packed
+                    .as_slice::<i32>()
+                    .expect("packed NF4 weights are contiguous i32 words"),
+            )[..(rows * cols).div_ceil(2)],
             absmax: self
                 .absmax
                 .as_slice::<f32>()
