@@ -353,6 +353,17 @@ pub fn block_values(absmax: f32, dtype: Nf4DType) -> [f32; 16] {
     }
 }
 
+/// The 4-bit index of value `i` of packed indices (the first of a pair in the high nibble).
+#[inline]
+pub fn packed_index(packed: &[u8], i: usize) -> u8 {
+    let byte = packed[i / 2];
+    if i.is_multiple_of(2) {
+        byte >> 4
+    } else {
+        byte & 0x0f
+    }
+}
+
 /// A matrix in NF4: what bitsandbytes keeps for one `Linear4bit` weight.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Nf4Tensor {
@@ -391,12 +402,7 @@ impl Nf4Tensor {
 
     /// The 4-bit index of value `i`.
     pub fn index(&self, i: usize) -> u8 {
-        let byte = self.packed[i / 2];
-        if i % 2 == 0 {
-            byte >> 4
-        } else {
-            byte & 0x0f
-        }
+        packed_index(&self.packed, i)
     }
 
     /// Every value decoded (`NF4_CODE[i] * absmax` in f32, rounded to the tensor's dtype),

@@ -331,12 +331,108 @@ fn quantisation_configs_that_are_not_nf4_are_refused_by_name() {
             dllm_model::LoadOptions::default(),
             &Default::default(),
         )
-        .err()
-        .expect("refused")
+        .expect_err("refused")
         .to_string();
         assert!(
             err.contains(&format!("quantization_config.{key}")) && err.contains(word),
             "{err}"
+        );
+    }
+}
+
+/// The bitsandbytes checkpoint with one tensor replaced (`Some`) or removed (`None`).
+fn edited_checkpoint(
+    dir: &std::path::Path,
+    name: &str,
+    replacement: Option<(Dtype, Vec<usize>, Vec<u8>)>,
+) {
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::copy(
+        bnb_checkpoint().join("config.json"),
+        dir.join("config.json"),
+    )
+    .unwrap();
+    let data = std::fs::read(bnb_checkpoint().join("model.safetensors")).unwrap();
+    let st = SafeTensors::deserialize(&data).unwrap();
+    let mut tensors: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = st
+        .tensors()
+        .into_iter()
+        .map(|(n, t)| (n, t.dtype(), t.shape().to_vec(), t.data().to_vec()))
+        .collect();
+    tensors.retain(|t| t.0 != name);
+    if let Some((dtype, shape, bytes)) = replacement {
+        tensors.push((name.to_string(), dtype, shape, bytes));
+    }
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = tensors
+        .iter()
+        .map(|(n, d, s, b)| {
+            (
+                n.clone(),
+                safetensors::tensor::TensorView::new(*d, s.clone(), b).unwrap(),
+            )
+        })
+        .collect();
+    safetensors::serialize_to_file(views, None, &dir.join("model.safetensors")).unwrap();
+}
+
+#[test]
+fn a_damaged_nf4_checkpoint_is_refused_naming_the_tensor() {
+    let tmp = tempfile::tempdir().unwrap();
+    let weight = "model.transformer.blocks.1.up_proj.weight";
+    let state = format!("{weight}.quant_state.bitsandbytes__nf4");
+    let json = |text: &str| Some((Dtype::U8, vec![text.len()], text.as_bytes().to_vec()));
+    let cases: Vec<(&str, String, Option<(Dtype, Vec<usize>, Vec<u8>)>, &str)> = vec![
+        (
+            "blocksize",
+            state.clone(),
+            json(
+                r#"{"quant_type": "nf4", "blocksize": 128, "dtype": "bfloat16", "shape": [192, 64], "nested_blocksize": 256, "nested_dtype": "float32", "nested_offset": 0.01}"#,
+            ),
+            "blocksize 128",
+        ),
+        (
+            "shape",
+            state.clone(),
+            json(
+                r#"{"quant_type": "nf4", "blocksize": 64, "dtype": "bfloat16", "shape": [64, 192], "nested_blocksize": 256, "nested_dtype": "float32", "nested_offset": 0.01}"#,
+            ),
+            "shape",
+        ),
+        ("not json", state.clone(), json("{nope"), "not JSON"),
+        (
+            "truncated",
+            weight.to_string(),
+            Some((Dtype::U8, vec![100, 1], vec![0; 100])),
+            "packed bytes",
+        ),
+        (
+            "missing nested absmax",
+            format!("{weight}.nested_absmax"),
+            None,
+            "nested_absmax",
+        ),
+        (
+            "fp4",
+            state.clone(),
+            json(
+                r#"{"quant_type": "fp4", "blocksize": 64, "dtype": "bfloat16", "shape": [192, 64]}"#,
+            ),
+            "nf4",
+        ),
+    ];
+    for (case, name, replacement, needle) in cases {
+        let dir = tmp.path().join(case.replace(' ', "-"));
+        edited_checkpoint(&dir, &name, replacement);
+        let err = dllm_model::load_model::<burn::backend::Flex>(
+            &dir,
+            options(dllm_model::WeightDType::BF16),
+            &Default::default(),
+        )
+        .expect_err(case)
+        .to_string();
+        assert!(
+            err.contains(weight) && err.contains(needle),
+            "{case}: {err}"
         );
     }
 }

@@ -21,7 +21,7 @@ use half::{bf16, f16};
 use rayon::prelude::*;
 
 use super::gemm::{gemm_to_ptr, SharedOut, Strided};
-use crate::nf4::{block_values, Nf4DType, BLOCK_SIZE, NF4_CODE};
+use crate::nf4::{block_values, packed_index, Nf4DType, BLOCK_SIZE, NF4_CODE};
 
 /// Bytes of f32 weight values one task converts and multiplies at a time.
 const PANEL_BYTES: usize = 2 << 20;
@@ -61,12 +61,7 @@ impl Nf4Slice<'_> {
     /// The 4-bit index of value `i`.
     #[inline]
     fn index(&self, i: usize) -> u8 {
-        let byte = self.packed[i / 2];
-        if i % 2 == 0 {
-            byte >> 4
-        } else {
-            byte & 0x0f
-        }
+        packed_index(self.packed, i)
     }
 
     /// Appends values `first..first + count`, decoded: per block the 16 possible values are

@@ -65,8 +65,14 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     } else {
         None
     };
+    let quantization = dllm_model::quantization::checkpoint_is_nf4(
+        &config,
+        &dllm_model::config::config_path(&a.model),
+    )?
+    .then_some("nf4");
     let summary = serde_json::json!({
         "model": a.model.display().to_string(),
+        "quantization": quantization,
         "weights": weights.origin().display().to_string(),
         "tokenizer_tokens": tokenizer,
         "family": config.family.name(),
@@ -113,6 +119,9 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         config.num_params_u128() as f64 / 1e6,
         stored
     );
+    if quantization.is_some() {
+        println!("quantized    bitsandbytes NF4: the block linears (docs/quantization.md)");
+    }
     match tokenizer {
         Some(n) => println!("tokenizer    {n} tokens"),
         None => println!("tokenizer    none (token ids only)"),
