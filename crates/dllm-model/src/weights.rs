@@ -280,13 +280,7 @@ impl WeightFiles {
 
     /// Reads tensor `name`, checks its shape, converts it to `dtype`.
     pub fn read(&self, name: &str, expected: &[usize], dtype: WeightDType) -> Result<HostTensor> {
-        let &i = self
-            .location
-            .get(name)
-            .ok_or_else(|| ModelError::MissingTensor {
-                path: self.origin.clone(),
-                tensor: name.to_string(),
-            })?;
+        let i = self.file_index(name)?;
         let (path, mmap) = &self.files[i];
         let view = self.view(i, name)?;
         if view.shape() != expected {
@@ -353,14 +347,7 @@ impl WeightFiles {
 
     /// Tensor `name` as stored: its safetensors dtype, shape and bytes.
     pub fn read_stored(&self, name: &str) -> Result<(Dtype, Vec<usize>, Vec<u8>)> {
-        let &i = self
-            .location
-            .get(name)
-            .ok_or_else(|| ModelError::MissingTensor {
-                path: self.origin.clone(),
-                tensor: name.to_string(),
-            })?;
-        let view = self.view(i, name)?;
+        let view = self.view(self.file_index(name)?, name)?;
         self.used.borrow_mut().insert(name.to_string());
         Ok((view.dtype(), view.shape().to_vec(), view.data().to_vec()))
     }
@@ -384,13 +371,7 @@ impl WeightFiles {
 
     /// Tensor `name`, which must be stored as `dtype`, marked as read.
     fn raw(&self, name: &str, dtype: Dtype) -> Result<safetensors::tensor::TensorView<'_>> {
-        let &i = self
-            .location
-            .get(name)
-            .ok_or_else(|| ModelError::MissingTensor {
-                path: self.origin.clone(),
-                tensor: name.to_string(),
-            })?;
+        let i = self.file_index(name)?;
         let view = self.view(i, name)?;
         if view.dtype() != dtype {
             return Err(ModelError::DType {
@@ -432,6 +413,17 @@ impl WeightFiles {
             }
         }
         Ok(h)
+    }
+
+    /// The index of the file holding tensor `name`.
+    fn file_index(&self, name: &str) -> Result<usize> {
+        self.location
+            .get(name)
+            .copied()
+            .ok_or_else(|| ModelError::MissingTensor {
+                path: self.origin.clone(),
+                tensor: name.to_string(),
+            })
     }
 
     /// Tensor `name` of file `i`, viewed in its map.

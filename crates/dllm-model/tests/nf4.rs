@@ -340,12 +340,11 @@ fn quantisation_configs_that_are_not_nf4_are_refused_by_name() {
     }
 }
 
+/// A tensor as stored: dtype, shape, bytes.
+type Stored = (Dtype, Vec<usize>, Vec<u8>);
+
 /// The bitsandbytes checkpoint with one tensor replaced (`Some`) or removed (`None`).
-fn edited_checkpoint(
-    dir: &std::path::Path,
-    name: &str,
-    replacement: Option<(Dtype, Vec<usize>, Vec<u8>)>,
-) {
+fn edited_checkpoint(dir: &std::path::Path, name: &str, replacement: Option<Stored>) {
     std::fs::create_dir_all(dir).unwrap();
     std::fs::copy(
         bnb_checkpoint().join("config.json"),
@@ -381,7 +380,7 @@ fn a_damaged_nf4_checkpoint_is_refused_naming_the_tensor() {
     let weight = "model.transformer.blocks.1.up_proj.weight";
     let state = format!("{weight}.quant_state.bitsandbytes__nf4");
     let json = |text: &str| Some((Dtype::U8, vec![text.len()], text.as_bytes().to_vec()));
-    let cases: Vec<(&str, String, Option<(Dtype, Vec<usize>, Vec<u8>)>, &str)> = vec![
+    let cases: Vec<(&str, String, Option<Stored>, &str)> = vec![
         (
             "blocksize",
             state.clone(),
