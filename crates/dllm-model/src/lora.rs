@@ -165,6 +165,18 @@ impl<B: Backend> DiffusionLm<B> {
         Ok(model)
     }
 
+    /// This model with `other`'s adapters (same geometry): each linear layer takes a copy of the
+    /// adapter of `other`'s layer, or none where `other`'s has none. Evaluating a run's adapter on
+    /// another base (the stored bf16 weights of a model trained on NF4) is this.
+    pub fn with_adapters_of(mut self, other: &Self) -> Self {
+        for (dst, src) in self.blocks.iter_mut().zip(&other.blocks) {
+            for ((_, d), (_, s)) in dst.linears_mut().into_iter().zip(src.linears()) {
+                d.lora = s.lora.clone();
+            }
+        }
+        self
+    }
+
     /// Folds every adapter into its base weight (`W += scale * A B`) and removes it. An NF4
     /// base weight is decoded first and the merged layer stays dense in the NF4 weight's dtype
     /// (bf16 for LLaDA and Dream): re-quantising would round the update away; quantise the

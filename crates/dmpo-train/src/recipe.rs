@@ -601,6 +601,20 @@ pub struct EvalSection {
     pub temperature: f64,
     /// Dream's nucleus filtering (DMPO's `eval_dream.py`: 0.95).
     pub top_p: Option<f64>,
+    /// The base a run that quantises at load (`model.quantize`) evaluates on: `"stored"` (the
+    /// checkpoint as stored, bf16 for the paper recipes, with the run's adapter: the references
+    /// evaluate so) or `"training"` (the quantised base itself, no second model in memory).
+    pub base: EvalBase,
+}
+
+/// Which base the evaluations of a run that quantises at load use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EvalBase {
+    /// The checkpoint as stored, with the run's adapter moved onto it for the evaluation.
+    Stored,
+    /// The training base.
+    Training,
 }
 
 impl Default for EvalSection {
@@ -619,6 +633,7 @@ impl Default for EvalSection {
             alg: dllm_sample::DreamAlg::Entropy,
             temperature: 0.0,
             top_p: None,
+            base: EvalBase::Stored,
         }
     }
 }

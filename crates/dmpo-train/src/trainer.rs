@@ -26,7 +26,7 @@ use crate::distributed::{exclusive_collective, trainable_digest, Layout, Peer};
 use crate::error::{Result, TrainError};
 use crate::eval::{EvalResult, EvalSetup};
 use crate::metrics::{self, RolloutSeconds, StepMetrics};
-use crate::recipe::{Algorithm, Finetune, Recipe};
+use crate::recipe::{Algorithm, EvalBase, Finetune, Recipe};
 use crate::reference::Reference;
 use crate::rollout::RolloutSource;
 use crate::run_dir::{RunDir, StartMode};
@@ -349,8 +349,18 @@ impl RunFiles<'_> {
         peer: &Peer,
         device: &AB::Device,
     ) -> Result<Vec<EvalResult>> {
-        let policy = model.valid();
         let recipe = self.recipe;
+        let policy = if recipe.model.quantize.is_some() && recipe.eval.base == EvalBase::Stored {
+            // The references evaluate the adapter on the stored (bf16) base.
+            let load = LoadOptions {
+                dtype: recipe.model.dtype,
+                quantize: None,
+            };
+            load_model::<AB::InnerBackend>(&recipe.model.path, load, device)?
+                .with_adapters_of(&model.valid())
+        } else {
+            model.valid()
+        };
         let setup = EvalSetup {
             tokenizer: self.tokenizer,
             task: self.task,

@@ -292,3 +292,46 @@ fn a_lora_step_on_an_nf4_base_equals_the_step_on_its_decoded_weights() {
         assert!(d <= 1e-5, "{n}: {d}");
     }
 }
+
+/// A run that quantises at load evaluates on the stored base by default (the references'
+/// protocol): before training its evaluation equals a dense run's (a fresh adapter adds zero);
+/// `eval.base = "training"` evaluates the NF4 base instead, and its completions differ.
+#[test]
+fn an_nf4_run_evaluates_on_the_stored_base_unless_told() {
+    let _turn = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let tmp = tempfile::tempdir().unwrap();
+    let run = |name: &str, extra: &[&str]| {
+        let mut o = vec![
+            format!("run.name=\"{name}\""),
+            "model.finetune=\"lora\"".to_string(),
+            "lora.r=4".to_string(),
+            "eval.limit=32".to_string(),
+        ];
+        o.extend(extra.iter().map(|s| s.to_string()));
+        let o: Vec<&str> = o.iter().map(String::as_str).collect();
+        let r = recipe(tmp.path(), "f32", &o);
+        let options = RunOptions {
+            quiet: true,
+            ..Default::default()
+        };
+        train::<AB>(&r, Default::default(), &options).unwrap();
+        let dir = tmp.path().join(name);
+        let file = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| {
+                p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with("eval_before_len"))
+            })
+            .expect("an evaluation before training");
+        std::fs::read_to_string(file).unwrap()
+    };
+    let dense = run("dense", &[]);
+    let stored = run("nf4-stored", &["model.quantize=\"nf4\""]);
+    let training = run(
+        "nf4-training",
+        &["model.quantize=\"nf4\"", "eval.base=\"training\""],
+    );
+    assert_eq!(stored, dense, "the stored base, as a dense run");
+    assert_ne!(training, dense, "the NF4 base answers differently");
+}
