@@ -243,6 +243,8 @@ impl Geometry {
         let targets: Vec<String> = u.lora.targets.iter().map(|t| format!("{t:?}")).collect();
         let mut overrides = vec![
             format!("model.dtype={:?}", self.dtype),
+            // The check measures random weights in `dtype`, never quantised.
+            "model.quantize=\"none\"".to_string(),
             "model.finetune=\"lora\"".to_string(),
             "train.steps=1".to_string(),
             "train.num_iterations=1".to_string(),
