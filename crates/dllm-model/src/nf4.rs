@@ -172,8 +172,9 @@ fn quantize_4bit_serial(values: &[f32]) -> (Vec<u8>, Vec<f32>) {
     let mut indices = Vec::with_capacity(values.len() + 1);
     let mut absmax = Vec::with_capacity(values.len().div_ceil(BLOCK_SIZE));
     for block in values.chunks(BLOCK_SIZE) {
-        let am = block_absmax(block).max(1e-38);
-        absmax.push(block_absmax(block));
+        let stored = block_absmax(block);
+        absmax.push(stored);
+        let am = stored.max(1e-38);
         let inv = 1.0 / am;
         let full = block.len() == BLOCK_SIZE;
         indices.extend(block.iter().map(|&v| {

@@ -49,7 +49,8 @@ impl<B: Backend> Nf4Weight<B> {
                 i32::from_le_bytes(b)
             })
             .collect();
-        let packed = TensorData::new(words.clone(), [words.len()]);
+        let count = words.len();
+        let packed = TensorData::new(words, [count]);
         let absmax = tensor.absmax.decode();
         let blocks = absmax.len();
         Self {

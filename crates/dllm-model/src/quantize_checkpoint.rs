@@ -94,8 +94,7 @@ pub fn quantize_checkpoint(
             .unwrap_or_else(|| PathBuf::from("model.safetensors"));
         let mut tensors = Vec::new();
         for name in names {
-            let (dtype, shape, bytes) = weights.read_stored(name)?;
-            report.bytes_in += bytes.len() as u64;
+            let (dtype, shape) = weights.stored_layout(name)?;
             let written = match linears.get(name) {
                 Some(expected) if *expected == shape => {
                     report.quantized += 1;
@@ -105,6 +104,7 @@ pub fn quantize_checkpoint(
                         dtype: format!("{dtype:?}"),
                     })?;
                     let values = weights.read(name, &shape, stored)?.values.to_f32();
+                    report.bytes_in += (values.len() * dtype.bitsize() / 8) as u64;
                     let nf4 = Nf4Tensor::quantize(&values, [shape[0], shape[1]], stored.nf4());
                     nf4_tensors(name, &nf4)
                 }
@@ -118,6 +118,8 @@ pub fn quantize_checkpoint(
                 }
                 None => {
                     report.copied += 1;
+                    let (dtype, shape, bytes) = weights.read_stored(name)?;
+                    report.bytes_in += bytes.len() as u64;
                     vec![NamedTensor {
                         name: name.clone(),
                         dtype,

@@ -345,6 +345,12 @@ impl WeightFiles {
         out
     }
 
+    /// The stored dtype and shape of tensor `name` (nothing is read or marked as read).
+    pub fn stored_layout(&self, name: &str) -> Result<(Dtype, Vec<usize>)> {
+        let view = self.view(self.file_index(name)?, name)?;
+        Ok((view.dtype(), view.shape().to_vec()))
+    }
+
     /// Tensor `name` as stored: its safetensors dtype, shape and bytes.
     pub fn read_stored(&self, name: &str) -> Result<(Dtype, Vec<usize>, Vec<u8>)> {
         let view = self.view(self.file_index(name)?, name)?;

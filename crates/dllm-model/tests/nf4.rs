@@ -155,14 +155,12 @@ fn logits<B: burn::tensor::backend::Backend>(
     use burn::tensor::{Int, Tensor, TensorData};
     let device = Default::default();
     let model = dllm_model::load_model::<B>(dir, options, &device).expect("load");
-    let data = reference();
-    let st = SafeTensors::deserialize(&data).unwrap();
-    let ids = st.tensor("model.input_ids").unwrap();
-    let ids: Vec<i64> = ids
-        .data()
-        .chunks(8)
-        .map(|b| i64::from_le_bytes(b.try_into().unwrap()))
-        .collect();
+    let ids = dllm_model::tensor_file::read_ints(
+        common::fixtures().join("nf4/reference.safetensors"),
+        "model.input_ids",
+    )
+    .unwrap()
+    .values;
     let input = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [2, 24]), &device);
     model
         .forward(input)

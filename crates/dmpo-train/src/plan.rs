@@ -143,20 +143,15 @@ pub fn plan(config: &ModelConfig, recipe: &Recipe, micro_batch: usize) -> Memory
     // Resident through the run. NF4 keeps the block linears in half a byte per value plus an
     // f32 absmax per 64 values (decoded from its double quantisation at load).
     let nf4 = recipe.model.quantize.is_some();
-    let block_linear: f64 = LINEAR_NAMES
+    let linear_sizes: Vec<f64> = LINEAR_NAMES
         .iter()
         .map(|name| {
             let (i, o) = linear_dims(c, name);
             (i * o) as f64
         })
-        .sum();
-    let largest_linear = LINEAR_NAMES
-        .iter()
-        .map(|name| {
-            let (i, o) = linear_dims(c, name);
-            (i * o) as f64
-        })
-        .fold(0.0, f64::max);
+        .collect();
+    let block_linear: f64 = linear_sizes.iter().sum();
+    let largest_linear = linear_sizes.iter().copied().fold(0.0, f64::max);
     let quantized = if nf4 { block_linear * layers } else { 0.0 };
     let mut resident = vec![part("weights", (params - quantized) * w)];
     if nf4 {
