@@ -88,6 +88,7 @@ impl BackendTask for Eval {
             countdown_number_range: [1, 100],
             countdown_target_range: [1, 100],
             countdown_in_order: false,
+            countdown_operators: rewards::generate::COUNTDOWN_OPERATORS.to_string(),
             exclude_eval: false,
         };
         let items = eval_items(&section, task, a.order, a.limit)?;

@@ -49,54 +49,40 @@ pub struct Recipe {
     pub distributed: DistributedSection,
 }
 
-/// `[distributed]`: how many peers share each step, on this machine and on others
-/// (docs/distributed.md).
+/// `[distributed]`: how many peers share each step, in this process and in the other processes
+/// of an MPI job (docs/distributed.md).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DistributedSection {
-    /// Peers on this machine, each with its share of the step's rows: on the CPU
-    /// backend (flex) one thread pool each, with its share of the cores. 1: no data parallelism.
+    /// Peers in each process, each with its share of the step's rows: one per GPU, or on the
+    /// CPU backend (flex) one thread pool each with its share of the cores. 1: one peer per
+    /// process.
     pub devices: usize,
-    /// Every machine of a multi-machine run as `host:port`, the address its peers serve
-    /// tensors on, in node order; the same list on every machine. Empty: this machine only.
-    pub nodes: Vec<String>,
-    /// This machine's index in `nodes`.
-    pub node_rank: usize,
-    /// `host:port` of the run's `dmpo orchestrator` (multi-machine runs).
-    pub orchestrator: Option<String>,
+    /// How the run's processes are started: `"auto"` (an MPI job when an MPI launcher —
+    /// `mpirun`, `srun` — started more than one process, else one process), `"mpi"` (always
+    /// an MPI job, even of one process) or `"none"` (never).
+    pub launcher: String,
+    /// Every machine's first process writes checkpoints and metrics into its own `run_dir`
+    /// (machines without a shared file system; Accelerate's `save_on_each_node`). Off: the
+    /// first process alone writes, into a directory every process reads on resume.
+    pub save_on_each_node: bool,
     /// Seconds a peer waits for the others in one exchange before it stops the run with an
-    /// error (a peer died, hung or cannot join).
+    /// error naming them (a peer died, hung or cannot join; an MPI job is aborted).
     pub timeout_s: f64,
-    /// Runs over several machines anyway: burn-collective 0.21 completes only the first
-    /// exchange between machines (docs/distributed.md), so `nodes` is refused without this.
-    pub experimental_multi_machine: bool,
 }
 
 impl Default for DistributedSection {
     fn default() -> Self {
         Self {
             devices: 1,
-            nodes: Vec::new(),
-            node_rank: 0,
-            orchestrator: None,
+            launcher: "auto".into(),
+            save_on_each_node: false,
             timeout_s: 600.0,
-            experimental_multi_machine: false,
         }
     }
 }
 
 impl DistributedSection {
-    /// Machines in the run (1 without `nodes`).
-    pub fn node_count(&self) -> usize {
-        self.nodes.len().max(1)
-    }
-
-    /// Peers in the run: `devices` on each machine (saturating: a count that overflows is
-    /// refused by validation as too many peers for the step's rows).
-    pub fn peers(&self) -> usize {
-        self.devices.saturating_mul(self.node_count())
-    }
-
     /// `timeout_s` as a duration (validation refuses what does not fit one).
     pub fn timeout(&self) -> Duration {
         Duration::try_from_secs_f64(self.timeout_s).unwrap_or(Duration::MAX)
@@ -106,8 +92,8 @@ impl DistributedSection {
 /// Settings `--resume` lets differ from the run's `recipe.toml` (a trailing `*` covers a whole
 /// section): how long to train, how often to checkpoint and evaluate, how to evaluate, and where
 /// it runs. Everything else shapes the weights and must match.
-/// The layout of the peers may move (new addresses, another orchestrator) but not change in
-/// size: `crate::trainer` refuses another number of peers or machines, saying why.
+/// The layout of the peers may move (other machines, another launcher) but not change in size:
+/// `crate::trainer` refuses another number of peers, saying why.
 pub const RESUMABLE_KEYS: [&str; 7] = [
     "train.steps",
     "train.checkpoint_every",
@@ -135,6 +121,43 @@ fn default_rollout() -> SamplerConfig {
 /// filled into a `[rollout]` table that leaves them out: left padding is masked
 /// (docs/reference-parity.md, row "padding"), so a batch of prompts of different lengths gives each
 /// row the completion, ELBO and gradient it would get alone.
+/// The `[distributed]` keys of the multi-machine runs that preceded MPI launches, with the
+/// values that leave them unset (what an older run's `recipe.toml` holds).
+const MACHINE_KEYS: [(&str, &str); 4] = [
+    ("nodes", "[]"),
+    ("node_rank", "0"),
+    ("orchestrator", ""),
+    ("experimental_multi_machine", "false"),
+];
+
+/// Drops the keys of [`MACHINE_KEYS`] where they hold their unset values (so that the
+/// `recipe.toml` of a run started before MPI launches still loads), and refuses them set:
+/// runs over several machines are MPI jobs now.
+fn drop_unset_machine_keys(recipe: &mut toml::Table) -> std::result::Result<(), String> {
+    let Some(toml::Value::Table(d)) = recipe.get_mut("distributed") else {
+        return Ok(());
+    };
+    for (key, unset) in MACHINE_KEYS {
+        let Some(value) = d.get(key) else { continue };
+        let is_unset = match value {
+            toml::Value::Array(a) => a.is_empty() && unset == "[]",
+            toml::Value::Integer(i) => *i == 0 && unset == "0",
+            toml::Value::Boolean(b) => !*b && unset == "false",
+            toml::Value::String(s) => s.is_empty() && unset.is_empty(),
+            _ => false,
+        };
+        if !is_unset {
+            return Err(format!(
+                "`distributed.{key}` belongs to the multi-machine runs of earlier versions, \
+                 which are gone: a run over several machines is an MPI job now (`mpirun -np N \
+                 --host a:8,b:8 dmpo train RECIPE`, or `srun`; docs/distributed.md)"
+            ));
+        }
+        d.remove(key);
+    }
+    Ok(())
+}
+
 fn fill_rollout_defaults(recipe: &mut toml::Table) {
     if let Some(toml::Value::Table(rollout)) = recipe.get_mut("rollout") {
         rollout
@@ -407,6 +430,10 @@ pub struct TaskSection {
     /// given (`rewards::generate::in_order_solution`).
     #[serde(default)]
     pub countdown_in_order: bool,
+    /// The operators generated Countdown targets are made with (and in-order solutions use):
+    /// a subset of `"+-*/"`, the default.
+    #[serde(default = "default_countdown_operators")]
+    pub countdown_operators: String,
     /// Generated training items never repeat an evaluation item (the same puzzle, or the same
     /// numbers and target): one that does is drawn again.
     #[serde(default)]
@@ -416,6 +443,10 @@ pub struct TaskSection {
 fn default_countdown_number_range() -> [i64; 2] {
     [1, 100]
 }
+fn default_countdown_operators() -> String {
+    rewards::generate::COUNTDOWN_OPERATORS.to_string()
+}
+
 fn default_countdown_target_range() -> [i64; 2] {
     [1, 100]
 }
@@ -767,6 +798,7 @@ impl Recipe {
             }
         }
         refuse_lora_beside_adapter(&value).map_err(bad)?;
+        drop_unset_machine_keys(&mut value).map_err(bad)?;
         fill_rollout_defaults(&mut value);
         let recipe: Recipe = toml::Value::Table(value)
             .try_into()
@@ -933,74 +965,13 @@ impl Recipe {
         };
         let d = &self.distributed;
         let devices = d.devices;
-        let rows = self.train.prompts_per_step * self.train.group_size;
-        let unit = self.share_unit().max(1);
-        if devices == 0 || d.peers() > rows / unit {
-            return bad(
-                "distributed.devices",
-                format!(
-                    "× machines must be in 1..={}: each peer takes whole runs of {unit} row(s) \
-                     of the step's {rows} (`train.prompts_per_step` × `train.group_size`; a \
-                     run: the rows one baseline or weighting spans)",
-                    rows / unit
-                ),
-            );
+        if let Err(e) = self.check_peers(devices) {
+            return bad("distributed.devices", e);
         }
-        if d.nodes.len() == 1 {
+        if !["auto", "mpi", "none"].contains(&d.launcher.as_str()) {
             return bad(
-                "distributed.nodes",
-                "lists one machine: leave it empty for a run on this machine alone".into(),
-            );
-        }
-        for (i, node) in d.nodes.iter().enumerate() {
-            if let Err(e) = parse_host_port(node) {
-                return bad(&format!("distributed.nodes[{i}]"), e);
-            }
-        }
-        if let Some(i) = (1..d.nodes.len()).find(|&i| d.nodes[..i].contains(&d.nodes[i])) {
-            return bad(
-                &format!("distributed.nodes[{i}]"),
-                format!("{:?} is listed twice", d.nodes[i]),
-            );
-        }
-        if d.nodes.len() > 1 && !d.experimental_multi_machine {
-            return bad(
-                "distributed.nodes",
-                "(a run over several machines) is held back in this version: burn-collective \
-                 0.21's global all-reduce completes the first exchange between machines and then \
-                 waits forever (its SyncService never clears the list of synced nodes), so the \
-                 run would stop at its second exchange (docs/distributed.md). Run on one machine \
-                 with `distributed.devices`, or set `distributed.experimental_multi_machine = \
-                 true` to try a fixed burn-collective"
-                    .into(),
-            );
-        }
-        if d.nodes.len() > 1 {
-            if d.node_rank >= d.nodes.len() {
-                return bad(
-                    "distributed.node_rank",
-                    format!("{} is not an index of `distributed.nodes`", d.node_rank),
-                );
-            }
-            match &d.orchestrator {
-                None => {
-                    return bad(
-                        "distributed.orchestrator",
-                        "is needed with `distributed.nodes`: the `host:port` of `dmpo \
-                         orchestrator`"
-                            .into(),
-                    )
-                }
-                Some(o) => {
-                    if let Err(e) = parse_host_port(o) {
-                        return bad("distributed.orchestrator", e);
-                    }
-                }
-            }
-        } else if d.node_rank != 0 {
-            return bad(
-                "distributed.node_rank",
-                "must be 0 without `distributed.nodes`".into(),
+                "distributed.launcher",
+                format!("{:?}: expected \"auto\", \"mpi\" or \"none\"", d.launcher),
             );
         }
         if !(d.timeout_s.is_finite() && d.timeout_s > 0.0)
@@ -1015,7 +986,6 @@ impl Recipe {
                 ),
             );
         }
-        let devices = d.peers();
         if devices > 1 && self.run.device == BackendKind::Ndarray {
             return bad(
                 "distributed.devices",
@@ -1124,31 +1094,26 @@ impl Recipe {
         }
     }
 
-    /// The run's output directory (`NAME-nodeR` beside it on machine `R > 0` of a
-    /// multi-machine run).
+    /// The run's output directory.
     pub fn run_dir(&self) -> PathBuf {
-        match self.distributed.node_rank {
-            0 => self.run.output_dir.join(&self.run.name),
-            // Another machine's copy of the checkpoints: a sibling, never inside node 0's
-            // directory, so that a shared file system holds both.
-            r => self
-                .run
-                .output_dir
-                .join(format!("{}-node{r}", self.run.name)),
+        self.run.output_dir.join(&self.run.name)
+    }
+
+    /// Whether `peers` peers can share a step: each takes whole runs of rows (the rows one
+    /// baseline or weighting spans), at least one run each; why not otherwise.
+    pub fn check_peers(&self, peers: usize) -> std::result::Result<(), String> {
+        let rows = self.train.prompts_per_step * self.train.group_size;
+        let unit = self.share_unit().max(1);
+        if peers == 0 || peers > rows / unit {
+            return Err(format!(
+                "{peers} peer(s) (`distributed.devices` × the processes of an MPI job): there \
+                 must be 1..={} — each peer takes whole runs of {unit} row(s) of the step's \
+                 {rows} (`train.prompts_per_step` × `train.group_size`; a run: the rows one \
+                 baseline or weighting spans)",
+                rows / unit
+            ));
         }
+        Ok(())
     }
 }
 
-/// `host:port` with a non-empty host and a port number, or why not.
-pub fn parse_host_port(address: &str) -> std::result::Result<(&str, u16), String> {
-    let (host, port) = address
-        .rsplit_once(':')
-        .ok_or_else(|| format!("{address:?} is not `host:port`"))?;
-    let port = port
-        .parse::<u16>()
-        .map_err(|_| format!("{address:?}: `{port}` is not a port number"))?;
-    if host.is_empty() || host.contains("://") {
-        return Err(format!("{address:?} is not `host:port`"));
-    }
-    Ok((host, port))
-}

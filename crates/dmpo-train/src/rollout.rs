@@ -151,35 +151,28 @@ impl Rollout {
     /// starting at `first`: ids, EOS positions, key padding, rewards and reward components
     /// gathered exactly; the sample completion is the leader's first row. The identity on one
     /// peer.
-    pub fn gather<B: Backend>(
-        self,
-        peer: &Peer,
-        first: usize,
-        rows: usize,
-        device: &B::Device,
-    ) -> Result<Self> {
+    pub fn gather(self, peer: &Peer, first: usize, rows: usize) -> Result<Self> {
         if peer.count == 1 {
             return Ok(self);
         }
         let g = self.group_size;
         let s = &self.sequences;
         let (seq_len, prompt_len) = (s.seq_len(), s.prompt_len());
-        // Token ids, positions and flags are integers below 2^24: one exact f32 each.
         let ids: Vec<u32> = s.ids().iter().map(|&x| x as u32).collect();
-        let ids = peer.gather_ids::<B>(&ids, first * seq_len, rows * seq_len, device)?;
+        let ids = peer.gather_ids(&ids, first * seq_len, rows * seq_len)?;
         let eos: Vec<u32> = s.eos_index().iter().map(|&e| e as u32).collect();
-        let eos = peer.gather_ids::<B>(&eos, first, rows, device)?;
+        let eos = peer.gather_ids(&eos, first, rows)?;
         let padding = match s.key_padding() {
             Some(p) => {
                 let p: Vec<u32> = p.iter().map(|&b| u32::from(b)).collect();
-                let all = peer.gather_ids::<B>(&p, first * seq_len, rows * seq_len, device)?;
+                let all = peer.gather_ids(&p, first * seq_len, rows * seq_len)?;
                 Some(all.iter().map(|&b| b != 0).collect())
             }
             None => None,
         };
-        let rewards = peer.gather::<B>(&self.rewards, first, rows, device)?;
+        let rewards = peer.gather(&self.rewards, first, rows)?;
         // Every row of a task scores the same components: the peers' maps share their keys.
-        let names = peer.gather_each::<B>(self.reward_components.len() as f64, device)?;
+        let names = peer.gather_each(self.reward_components.len() as f64)?;
         if names
             .iter()
             .any(|&n| n != self.reward_components.len() as f64)
@@ -191,7 +184,7 @@ impl Rollout {
         let local_rows = self.rewards.len() as f64;
         let mut reward_components = BTreeMap::new();
         for (name, mean) in self.reward_components {
-            let sums = peer.gather_each::<B>(mean * local_rows, device)?;
+            let sums = peer.gather_each(mean * local_rows)?;
             reward_components.insert(name, sums.iter().sum::<f64>() / rows as f64);
         }
         let sequences = HostBatch::new(

@@ -66,12 +66,13 @@ impl TrainData {
                         min_target,
                         max_target,
                         in_order: section.countdown_in_order,
+                        operators: section.countdown_operators.clone(),
                     };
                     // A setting the generator cannot serve fails here, before training.
                     rewards::generate::countdown_item(&mut rewards::generate::rng(0), &config)
                         .map_err(|e| {
                             TrainError::Data(format!(
-                                "task.countdown_numbers / countdown_number_range / countdown_target_range / countdown_in_order: {e}"
+                                "task.countdown_numbers / countdown_number_range / countdown_target_range / countdown_in_order / countdown_operators: {e}"
                             ))
                         })?;
                     Ok(Self::Countdown { config, excluded })

@@ -22,7 +22,7 @@ use serde::Serialize;
 
 use crate::algorithm::{self, Diagnostics, Learner, UpdateInputs};
 use crate::checkpoint::{self, Snapshot, TrainState, TrainedOn};
-use crate::distributed::{exclusive_collective, trainable_digest, Layout, Peer};
+use crate::distributed::{trainable_digest, Layout, Peer};
 use crate::error::{Result, TrainError};
 use crate::eval::{EvalResult, EvalSetup};
 use crate::metrics::{self, RolloutSeconds, StepMetrics};
@@ -50,6 +50,9 @@ pub struct RunOptions {
 /// What a finished run reports (also written to `summary.json`).
 #[derive(Debug, Clone, Serialize)]
 pub struct Summary {
+    /// Whether this process leads the run (the only one of an MPI job that prints the summary).
+    #[serde(skip)]
+    pub leader: bool,
     /// Run directory.
     pub run_dir: PathBuf,
     /// Evaluation before training (absent when resumed past it or skipped).
@@ -94,13 +97,22 @@ pub fn train<AB: AutodiffBackend>(
     options: &RunOptions,
 ) -> Result<Summary> {
     let started = Instant::now();
-    // Locked for the whole run; a directory holding a run is refused unless resumed or
-    // overwritten (crate::run_dir).
-    let locked = RunDir::open(&recipe.run_dir(), options.start)?;
-    let run_dir = locked.path().to_path_buf();
+    // Where the peers are (an MPI job starts MPI here), and whether this process writes files.
+    let layout = Layout::from_section(&recipe.distributed)?;
+    recipe.check_peers(layout.peers()).map_err(|e| TrainError::Recipe {
+        path: recipe.run_dir().join("recipe.toml"),
+        message: format!("`distributed.devices` {e}"),
+    })?;
+    // Locked for the whole run by the process that writes it; a directory holding a run is
+    // refused unless resumed or overwritten (crate::run_dir).
+    let locked = match layout.writes_files {
+        true => Some(RunDir::open(&recipe.run_dir(), options.start)?),
+        false => None,
+    };
+    let run_dir = recipe.run_dir();
     let resume = options.start == StartMode::Resume;
-    if resume {
-        check_resumable(recipe, &run_dir)?;
+    if resume && locked.is_some() {
+        check_resumable(recipe, &run_dir, &layout)?;
     }
     let task: Task = recipe
         .task
@@ -120,9 +132,12 @@ pub fn train<AB: AutodiffBackend>(
 
     let trained_on = TrainedOn::of(&model, recipe.model.finetune, &recipe.model.path)?;
     // The inputs are good: a run being overwritten is removed only now.
-    locked.start()?;
-    let resolved = recipe.to_run_toml();
-    dllm_model::load::write_atomic(&run_dir.join("recipe.toml"), resolved.as_bytes())?;
+    if let Some(locked) = &locked {
+        locked.start()?;
+        let resolved = recipe.to_run_toml();
+        dllm_model::load::write_atomic(&run_dir.join("recipe.toml"), resolved.as_bytes())?;
+        write_layout(&run_dir, &layout)?;
+    }
     let metrics_path = run_dir.join("metrics.jsonl");
     let mut run = StepContext {
         source: RolloutSource {
@@ -152,34 +167,73 @@ pub fn train<AB: AutodiffBackend>(
         last_step: options.stop_after.map_or(t.steps, |n| n.min(t.steps)),
     };
 
-    let bar = progress_bar(options.quiet, t.steps, 0);
-    let layout = Layout::from_section(&recipe.distributed);
+    let bar = progress_bar(options.quiet || layout.process > 0, t.steps, 0);
     let outcome = match layout.peers() {
         1 => run.run_peer(model, &files, &bar)?,
-        _ => run_peers(&run, model, layout, &files, &bar)?,
+        _ => run_peers(&run, model, &layout, &files, &bar)?,
     };
     bar.finish_and_clear();
 
+    let leader = layout.process == 0;
+    let final_reward = match layout.writes_files {
+        true => last_quarter_mean(&metrics::rewards(&metrics_path)?),
+        false => f64::NAN,
+    };
     let summary = Summary {
+        leader,
         run_dir: run_dir.clone(),
         before: outcome.before,
         after: outcome.after,
         steps: outcome.state.step,
         updates: outcome.state.updates,
         skipped: outcome.state.skipped,
-        final_reward: last_quarter_mean(&metrics::rewards(&metrics_path)?),
+        final_reward,
         seconds: started.elapsed().as_secs_f64(),
     };
-    let text = serde_json::to_string_pretty(&summary).expect("serialisable");
-    dllm_model::load::write_atomic(&run_dir.join("summary.json"), text.as_bytes())?;
-    crate::plot::plot_run(&run_dir)?;
+    if layout.writes_files {
+        let text = serde_json::to_string_pretty(&summary).expect("serialisable");
+        dllm_model::load::write_atomic(&run_dir.join("summary.json"), text.as_bytes())?;
+        crate::plot::plot_run(&run_dir)?;
+    }
     Ok(summary)
+}
+
+/// The file recording how many peers per process and processes a run has.
+const LAYOUT_FILE: &str = "layout.json";
+
+/// Records `layout`'s size in `run_dir` (checked on resume).
+fn write_layout(run_dir: &Path, layout: &Layout) -> Result<()> {
+    let text = serde_json::json!({"devices": layout.devices, "processes": layout.processes});
+    dllm_model::load::write_atomic(&run_dir.join(LAYOUT_FILE), text.to_string().as_bytes())?;
+    Ok(())
+}
+
+/// The `(devices, processes)` a run recorded, if it did.
+fn read_layout(run_dir: &Path) -> Result<Option<(usize, usize)>> {
+    let path = run_dir.join(LAYOUT_FILE);
+    if !path.is_file() {
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(&path).map_err(|e| TrainError::io(&path, e))?;
+    let bad = |why: String| TrainError::Recipe {
+        path: path.clone(),
+        message: why,
+    };
+    let value: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| bad(format!("unreadable: {e}")))?;
+    let field = |name: &str| {
+        value[name]
+            .as_u64()
+            .map(|n| n as usize)
+            .ok_or_else(|| bad(format!("`{name}` is not a count")))
+    };
+    Ok(Some((field("devices")?, field("processes")?)))
 }
 
 /// Refuses to resume `run_dir` with a recipe whose settings differ from the run's
 /// `recipe.toml` in anything but [`crate::recipe::RESUMABLE_KEYS`], naming the keys, and any
 /// resume of full fine-tuning in half precision.
-fn check_resumable(recipe: &Recipe, run_dir: &Path) -> Result<()> {
+fn check_resumable(recipe: &Recipe, run_dir: &Path, layout: &Layout) -> Result<()> {
     let saved_path = run_dir.join("recipe.toml");
     // burn 0.21 restores optimiser state in the backend's default float type (f32); the
     // moments of bf16/f16 parameters would then meet bf16 gradients. LoRA's trainable factors
@@ -210,22 +264,22 @@ fn check_resumable(recipe: &Recipe, run_dir: &Path) -> Result<()> {
         return Ok(());
     }
     let saved = Recipe::load(&saved_path, &[])?;
-    let (now, then) = (&recipe.distributed, &saved.distributed);
-    if (now.devices, now.node_count()) != (then.devices, then.node_count()) {
-        return Err(TrainError::Recipe {
-            path: saved_path,
-            message: format!(
-                "--resume on {} peer(s) per machine on {} machine(s), where the run had {} on {}: \
-                 a resumed run continues exactly only with the same `distributed.devices` and \
-                 number of `distributed.nodes` (the order of the sums over peers depends on \
-                 them), and every machine resumes from its own copy of the checkpoints; start a \
-                 new run for another layout",
-                now.devices,
-                now.node_count(),
-                then.devices,
-                then.node_count()
-            ),
-        });
+    // A run started before the layout file records its peers in its recipe, in one process.
+    let recorded = read_layout(run_dir)?.unwrap_or((saved.distributed.devices, 1));
+    {
+        let (devices, processes) = recorded;
+        if (devices, processes) != (layout.devices, layout.processes) {
+            return Err(TrainError::Recipe {
+                path: run_dir.join(LAYOUT_FILE),
+                message: format!(
+                    "--resume on {} peer(s) per process in {} process(es), where the run had {} \
+                     in {}: a resumed run continues exactly only with the same \
+                     `distributed.devices` and number of processes (the order of the sums over \
+                     peers depends on them); start a new run for another layout",
+                    layout.devices, layout.processes, devices, processes
+                ),
+            });
+        }
     }
     let changed = recipe.resume_differences(&saved);
     if changed.is_empty() {
@@ -378,12 +432,7 @@ impl RunFiles<'_> {
                 let batches = peer.share(setup.batches());
                 let first = setup.items_of(batches.clone()).start;
                 let own = setup.generate(&policy, batches, len)?.concat();
-                let all = peer.gather_ids::<AB::InnerBackend>(
-                    &own,
-                    first * len,
-                    self.eval_set.len() * len,
-                    device,
-                )?;
+                let all = peer.gather_ids(&own, first * len, self.eval_set.len() * len)?;
                 let completions: Vec<Vec<u32>> =
                     all.chunks(len.max(1)).map(<[u32]>::to_vec).collect();
                 let out = self.run_dir.join(format!("eval_{label}_len{len}.json"));
@@ -416,14 +465,14 @@ struct PeerOutcome {
     after: Vec<EvalResult>,
 }
 
-/// Runs the whole run on the peers of `layout` on this machine, one thread each with its share
-/// of the cores, all starting from `run`'s state and `model`; returns the first peer's outcome.
-/// A peer that fails releases the others (burn-collective's operations then fail on them),
-/// and the error reported is the first peer's own, not the ones it caused.
+/// Runs the whole run on this process's peers of `layout`, one thread each with its share of
+/// the cores, all starting from `run`'s state and `model`; returns the first peer's outcome. A
+/// peer that fails releases the others waiting for it (their exchanges then fail), and the error
+/// reported is the first peer's own, not the ones it caused.
 fn run_peers<AB, O>(
     run: &StepContext<'_, AB, O>,
     model: DiffusionLm<AB>,
-    layout: Layout,
+    layout: &Layout,
     files: &RunFiles<'_>,
     bar: &ProgressBar,
 ) -> Result<PeerOutcome>
@@ -431,13 +480,16 @@ where
     AB: AutodiffBackend,
     O: Optimizer<DiffusionLm<AB>, AB>,
 {
-    let _collective = exclusive_collective();
-    Peer::reset::<AB::InnerBackend>();
     let devices = layout.devices;
-    let layout = std::sync::Arc::new(layout);
+    let rendezvous = layout.rendezvous();
     let threads = (rayon::current_num_threads() / devices).max(1);
+    // Every process of the machine places its peers on the machine's devices in turn.
     let placed = (0..devices)
-        .map(|local| crate::distributed::peer_device::<AB>(&run.device, local, devices))
+        .map(|local| {
+            let index = layout.machine_slot * devices + local;
+            let count = (layout.machine_slot + 1) * devices;
+            crate::distributed::peer_device::<AB>(&run.device, index, count)
+        })
         .collect::<Result<Vec<_>>>()?;
     let results: Vec<Result<PeerOutcome>> = std::thread::scope(|scope| {
         let handles: Vec<_> = placed
@@ -454,6 +506,7 @@ where
                     }
                     Reference::AdapterOff => Reference::AdapterOff,
                 };
+                let peer = Peer::on(layout, rendezvous.clone(), local);
                 let mut peer_run = StepContext {
                     source: run.source.clone(),
                     reference,
@@ -461,33 +514,29 @@ where
                     state: run.state,
                     total_updates: run.total_updates,
                     device,
-                    peer: Peer::single(),
+                    peer: peer.clone(),
                     trained_on: run.trained_on,
                 };
-                let layout = layout.clone();
                 scope.spawn(move || {
-                    // Dropped on every exit, unwinding included: a failed peer resets the
-                    // collective so that no other peer waits for it forever.
-                    let release = ReleaseOnFailure::<AB::InnerBackend>::armed();
+                    // Dropped on every exit, unwinding included: a failed peer releases the
+                    // others instead of leaving them waiting for it.
+                    let release = ReleaseOnFailure::armed(peer);
                     let pool = rayon::ThreadPoolBuilder::new()
                         .num_threads(threads)
                         .build()
                         .map_err(|e| TrainError::Distributed(format!("peer {local}: {e}")))?;
                     let out = pool.install(|| {
-                        peer_run.peer =
-                            Peer::join::<AB::InnerBackend>(layout, local, &peer_run.device)?;
                         let hidden = ProgressBar::hidden();
                         let bar = if peer_run.peer.is_leader() {
                             bar
                         } else {
                             &hidden
                         };
-                        let outcome = peer_run.run_peer(model, files, bar)?;
-                        peer_run.peer.leave::<AB::InnerBackend>()?;
-                        Ok(outcome)
+                        peer_run.run_peer(model, files, bar)
                     });
-                    if out.is_ok() {
-                        release.disarm();
+                    match &out {
+                        Ok(_) => release.disarm(),
+                        Err(e) => release.fail(&e.to_string()),
                     }
                     out
                 })
@@ -506,7 +555,7 @@ where
             })
             .collect()
     });
-    // A peer's own failure outranks the collective errors it caused on the others.
+    // A peer's own failure outranks the exchange errors it caused on the others.
     let (mut own_error, mut any_error, mut first) = (None, None, None);
     for result in results {
         match result {
@@ -528,30 +577,32 @@ where
     }
 }
 
-/// Resets burn-collective when dropped armed: a peer leaving by error or panic releases the
-/// peers blocked in an operation it will never join.
-struct ReleaseOnFailure<B: burn::tensor::backend::Backend> {
-    armed: std::cell::Cell<bool>,
-    backend: std::marker::PhantomData<B>,
+/// Releases the run's other peers when dropped armed: a peer leaving by error or panic must not
+/// leave the others waiting in an exchange it will never join.
+struct ReleaseOnFailure {
+    peer: Option<Peer>,
 }
 
-impl<B: burn::tensor::backend::Backend> ReleaseOnFailure<B> {
-    fn armed() -> Self {
-        Self {
-            armed: std::cell::Cell::new(true),
-            backend: std::marker::PhantomData,
+impl ReleaseOnFailure {
+    fn armed(peer: Peer) -> Self {
+        Self { peer: Some(peer) }
+    }
+
+    fn disarm(mut self) {
+        self.peer = None;
+    }
+
+    fn fail(mut self, why: &str) {
+        if let Some(peer) = self.peer.take() {
+            peer.abandon(why);
         }
     }
-
-    fn disarm(&self) {
-        self.armed.set(false);
-    }
 }
 
-impl<B: burn::tensor::backend::Backend> Drop for ReleaseOnFailure<B> {
+impl Drop for ReleaseOnFailure {
     fn drop(&mut self) {
-        if self.armed.get() {
-            Peer::reset::<B>();
+        if let Some(peer) = self.peer.take() {
+            peer.abandon("it panicked");
         }
     }
 }
@@ -639,7 +690,18 @@ impl<AB: AutodiffBackend, O: Optimizer<DiffusionLm<AB>, AB>> StepContext<'_, AB,
         checkpoint::latest(files.run_dir)?; // refuses an incomplete newest one
         let steps = self
             .peer
-            .gather_each::<AB::InnerBackend>(own.map_or(-1.0, |s| s as f64), &self.device)?;
+            .gather_each(own.map_or(-1.0, |s| s as f64))?;
+        let without: Vec<usize> = (0..steps.len()).filter(|&p| steps[p] < 0.0).collect();
+        if !without.is_empty() && without.len() < steps.len() {
+            return Err(TrainError::Distributed(format!(
+                "peer {}: resuming, peer(s) {without:?} find no checkpoint in {} where the others \
+                 do (theirs: {steps:?}): every process must read the run's checkpoints — a \
+                 file system shared by the machines, or `distributed.save_on_each_node = true` \
+                 from the run's start",
+                self.peer.rank,
+                files.run_dir.display()
+            )));
+        }
         let agreed = steps.iter().copied().fold(f64::INFINITY, f64::min);
         let mut model = model;
         if agreed >= 0.0 {
@@ -725,7 +787,7 @@ impl<AB: AutodiffBackend, O: Optimizer<DiffusionLm<AB>, AB>> StepContext<'_, AB,
             if done.is_multiple_of(t.checkpoint_every.max(1)) || done == last_step {
                 let digest = trainable_digest::<AB, _>(&model);
                 self.peer
-                    .check_same_weights::<AB::InnerBackend>(digest, done, &self.device)?;
+                    .check_same_weights(digest, done)?;
                 if node_leader {
                     self.save_checkpoint(files.run_dir, &model)?;
                 }
@@ -755,7 +817,7 @@ impl<AB: AutodiffBackend, O: Optimizer<DiffusionLm<AB>, AB>> StepContext<'_, AB,
         let clock = Instant::now();
         let rollout = self.source.score(samples)?;
         let rollout =
-            rollout.gather::<AB::InnerBackend>(&self.peer, own.start, rows, &self.device)?;
+            rollout.gather(&self.peer, own.start, rows)?;
         let reward_secs = clock.elapsed().as_secs_f64();
 
         // 3. The algorithm's updates: DMPO (docs/algorithm.md §3–§4) or diffu-GRPO / wd1 (docs/algorithm.md §6).

@@ -30,7 +30,8 @@ pub struct Encoder<'a> {
 }
 
 impl Encoder<'_> {
-    /// The prompt ids of `item`, refused unless exactly `prompt_len` long.
+    /// The prompt ids of `item`, left-padded with EOS to `prompt_len` as the samplers pad a
+    /// batch's shorter prompts; refused if longer.
     pub fn prompt(&self, item: &TaskItem) -> anyhow::Result<Vec<u32>> {
         let ids = prompt_ids(
             self.tokenizer,
@@ -40,12 +41,14 @@ impl Encoder<'_> {
             MAX_PROMPT_TOKENS,
         )?;
         ensure!(
-            ids.len() == self.prompt_len,
-            "prompt of {} tokens, expected {} (prompts must not need padding)",
+            ids.len() <= self.prompt_len,
+            "prompt of {} tokens, longer than the held-out prompts' {}",
             ids.len(),
             self.prompt_len
         );
-        Ok(ids)
+        let mut padded = vec![self.eos; self.prompt_len - ids.len()];
+        padded.extend(ids);
+        Ok(padded)
     }
 
     /// The completion ids of `item`, padded with EOS to the task's generation length.

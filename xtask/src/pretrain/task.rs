@@ -30,7 +30,9 @@ pub const SUDOKU_BLANKS: [usize; 2] = [6, 10];
 /// Numbers of the generated Countdown items (inclusive).
 pub const COUNTDOWN_NUMBERS: [i64; 2] = [1, 9];
 /// Targets of the generated Countdown items (inclusive): two digits each.
-pub const COUNTDOWN_TARGETS: [i64; 2] = [10, 30];
+pub const COUNTDOWN_TARGETS: [i64; 2] = [1, 30];
+/// The operators of the generated Countdown items (targets and true answers).
+pub const COUNTDOWN_OPERATORS: &str = "+-";
 /// Held-out Countdown items written to `test.jsonl`.
 pub const COUNTDOWN_HELDOUT: usize = 256;
 /// The stream the held-out Countdown items are drawn from (fixed, whatever `--seed`).
@@ -127,6 +129,7 @@ impl PretrainTask {
             min_target: COUNTDOWN_TARGETS[0],
             max_target: COUNTDOWN_TARGETS[1],
             in_order: true,
+            operators: COUNTDOWN_OPERATORS.to_string(),
         }
     }
 
@@ -219,7 +222,7 @@ impl PretrainTask {
     pub fn true_answer(self, item: &TaskItem) -> anyhow::Result<String> {
         match &item.truth {
             GroundTruth::Sudoku { solution, .. } => Ok(solution.clone()),
-            GroundTruth::Countdown { numbers, target } => in_order_solution(numbers, *target)
+            GroundTruth::Countdown { numbers, target } => in_order_solution(numbers, *target, COUNTDOWN_OPERATORS)
                 .with_context(|| format!("{numbers:?} -> {target} has no in-order solution")),
             other => bail!("not a Sudoku or Countdown item: {other:?}"),
         }

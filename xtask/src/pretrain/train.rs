@@ -74,14 +74,17 @@ pub fn pretrain<B: AutodiffBackend>(
     };
     let (mask_id, eos_id, bos_id) = (id(MASK_TOKEN)?, tokenizer.eos_id(), id(&tokenizer.bos)?);
     let vocab = tokenizer.vocab_size();
-    let prompt_len = prompt_ids(
-        &tokenizer,
-        &eval_items[0],
-        PromptStyle::Compact,
-        true,
-        MAX_PROMPT_TOKENS,
-    )?
-    .len();
+    let mut prompt_len = 0;
+    for item in &heldout {
+        let ids = prompt_ids(
+            &tokenizer,
+            item,
+            PromptStyle::Compact,
+            true,
+            MAX_PROMPT_TOKENS,
+        )?;
+        prompt_len = prompt_len.max(ids.len());
+    }
     let encoder = Encoder {
         task,
         tokenizer: &tokenizer,

@@ -194,11 +194,10 @@ where
     };
     // Means over the updates' units of each unit's token mean, the same for any split of the
     // units over passes and peers: every peer's partial sums gathered by rank, summed per unit.
-    let device = inputs.device;
     let per_unit_mean = |partial: &[f64]| -> Result<f64> {
         let n = partial.len();
         let all =
-            peer.gather::<AB::InnerBackend>(partial, peer.rank * n, peer.count * n, device)?;
+            peer.gather(partial, peer.rank * n, peer.count * n)?;
         let means: Vec<f64> = (0..n)
             .map(|i| {
                 let sum: f64 = (0..peer.count).map(|p| all[p * n + i]).sum();
@@ -214,7 +213,7 @@ where
         per_unit_mean(&clipped)?
     };
     let with_kl = peer
-        .gather_each::<AB::InnerBackend>(f64::from(u8::from(with_kl)), device)?
+        .gather_each(f64::from(u8::from(with_kl)))?
         .iter()
         .any(|&v| v > 0.0);
     let kl = if with_kl {

@@ -58,8 +58,8 @@ where
         &masks.select_samples(&own_rows)?,
         config.elbo_memory_budget_bytes,
     )?;
-    let ell_cur = peer.gather::<AB::InnerBackend>(&elbo[0], own.start, rows, device)?;
-    let ell_ref = peer.gather::<AB::InnerBackend>(&elbo[1], own.start, rows, device)?;
+    let ell_cur = peer.gather(&elbo[0], own.start, rows)?;
+    let ell_ref = peer.gather(&elbo[1], own.start, rows)?;
     let elbo_seconds = clock.elapsed().as_secs_f64();
 
     // Importance weights per group (§4), over the whole rollout on every peer.

@@ -219,11 +219,10 @@ impl<'a, O> Learner<'a, O> {
         // The peers' losses in rank order, and their gradients summed (identical on every
         // peer). A non-finite total skips the update on every peer alike, without the
         // all-reduce: a peer whose passes were all non-finite holds no gradient to send.
-        let device = model.wte.val().device();
-        let losses = self.peer.gather_each::<AB::InnerBackend>(loss, &device)?;
+        let losses = self.peer.gather_each(loss)?;
         let loss: f64 = losses.iter().sum();
         let grads = if loss.is_finite() {
-            self.peer.sum_gradients::<AB::InnerBackend>(acc.grads())?
+            self.peer.sum_gradients::<AB, _>(&model, acc.grads())?
         } else {
             acc.grads()
         };

@@ -44,17 +44,6 @@ pub enum Command {
     Train(train::Args),
     /// Download a model or a reference dataset from the Hugging Face Hub.
     Download(DownloadArgs),
-    /// Run the meeting point of a multi-machine run (burn-collective's global orchestrator)
-    /// until interrupted; one per run (docs/distributed.md).
-    Orchestrator(OrchestratorArgs),
-}
-
-/// Arguments of `dmpo orchestrator`.
-#[derive(Debug, clap::Args)]
-pub struct OrchestratorArgs {
-    /// Port to listen on, on every interface (the recipes' `distributed.orchestrator` names it).
-    #[arg(long)]
-    pub port: u16,
 }
 
 /// Arguments of `dmpo download`.
@@ -151,10 +140,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Score(a) => score::run(a),
         Command::Train(a) => train::run(a),
         Command::Download(a) => download(a),
-        Command::Orchestrator(a) => {
-            tracing::info!("orchestrator listening on port {}", a.port);
-            Ok(crate::distributed::run_orchestrator(a.port)?)
-        }
     }
 }
 

@@ -55,6 +55,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         countdown_number_range: [1, 100],
         countdown_target_range: [1, 100],
         countdown_in_order: false,
+        countdown_operators: rewards::generate::COUNTDOWN_OPERATORS.to_string(),
         exclude_eval: false,
     };
     let items = if a.eval {

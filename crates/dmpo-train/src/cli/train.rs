@@ -61,7 +61,9 @@ impl BackendTask for TrainTask {
 pub fn run_recipe(recipe: Recipe, options: RunOptions) -> anyhow::Result<Summary> {
     let kind = recipe.run.device;
     let summary = dispatch(kind, TrainTask { recipe, options })??;
-    print_summary(&summary);
+    if summary.leader {
+        print_summary(&summary);
+    }
     Ok(summary)
 }
 
@@ -89,8 +91,19 @@ pub fn print_summary(s: &Summary) {
     );
 }
 
-/// Runs `dmpo train`.
+/// Runs `dmpo train`. In an MPI job, a process whose run failed ends the whole job after its
+/// message (the others may wait in an exchange it will never join); one whose run went well
+/// finishes MPI.
 pub fn run(a: Args) -> anyhow::Result<()> {
+    let result = run_args(a);
+    match &result {
+        Ok(()) => crate::distributed::finish_launch(),
+        Err(e) => crate::distributed::abort_launch(&format!("Error: {e:#}")),
+    }
+    result
+}
+
+fn run_args(a: Args) -> anyhow::Result<()> {
     let mut recipe = Recipe::load(
         &a.recipe,
         &with_quantize(&a.overrides, a.quantize.as_deref()),

@@ -25,7 +25,13 @@ pub struct CountdownConfig {
     pub max_target: i64,
     /// Keep only items with an [`in_order_solution`]: the numbers combined in the order given.
     pub in_order: bool,
+    /// The operators the target is made with and an in-order solution may use, each once, from
+    /// `+ - * /` (the verifier accepts any of the four whatever this says).
+    pub operators: String,
 }
+
+/// The four operators of Countdown, in the order the generator and [`in_order_solution`] take them.
+pub const COUNTDOWN_OPERATORS: &str = "+-*/";
 
 impl Default for CountdownConfig {
     fn default() -> Self {
@@ -37,25 +43,52 @@ impl Default for CountdownConfig {
             min_target: 1,
             max_target: 100,
             in_order: false,
+            operators: COUNTDOWN_OPERATORS.to_string(),
         }
+    }
+}
+
+impl CountdownConfig {
+    /// The configured operators, or why they are not a non-empty set drawn from `+ - * /`.
+    fn operator_list(&self) -> Result<Vec<char>, String> {
+        let ops: Vec<char> = self.operators.chars().collect();
+        let mut seen = Vec::new();
+        for &op in &ops {
+            if !COUNTDOWN_OPERATORS.contains(op) {
+                return Err(format!("operator {op:?} is not one of {COUNTDOWN_OPERATORS}"));
+            }
+            if seen.contains(&op) {
+                return Err(format!("operator {op:?} given twice"));
+            }
+            seen.push(op);
+        }
+        if ops.is_empty() {
+            return Err("no operators".to_string());
+        }
+        Ok(ops)
+    }
+}
+
+/// `a op b` in exact rational arithmetic (`op` one of `+ - * /`).
+fn apply(op: char, a: Rational, b: Rational) -> Option<Rational> {
+    match op {
+        '+' => a.checked_add(b).ok(),
+        '-' => a.checked_sub(b).ok(),
+        '*' => a.checked_mul(b).ok(),
+        '/' => a.checked_div(b).ok(),
+        _ => None,
     }
 }
 
 const ATTEMPTS: usize = 100_000;
 
-fn random_value(nums: &[i64], rng: &mut impl Rng) -> Option<Rational> {
+fn random_value(nums: &[i64], ops: &[char], rng: &mut impl Rng) -> Option<Rational> {
     let mut vals: Vec<Rational> = nums.iter().map(|&n| Rational::from_int(n)).collect();
     while vals.len() > 1 {
         vals.shuffle(rng);
         let b = vals.pop()?;
         let a = vals.pop()?;
-        let v = match rng.random_range(0..4) {
-            0 => a.checked_add(b),
-            1 => a.checked_sub(b),
-            2 => a.checked_mul(b),
-            _ => a.checked_div(b),
-        }
-        .ok()?;
+        let v = apply(ops[rng.random_range(0..ops.len())], a, b)?;
         vals.push(v);
     }
     vals.pop()
@@ -74,12 +107,15 @@ pub fn countdown_item(rng: &mut impl Rng, cfg: &CountdownConfig) -> Result<TaskI
             "invalid Countdown config {cfg:?}"
         )));
     }
+    let ops = cfg
+        .operator_list()
+        .map_err(|e| Error::Generator(format!("invalid Countdown operators: {e}")))?;
     for _ in 0..ATTEMPTS {
         let n = rng.random_range(cfg.min_count..=cfg.max_count);
         let nums: Vec<i64> = (0..n)
             .map(|_| rng.random_range(cfg.min_number..=cfg.max_number))
             .collect();
-        let Some(v) = random_value(&nums, rng) else {
+        let Some(v) = random_value(&nums, &ops, rng) else {
             continue;
         };
         if !v.is_integer() {
@@ -92,7 +128,7 @@ pub fn countdown_item(rng: &mut impl Rng, cfg: &CountdownConfig) -> Result<TaskI
             continue;
         }
         let solvable = if cfg.in_order {
-            in_order_solution(&nums, target).is_some()
+            in_order_solution(&nums, target, &cfg.operators).is_some()
         } else {
             solve(&nums, target).is_some()
         };
@@ -117,26 +153,28 @@ pub fn countdown_items(
 
 /// The first expression that combines `numbers` in the order given, each number joining the
 /// value so far (`(a op b) op c`), equal to `target` with exact rational arithmetic: the
-/// operators tried `+ - * /` at each place, the first place slowest. `None` if there is none.
-pub fn in_order_solution(numbers: &[i64], target: i64) -> Option<String> {
-    fn extend(value: Rational, text: String, rest: &[i64], target: Rational) -> Option<String> {
+/// `operators` (a subset of `+ - * /`) tried in the order `+ - * /` at each place, the first
+/// place slowest. `None` if there is none.
+pub fn in_order_solution(numbers: &[i64], target: i64, operators: &str) -> Option<String> {
+    fn extend(
+        value: Rational,
+        text: String,
+        rest: &[i64],
+        target: Rational,
+        operators: &str,
+    ) -> Option<String> {
         let Some((&n, tail)) = rest.split_first() else {
             return (value == target).then_some(text);
         };
         let b = Rational::from_int(n);
-        for (op, v) in [
-            ('+', value.checked_add(b)),
-            ('-', value.checked_sub(b)),
-            ('*', value.checked_mul(b)),
-            ('/', value.checked_div(b)),
-        ] {
-            let Ok(v) = v else { continue };
+        for op in COUNTDOWN_OPERATORS.chars().filter(|&op| operators.contains(op)) {
+            let Some(v) = apply(op, value, b) else { continue };
             let joined = if tail.is_empty() {
                 format!("{text}{op}{n}")
             } else {
                 format!("({text}{op}{n})")
             };
-            if let Some(found) = extend(v, joined, tail, target) {
+            if let Some(found) = extend(v, joined, tail, target, operators) {
                 return Some(found);
             }
         }
@@ -151,6 +189,7 @@ pub fn in_order_solution(numbers: &[i64], target: i64) -> Option<String> {
         first.to_string(),
         rest,
         Rational::from_int(target),
+        operators,
     )
 }
 
@@ -189,6 +228,7 @@ mod tests {
             min_target: 10,
             max_target: 30,
             in_order,
+            operators: COUNTDOWN_OPERATORS.to_string(),
         }
     }
 
@@ -227,32 +267,72 @@ mod tests {
     #[test]
     fn in_order_solutions_use_the_numbers_as_given() {
         assert_eq!(
-            in_order_solution(&[3, 4, 5], 12).as_deref(),
+            in_order_solution(&[3, 4, 5], 12, COUNTDOWN_OPERATORS).as_deref(),
             Some("(3+4)+5")
         );
         assert_eq!(
-            in_order_solution(&[3, 4, 5], 35).as_deref(),
+            in_order_solution(&[3, 4, 5], 35, COUNTDOWN_OPERATORS).as_deref(),
             Some("(3+4)*5")
         );
         assert_eq!(
-            in_order_solution(&[8, 2, 3], 12).as_deref(),
+            in_order_solution(&[8, 2, 3], 12, COUNTDOWN_OPERATORS).as_deref(),
             Some("(8/2)*3")
         );
         // 5*(4-3) = 5 needs another order.
-        assert_eq!(in_order_solution(&[5, 4, 3], 5), None);
+        assert_eq!(in_order_solution(&[5, 4, 3], 5, COUNTDOWN_OPERATORS), None);
         assert!(solve(&[5, 4, 3], 5).is_some());
         let cfg = small(true);
         for item in countdown_items(11, 100, &cfg).unwrap() {
             let crate::GroundTruth::Countdown { numbers, target } = &item.truth else {
                 panic!("not a Countdown item")
             };
-            let text = in_order_solution(numbers, *target).unwrap();
+            let text = in_order_solution(numbers, *target, &cfg.operators).unwrap();
             let nums: Vec<f64> = numbers.iter().map(|&n| n as f64).collect();
             let answer = format!("<answer>{text}</answer>");
             assert_eq!(crate::countdown::score(&answer, &nums, *target as f64), 1.0);
             let digits: Vec<char> = text.chars().filter(char::is_ascii_digit).collect();
             let given: Vec<char> = numbers.iter().map(|n| n.to_string().remove(0)).collect();
             assert_eq!(digits, given, "{text} for {numbers:?}");
+        }
+    }
+
+    #[test]
+    fn the_operators_bound_the_targets_and_the_in_order_solutions() {
+        let cfg = CountdownConfig {
+            operators: "+-".to_string(),
+            min_target: 1,
+            ..small(true)
+        };
+        for item in countdown_items(3, 200, &cfg).unwrap() {
+            let crate::GroundTruth::Countdown { numbers, target } = &item.truth else {
+                panic!("not a Countdown item")
+            };
+            let text = in_order_solution(numbers, *target, "+-").unwrap();
+            assert!(!text.contains(['*', '/']), "{text}");
+            let signed = [1, -1];
+            let reachable = signed.iter().any(|s1| {
+                signed
+                    .iter()
+                    .any(|s2| numbers[0] + s1 * numbers[1] + s2 * numbers[2] == *target)
+            });
+            assert!(reachable, "{numbers:?} -> {target}");
+        }
+        assert_eq!(
+            in_order_solution(&[3, 4, 5], 35, "+-").as_deref(),
+            None,
+            "(3+4)*5 needs *"
+        );
+        assert_eq!(
+            in_order_solution(&[3, 4, 5], 2, "+-").as_deref(),
+            Some("(3+4)-5")
+        );
+        for bad in ["", "+x", "++", "+ "] {
+            let cfg = CountdownConfig {
+                operators: bad.to_string(),
+                ..small(true)
+            };
+            let err = countdown_item(&mut crate::generate::rng(0), &cfg).unwrap_err();
+            assert!(err.to_string().contains("operators"), "{bad:?}: {err}");
         }
     }
 }
