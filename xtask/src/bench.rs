@@ -44,6 +44,12 @@ pub struct Args {
     /// weights in `--dir`; no reference figures apply.
     #[arg(long)]
     pub random_config: Option<PathBuf>,
+    /// `ddp`: run as one process of an MPI row (started by `mpirun` from `bench ddp`).
+    #[arg(long, hide = true)]
+    pub mpi_worker: bool,
+    /// `ddp`, with `--mpi-worker`: full fine-tuning instead of LoRA.
+    #[arg(long, hide = true)]
+    pub full: bool,
 }
 
 /// The model under test: the weights in `--dir`, or a seeded random one of `--random-config`.

@@ -99,10 +99,12 @@ pub fn train<AB: AutodiffBackend>(
     let started = Instant::now();
     // Where the peers are (an MPI job starts MPI here), and whether this process writes files.
     let layout = Layout::from_section(&recipe.distributed)?;
-    recipe.check_peers(layout.peers()).map_err(|e| TrainError::Recipe {
-        path: recipe.run_dir().join("recipe.toml"),
-        message: format!("`distributed.devices` {e}"),
-    })?;
+    recipe
+        .check_peers(layout.peers())
+        .map_err(|e| TrainError::Recipe {
+            path: recipe.run_dir().join("recipe.toml"),
+            message: format!("`distributed.devices` {e}"),
+        })?;
     // Locked for the whole run by the process that writes it; a directory holding a run is
     // refused unless resumed or overwritten (crate::run_dir).
     let locked = match layout.writes_files {
@@ -688,9 +690,7 @@ impl<AB: AutodiffBackend, O: Optimizer<DiffusionLm<AB>, AB>> StepContext<'_, AB,
     fn resume(&mut self, model: DiffusionLm<AB>, files: &RunFiles<'_>) -> Result<DiffusionLm<AB>> {
         let own = checkpoint::latest_step(files.run_dir)?;
         checkpoint::latest(files.run_dir)?; // refuses an incomplete newest one
-        let steps = self
-            .peer
-            .gather_each(own.map_or(-1.0, |s| s as f64))?;
+        let steps = self.peer.gather_each(own.map_or(-1.0, |s| s as f64))?;
         let without: Vec<usize> = (0..steps.len()).filter(|&p| steps[p] < 0.0).collect();
         if !without.is_empty() && without.len() < steps.len() {
             return Err(TrainError::Distributed(format!(
@@ -786,8 +786,7 @@ impl<AB: AutodiffBackend, O: Optimizer<DiffusionLm<AB>, AB>> StepContext<'_, AB,
             }
             if done.is_multiple_of(t.checkpoint_every.max(1)) || done == last_step {
                 let digest = trainable_digest::<AB, _>(&model);
-                self.peer
-                    .check_same_weights(digest, done)?;
+                self.peer.check_same_weights(digest, done)?;
                 if node_leader {
                     self.save_checkpoint(files.run_dir, &model)?;
                 }
@@ -816,8 +815,7 @@ impl<AB: AutodiffBackend, O: Optimizer<DiffusionLm<AB>, AB>> StepContext<'_, AB,
         // 2. Rewards, with their components; every peer then holds the whole step's rollout.
         let clock = Instant::now();
         let rollout = self.source.score(samples)?;
-        let rollout =
-            rollout.gather(&self.peer, own.start, rows)?;
+        let rollout = rollout.gather(&self.peer, own.start, rows)?;
         let reward_secs = clock.elapsed().as_secs_f64();
 
         // 3. The algorithm's updates: DMPO (docs/algorithm.md §3–§4) or diffu-GRPO / wd1 (docs/algorithm.md §6).

@@ -222,8 +222,10 @@ impl PretrainTask {
     pub fn true_answer(self, item: &TaskItem) -> anyhow::Result<String> {
         match &item.truth {
             GroundTruth::Sudoku { solution, .. } => Ok(solution.clone()),
-            GroundTruth::Countdown { numbers, target } => in_order_solution(numbers, *target, COUNTDOWN_OPERATORS)
-                .with_context(|| format!("{numbers:?} -> {target} has no in-order solution")),
+            GroundTruth::Countdown { numbers, target } => {
+                in_order_solution(numbers, *target, COUNTDOWN_OPERATORS)
+                    .with_context(|| format!("{numbers:?} -> {target} has no in-order solution"))
+            }
             other => bail!("not a Sudoku or Countdown item: {other:?}"),
         }
     }

@@ -196,8 +196,7 @@ where
     // units over passes and peers: every peer's partial sums gathered by rank, summed per unit.
     let per_unit_mean = |partial: &[f64]| -> Result<f64> {
         let n = partial.len();
-        let all =
-            peer.gather(partial, peer.rank * n, peer.count * n)?;
+        let all = peer.gather(partial, peer.rank * n, peer.count * n)?;
         let means: Vec<f64> = (0..n)
             .map(|i| {
                 let sum: f64 = (0..peer.count).map(|p| all[p * n + i]).sum();

@@ -110,6 +110,9 @@ mod tests {
         let e = detect("auto", env(&[("PMI_SIZE", "two")])).unwrap_err();
         assert!(e.to_string().contains("PMI_SIZE=\"two\""), "{e}");
         let e = detect("slurm", env(&[])).unwrap_err();
-        assert!(e.to_string().contains("distributed.launcher = \"slurm\""), "{e}");
+        assert!(
+            e.to_string().contains("distributed.launcher = \"slurm\""),
+            "{e}"
+        );
     }
 }

@@ -106,9 +106,10 @@ impl Layout {
         )))
     }
 
-    /// Peers in the run, in every process.
+    /// Peers in the run, in every process (saturating: a count that overflows is refused as
+    /// too many peers for the step's rows).
     pub fn peers(&self) -> usize {
-        self.devices * self.processes
+        self.devices.saturating_mul(self.processes)
     }
 
     /// The global rank of this process's peer `local`.
@@ -449,5 +450,4 @@ mod tests {
             assert_eq!(peer_device::<B>(&first, local, 4).unwrap(), first);
         }
     }
-
 }

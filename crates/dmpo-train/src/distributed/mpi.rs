@@ -72,8 +72,8 @@ pub fn start() -> Result<ProcessInfo> {
     if let Some(s) = session.as_ref() {
         return Ok(s.info.clone());
     }
-    let (universe, provided) = mpi::initialize_with_threading(Threading::Serialized)
-        .ok_or_else(|| {
+    let (universe, provided) =
+        mpi::initialize_with_threading(Threading::Serialized).ok_or_else(|| {
             TrainError::Distributed(
                 "MPI was already started and finished in this process: one MPI run per process"
                     .into(),
@@ -195,9 +195,11 @@ impl Session {
             let sends: Vec<Request<'_, u64, &LocalScope<'_>>> = (0..self.info.size)
                 .filter(|&r| r != me)
                 .map(|r| {
-                    world
-                        .process_at_rank(r as i32)
-                        .immediate_send_with_tag(scope, &number, ANNOUNCE_TAG)
+                    world.process_at_rank(r as i32).immediate_send_with_tag(
+                        scope,
+                        &number,
+                        ANNOUNCE_TAG,
+                    )
                 })
                 .collect();
             let mut receives: Vec<(usize, Option<Request<'_, u64, &LocalScope<'_>>>)> = heard
@@ -274,7 +276,9 @@ impl Session {
                 &mut out[..],
                 mpi::collective::SystemOperation::sum(),
             );
-            poll(request, deadline, || self.abort(what, &self.unfinished(t), t));
+            poll(request, deadline, || {
+                self.abort(what, &self.unfinished(t), t)
+            });
         });
         out
     }
@@ -299,7 +303,9 @@ impl Session {
             let request = self
                 .world
                 .immediate_all_gather_into(scope, &count, &mut counts[..]);
-            poll(request, deadline, || self.abort(what, &self.unfinished(t), t));
+            poll(request, deadline, || {
+                self.abort(what, &self.unfinished(t), t)
+            });
         });
         let displs = offsets(&counts);
         let mut out = vec![T::default(); counts.iter().map(|&n| n as usize).sum()];
@@ -309,7 +315,9 @@ impl Session {
                 let request =
                     self.world
                         .immediate_all_gather_varcount_into(scope, values, &mut partition);
-                poll(request, deadline, || self.abort(what, &self.unfinished(t), t));
+                poll(request, deadline, || {
+                    self.abort(what, &self.unfinished(t), t)
+                });
             });
         }
         out

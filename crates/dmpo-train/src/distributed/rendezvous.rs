@@ -161,7 +161,13 @@ impl Rendezvous {
 
     /// Local peer `local`'s `part` of the exchange `what`, combined by `how` with every other
     /// peer's of the run.
-    pub fn exchange(&self, local: usize, part: Part, how: Combine, what: &str) -> Result<Arc<Part>> {
+    pub fn exchange(
+        &self,
+        local: usize,
+        part: Part,
+        how: Combine,
+        what: &str,
+    ) -> Result<Arc<Part>> {
         let rank = self.first_rank + local;
         let deadline = Instant::now() + self.timeout;
         let mut round = self.lock();
@@ -219,7 +225,10 @@ impl Rendezvous {
                 let why = round.failed.clone().unwrap_or_default();
                 return Err(self.failure(rank, what, why));
             }
-            Ok(round.result.clone().expect("a completed round has a result"))
+            Ok(round
+                .result
+                .clone()
+                .expect("a completed round has a result"))
         }
     }
 
@@ -296,7 +305,12 @@ mod tests {
                     let r = r.clone();
                     s.spawn(move || {
                         let sum = r
-                            .exchange(local, Part::F32(vec![local as f32, 1.0]), Combine::Sum, "sum")
+                            .exchange(
+                                local,
+                                Part::F32(vec![local as f32, 1.0]),
+                                Combine::Sum,
+                                "sum",
+                            )
                             .unwrap();
                         let cat = r
                             .exchange(
@@ -358,11 +372,16 @@ mod tests {
 
     #[test]
     fn parts_that_cannot_be_combined_are_refused() {
-        assert!(Part::combine(vec![Part::F32(vec![1.0]), Part::F32(vec![])], Combine::Sum)
-            .unwrap_err()
-            .contains("cannot be summed"));
-        assert!(Part::combine(vec![Part::F32(vec![1.0]), Part::U32(vec![1])], Combine::Concat)
-            .unwrap_err()
-            .contains("a f32 part and a u32 part"));
+        assert!(
+            Part::combine(vec![Part::F32(vec![1.0]), Part::F32(vec![])], Combine::Sum)
+                .unwrap_err()
+                .contains("cannot be summed")
+        );
+        assert!(Part::combine(
+            vec![Part::F32(vec![1.0]), Part::U32(vec![1])],
+            Combine::Concat
+        )
+        .unwrap_err()
+        .contains("a f32 part and a u32 part"));
     }
 }

@@ -55,7 +55,9 @@ impl CountdownConfig {
         let mut seen = Vec::new();
         for &op in &ops {
             if !COUNTDOWN_OPERATORS.contains(op) {
-                return Err(format!("operator {op:?} is not one of {COUNTDOWN_OPERATORS}"));
+                return Err(format!(
+                    "operator {op:?} is not one of {COUNTDOWN_OPERATORS}"
+                ));
             }
             if seen.contains(&op) {
                 return Err(format!("operator {op:?} given twice"));
@@ -167,8 +169,13 @@ pub fn in_order_solution(numbers: &[i64], target: i64, operators: &str) -> Optio
             return (value == target).then_some(text);
         };
         let b = Rational::from_int(n);
-        for op in COUNTDOWN_OPERATORS.chars().filter(|&op| operators.contains(op)) {
-            let Some(v) = apply(op, value, b) else { continue };
+        for op in COUNTDOWN_OPERATORS
+            .chars()
+            .filter(|&op| operators.contains(op))
+        {
+            let Some(v) = apply(op, value, b) else {
+                continue;
+            };
             let joined = if tail.is_empty() {
                 format!("{text}{op}{n}")
             } else {

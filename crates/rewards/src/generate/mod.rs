@@ -9,7 +9,8 @@ mod countdown;
 mod sudoku;
 
 pub use countdown::{
-    countdown_item, countdown_items, in_order_solution, COUNTDOWN_OPERATORS, solution_text, sum_fill, CountdownConfig,
+    countdown_item, countdown_items, in_order_solution, solution_text, sum_fill, CountdownConfig,
+    COUNTDOWN_OPERATORS,
 };
 pub use sudoku::{
     random_solution, row_only_fill, sudoku_item_excluding, sudoku_items, sudoku_puzzle,
