@@ -164,6 +164,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("check-readme-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let summary = Summary {
+            leader: true,
             run_dir: dir.clone(),
             before: vec![result(49.66015625)],
             after: vec![result(66.89453125)],

@@ -365,8 +365,8 @@ impl Session {
 
 /// Tests `request` until it completes, or calls `give_up` (which ends the job, so that the
 /// pending request is never dropped) once `deadline` has passed.
-fn poll<'a, 'b, D: ?Sized>(
-    request: Request<'a, D, &'b LocalScope<'a>>,
+fn poll<'a, D: ?Sized>(
+    request: Request<'a, D, &LocalScope<'a>>,
     deadline: Instant,
     give_up: impl FnOnce(),
 ) {
