@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 use burn::backend::Autodiff;
-use burn::module::{AutodiffModule, Module, ModuleVisitor, Param};
+use burn::module::AutodiffModule;
 use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
@@ -19,7 +19,7 @@ use dllm_model::tensor_file::read_ints;
 use dllm_model::{DiffusionLm, LoraConfig};
 use dmpo_core::masks::ReplicateMasks;
 use dmpo_core::{wdce_loss_with_masks, DmpoConfig, ModelView, RolloutWeights, SequenceBatch};
-use dmpo_train::distributed::gradients::BUCKET_VALUES;
+use dmpo_train::distributed::gradients::ExchangePlan;
 use dmpo_train::distributed::{Layout, Peer};
 use serde::Serialize;
 
@@ -158,7 +158,7 @@ fn mpi_worker<B: Backend>(a: &Args, device: &B::Device) -> anyhow::Result<()> {
     let peer = Peer::on(&layout, layout.rendezvous(), 0);
     let golden = golden(a)?;
     let model = trainable_model::<B>(a, !a.full, device)?;
-    let bytes = exchanged_bytes::<AB<B>, _>(&model);
+    let bytes = ExchangePlan::of::<AB<B>, _>(&model).bytes();
     let result = peer_steps::<B>(a, &peer, model, &golden, device);
     match result {
         Ok((step_s, allreduce_s, exchanges)) => {
@@ -234,7 +234,7 @@ fn measure<B: Backend>(
 ) -> anyhow::Result<DdpRow> {
     let golden = golden(a)?;
     let model = trainable_model::<B>(a, lora, device)?;
-    let bytes = exchanged_bytes::<AB<B>, _>(&model);
+    let bytes = ExchangePlan::of::<AB<B>, _>(&model).bytes();
     let layout = Layout::local(peers);
     let rendezvous = layout.rendezvous();
     let threads = (rayon::current_num_threads() / peers).max(1);
@@ -324,7 +324,7 @@ fn peer_steps<B: Backend>(
         .init::<AB<B>, DiffusionLm<AB<B>>>();
     let exchanges = match peer.count {
         1 => 0,
-        _ => 1 + bucket_count::<AB<B>, _>(&model),
+        _ => ExchangePlan::of::<AB<B>, _>(&model).exchanges(),
     };
     let (mut steps, mut reduces) = (Vec::new(), Vec::new());
     for i in 0..=a.reps.max(1) {
@@ -348,40 +348,4 @@ fn peer_steps<B: Backend>(
         }
     }
     Ok((median(steps), median(reduces), exchanges))
-}
-
-/// The sizes of the parameters that take gradients, in visiting order.
-fn trainable_sizes<Bk: Backend, M: Module<Bk>>(model: &M) -> Vec<u64> {
-    struct Sizes(Vec<u64>);
-    impl<Bv: Backend> ModuleVisitor<Bv> for Sizes {
-        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<Bv, D>>) {
-            let t = param.val();
-            if t.is_require_grad() {
-                self.0.push(t.shape().num_elements() as u64);
-            }
-        }
-    }
-    let mut sizes = Sizes(Vec::new());
-    model.visit(&mut sizes);
-    sizes.0
-}
-
-/// Bytes a peer sends to sum the gradients of `model` once: every trainable value and one count
-/// per trainable parameter, `f32`.
-fn exchanged_bytes<Bk: Backend, M: Module<Bk>>(model: &M) -> u64 {
-    let sizes = trainable_sizes::<Bk, M>(model);
-    4 * (sizes.iter().sum::<u64>() + sizes.len() as u64)
-}
-
-/// The buckets `dmpo_train::distributed::gradients` packs `model`'s gradients into.
-fn bucket_count<Bk: Backend, M: Module<Bk>>(model: &M) -> usize {
-    let (mut buckets, mut filled) = (0, 0u64);
-    for size in trainable_sizes::<Bk, M>(model) {
-        if buckets == 0 || filled + size > BUCKET_VALUES as u64 {
-            buckets += 1;
-            filled = 0;
-        }
-        filled += size;
-    }
-    buckets
 }

@@ -359,7 +359,7 @@ fn a_stopped_two_peer_run_resumes_exactly_and_another_layout_is_refused_with_the
         .unwrap_err()
         .to_string();
     for needle in [
-        "--resume on 3 peer(s) per machine",
+        "--resume on 3 peer(s) per process in 1 process(es)",
         "where the run had 2",
         "continues exactly",
     ] {

@@ -79,6 +79,10 @@ pub struct Record {
     /// Targets of the training items (inclusive; Countdown).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub train_targets: Option<[i64; 2]>,
+    /// Operators the training targets are made with and the true answers use (Countdown;
+    /// absent: all four, `+-*/`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub train_operators: Option<String>,
     /// Completion length.
     pub gen_length: usize,
     /// Prompt length in tokens.
@@ -140,6 +144,14 @@ temperature 0 (low-confidence remasking): {protocol}",
         if r.task == "countdown" {
             let [lo, hi] = r.train_numbers.unwrap_or_default();
             let [tlo, thi] = r.train_targets.unwrap_or_default();
+            let ops: String = r
+                .train_operators
+                .as_deref()
+                .unwrap_or(rewards::generate::COUNTDOWN_OPERATORS)
+                .chars()
+                .map(|c| format!("`{c}`"))
+                .collect::<Vec<_>>()
+                .join(" ");
             return Self {
                 trained_on: "generated 3-number Countdown",
                 items: "items",
@@ -152,8 +164,9 @@ item's numbers + `</answer>`). {sampler}: see `docs/results/countdown.md`).",
                 ),
                 prompt: format!(
                     "LLaDA's chat template around `a,b,c -> target`, i.e. \
-`dmpo_train::tasks::prompt_ids(.., PromptStyle::Compact, ..)`: {} tokens (every prompt: \
-single-digit numbers, two-digit targets).",
+`dmpo_train::tasks::prompt_ids(.., PromptStyle::Compact, ..)`: up to {} tokens (single-digit \
+numbers; a prompt with a one-digit target is left-padded with `<|endoftext|>` to the length of \
+the others, as the samplers pad a batch's shorter prompts).",
                     r.prompt_tokens
                 ),
                 completion: format!(
@@ -166,7 +179,8 @@ parser, the reward the tagged one), then `<|endoftext|>` up to {} tokens.",
                     "`rewards::generate::countdown_item` with 3 numbers from {lo} to {hi} and a \
 target from {tlo} to {thi} that the numbers reach in the order given (`in_order`); the true answer \
 is `rewards::generate::in_order_solution`, `(a op b) op c` with the first operators that work \
-(tried `+ - * /`). `test.jsonl` holds {n} \
+(tried in the order {ops}, the operators the targets are made with: the verifier accepts any \
+of `+ - * /`). `test.jsonl` holds {n} \
 distinct held-out items drawn from a fixed stream; no training item has the numbers and target \
 of one of them (the RL recipes set `task.exclude_eval` for the same guarantee). ",
                 ),

@@ -5,8 +5,10 @@
 //! - Sudoku: 4x4 puzzles with 6 to 10 blanks; the flawed solver is
 //!   [`rewards::generate::row_only_fill`] (each row's blanks get the row's missing digits in
 //!   ascending order); held out: the shipped 4x4 test set.
-//! - Countdown: 3 numbers from 1 to 9 and a target from 10 to 30 that the numbers reach in the
-//!   order given (`(a op b) op c`; every prompt has the same length); the true answer is
+//! - Countdown: 3 numbers from 1 to 9 and a target from 1 to 30 that the numbers reach in the
+//!   order given with `+` and `-` (`(a ± b) ± c`: a 218k-parameter model learns to find these,
+//!   about two thirds of the held-out items trained on true answers alone, where with all four
+//!   operators it stayed near the share of sums); the true answer is
 //!   [`rewards::generate::in_order_solution`], the flawed solver [`rewards::generate::sum_fill`] adds
 //!   every number, written with the true answers' parentheses and length (`(3+4)+5`: a sampler
 //!   that fixes the answer's end early cannot tell the two apart by length); held out: 256 distinct items drawn from a fixed stream, written beside the
@@ -29,7 +31,7 @@ use super::tokenizer::ANSWER_TOKENS;
 pub const SUDOKU_BLANKS: [usize; 2] = [6, 10];
 /// Numbers of the generated Countdown items (inclusive).
 pub const COUNTDOWN_NUMBERS: [i64; 2] = [1, 9];
-/// Targets of the generated Countdown items (inclusive): two digits each.
+/// Targets of the generated Countdown items (inclusive).
 pub const COUNTDOWN_TARGETS: [i64; 2] = [1, 30];
 /// The operators of the generated Countdown items (targets and true answers).
 pub const COUNTDOWN_OPERATORS: &str = "+-";

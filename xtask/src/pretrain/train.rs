@@ -24,7 +24,9 @@ use super::data::{step_rng, Encoder};
 use super::evaluate::{evaluate, Scores};
 use super::model_card::{readme, EvalPoint, Record};
 use super::optimiser::Optimiser;
-use super::task::{PretrainTask, COUNTDOWN_NUMBERS, COUNTDOWN_TARGETS, SUDOKU_BLANKS};
+use super::task::{
+    PretrainTask, COUNTDOWN_NUMBERS, COUNTDOWN_OPERATORS, COUNTDOWN_TARGETS, SUDOKU_BLANKS,
+};
 use super::tokenizer::{build_tokenizer, MASK_TOKEN};
 use super::{command_line, eval_sampler, Args, MAX_PROMPT_TOKENS};
 
@@ -172,6 +174,7 @@ pub fn pretrain<B: AutodiffBackend>(
         train_blanks: (task == PretrainTask::Sudoku).then_some(SUDOKU_BLANKS),
         train_numbers: (task == PretrainTask::Countdown).then_some(COUNTDOWN_NUMBERS),
         train_targets: (task == PretrainTask::Countdown).then_some(COUNTDOWN_TARGETS),
+        train_operators: (task == PretrainTask::Countdown).then(|| COUNTDOWN_OPERATORS.into()),
         gen_length: task.gen_length(),
         prompt_tokens: prompt_len,
         vocab_size: vocab,

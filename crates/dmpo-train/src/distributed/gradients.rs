@@ -99,6 +99,56 @@ fn unsupported(rank: usize) -> TrainError {
     ))
 }
 
+/// The ends of the buckets that parameters of `lens` values, in order, are packed into: each
+/// bucket takes parameters while they fit in [`BUCKET_VALUES`] (at least one).
+fn bucket_ends(lens: &[usize]) -> Vec<usize> {
+    let mut ends = Vec::new();
+    let mut start = 0;
+    while start < lens.len() {
+        let (mut end, mut values) = (start + 1, lens[start]);
+        while end < lens.len() && values + lens[end] <= BUCKET_VALUES {
+            values += lens[end];
+            end += 1;
+        }
+        ends.push(end);
+        start = end;
+    }
+    ends
+}
+
+/// What summing the gradients of every trainable parameter of a model exchanges.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExchangePlan {
+    /// Trainable parameters (the values of the first exchange: one count each).
+    pub parameters: usize,
+    /// Trainable values (the buckets' values).
+    pub values: usize,
+    /// Buckets.
+    pub buckets: usize,
+}
+
+impl ExchangePlan {
+    /// The plan of `model`, every trainable parameter holding a gradient.
+    pub fn of<AB: AutodiffBackend, M: AutodiffModule<AB>>(model: &M) -> Self {
+        let lens: Vec<usize> = slots::<AB, M>(model).iter().map(Slot::len).collect();
+        Self {
+            parameters: lens.len(),
+            values: lens.iter().sum(),
+            buckets: bucket_ends(&lens).len(),
+        }
+    }
+
+    /// Exchanges per gradient sum: the counts, then the buckets.
+    pub fn exchanges(&self) -> usize {
+        1 + self.buckets
+    }
+
+    /// Bytes a peer sends per gradient sum (`f32` counts and values).
+    pub fn bytes(&self) -> u64 {
+        4 * (self.parameters + self.values) as u64
+    }
+}
+
 /// `grads` (of `model`'s trainable parameters) summed over the peers by `sum`, which returns the
 /// elementwise sum over peers of the buffer it is given (the same on every peer); `sum` is
 /// called the same number of times, with buffers of the same lengths, on every peer.
@@ -123,17 +173,11 @@ where
         .filter(|(_, &n)| n > 0.0)
         .map(|(s, _)| s)
         .collect();
+    let lens: Vec<usize> = exchanged.iter().map(|s| s.len()).collect();
     let mut out = GradientsParams::new();
     let mut start = 0;
-    while start < exchanged.len() {
-        // The bucket: parameters from `start` while they fit (at least one).
-        let mut end = start + 1;
-        let mut values = exchanged[start].len();
-        while end < exchanged.len() && values + exchanged[end].len() <= BUCKET_VALUES {
-            values += exchanged[end].len();
-            end += 1;
-        }
-        let mut bucket = Vec::with_capacity(values);
+    for end in bucket_ends(&lens) {
+        let mut bucket = Vec::with_capacity(lens[start..end].iter().sum());
         for slot in &exchanged[start..end] {
             match take(&mut grads, slot)? {
                 Some(v) => bucket.extend(v),
@@ -176,6 +220,17 @@ mod tests {
     }
 
     #[test]
+    fn parameters_are_packed_while_they_fit() {
+        let cap = BUCKET_VALUES;
+        assert_eq!(bucket_ends(&[]), Vec::<usize>::new());
+        assert_eq!(bucket_ends(&[1, 2, 3]), vec![3]);
+        assert_eq!(
+            bucket_ends(&[cap, 1, cap - 1, 2 * cap, 1]),
+            vec![1, 3, 4, 5]
+        );
+    }
+
+    #[test]
     fn buckets_sum_every_gradient_and_leave_absent_ones_absent() {
         let device = Default::default();
         let model = Two::<AB> {
@@ -209,6 +264,14 @@ mod tests {
         assert!(summed
             .get::<burn::backend::Flex, 2>(model.b.weight.id)
             .is_none());
+        assert_eq!(
+            ExchangePlan::of::<AB, _>(&model),
+            ExchangePlan {
+                parameters: 4,
+                values: 14,
+                buckets: 1
+            }
+        );
         // One count of the holders, then one bucket of `a`'s weight and bias.
         assert_eq!(
             calls,
