@@ -6,9 +6,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use burn::module::{Module, ModuleVisitor, Param};
-use burn::tensor::{backend::Backend, Tensor};
-use common::{assert_close, metrics};
+use common::{assert_close, assert_same_weights, final_weights, metrics, weights};
 use dmpo_train::run_dir::StartMode;
 use dmpo_train::trainer::{train, RunOptions};
 use dmpo_train::Recipe;
@@ -49,29 +47,6 @@ fn options() -> RunOptions {
     }
 }
 
-/// Every float parameter of the model in directory `dir`, in visiting order.
-fn weights(dir: &Path) -> Vec<f32> {
-    struct Collect(Vec<f32>);
-    impl<B: Backend> ModuleVisitor<B> for Collect {
-        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
-            let data = param.val().into_data().convert::<f32>();
-            self.0.extend(data.iter::<f32>());
-        }
-    }
-    let model =
-        dllm_model::load_model::<burn::backend::Flex>(dir, Default::default(), &Default::default())
-            .unwrap();
-    let mut all = Collect(Vec::new());
-    model.visit(&mut all);
-    all.0
-}
-
-/// The weights of the final checkpoint's Hugging Face export.
-fn final_weights(run: &Path) -> Vec<f32> {
-    let latest = std::fs::read_to_string(run.join("checkpoints/latest")).unwrap();
-    weights(&run.join("checkpoints").join(latest.trim()).join("hf"))
-}
-
 #[test]
 fn two_and_six_peers_give_the_metrics_and_weights_of_one() {
     // 16 rows: 2 peers hold two groups each; 6 peers hold 2 or 3 rows, most of them parts of
@@ -94,7 +69,6 @@ fn two_and_six_peers_give_the_metrics_and_weights_of_one() {
         // The runs moved the weights.
         let initial = weights(&root().join("models/tiny-sudoku"));
         assert_ne!(w1, &initial, "{algorithm}: training changed nothing");
-        let scale = w1.iter().fold(0f32, |m, v| m.max(v.abs()));
         for (devices, many, w) in &runs[1..] {
             for (step, (a, b)) in one.iter().zip(many).enumerate() {
                 // The sample completion is the first row's on all; losses and rewards agree
@@ -107,16 +81,7 @@ fn two_and_six_peers_give_the_metrics_and_weights_of_one() {
                     &format!("{algorithm} {devices} peers, step {step}"),
                 );
             }
-            assert_eq!(w1.len(), w.len());
-            let worst = w1
-                .iter()
-                .zip(w)
-                .map(|(a, b)| (a - b).abs())
-                .fold(0f32, f32::max);
-            assert!(
-                worst <= 1e-5 * scale,
-                "{algorithm} {devices} peers: weights differ by {worst} (largest weight {scale})"
-            );
+            assert_same_weights(w1, w, &format!("{algorithm} {devices} peers"));
         }
     }
 }

@@ -11,9 +11,7 @@ use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use burn::module::{Module, ModuleVisitor, Param};
-use burn::tensor::{backend::Backend, Tensor};
-use common::{assert_close, metrics, root};
+use common::{assert_close, assert_same_weights, final_weights, metrics, root, weights};
 
 /// `mpirun` for `np` processes of `dmpo args…` in `dir`, over TCP on this machine (as root too);
 /// every process carries `DMPO_MPI_TEST=tag`, by which the tests find them.
@@ -68,43 +66,6 @@ fn train_args(name: &str, algorithm: &str, extra: &[&str]) -> Vec<String> {
 
 fn output(c: &mut Command) -> Output {
     c.output().expect("mpirun runs (OpenMPI's openmpi-bin)")
-}
-
-/// Every float parameter of the model in directory `dir`, in visiting order.
-fn weights(dir: &Path) -> Vec<f32> {
-    struct Collect(Vec<f32>);
-    impl<B: Backend> ModuleVisitor<B> for Collect {
-        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
-            let data = param.val().into_data().convert::<f32>();
-            self.0.extend(data.iter::<f32>());
-        }
-    }
-    let model =
-        dllm_model::load_model::<burn::backend::Flex>(dir, Default::default(), &Default::default())
-            .unwrap();
-    let mut all = Collect(Vec::new());
-    model.visit(&mut all);
-    all.0
-}
-
-/// The weights of a run's final checkpoint (its Hugging Face export).
-fn final_weights(run: &Path) -> Vec<f32> {
-    let latest = std::fs::read_to_string(run.join("checkpoints/latest")).unwrap();
-    weights(&run.join("checkpoints").join(latest.trim()).join("hf"))
-}
-
-fn assert_same_weights(one: &[f32], many: &[f32], at: &str) {
-    assert_eq!(one.len(), many.len(), "{at}");
-    let scale = one.iter().fold(0f32, |m, v| m.max(v.abs()));
-    let worst = one
-        .iter()
-        .zip(many)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0f32, f32::max);
-    assert!(
-        worst <= 1e-5 * scale,
-        "{at}: weights differ by {worst} (largest {scale})"
-    );
 }
 
 #[test]

@@ -300,32 +300,53 @@ impl Peer {
     /// The `total` values of which this peer holds `local` at positions `offset..` (the peers'
     /// values one after another in rank order): every peer gets the whole vector, exactly.
     pub fn gather(&self, local: &[f64], offset: usize, total: usize) -> Result<Vec<f64>> {
-        self.check_span(local.len(), offset, total)?;
-        if self.count == 1 {
-            let mut out = vec![0.0; total];
-            out[offset..offset + local.len()].copy_from_slice(local);
-            return Ok(out);
-        }
-        let what = "gathering values";
-        match &*self.exchange(Part::F64(local.to_vec()), Combine::Concat, what)? {
-            Part::F64(all) => self.placed(all, local, offset, total, what),
-            other => Err(self.unexpected(what, other)),
-        }
+        self.gather_as(
+            local,
+            offset,
+            total,
+            "gathering values",
+            Part::F64,
+            |p| match p {
+                Part::F64(v) => Some(v),
+                _ => None,
+            },
+        )
     }
 
     /// [`Peer::gather`] for token ids and other `u32` values.
     pub fn gather_ids(&self, local: &[u32], offset: usize, total: usize) -> Result<Vec<u32>> {
+        self.gather_as(
+            local,
+            offset,
+            total,
+            "gathering ids",
+            Part::U32,
+            |p| match p {
+                Part::U32(v) => Some(v),
+                _ => None,
+            },
+        )
+    }
+
+    /// [`Peer::gather`] of values that travel as the part `wrap` makes and `unwrap` reads.
+    fn gather_as<T: Copy + Default + PartialEq>(
+        &self,
+        local: &[T],
+        offset: usize,
+        total: usize,
+        what: &str,
+        wrap: fn(Vec<T>) -> Part,
+        unwrap: fn(&Part) -> Option<&Vec<T>>,
+    ) -> Result<Vec<T>> {
         self.check_span(local.len(), offset, total)?;
         if self.count == 1 {
-            let mut out = vec![0; total];
+            let mut out = vec![T::default(); total];
             out[offset..offset + local.len()].copy_from_slice(local);
             return Ok(out);
         }
-        let what = "gathering ids";
-        match &*self.exchange(Part::U32(local.to_vec()), Combine::Concat, what)? {
-            Part::U32(all) => self.placed(all, local, offset, total, what),
-            other => Err(self.unexpected(what, other)),
-        }
+        let part = self.exchange(wrap(local.to_vec()), Combine::Concat, what)?;
+        let all = unwrap(&part).ok_or_else(|| self.unexpected(what, &part))?;
+        self.placed(all, local, offset, total, what)
     }
 
     /// Each peer's `value`, in rank order, on every peer.

@@ -207,3 +207,44 @@ pub fn one_tiny_step(model: &Path, out: &Path, name: &str) -> Vec<String> {
     );
     o
 }
+
+/// Every float parameter of the model in directory `dir`, in visiting order.
+pub fn weights(dir: &Path) -> Vec<f32> {
+    use burn::module::{Module, ModuleVisitor, Param};
+    use burn::tensor::{backend::Backend, Tensor};
+    struct Collect(Vec<f32>);
+    impl<B: Backend> ModuleVisitor<B> for Collect {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+            let data = param.val().into_data().convert::<f32>();
+            self.0.extend(data.iter::<f32>());
+        }
+    }
+    let model =
+        dllm_model::load_model::<burn::backend::Flex>(dir, Default::default(), &Default::default())
+            .unwrap();
+    let mut all = Collect(Vec::new());
+    model.visit(&mut all);
+    all.0
+}
+
+/// The weights of a run's final checkpoint (its Hugging Face export).
+pub fn final_weights(run: &Path) -> Vec<f32> {
+    let latest = std::fs::read_to_string(run.join("checkpoints/latest")).unwrap();
+    weights(&run.join("checkpoints").join(latest.trim()).join("hf"))
+}
+
+/// Two runs' weights agree within `1e-5` of the largest weight.
+#[track_caller]
+pub fn assert_same_weights(one: &[f32], many: &[f32], at: &str) {
+    assert_eq!(one.len(), many.len(), "{at}");
+    let scale = one.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let worst = one
+        .iter()
+        .zip(many)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    assert!(
+        worst <= 1e-5 * scale,
+        "{at}: weights differ by {worst} (largest weight {scale})"
+    );
+}
