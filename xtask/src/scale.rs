@@ -300,6 +300,7 @@ fn run_on<AB: AutodiffBackend>(a: &Args, device: &AB::Device) -> anyhow::Result<
             group_size: a.group_size,
             rewards: (0..a.group_size).map(|i| ((i + 1) % 2) as f64).collect(),
             reward_components: Default::default(),
+            reward_component_rows: Default::default(),
             sample_completion: String::new(),
         })
     })?;

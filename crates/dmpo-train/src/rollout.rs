@@ -55,6 +55,8 @@ pub struct Rollout {
     pub rewards: Vec<f64>,
     /// Mean over the rows of each reward component.
     pub reward_components: BTreeMap<String, f64>,
+    /// Each reward component of every row (0 where a row's reward has no such component).
+    pub reward_component_rows: BTreeMap<String, Vec<f64>>,
     /// The text the reward read for the step's first row (logged as a sample, as TRL's
     /// `log_completions`).
     pub sample_completion: String,
@@ -113,7 +115,7 @@ impl RolloutSource<'_> {
         let generation = &samples.generation;
         let rows = generation.completions.len();
         let mut rewards = Vec::with_capacity(rows);
-        let mut reward_components = BTreeMap::<String, f64>::new();
+        let mut component_rows = BTreeMap::<String, Vec<f64>>::new();
         let mut sample_completion = String::new();
         for (row, ids) in generation.completions.iter().enumerate() {
             let text = completion_text_as(
@@ -128,22 +130,36 @@ impl RolloutSource<'_> {
                 sample_completion = text;
             }
             for (name, v) in &r.components {
-                *reward_components.entry(name.to_string()).or_default() += v;
+                let values = component_rows.entry(name.to_string()).or_default();
+                values.resize(row, 0.0);
+                values.push(*v);
             }
             rewards.push(r.total());
         }
-        for v in reward_components.values_mut() {
-            *v /= rows as f64;
+        for values in component_rows.values_mut() {
+            values.resize(rows, 0.0);
         }
         let padded = samples.step_padded;
         Ok(Rollout {
             sequences: host_batch_padded(generation, &self.recipe.rollout, padded)?,
             group_size,
             rewards,
-            reward_components,
+            reward_components: means(&component_rows),
+            reward_component_rows: component_rows,
             sample_completion,
         })
     }
+}
+
+/// The mean of each component over its rows, summed in row order (the same for any split of
+/// the rows over peers, once gathered).
+fn means(rows: &BTreeMap<String, Vec<f64>>) -> BTreeMap<String, f64> {
+    rows.iter()
+        .map(|(name, values)| {
+            let sum: f64 = values.iter().sum();
+            (name.clone(), sum / values.len().max(1) as f64)
+        })
+        .collect()
 }
 
 impl Rollout {
@@ -172,20 +188,18 @@ impl Rollout {
         };
         let rewards = peer.gather(&self.rewards, first, rows)?;
         // Every row of a task scores the same components: the peers' maps share their keys.
-        let names = peer.gather_each(self.reward_components.len() as f64)?;
+        let names = peer.gather_each(self.reward_component_rows.len() as f64)?;
         if names
             .iter()
-            .any(|&n| n != self.reward_components.len() as f64)
+            .any(|&n| n != self.reward_component_rows.len() as f64)
         {
             return Err(TrainError::Distributed(format!(
                 "the peers' rollouts score different reward components ({names:?} of them)"
             )));
         }
-        let local_rows = self.rewards.len() as f64;
-        let mut reward_components = BTreeMap::new();
-        for (name, mean) in self.reward_components {
-            let sums = peer.gather_each(mean * local_rows)?;
-            reward_components.insert(name, sums.iter().sum::<f64>() / rows as f64);
+        let mut component_rows = BTreeMap::new();
+        for (name, values) in self.reward_component_rows {
+            component_rows.insert(name, peer.gather(&values, first, rows)?);
         }
         let sequences = HostBatch::new(
             ids.iter().map(|&x| i64::from(x)).collect(),
@@ -198,7 +212,8 @@ impl Rollout {
             sequences,
             group_size: g,
             rewards,
-            reward_components,
+            reward_components: means(&component_rows),
+            reward_component_rows: component_rows,
             sample_completion: self.sample_completion,
         })
     }

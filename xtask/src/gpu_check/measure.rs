@@ -338,6 +338,7 @@ fn update<AB: AutodiffBackend>(
         group_size: u.group_size,
         rewards: (0..u.group_size).map(|i| ((i + 1) % 2) as f64).collect(),
         reward_components: Default::default(),
+        reward_component_rows: Default::default(),
         sample_completion: String::new(),
     };
 

@@ -170,7 +170,7 @@ the others, as the samplers pad a batch's shorter prompts).",
                     r.prompt_tokens
                 ),
                 completion: format!(
-                    "`<answer>` + an arithmetic expression without spaces (e.g. `(3+4)*5`) + \
+                    "`<answer>` + an arithmetic expression without spaces (e.g. `(7+4)-5`) + \
 `</answer>` (the tags are special tokens: the evaluation reads the bare expression with d1's \
 parser, the reward the tagged one), then `<|endoftext|>` up to {} tokens.",
                     r.gen_length
