@@ -351,7 +351,7 @@ mod tests {
     #[test]
     fn countdown_scores_tell_true_flawed_and_malformed_answers_apart() {
         let task = PretrainTask::Countdown;
-        let item = TaskItem::countdown(vec![3, 4, 5], 35);
+        let item = TaskItem::countdown(vec![3, 4, 5], 2);
         let completion = |answer: &str| Completion {
             scored: answer.to_string(),
             whole: format!("<answer>{answer}</answer>"),
@@ -368,8 +368,8 @@ mod tests {
         let short = score(&completion("3+4"));
         assert!(!short.well_formed && short.correct == 0);
         let unframed = score(&Completion {
-            scored: "(3+4)*5".into(),
-            whole: "(3+4)*5".into(),
+            scored: "(3+4)-5".into(),
+            whole: "(3+4)-5".into(),
         });
         assert!(!unframed.well_formed && unframed.correct == 1);
         // The flawed answer is right exactly when the target is the sum.
