@@ -114,7 +114,13 @@ fn mpi_row(a: &Args, lora: bool, peers: usize) -> anyhow::Result<Option<DdpRow>>
     let exe = std::env::current_exe()?;
     let mut command = std::process::Command::new("mpirun");
     command
-        .args(["--oversubscribe", "--bind-to", "none", "-np", &peers.to_string()])
+        .args([
+            "--oversubscribe",
+            "--bind-to",
+            "none",
+            "-np",
+            &peers.to_string(),
+        ])
         .arg(exe)
         .args([
             "bench",
