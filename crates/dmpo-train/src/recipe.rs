@@ -130,32 +130,28 @@ const MACHINE_KEYS: [(&str, &str); 4] = [
     ("experimental_multi_machine", "false"),
 ];
 
-/// Drops the keys of [`MACHINE_KEYS`] where they hold their unset values (so that the
-/// `recipe.toml` of a run started before MPI launches still loads), and refuses them set:
+/// Removes the keys of [`MACHINE_KEYS`] from `[distributed]` and returns those set to anything
+/// but their unset values (an older run's `recipe.toml` holds them unset and still loads):
 /// runs over several machines are MPI jobs now.
-fn drop_unset_machine_keys(recipe: &mut toml::Table) -> std::result::Result<(), String> {
+fn take_machine_keys(recipe: &mut toml::Table) -> Vec<&'static str> {
     let Some(toml::Value::Table(d)) = recipe.get_mut("distributed") else {
-        return Ok(());
+        return Vec::new();
     };
+    let mut set = Vec::new();
     for (key, unset) in MACHINE_KEYS {
-        let Some(value) = d.get(key) else { continue };
+        let Some(value) = d.remove(key) else { continue };
         let is_unset = match value {
             toml::Value::Array(a) => a.is_empty() && unset == "[]",
-            toml::Value::Integer(i) => *i == 0 && unset == "0",
-            toml::Value::Boolean(b) => !*b && unset == "false",
+            toml::Value::Integer(i) => i == 0 && unset == "0",
+            toml::Value::Boolean(b) => !b && unset == "false",
             toml::Value::String(s) => s.is_empty() && unset.is_empty(),
             _ => false,
         };
         if !is_unset {
-            return Err(format!(
-                "`distributed.{key}` belongs to the multi-machine runs of earlier versions, \
-                 which are gone: a run over several machines is an MPI job now (`mpirun -np N \
-                 --host a:8,b:8 dmpo train RECIPE`, or `srun`; docs/distributed.md)"
-            ));
+            set.push(key);
         }
-        d.remove(key);
     }
-    Ok(())
+    set
 }
 
 fn fill_rollout_defaults(recipe: &mut toml::Table) {
@@ -798,12 +794,21 @@ impl Recipe {
             }
         }
         refuse_lora_beside_adapter(&value).map_err(bad)?;
-        drop_unset_machine_keys(&mut value).map_err(bad)?;
+        let machine_keys = take_machine_keys(&mut value);
         fill_rollout_defaults(&mut value);
         let recipe: Recipe = toml::Value::Table(value)
             .try_into()
             .map_err(|e: toml::de::Error| bad(e.to_string()))?;
         recipe.validate(path)?;
+        // Refused after the other checks, so that what is wrong with the settings that remain
+        // is said first.
+        if let Some(key) = machine_keys.first() {
+            return Err(bad(format!(
+                "`distributed.{key}` belongs to the multi-machine runs of earlier versions, \
+                 which are gone: a run over several machines is an MPI job now (`mpirun -np N \
+                 --host a:8,b:8 dmpo train RECIPE`, or `srun`; docs/distributed.md)"
+            )));
+        }
         Ok(recipe)
     }
 
