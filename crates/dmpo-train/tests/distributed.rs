@@ -338,3 +338,52 @@ fn a_stopped_two_peer_run_resumes_exactly_and_another_layout_is_refused_with_the
         assert_close(x, y, 1e-5, &format!("step {step}"));
     }
 }
+
+/// A process an MPI launcher started, in a build without MPI, is refused by name instead of
+/// training alone as if it were the whole run.
+#[cfg(not(feature = "mpi"))]
+#[test]
+fn an_mpi_launch_of_a_build_without_mpi_is_refused_by_name() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = common::model_copy(tmp.path(), "m", |_| {});
+    let args = common::train_args(&model, &["train.steps=1"]);
+    for (var, value) in [
+        ("OMPI_COMM_WORLD_SIZE", "2"),
+        ("PMI_SIZE", "4"),
+        ("SLURM_STEP_NUM_TASKS", "8"),
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_dmpo"))
+            .args(&args)
+            .arg("--skip-eval")
+            .current_dir(tmp.path())
+            .env("RUST_LOG", "warn")
+            .env(var, value)
+            .output()
+            .unwrap();
+        common::fails(
+            var,
+            &out,
+            &[
+                &format!("{var}={value}"),
+                "built without MPI",
+                "--features mpi",
+            ],
+        );
+        assert!(
+            !tmp.path().join("runs/r/metrics.jsonl").exists(),
+            "{var}: it trained"
+        );
+    }
+    // Told that it runs alone, it does.
+    let mut args = args;
+    args.extend(["--set".into(), r#"distributed.launcher="none""#.into()]);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_dmpo"))
+        .args(&args)
+        .arg("--skip-eval")
+        .current_dir(tmp.path())
+        .env("RUST_LOG", "warn")
+        .env("OMPI_COMM_WORLD_SIZE", "2")
+        .output()
+        .unwrap();
+    common::succeeds("launcher none", &out);
+}
