@@ -111,18 +111,12 @@ fn with_quantize(overrides: &[String], quantize: Option<&str>) -> Vec<String> {
     all
 }
 
-/// Logs to stderr, filtered by `RUST_LOG` (default `info`, burn-collective's `warn`); shared by
-/// `dmpo` and `xtask`.
+/// Logs to stderr, filtered by `RUST_LOG` (default `info`); shared by `dmpo` and `xtask`.
 pub fn init_tracing() {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                // burn-collective logs its whole configuration per peer at `info`.
-                .unwrap_or_else(|_| {
-                    tracing_subscriber::EnvFilter::new(
-                        "info,burn_collective=warn,burn_communication=warn",
-                    )
-                }),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
         .init();
