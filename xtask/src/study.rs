@@ -62,7 +62,7 @@ impl StudyTask {
     fn default_seeds(self) -> u64 {
         match self {
             Self::Sudoku => 5,
-            Self::Countdown => 3,
+            Self::Countdown => 5,
         }
     }
 
@@ -85,7 +85,7 @@ pub struct Args {
     /// Tasks to study.
     #[arg(long, value_enum, value_delimiter = ',', default_values_t = [StudyTask::Sudoku, StudyTask::Countdown])]
     pub tasks: Vec<StudyTask>,
-    /// Seeds 0..N for every recipe (default: 5 for Sudoku, 3 for Countdown).
+    /// Seeds 0..N for every recipe (default: 5).
     #[arg(long)]
     pub seeds: Option<u64>,
     /// Directory of the runs.
