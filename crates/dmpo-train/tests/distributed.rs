@@ -1,41 +1,22 @@
-//! Data parallelism on CPU peers in one process (threads meeting in a rendezvous): 2 and 6 peers train as 1 — the same
-//! metrics and the same weights after 3 steps of 2 updates each, for DMPO and diffu-GRPO — and
+//! Data parallelism on CPU peers in one process (threads meeting in a rendezvous): 2 and 6 peers
+//! train as 1 — the same metrics and the same weights after 3 steps of 2 updates each, for DMPO and diffu-GRPO — and
 //! settings the peers cannot honour are refused before any work.
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use common::{assert_close, assert_same_weights, final_weights, metrics, weights};
+use common::{assert_close, assert_same_weights, final_weights, metrics, root, weights};
 use dmpo_train::run_dir::StartMode;
 use dmpo_train::trainer::{train, RunOptions};
 use dmpo_train::Recipe;
 
 type AB = burn::backend::Autodiff<burn::backend::Flex>;
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
 fn recipe(out: &Path, name: &str, algorithm: &str, extra: &[&str]) -> Recipe {
-    let r = root();
-    let mut overrides: Vec<String> = vec![
-        format!("model.path=\"{}\"", r.join("models/tiny-sudoku").display()),
-        format!("run.output_dir=\"{}\"", out.display()),
-        format!("run.name=\"{name}\""),
-        format!("train.algorithm=\"{algorithm}\""),
-        "train.steps=3".into(),
-        "train.prompts_per_step=4".into(),
-        "train.group_size=4".into(),
-        "train.num_iterations=2".into(),
-        // Two groups per pass: one peer runs two passes per update, each of two peers one.
-        "train.micro_batch=8".into(),
-        "train.checkpoint_every=1".into(),
-        "dmpo.num_replicates=2".into(),
-        "train.sync_ref_model=false".into(),
-    ];
+    let mut overrides = common::three_step_overrides(&out.display().to_string(), name, algorithm);
     overrides.extend(extra.iter().map(|s| s.to_string()));
-    Recipe::load(&r.join("recipes/tiny-sudoku.toml"), &overrides).unwrap()
+    Recipe::load(&root().join("recipes/tiny-sudoku.toml"), &overrides).unwrap()
 }
 
 fn options() -> RunOptions {

@@ -37,31 +37,8 @@ fn mpirun(dir: &Path, np: usize, tag: &str, args: &[String]) -> Command {
 
 /// `dmpo train` arguments of a 3-step run of the tiny recipe named `name` in `dir/runs`.
 fn train_args(name: &str, algorithm: &str, extra: &[&str]) -> Vec<String> {
-    let r = root();
-    let mut args = vec![
-        "train".to_string(),
-        r.join("recipes/tiny-sudoku.toml").display().to_string(),
-        "--quiet".into(),
-    ];
-    let sets = [
-        format!("model.path=\"{}\"", r.join("models/tiny-sudoku").display()),
-        "run.output_dir=\"runs\"".into(),
-        format!("run.name=\"{name}\""),
-        format!("train.algorithm=\"{algorithm}\""),
-        "train.steps=3".into(),
-        "train.prompts_per_step=4".into(),
-        "train.group_size=4".into(),
-        "train.num_iterations=2".into(),
-        "train.micro_batch=8".into(),
-        "train.checkpoint_every=1".into(),
-        "dmpo.num_replicates=2".into(),
-        "train.sync_ref_model=false".into(),
-    ];
-    for s in sets.iter().map(String::as_str).chain(extra.iter().copied()) {
-        args.push("--set".into());
-        args.push(s.to_string());
-    }
-    args
+    let sets = common::three_step_overrides("runs", name, algorithm);
+    common::train_command(&root().join("recipes/tiny-sudoku.toml"), &sets, extra)
 }
 
 fn output(c: &mut Command) -> Output {

@@ -68,14 +68,22 @@ pub fn model_copy(dir: &Path, name: &str, edit: impl FnOnce(&mut serde_json::Val
     to
 }
 
-/// `dmpo train` arguments for a one-step run of the tiny recipe in `dir` (model copy `model`).
-pub fn train_args(model: &Path, extra: &[&str]) -> Vec<String> {
-    let recipe = root().join("recipes/tiny-sudoku.toml");
+/// `dmpo train RECIPE --quiet` with every one of `sets`, then `extra`, as `--set` overrides.
+pub fn train_command(recipe: &Path, sets: &[String], extra: &[&str]) -> Vec<String> {
     let mut args: Vec<String> = vec![
         "train".into(),
         recipe.display().to_string(),
         "--quiet".into(),
     ];
+    for s in sets.iter().map(String::as_str).chain(extra.iter().copied()) {
+        args.push("--set".into());
+        args.push(s.to_string());
+    }
+    args
+}
+
+/// `dmpo train` arguments for a one-step run of the tiny recipe in `dir` (model copy `model`).
+pub fn train_args(model: &Path, extra: &[&str]) -> Vec<String> {
     let sets = [
         format!("model.path=\"{}\"", model.display()),
         "run.output_dir=\"runs\"".into(),
@@ -93,11 +101,30 @@ pub fn train_args(model: &Path, extra: &[&str]) -> Vec<String> {
         "eval.limit=4".into(),
         "eval.gen_lengths=[8]".into(),
     ];
-    for s in sets.iter().map(String::as_str).chain(extra.iter().copied()) {
-        args.push("--set".into());
-        args.push(s.to_string());
-    }
-    args
+    train_command(&root().join("recipes/tiny-sudoku.toml"), &sets, extra)
+}
+
+/// The overrides of the data-parallel tests' run of the tiny model: 3 steps of 2 updates, 16
+/// rows (4 prompts × 4), two groups per pass, a checkpoint every step, named `name` in `out`.
+pub fn three_step_overrides(out: &str, name: &str, algorithm: &str) -> Vec<String> {
+    vec![
+        format!(
+            "model.path=\"{}\"",
+            root().join("models/tiny-sudoku").display()
+        ),
+        format!("run.output_dir=\"{out}\""),
+        format!("run.name=\"{name}\""),
+        format!("train.algorithm=\"{algorithm}\""),
+        "train.steps=3".into(),
+        "train.prompts_per_step=4".into(),
+        "train.group_size=4".into(),
+        "train.num_iterations=2".into(),
+        // Two groups per pass: one peer runs two passes per update, each of two peers one.
+        "train.micro_batch=8".into(),
+        "train.checkpoint_every=1".into(),
+        "dmpo.num_replicates=2".into(),
+        "train.sync_ref_model=false".into(),
+    ]
 }
 
 pub fn train(dir: &Path, model: &Path, extra: &[&str], flags: &[&str]) -> Output {
