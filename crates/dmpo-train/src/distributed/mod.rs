@@ -54,11 +54,6 @@ pub struct Layout {
 }
 
 impl Layout {
-    /// One peer in one process.
-    pub fn single() -> Self {
-        Self::local(1)
-    }
-
     /// `devices` peers in this process alone.
     pub fn local(devices: usize) -> Self {
         Self {
