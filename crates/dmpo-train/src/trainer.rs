@@ -267,21 +267,18 @@ fn check_resumable(recipe: &Recipe, run_dir: &Path, layout: &Layout) -> Result<(
     }
     let saved = Recipe::load(&saved_path, &[])?;
     // A run started before the layout file records its peers in its recipe, in one process.
-    let recorded = read_layout(run_dir)?.unwrap_or((saved.distributed.devices, 1));
-    {
-        let (devices, processes) = recorded;
-        if (devices, processes) != (layout.devices, layout.processes) {
-            return Err(TrainError::Recipe {
-                path: run_dir.join(LAYOUT_FILE),
-                message: format!(
-                    "--resume on {} peer(s) per process in {} process(es), where the run had {} \
-                     in {}: a resumed run continues exactly only with the same \
-                     `distributed.devices` and number of processes (the order of the sums over \
-                     peers depends on them); start a new run for another layout",
-                    layout.devices, layout.processes, devices, processes
-                ),
-            });
-        }
+    let (devices, processes) = read_layout(run_dir)?.unwrap_or((saved.distributed.devices, 1));
+    if (devices, processes) != (layout.devices, layout.processes) {
+        return Err(TrainError::Recipe {
+            path: run_dir.join(LAYOUT_FILE),
+            message: format!(
+                "--resume on {} peer(s) per process in {} process(es), where the run had {} \
+                 in {}: a resumed run continues exactly only with the same \
+                 `distributed.devices` and number of processes (the order of the sums over \
+                 peers depends on them); start a new run for another layout",
+                layout.devices, layout.processes, devices, processes
+            ),
+        });
     }
     let changed = recipe.resume_differences(&saved);
     if changed.is_empty() {
