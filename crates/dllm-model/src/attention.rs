@@ -3,7 +3,7 @@
 use burn::module::Module;
 use burn::tensor::{
     activation::softmax, backend::Backend, module::attention, ops::AttentionModuleOptions, Bool,
-    Tensor,
+    Tensor, TensorData,
 };
 
 use crate::cache::{splice, CacheUse, LayerKv};
@@ -104,19 +104,36 @@ impl<B: Backend> Attention<B> {
                 let entry = &c.layers[layer];
                 (splice(&entry.k, k, *start), splice(&entry.v, v, *start))
             }
+            CacheUse::Shadow(c, _) => {
+                let entry = &c.layers[layer];
+                (
+                    Tensor::cat(vec![entry.k.clone(), k], 2),
+                    Tensor::cat(vec![entry.v.clone(), v], 2),
+                )
+            }
         };
         let k = self.repeat_kv(k);
         let v = self.repeat_kv(v);
         let total = k.dims()[2];
 
-        if let Some(out) = attention_rows(&q, &k, &v, key_padding) {
-            return self.attn_out.forward(out, adapter);
-        }
-        let mask = key_padding.map(|m| {
-            m.clone()
-                .reshape([batch, 1, 1, total])
-                .expand([batch, self.n_heads, len, total])
-        });
+        let mask = match cache {
+            CacheUse::Shadow(_, start) => Some(shadow_mask::<B>(
+                key_padding,
+                *start,
+                [batch, self.n_heads, len, total],
+                &q.device(),
+            )),
+            _ => {
+                if let Some(out) = attention_rows(&q, &k, &v, key_padding) {
+                    return self.attn_out.forward(out, adapter);
+                }
+                key_padding.map(|m| {
+                    m.clone()
+                        .reshape([batch, 1, 1, total])
+                        .expand([batch, self.n_heads, len, total])
+                })
+            }
+        };
         let out = if decomposed_attention_is_faster::<B>(&q.device()) {
             scaled_dot_product_attention(q, k, v, mask, self.head_dim)
         } else {
@@ -139,6 +156,34 @@ impl<B: Backend> Attention<B> {
             .expand([b, kv, groups, len, hd])
             .reshape([b, kv * groups, len, hd])
     }
+}
+
+/// The keys a shadow span hides, `[batch, heads, len, total]` (true = hidden): query `i` of the
+/// span at `start` does not see the sequence's position `start + i` (the token it stands in
+/// for), nor padded keys of the sequence (`key_padding`, `[batch, total - len]`); the span's own
+/// keys, the last `len`, are all visible.
+fn shadow_mask<B: Backend>(
+    key_padding: Option<&Tensor<B, 2, Bool>>,
+    start: usize,
+    [batch, heads, len, total]: [usize; 4],
+    device: &B::Device,
+) -> Tensor<B, 4, Bool> {
+    let main = total - len;
+    let padding: Vec<bool> = match key_padding {
+        Some(m) => m.to_data().iter::<bool>().collect(),
+        None => vec![false; batch * main],
+    };
+    let mut hidden = vec![false; batch * len * total];
+    for b in 0..batch {
+        for i in 0..len {
+            let row = &mut hidden[(b * len + i) * total..(b * len + i + 1) * total];
+            row[..main].copy_from_slice(&padding[b * main..(b + 1) * main]);
+            row[start + i] = true;
+        }
+    }
+    Tensor::<B, 3, Bool>::from_data(TensorData::new(hidden, [batch, len, total]), device)
+        .unsqueeze_dim::<4>(1)
+        .expand([batch, heads, len, total])
 }
 
 /// Whether to spell attention out as matmul, softmax, matmul rather than call the backend's

@@ -48,6 +48,10 @@ pub(crate) enum CacheUse<'a, B: Backend> {
     Fill(&'a mut KvCache<B>),
     /// The input is the span starting at `start`; other positions come from the cache.
     Read(&'a KvCache<B>, usize),
+    /// The input is a shadow of the span starting at `start` (WINO): its tokens sit at the
+    /// span's positions and attend to every cached position but their own counterpart, and to
+    /// each other; nothing attends to them.
+    Shadow(&'a KvCache<B>, usize),
 }
 
 /// Splices freshly computed `[start, start + span)` entries into cached ones along dim 2.

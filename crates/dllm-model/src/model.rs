@@ -201,6 +201,26 @@ impl<B: Backend> DiffusionLm<B> {
         self.logits(hidden, positions)
     }
 
+    /// WINO's shadow pass: `shadow_ids` `[batch, span]` stand at positions `start..start + span`
+    /// of the sequence whose keys and values `cache` holds (filled by
+    /// [`forward_fill_cache`](Self::forward_fill_cache)). Each attends to every cached position
+    /// but the one it stands at, and to the whole shadow; the cache is not changed. The
+    /// reference runs the sequence and its shadow as one input of `len + span` tokens whose
+    /// attention mask hides the shadow from the sequence; the sequence's keys are those of the
+    /// plain pass, so the two passes give the same logits. `positions` index into the shadow;
+    /// `options.key_padding` covers the sequence.
+    pub fn forward_shadow(
+        &self,
+        shadow_ids: Tensor<B, 2, Int>,
+        start: usize,
+        options: &ForwardOptions<B>,
+        positions: &LogitPositions<B>,
+        cache: &KvCache<B>,
+    ) -> Tensor<B, 3> {
+        let hidden = self.hidden(shadow_ids, start, options, CacheUse::Shadow(cache, start));
+        self.logits(hidden, positions)
+    }
+
     /// Final hidden states (after `ln_f`) of the tokens in `input_ids`, placed at `start`.
     fn hidden(
         &self,

@@ -2,6 +2,12 @@
 
 use serde::{Deserialize, Serialize};
 
+/// WINO's default acceptance threshold (the reference's `sampler_threshold_wino`).
+pub const DEFAULT_WINO_THRESHOLD: f64 = 0.6;
+
+/// WINO's default re-masking threshold (the reference's `sampler_threshold_wino_back`).
+pub const DEFAULT_WINO_THRESHOLD_BACK: f64 = 0.9;
+
 /// The smallest positive temperature: logits up to about 1e8 divided by it stay finite in f32.
 pub const MIN_TEMPERATURE: f64 = 1e-30;
 
@@ -64,6 +70,15 @@ pub enum Method {
     /// Dream's `diffusion_generate`: timesteps `linspace(1, eps, steps + 1)`, `alg` picks the
     /// positions; with a cache, Fast-dLLM's block-wise Dream sampler (`crate::dream`).
     Dream,
+    /// WINO (wide-in, narrow-out; `crate::wino`): a shadow of the block, made of mask tokens
+    /// after the sequence, re-scores accepted tokens; a step accepts every masked position
+    /// above `wino_threshold` (capped) and re-masks accepted ones whose shadow confidence falls
+    /// below `wino_threshold_back`. LLaDA models; `steps` is not used.
+    Wino,
+    /// ROAR (random-order autoregression per block; `crate::roar`): one token per step, at a
+    /// position drawn uniformly from the block's masked ones, sampled from the model at
+    /// `temperature`; records each token's log-probability. LLaDA models; `steps` is not used.
+    Roar,
 }
 
 impl Method {
@@ -82,7 +97,11 @@ impl std::str::FromStr for Method {
         match s {
             "llada" => Ok(Self::Llada),
             "dream" => Ok(Self::Dream),
-            o => Err(format!("unknown method `{o}` (llada or dream)")),
+            "wino" => Ok(Self::Wino),
+            "roar" => Ok(Self::Roar),
+            o => Err(format!(
+                "unknown method `{o}` (llada, dream, wino or roar)"
+            )),
         }
     }
 }
@@ -142,6 +161,18 @@ pub struct SamplerConfig {
     /// whose confidence reaches this (`>=`, as Fast-dLLM), at least one per step (`steps` is
     /// then ignored).
     pub threshold: Option<f64>,
+    /// Factor-based parallel decoding (Fast-dLLM's `factor`): per row, with the masked positions
+    /// of the block sorted by confidence, the `i`-th (from 0) is committed while its confidence
+    /// reaches `1 - factor / (i + 2)`, the first always (`steps` is then ignored). When the
+    /// first position below its bar is the last candidate, every candidate is committed, as
+    /// the reference does.
+    pub factor: Option<f64>,
+    /// WINO: a masked position is accepted when its confidence is above this (strict `>`;
+    /// `sampler_threshold_wino`, default 0.6).
+    pub wino_threshold: Option<f64>,
+    /// WINO: an accepted token is re-masked when its shadow confidence is below this (strict
+    /// `<`; `sampler_threshold_wino_back`, default 0.9).
+    pub wino_threshold_back: Option<f64>,
     /// Hide left padding from attention (off reproduces the reference, which attends to it).
     pub padding_mask: bool,
     /// LLaDA's `logits_eos_inf`: the EOS logit is set to `-inf` before the candidates are drawn,
@@ -170,6 +201,11 @@ pub struct SamplerConfig {
     pub top_p: Option<f64>,
     /// Dream: keep only the `top_k` most probable tokens (`None`: off).
     pub top_k: Option<usize>,
+    /// ROAR: also score each drawn token under the model without its adapter (the reference
+    /// policy), one more pass per step (DMPO's `compute_ref_log_prob_elbo = false`). Set by the
+    /// trainer from `dmpo.rollout_log_probs`; not read from the sampler's own settings.
+    #[serde(skip)]
+    pub reference_log_probs: bool,
 }
 
 impl Default for SamplerConfig {
@@ -185,6 +221,9 @@ impl Default for SamplerConfig {
             cache: CacheKind::None,
             refresh_every: None,
             threshold: None,
+            factor: None,
+            wino_threshold: None,
+            wino_threshold_back: None,
             padding_mask: false,
             logits_eos_inf: false,
             confidence_eos_eot_inf: false,
@@ -197,6 +236,7 @@ impl Default for SamplerConfig {
             eps: 1e-3,
             top_p: None,
             top_k: None,
+            reference_log_probs: false,
         }
     }
 }
@@ -214,7 +254,8 @@ impl SamplerConfig {
                 self.gen_length, self.block_length
             ));
         }
-        if self.steps > self.gen_length {
+        let uses_steps = matches!(self.method, Method::Llada | Method::Dream);
+        if uses_steps && self.steps > self.gen_length {
             return bad(format!(
                 "steps {} exceeds gen_length {}: every step commits at least one token, so more \
                  steps than tokens cannot do work",
@@ -222,7 +263,11 @@ impl SamplerConfig {
             ));
         }
         let blocks = self.gen_length / self.block_length;
-        if self.threshold.is_none() && (self.steps == 0 || !self.steps.is_multiple_of(blocks)) {
+        let parallel = self.threshold.is_some() || self.factor.is_some();
+        if uses_steps
+            && !parallel
+            && (self.steps == 0 || !self.steps.is_multiple_of(blocks))
+        {
             return bad(format!(
                 "steps {} must be a positive multiple of the number of blocks {blocks}",
                 self.steps
@@ -253,14 +298,98 @@ impl SamplerConfig {
         if self.refresh_every == Some(0) {
             return bad("refresh_every must be positive".into());
         }
+        if let Some(f) = self.factor {
+            if !(f.is_finite() && f > 0.0) {
+                return bad(format!("factor {f} must be positive"));
+            }
+            if self.threshold.is_some() {
+                return bad("threshold and factor are two rules for the same choice: set one".into());
+            }
+        }
+        for (name, value) in [
+            ("wino_threshold", self.wino_threshold),
+            ("wino_threshold_back", self.wino_threshold_back),
+        ] {
+            if let Some(t) = value {
+                if !(0.0..=1.0).contains(&t) {
+                    return bad(format!("{name} {t} must be in [0, 1]"));
+                }
+            }
+        }
+        if self.reference_log_probs && self.method != Method::Roar {
+            return bad(
+                "per-token reference log-probabilities come from ROAR's draws: method must be roar"
+                    .into(),
+            );
+        }
         match self.method {
-            Method::Llada => self.validate_without_dream_settings(),
-            Method::Dream => self.validate_dream(),
+            Method::Llada => {
+                self.refuse_dream_settings()?;
+                self.refuse_wino_settings()
+            }
+            Method::Dream => {
+                self.refuse_wino_settings()?;
+                self.validate_dream()
+            }
+            Method::Wino => {
+                self.refuse_dream_settings()?;
+                self.validate_single_token_family("wino")
+            }
+            Method::Roar => {
+                self.refuse_dream_settings()?;
+                self.refuse_wino_settings()?;
+                self.validate_single_token_family("roar")
+            }
         }
     }
 
-    /// Dream's settings left at their defaults when the method is LLaDA's (they would be ignored).
-    fn validate_without_dream_settings(&self) -> Result<(), crate::SampleError> {
+    /// WINO's thresholds left unset when the method is another (they would be ignored).
+    fn refuse_wino_settings(&self) -> Result<(), crate::SampleError> {
+        let set = [
+            ("wino_threshold", self.wino_threshold.is_some()),
+            ("wino_threshold_back", self.wino_threshold_back.is_some()),
+        ];
+        match set.iter().find(|(_, on)| *on) {
+            Some((field, _)) => Err(crate::SampleError::Config(format!(
+                "{field} is a setting of WINO's sampler: set method = \"wino\" to use it"
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    /// The settings WINO's and ROAR's reference loops do not have, refused by name: they
+    /// decode without a cache, rank by the untempered probability and have no step schedule.
+    fn validate_single_token_family(&self, method: &str) -> Result<(), crate::SampleError> {
+        let d = Self::default();
+        let set = [
+            ("cache", self.cache != CacheKind::None),
+            ("refresh_every", self.refresh_every.is_some()),
+            ("threshold", self.threshold.is_some()),
+            ("factor", self.factor.is_some()),
+            ("remasking", self.remasking != d.remasking),
+            ("logits_eos_inf", self.logits_eos_inf),
+            ("confidence_eos_eot_inf", self.confidence_eos_eot_inf),
+            ("cfg_scale", method == "wino" && self.cfg_scale > 0.0),
+        ];
+        match set.iter().find(|(_, on)| *on) {
+            Some((field, _)) => Err(crate::SampleError::Config(format!(
+                "{field} is not a setting of the {method} sampler (docs/algorithm.md §2): leave it unset"
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    /// WINO's thresholds (`sampler_threshold_wino`, `sampler_threshold_wino_back`), defaults
+    /// filled in.
+    pub fn wino_thresholds(&self) -> (f64, f64) {
+        (
+            self.wino_threshold.unwrap_or(DEFAULT_WINO_THRESHOLD),
+            self.wino_threshold_back.unwrap_or(DEFAULT_WINO_THRESHOLD_BACK),
+        )
+    }
+
+    /// Dream's settings left at their defaults when the method is another (they would be ignored).
+    fn refuse_dream_settings(&self) -> Result<(), crate::SampleError> {
         let d = Self::default();
         let set = [
             ("alg", self.alg != d.alg),
@@ -300,6 +429,13 @@ impl SamplerConfig {
         if self.logits_eos_inf || self.confidence_eos_eot_inf || self.refresh_every.is_some() {
             return bad(
                 "logits_eos_inf, confidence_eos_eot_inf and refresh_every are LLaDA's settings"
+                    .into(),
+            );
+        }
+        if self.factor.is_some() {
+            return bad(
+                "factor is Fast-dLLM's rule for LLaDA's sampler; Dream's block-wise sampler has \
+                 threshold"
                     .into(),
             );
         }

@@ -35,6 +35,12 @@ pub struct Generation {
     pub nfe: usize,
     /// Denoising steps taken.
     pub steps: usize,
+    /// ROAR: the log-probability of each completion token under the sampling policy when it
+    /// was drawn (untempered; 0 where nothing was drawn); `None` for the other samplers.
+    pub token_log_probs: Option<Vec<Vec<f32>>>,
+    /// ROAR with [`SamplerConfig::reference_log_probs`]: the same under the model without its
+    /// adapter, on the same inputs.
+    pub reference_token_log_probs: Option<Vec<Vec<f32>>>,
 }
 
 impl Generation {
@@ -126,6 +132,9 @@ pub(crate) struct Sampler<'m, B: Backend> {
     pub(crate) rngs: Vec<ChaCha8Rng>,
     pub(crate) cache: KvCache<B>,
     pub(crate) nfe: usize,
+    /// ROAR's per-token log-probabilities (policy, reference), `[batch][gen_length]`.
+    pub(crate) token_log_probs: Option<Vec<Vec<f32>>>,
+    pub(crate) reference_token_log_probs: Option<Vec<Vec<f32>>>,
 }
 
 impl<'m, B: Backend> Sampler<'m, B> {
@@ -210,12 +219,17 @@ impl<'m, B: Backend> Sampler<'m, B> {
                 .collect(),
             cache: KvCache::new(),
             nfe: 0,
+            token_log_probs: None,
+            reference_token_log_probs: None,
         })
     }
 
     fn run(mut self, observer: &mut dyn FnMut(&StepEvent<'_>)) -> Result<Generation, SampleError> {
-        if self.config.method == Method::Dream {
-            return self.run_dream(observer);
+        match self.config.method {
+            Method::Dream => return self.run_dream(observer),
+            Method::Wino => return self.run_wino(observer),
+            Method::Roar => return self.run_roar(observer),
+            Method::Llada => {}
         }
         let c = self.config;
         let num_blocks = c.gen_length / c.block_length;
@@ -232,12 +246,15 @@ impl<'m, B: Backend> Sampler<'m, B> {
                     num_transfer_tokens(masked, c.steps_per_block().max(1))
                 })
                 .collect();
-            let max_steps = match c.threshold {
-                Some(_) => c.block_length * 4,
-                None => c.steps_per_block(),
+            // Threshold and factor decoding run until the block is decoded (the reference's
+            // `while True`), here at most `PARALLEL_STEPS_PER_POSITION` steps per position.
+            let parallel = c.threshold.is_some() || c.factor.is_some();
+            let max_steps = match parallel {
+                true => c.block_length * PARALLEL_STEPS_PER_POSITION,
+                false => c.steps_per_block(),
             };
             for s in 0..max_steps {
-                if c.threshold.is_some() && !self.any_masked(start..end) {
+                if parallel && !self.any_masked(start..end) {
                     break;
                 }
                 let refresh = s == 0 || c.refresh_every.is_some_and(|r| s % r == 0);
@@ -245,7 +262,7 @@ impl<'m, B: Backend> Sampler<'m, B> {
                 let ks: Vec<usize> = (0..self.batch)
                     .map(|b| schedule[b].get(s).copied().unwrap_or(0))
                     .collect();
-                self.commit(lo, end, &x0, &conf, &ks, step);
+                let progressed = self.commit(lo, end, &x0, &conf, &ks, step);
                 let completions = self.completions();
                 observer(&StepEvent {
                     step,
@@ -253,6 +270,15 @@ impl<'m, B: Backend> Sampler<'m, B> {
                     completions: &completions,
                 });
                 step += 1;
+                let next_refresh = c.refresh_every.is_some_and(|r| (s + 1) % r == 0);
+                let same_pass_next = c.cache == CacheKind::None || !(refresh || next_refresh);
+                if parallel && !progressed && same_pass_next && self.repeats_when_unchanged() {
+                    // Every committed position got the mask id itself: the sequence is
+                    // unchanged and the next step runs the same pass, so each later step would
+                    // be this one again (the reference loops forever). The block ends with
+                    // those positions masked.
+                    break;
+                }
             }
         }
         Ok(self.finish(step))
@@ -280,6 +306,8 @@ impl<'m, B: Backend> Sampler<'m, B> {
             decode_step: self.decode_step,
             nfe: self.nfe,
             steps,
+            token_log_probs: self.token_log_probs,
+            reference_token_log_probs: self.reference_token_log_probs,
         }
     }
 
@@ -374,20 +402,23 @@ impl<'m, B: Backend> Sampler<'m, B> {
                 .forward_with(ids, &options, &LogitPositions::Range(lo..end))
         };
         self.nfe += if cfg { 2 } else { 1 };
-        let logits = if cfg {
-            // docs/algorithm.md §2: un + (cfg + 1) * (cond - un)
-            let cond = logits.clone().narrow(0, 0, self.batch);
-            let un = logits.narrow(0, self.batch, self.batch);
-            un.clone() + (cond - un) * (self.config.cfg_scale + 1.0)
-        } else {
-            logits
-        };
-        let (x0, conf) = self.candidates(logits)?;
+        let (x0, conf) = self.candidates(self.guided(logits))?;
         Ok((lo, x0, conf))
     }
 
+    /// Logits of the input [`Self::model_input`] made: as they are, or with classifier-free
+    /// guidance `un + (cfg + 1) * (cond - un)` (docs/algorithm.md §2).
+    pub(crate) fn guided(&self, logits: Tensor<B, 3>) -> Tensor<B, 3> {
+        if self.config.cfg_scale <= 0.0 {
+            return logits;
+        }
+        let cond = logits.clone().narrow(0, 0, self.batch);
+        let un = logits.narrow(0, self.batch, self.batch);
+        un.clone() + (cond - un) * (self.config.cfg_scale + 1.0)
+    }
+
     /// `[x]`, or `[x; x with the prompt masked]` for classifier-free guidance.
-    fn model_input(&self, cfg: bool) -> Vec<i64> {
+    pub(crate) fn model_input(&self, cfg: bool) -> Vec<i64> {
         let mut ids = self.x.clone();
         if cfg {
             for b in 0..self.batch {
@@ -400,24 +431,42 @@ impl<'m, B: Backend> Sampler<'m, B> {
     }
 
     pub(crate) fn key_padding(&self, rows: usize) -> Option<Tensor<B, 2, Bool>> {
-        if !self.config.padding_mask || self.pad_lengths.iter().all(|&p| p == 0) {
+        let of: Vec<usize> = (0..rows).map(|r| r % self.batch).collect();
+        self.key_padding_of(&of)
+    }
+
+    /// The key padding of the input made of rows `rows` (indices into the batch), in order.
+    pub(crate) fn key_padding_of(&self, rows: &[usize]) -> Option<Tensor<B, 2, Bool>> {
+        if !self.config.padding_mask || rows.iter().all(|&r| self.pad_lengths[r] == 0) {
             return None;
         }
-        let mask: Vec<bool> = (0..rows)
-            .flat_map(|r| {
-                let pad = self.pad_lengths[r % self.batch];
+        let mask: Vec<bool> = rows
+            .iter()
+            .flat_map(|&r| {
+                let pad = self.pad_lengths[r];
                 (0..self.total).map(move |i| i < pad)
             })
             .collect();
         Some(Tensor::from_data(
-            TensorData::new(mask, [rows, self.total]),
+            TensorData::new(mask, [rows.len(), self.total]),
             &self.device,
         ))
     }
 
     /// Candidate tokens (Gumbel-max) and confidences for logits `[batch, n, vocab]`.
-    fn candidates(&mut self, logits: Tensor<B, 3>) -> Result<(Vec<i64>, Vec<f32>), SampleError> {
-        let [batch, n, vocab] = logits.dims();
+    pub(crate) fn candidates(&mut self, logits: Tensor<B, 3>) -> Result<(Vec<i64>, Vec<f32>), SampleError> {
+        let rows: Vec<usize> = (0..logits.dims()[0]).collect();
+        self.candidates_of(logits, &rows)
+    }
+
+    /// [`Self::candidates`] for logits `[rows.len(), n, vocab]` of the rows `rows` (indices into
+    /// the batch): each row's draws come from its own stream.
+    pub(crate) fn candidates_of(
+        &mut self,
+        logits: Tensor<B, 3>,
+        rows: &[usize],
+    ) -> Result<(Vec<i64>, Vec<f32>), SampleError> {
+        let [_, n, vocab] = logits.dims();
         let t = self.config.temperature;
         let logits = if self.config.logits_eos_inf {
             let eos = self.model.config.eos_token_id as usize;
@@ -437,15 +486,15 @@ impl<'m, B: Backend> Sampler<'m, B> {
         // as LLaDA and Fast-dLLM (on the CPU kernel; other backends add it in f32).
         // Row-major: row b's `n * vocab` draws come from its own stream.
         let noise: Option<Vec<f64>> = (t > 0.0).then(|| {
-            let rngs = &mut self.rngs[..batch];
-            rngs.iter_mut()
-                .flat_map(|rng| {
-                    (0..n * vocab).map(move |_| {
-                        let u: f64 = rng.random::<f64>().max(f64::MIN_POSITIVE);
-                        -(-u.ln()).ln() * t
-                    })
-                })
-                .collect()
+            let mut noise = Vec::with_capacity(rows.len() * n * vocab);
+            for &r in rows {
+                let rng = &mut self.rngs[r];
+                noise.extend((0..n * vocab).map(|_| {
+                    let u: f64 = rng.random::<f64>().max(f64::MIN_POSITIVE);
+                    -(-u.ln()).ln() * t
+                }));
+            }
+            noise
         });
         // docs/algorithm.md §2 step 3: confidence softmax(logits)[x0], untempered, or uniform draws.
         let low_confidence = self.config.remasking == Remasking::LowConfidence;
@@ -464,13 +513,12 @@ impl<'m, B: Backend> Sampler<'m, B> {
             };
             Ok((x0, conf))
         } else {
-            Ok((
-                x0,
-                self.rngs[..batch]
-                    .iter_mut()
-                    .flat_map(|rng| (0..n).map(move |_| rng.random::<f32>()))
-                    .collect(),
-            ))
+            let mut draws = Vec::with_capacity(rows.len() * n);
+            for &r in rows {
+                let rng = &mut self.rngs[r];
+                draws.extend((0..n).map(|_| rng.random::<f32>()));
+            }
+            Ok((x0, draws))
         }
     }
 
@@ -500,8 +548,16 @@ impl<'m, B: Backend> Sampler<'m, B> {
         (host_ids(x0), host_floats((chosen - lse).exp()))
     }
 
+    /// Whether a step that leaves the sequence unchanged would be repeated exactly by every later
+    /// step: greedy candidates ranked by their probability depend on the sequence alone.
+    fn repeats_when_unchanged(&self) -> bool {
+        self.config.temperature == 0.0 && self.config.remasking == Remasking::LowConfidence
+    }
+
     /// Commits positions of `[lo, end)` per row: the top-`k` masked positions by confidence,
-    /// or with a threshold every masked position above it (at least one).
+    /// with a threshold every masked position above it (at least one), with a factor those
+    /// [`factor_count`] keeps. Returns whether any position received a token other than the
+    /// mask id.
     fn commit(
         &mut self,
         lo: usize,
@@ -510,8 +566,9 @@ impl<'m, B: Backend> Sampler<'m, B> {
         conf: &[f32],
         ks: &[usize],
         step: usize,
-    ) {
+    ) -> bool {
         let n = end - lo;
+        let mut progressed = false;
         for b in 0..self.batch {
             let mut cands: Vec<(usize, f32)> = (0..n)
                 .filter(|&j| self.x[b * self.total + lo + j] == self.mask_id)
@@ -519,9 +576,10 @@ impl<'m, B: Backend> Sampler<'m, B> {
                 .collect();
             // Highest confidence first; ties go to the earlier position.
             cands.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-            let take = match self.config.threshold {
-                Some(th) => reaching_threshold(&cands, th),
-                None => ks[b],
+            let take = match (self.config.threshold, self.config.factor) {
+                (Some(th), _) => reaching_threshold(&cands, th),
+                (None, Some(f)) => factor_count(&cands, f),
+                (None, None) => ks[b],
             }
             .min(cands.len());
             for &(j, _) in &cands[..take] {
@@ -529,9 +587,11 @@ impl<'m, B: Backend> Sampler<'m, B> {
                 self.x[b * self.total + lo + j] = tok;
                 if tok != self.mask_id {
                     self.decode_step[b][lo + j - self.prompt_len] = Some(step);
+                    progressed = true;
                 }
             }
         }
+        progressed
     }
 }
 
@@ -580,6 +640,28 @@ fn reaching_threshold(cands: &[(usize, f32)], threshold: f64) -> usize {
         .max(1)
 }
 
+/// How many of `cands` (sorted by confidence, highest first) factor-based decoding commits
+/// (Fast-dLLM's `get_transfer_index_dynamic`): the `i`-th is kept while its confidence reaches
+/// `1 - factor / (i + 2)` (strict `<` stops), the first always; when the first one below its bar
+/// is the last candidate, or none is below, all are kept. A row without candidates commits
+/// nothing (the reference indexes an empty list there and stops with an error).
+fn factor_count(cands: &[(usize, f32)], factor: f64) -> usize {
+    let n = cands.len();
+    if n == 0 {
+        return 0;
+    }
+    let below = (1..n).find(|&i| (cands[i].1 as f64) < 1.0 - factor / (i as f64 + 2.0));
+    match below {
+        Some(i) if i < n - 1 => i,
+        _ => n,
+    }
+}
+
+/// Steps per position of the block after which threshold and factor decoding end a block that
+/// still has masked positions (each step commits at least one position per row; a row whose
+/// committed candidates are the mask id itself makes no progress).
+pub(crate) const PARALLEL_STEPS_PER_POSITION: usize = 4;
+
 /// `logits` with token `id`'s logit set to `-inf` at every position.
 fn without_token<B: Backend>(logits: Tensor<B, 3>, id: usize) -> Tensor<B, 3> {
     let [batch, n, _] = logits.dims();
@@ -625,6 +707,23 @@ mod tests {
         let cands = [(0, 0.75f32), (1, 0.5), (2, 0.25)];
         assert_eq!(reaching_threshold(&cands, 0.5), 2);
         assert_eq!(reaching_threshold(&cands, 0.9), 1);
+    }
+
+    #[test]
+    fn factor_keeps_candidates_above_their_falling_bar() {
+        let c = |v: &[f32]| v.iter().copied().enumerate().collect::<Vec<_>>();
+        // factor 1: bars -1, 2/3, 3/4, 4/5, 5/6, ...
+        assert_eq!(factor_count(&c(&[0.95, 0.9, 0.8, 0.1, 0.1]), 1.0), 3);
+        // The first below its bar is the second: one kept.
+        assert_eq!(factor_count(&c(&[0.9, 0.5, 0.4, 0.3]), 1.0), 1);
+        // A bar is reached with equality (`<` stops).
+        assert_eq!(factor_count(&c(&[0.9, 0.75, 0.75, 0.1, 0.0]), 0.75), 2);
+        // The first below its bar is the last candidate: all kept, as the reference.
+        assert_eq!(factor_count(&c(&[0.9, 0.9, 0.1]), 1.0), 3);
+        // None below: all kept; one candidate: kept; none: nothing.
+        assert_eq!(factor_count(&c(&[0.99, 0.99, 0.99]), 1.0), 3);
+        assert_eq!(factor_count(&c(&[0.01]), 1.0), 1);
+        assert_eq!(factor_count(&[], 1.0), 0);
     }
 
     #[test]

@@ -1,5 +1,7 @@
 //! Sampling from masked diffusion LMs (docs/algorithm.md §2): LLaDA's `generate` and Dream's
-//! `diffusion_generate` (`SamplerConfig::method`), with Fast-dLLM's caches for both.
+//! `diffusion_generate` (`SamplerConfig::method`), with Fast-dLLM's caches for both, and the
+//! DMPO reference's other rollout samplers: Fast-dLLM's factor rule (`SamplerConfig::factor`),
+//! WINO and ROAR.
 //!
 //! ```no_run
 //! use dllm_model::{load_model, LoadOptions};
@@ -16,7 +18,9 @@
 pub mod config;
 pub mod dream;
 pub mod generate;
+mod roar;
 pub mod schedule;
+mod wino;
 
 pub use config::{CacheKind, DreamAlg, Method, Remasking, SamplerConfig};
 pub use generate::{
