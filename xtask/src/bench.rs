@@ -252,14 +252,60 @@ impl BackendTask for Bench<'_> {
                     reff("c_generate_steps192_tokens_per_s"),
                 ),
             ];
+            // The DMPO reference's other rollout samplers (`SamplerConfig::label` names them).
+            let others = [
+                SamplerConfig {
+                    factor: Some(1.0),
+                    ..base.clone()
+                },
+                SamplerConfig {
+                    cache: CacheKind::Prefix,
+                    factor: Some(1.0),
+                    ..base.clone()
+                },
+                SamplerConfig {
+                    cache: CacheKind::Dual,
+                    factor: Some(1.0),
+                    ..base.clone()
+                },
+                SamplerConfig {
+                    cache: CacheKind::Dual,
+                    threshold: Some(0.9),
+                    ..base.clone()
+                },
+                SamplerConfig {
+                    method: dllm_sample::Method::Wino,
+                    ..base.clone()
+                },
+                SamplerConfig {
+                    method: dllm_sample::Method::Roar,
+                    ..base.clone()
+                },
+            ];
+            let labels: Vec<String> = others
+                .iter()
+                .map(|c| format!("generate {}", c.label()))
+                .collect();
+            let variants: Vec<(&str, SamplerConfig, Option<f64>)> = variants
+                .into_iter()
+                .chain(labels.iter().zip(others).map(|(label, c)| {
+                    (
+                        label.as_str(),
+                        c,
+                        reff("c_generate_steps192_tokens_per_s"),
+                    )
+                }))
+                .collect();
             let reps = a.reps.clamp(1, 2);
             for (name, cfg, reference) in variants {
                 let (s, out) = time(reps, || generate(&model, &prompts, &cfg).expect("generate"));
                 let seqs: Vec<i64> = out.sequences().concat().iter().map(|&t| t as i64).collect();
                 let same = seqs.iter().zip(&want192).filter(|(x, y)| x == y).count();
                 let note = format!(
-                    "nfe {}, tokens equal to reference steps-192 output: {same}/1024",
-                    out.nfe
+                    "nfe {} ({:.3} per token), tokens equal to reference steps-192 output: \
+                     {same}/1024",
+                    out.nfe,
+                    out.nfe as f64 / cfg.gen_length as f64
                 );
                 row(name, s, "tokens/s", 4.0 * 192.0 / s, reference, note);
             }

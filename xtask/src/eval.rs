@@ -61,6 +61,21 @@ pub struct Args {
     /// evaluations attend the pads).
     #[arg(long)]
     pub padding_mask: bool,
+    /// The sampler: llada, dream, wino or roar (default: the model family's own).
+    #[arg(long)]
+    pub method: Option<dllm_sample::Method>,
+    /// Confidence-threshold parallel decoding (Fast-dLLM's `threshold`).
+    #[arg(long, conflicts_with = "factor")]
+    pub threshold: Option<f64>,
+    /// Factor-based parallel decoding (Fast-dLLM's `factor`).
+    #[arg(long)]
+    pub factor: Option<f64>,
+    /// WINO's acceptance threshold (default 0.6).
+    #[arg(long)]
+    pub wino_threshold: Option<f64>,
+    /// WINO's re-masking threshold (default 0.9).
+    #[arg(long)]
+    pub wino_threshold_back: Option<f64>,
     /// Directory for the d1-layout generation files.
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -112,14 +127,20 @@ impl BackendTask for Eval {
             batch_size: 64,
             cache: a.cache,
             padding_mask: a.padding_mask,
-            // Each family's own sampler, greedy.
-            method: dllm_sample::Method::of_family(model.config.family),
+            // Each family's own sampler unless asked, greedy.
+            method: a
+                .method
+                .unwrap_or(dllm_sample::Method::of_family(model.config.family)),
+            threshold: a.threshold,
+            factor: a.factor,
+            wino_threshold: a.wino_threshold,
+            wino_threshold_back: a.wino_threshold_back,
             ..EvalSection::default()
         };
         if let Some(d) = &a.out {
             std::fs::create_dir_all(d)?;
         }
-        println!("| model | task | gen length | cache | accuracy (%) | correct/total | seconds |");
+        println!("| model | task | gen length | sampler | accuracy (%) | correct/total | seconds |");
         println!("|---|---|---|---|---|---|---|");
         for &len in &a.gen_lengths {
             let out = a
@@ -139,11 +160,11 @@ impl BackendTask for Eval {
                 out.as_deref(),
             )?;
             println!(
-                "| {} | {} | {} | {:?} | {:.2} | {}/{} | {:.1} |",
+                "| {} | {} | {} | {} | {:.2} | {}/{} | {:.1} |",
                 a.model.display(),
                 a.task,
                 len,
-                a.cache,
+                dmpo_train::eval::eval_sampler(&eval, len).label(),
                 r.accuracy_pct,
                 r.correct,
                 r.total,

@@ -460,6 +460,33 @@ impl SamplerConfig {
         }
     }
 
+    /// A short description of the sampler and its deciding settings, for tables:
+    /// `llada`, `llada prefix factor 1`, `wino 0.6/0.9`, `roar`, ...
+    pub fn label(&self) -> String {
+        let method = match self.method {
+            Method::Llada => "llada",
+            Method::Dream => "dream",
+            Method::Wino => {
+                let (t, b) = self.wino_thresholds();
+                return format!("wino {t}/{b}");
+            }
+            Method::Roar => return "roar".into(),
+        };
+        let mut label = method.to_string();
+        match self.cache {
+            CacheKind::None => {}
+            CacheKind::Prefix => label.push_str(" prefix"),
+            CacheKind::Dual => label.push_str(" dual"),
+        }
+        if let Some(t) = self.threshold {
+            label.push_str(&format!(" threshold {t}"));
+        }
+        if let Some(f) = self.factor {
+            label.push_str(&format!(" factor {f}"));
+        }
+        label
+    }
+
     /// Steps per block (`steps / num_blocks`).
     pub fn steps_per_block(&self) -> usize {
         self.steps / (self.gen_length / self.block_length)

@@ -77,6 +77,10 @@ pub fn eval_sampler(section: &EvalSection, gen_length: usize) -> SamplerConfig {
         method: section.method,
         alg: section.alg,
         top_p: section.top_p,
+        threshold: section.threshold,
+        factor: section.factor,
+        wino_threshold: section.wino_threshold,
+        wino_threshold_back: section.wino_threshold_back,
         ..SamplerConfig::default()
     }
 }

@@ -628,6 +628,15 @@ pub struct EvalSection {
     pub temperature: f64,
     /// Dream's nucleus filtering (DMPO's `eval_dream.py`: 0.95).
     pub top_p: Option<f64>,
+    /// Confidence-threshold parallel decoding (Fast-dLLM's `threshold`; `steps_per_token` then
+    /// unused).
+    pub threshold: Option<f64>,
+    /// Factor-based parallel decoding (Fast-dLLM's `factor`; `steps_per_token` then unused).
+    pub factor: Option<f64>,
+    /// WINO's acceptance threshold (with `method = "wino"`; default 0.6).
+    pub wino_threshold: Option<f64>,
+    /// WINO's re-masking threshold (with `method = "wino"`; default 0.9).
+    pub wino_threshold_back: Option<f64>,
     /// The base a run that quantises at load (`model.quantize`) evaluates on: `"stored"` (the
     /// checkpoint as stored, bf16 for the paper recipes, with the run's adapter: the references
     /// evaluate so) or `"training"` (the quantised base itself, no second model in memory).
@@ -660,6 +669,10 @@ impl Default for EvalSection {
             alg: dllm_sample::DreamAlg::Entropy,
             temperature: 0.0,
             top_p: None,
+            threshold: None,
+            factor: None,
+            wino_threshold: None,
+            wino_threshold_back: None,
             base: EvalBase::Stored,
         }
     }

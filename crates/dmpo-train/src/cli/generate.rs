@@ -48,13 +48,23 @@ pub struct Args {
     /// none, prefix or dual.
     #[arg(long, default_value = "none")]
     pub cache: CacheKind,
-    /// Confidence threshold for parallel decoding.
-    #[arg(long)]
+    /// Confidence threshold for parallel decoding (Fast-dLLM's `threshold`).
+    #[arg(long, conflicts_with = "factor")]
     pub threshold: Option<f64>,
+    /// Factor-based parallel decoding (Fast-dLLM's `factor`): the i-th most confident masked
+    /// position of the block is committed while its confidence reaches 1 - factor / (i + 2).
+    #[arg(long)]
+    pub factor: Option<f64>,
+    /// WINO: accept masked positions above this confidence (default 0.6).
+    #[arg(long)]
+    pub wino_threshold: Option<f64>,
+    /// WINO: re-mask accepted tokens whose shadow confidence is below this (default 0.9).
+    #[arg(long)]
+    pub wino_threshold_back: Option<f64>,
     /// Random seed.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// llada or dream (default: the model family's own sampler).
+    /// llada, dream, wino or roar (default: the model family's own sampler).
     #[arg(long)]
     pub method: Option<Method>,
     /// Dream: origin, maskgit_plus, topk_margin or entropy (default entropy).
@@ -120,6 +130,9 @@ impl BackendTask for Task {
             cfg_scale: a.cfg,
             cache: a.cache,
             threshold: a.threshold,
+            factor: a.factor,
+            wino_threshold: a.wino_threshold,
+            wino_threshold_back: a.wino_threshold_back,
             seed: a.seed,
             method,
             ..Default::default()
