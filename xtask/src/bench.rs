@@ -289,11 +289,7 @@ impl BackendTask for Bench<'_> {
             let variants: Vec<(&str, SamplerConfig, Option<f64>)> = variants
                 .into_iter()
                 .chain(labels.iter().zip(others).map(|(label, c)| {
-                    (
-                        label.as_str(),
-                        c,
-                        reff("c_generate_steps192_tokens_per_s"),
-                    )
+                    (label.as_str(), c, reff("c_generate_steps192_tokens_per_s"))
                 }))
                 .collect();
             let reps = a.reps.clamp(1, 2);

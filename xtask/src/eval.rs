@@ -140,7 +140,9 @@ impl BackendTask for Eval {
         if let Some(d) = &a.out {
             std::fs::create_dir_all(d)?;
         }
-        println!("| model | task | gen length | sampler | accuracy (%) | correct/total | seconds |");
+        println!(
+            "| model | task | gen length | sampler | accuracy (%) | correct/total | seconds |"
+        );
         println!("|---|---|---|---|---|---|---|");
         for &len in &a.gen_lengths {
             let out = a

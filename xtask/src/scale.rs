@@ -302,6 +302,7 @@ fn run_on<AB: AutodiffBackend>(a: &Args, device: &AB::Device) -> anyhow::Result<
             reward_components: Default::default(),
             reward_component_rows: Default::default(),
             sample_completion: String::new(),
+            sampler_log_likelihoods: None,
         })
     })?;
     rec.planned(planned_peak("rollout").saturating_sub(moments));

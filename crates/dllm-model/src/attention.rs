@@ -128,9 +128,12 @@ impl<B: Backend> Attention<B> {
                     return self.attn_out.forward(out, adapter);
                 }
                 key_padding.map(|m| {
-                    m.clone()
-                        .reshape([batch, 1, 1, total])
-                        .expand([batch, self.n_heads, len, total])
+                    m.clone().reshape([batch, 1, 1, total]).expand([
+                        batch,
+                        self.n_heads,
+                        len,
+                        total,
+                    ])
                 })
             }
         };

@@ -99,9 +99,7 @@ impl std::str::FromStr for Method {
             "dream" => Ok(Self::Dream),
             "wino" => Ok(Self::Wino),
             "roar" => Ok(Self::Roar),
-            o => Err(format!(
-                "unknown method `{o}` (llada, dream, wino or roar)"
-            )),
+            o => Err(format!("unknown method `{o}` (llada, dream, wino or roar)")),
         }
     }
 }
@@ -203,7 +201,7 @@ pub struct SamplerConfig {
     pub top_k: Option<usize>,
     /// ROAR: also score each drawn token under the model without its adapter (the reference
     /// policy), one more pass per step (DMPO's `compute_ref_log_prob_elbo = false`). Set by the
-    /// trainer from `dmpo.rollout_log_probs`; not read from the sampler's own settings.
+    /// trainer from `dmpo.rollout_elbo = false`; not read from the sampler's own settings.
     #[serde(skip)]
     pub reference_log_probs: bool,
 }
@@ -264,10 +262,7 @@ impl SamplerConfig {
         }
         let blocks = self.gen_length / self.block_length;
         let parallel = self.threshold.is_some() || self.factor.is_some();
-        if uses_steps
-            && !parallel
-            && (self.steps == 0 || !self.steps.is_multiple_of(blocks))
-        {
+        if uses_steps && !parallel && (self.steps == 0 || !self.steps.is_multiple_of(blocks)) {
             return bad(format!(
                 "steps {} must be a positive multiple of the number of blocks {blocks}",
                 self.steps
@@ -303,7 +298,9 @@ impl SamplerConfig {
                 return bad(format!("factor {f} must be positive"));
             }
             if self.threshold.is_some() {
-                return bad("threshold and factor are two rules for the same choice: set one".into());
+                return bad(
+                    "threshold and factor are two rules for the same choice: set one".into(),
+                );
             }
         }
         for (name, value) in [
@@ -384,7 +381,8 @@ impl SamplerConfig {
     pub fn wino_thresholds(&self) -> (f64, f64) {
         (
             self.wino_threshold.unwrap_or(DEFAULT_WINO_THRESHOLD),
-            self.wino_threshold_back.unwrap_or(DEFAULT_WINO_THRESHOLD_BACK),
+            self.wino_threshold_back
+                .unwrap_or(DEFAULT_WINO_THRESHOLD_BACK),
         )
     }
 

@@ -454,7 +454,10 @@ impl<'m, B: Backend> Sampler<'m, B> {
     }
 
     /// Candidate tokens (Gumbel-max) and confidences for logits `[batch, n, vocab]`.
-    pub(crate) fn candidates(&mut self, logits: Tensor<B, 3>) -> Result<(Vec<i64>, Vec<f32>), SampleError> {
+    pub(crate) fn candidates(
+        &mut self,
+        logits: Tensor<B, 3>,
+    ) -> Result<(Vec<i64>, Vec<f32>), SampleError> {
         let rows: Vec<usize> = (0..logits.dims()[0]).collect();
         self.candidates_of(logits, &rows)
     }

@@ -114,6 +114,7 @@ fn random_order(rng: &mut impl Rng, n: usize) -> Vec<usize> {
 
 /// `log_softmax(logits)[x0]` per row, for logits `[batch, 1, vocab]`.
 fn token_log_probs<B: Backend>(logits: Tensor<B, 3>, x0: &[i64], device: &B::Device) -> Vec<f32> {
-    let index = Tensor::<B, 3, Int>::from_data(TensorData::new(x0.to_vec(), [x0.len(), 1, 1]), device);
+    let index =
+        Tensor::<B, 3, Int>::from_data(TensorData::new(x0.to_vec(), [x0.len(), 1, 1]), device);
     host_floats(log_softmax(logits, 2).gather(2, index))
 }

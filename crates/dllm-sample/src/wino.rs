@@ -119,17 +119,24 @@ impl<'m, B: Backend> Sampler<'m, B> {
         // The sequence (its logits from `lo` to the block's end) and the block's shadow.
         let ids: Vec<i64> = active.iter().flat_map(|&b| self.row(b).to_vec()).collect();
         let rows = active.len();
-        let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [rows, self.total]), &self.device);
+        let ids =
+            Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [rows, self.total]), &self.device);
         let options = ForwardOptions {
             key_padding: self.key_padding_of(active),
             adapter: self.config.adapter,
         };
         let mut cache = KvCache::new();
-        let logits =
-            self.model
-                .forward_fill_cache(ids, &options, &LogitPositions::Range(lo..end), &mut cache);
+        let logits = self.model.forward_fill_cache(
+            ids,
+            &options,
+            &LogitPositions::Range(lo..end),
+            &mut cache,
+        );
         let shadow = Tensor::<B, 2, Int>::from_data(
-            TensorData::new(vec![self.mask_id; rows * block_length], [rows, block_length]),
+            TensorData::new(
+                vec![self.mask_id; rows * block_length],
+                [rows, block_length],
+            ),
             &self.device,
         );
         let shadow_logits =

@@ -139,7 +139,11 @@ fn threshold_decoding_matches_fast_dllm_without_and_with_caches() {
         };
         let got = generate(&model, &prompts(), &config).unwrap();
         assert_sequences(&case, &got);
-        assert_eq!(vec![got.nfe], reference_nfe(&case), "{case}: forward passes");
+        assert_eq!(
+            vec![got.nfe],
+            reference_nfe(&case),
+            "{case}: forward passes"
+        );
     }
 }
 
@@ -168,7 +172,10 @@ fn roar_matches_the_reference_tokens_and_log_probabilities() {
         };
         let got = generate(&model, &prompts(), &config).unwrap();
         assert_sequences(&case, &got);
-        assert_eq!(got.nfe, config.gen_length, "{case}: one evaluation per token");
+        assert_eq!(
+            got.nfe, config.gen_length,
+            "{case}: one evaluation per token"
+        );
         let want = read_floats(golden(), &format!("{case}_log_probs")).unwrap();
         let got = got.token_log_probs.expect("ROAR records log-probabilities");
         for (b, row) in got.iter().enumerate() {

@@ -53,7 +53,11 @@ fn greedy_factor_and_threshold_decoding_end_a_block_that_makes_no_progress() {
                 ..config()
             };
             let out = generate(&model, &prompts(), &config).unwrap();
-            assert_eq!(out.steps, 2 * steps_per_block, "{cache:?} {factor:?} {threshold:?}");
+            assert_eq!(
+                out.steps,
+                2 * steps_per_block,
+                "{cache:?} {factor:?} {threshold:?}"
+            );
             for completion in &out.completions {
                 assert!(completion.iter().all(|&t| t == 0), "{completion:?}");
             }

@@ -61,6 +61,12 @@ pub struct DmpoConfig {
     /// Replicates of the rollout-time ELBO (`ell_cur`, `ell_ref`; the reference's
     /// `compute_ref_log_prob_elbo_size`); 0: `num_replicates`.
     pub rollout_elbo_replicates: usize,
+    /// Where the rollout-time `ell_cur` and `ell_ref` come from (the reference's
+    /// `compute_ref_log_prob_elbo`): the K-replicate ELBO of each completion under the policy and
+    /// the reference (true), or the exact log-likelihoods ROAR records while it samples, the
+    /// reference's with a second, adapter-free pass per step (false; docs/algorithm.md §4.2).
+    /// False needs `rollout.method = "roar"` and LoRA.
+    pub rollout_elbo: bool,
     /// The loss optimised.
     pub loss: DmpoLoss,
     /// DDO `beta` (scale of the log-likelihood gap).
@@ -90,6 +96,7 @@ impl Default for DmpoConfig {
             centering_strength: 1.0,
             baseline_rows: 0,
             rollout_elbo_replicates: 0,
+            rollout_elbo: true,
             loss: DmpoLoss::Wdce,
             ddo_beta: 1.0,
             ddo_alpha: 1.0,

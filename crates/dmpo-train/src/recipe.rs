@@ -956,6 +956,27 @@ impl Recipe {
             path: path.to_path_buf(),
             message: format!("`dmpo`: {e}"),
         })?;
+        if !self.dmpo.rollout_elbo {
+            // The reference falls back to the ELBO for other samplers (with a warning); here
+            // the setting is refused where it cannot take effect.
+            if self.rollout.method != dllm_sample::Method::Roar {
+                return bad(
+                    "dmpo.rollout_elbo",
+                    "false takes the log-likelihoods ROAR records while sampling: set \
+                     rollout.method = \"roar\"",
+                );
+            }
+            if self.train.algorithm != Algorithm::Dmpo {
+                return bad("dmpo.rollout_elbo", "false is a setting of DMPO's update");
+            }
+            if self.model.finetune != Finetune::Lora {
+                return bad(
+                    "dmpo.rollout_elbo",
+                    "false scores the reference with the model's adapter disabled: needs \
+                     model.finetune = \"lora\"",
+                );
+            }
+        }
         self.grpo.validate().map_err(|e| TrainError::Recipe {
             path: path.to_path_buf(),
             message: format!("`grpo`: {e}"),

@@ -60,6 +60,18 @@ pub struct Rollout {
     /// The text the reward read for the step's first row (logged as a sample, as TRL's
     /// `log_completions`).
     pub sample_completion: String,
+    /// With `dmpo.rollout_elbo = false`: each row's log-likelihood under the rollout policy and
+    /// under the reference, the sums of the per-token log-probabilities ROAR recorded.
+    pub sampler_log_likelihoods: Option<SamplerLogLikelihoods>,
+}
+
+/// Per-row sequence log-likelihoods recorded by the sampler (ROAR), in row order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SamplerLogLikelihoods {
+    /// Under the policy that sampled the rows.
+    pub policy: Vec<f64>,
+    /// Under the reference (the model without its adapter).
+    pub reference: Vec<f64>,
 }
 
 impl RolloutSource<'_> {
@@ -96,6 +108,7 @@ impl RolloutSource<'_> {
         let mut sampler = recipe.rollout.clone();
         sampler.seed = stream_seed(recipe.run.seed, step, SAMPLER_STREAM);
         sampler.adapter = true;
+        sampler.reference_log_probs = !recipe.dmpo.rollout_elbo;
         let placement = RowPlacement {
             first_row: rows.start,
             prompt_len: Some(prompt_len),
@@ -147,7 +160,29 @@ impl RolloutSource<'_> {
             reward_components: means(&component_rows),
             reward_component_rows: component_rows,
             sample_completion,
+            sampler_log_likelihoods: sampler_log_likelihoods(generation),
         })
+    }
+}
+
+/// The sums over each completion of the token log-probabilities `generation` recorded under
+/// the policy and the reference, when it recorded both (every token of the completion, EOS and
+/// what follows included, as the reference with its default `log_rnd_omit_eos = false`).
+fn sampler_log_likelihoods(generation: &Generation) -> Option<SamplerLogLikelihoods> {
+    let sums = |rows: &Vec<Vec<f32>>| -> Vec<f64> {
+        rows.iter()
+            .map(|r| r.iter().map(|&v| f64::from(v)).sum())
+            .collect()
+    };
+    match (
+        &generation.token_log_probs,
+        &generation.reference_token_log_probs,
+    ) {
+        (Some(policy), Some(reference)) => Some(SamplerLogLikelihoods {
+            policy: sums(policy),
+            reference: sums(reference),
+        }),
+        _ => None,
     }
 }
 
@@ -201,6 +236,13 @@ impl Rollout {
         for (name, values) in self.reward_component_rows {
             component_rows.insert(name, peer.gather(&values, first, rows)?);
         }
+        let sampler_log_likelihoods = match self.sampler_log_likelihoods {
+            Some(l) => Some(SamplerLogLikelihoods {
+                policy: peer.gather(&l.policy, first, rows)?,
+                reference: peer.gather(&l.reference, first, rows)?,
+            }),
+            None => None,
+        };
         let sequences = HostBatch::new(
             ids.iter().map(|&x| i64::from(x)).collect(),
             seq_len,
@@ -215,6 +257,7 @@ impl Rollout {
             reward_components: means(&component_rows),
             reward_component_rows: component_rows,
             sample_completion: self.sample_completion,
+            sampler_log_likelihoods,
         })
     }
 }

@@ -112,6 +112,24 @@ fn unknown_keys_and_bad_values_are_named() {
         ],
     );
     assert!(e.contains("train.ref_model_mixup_alpha"), "{e}");
+    // ROAR's recorded log-likelihoods need ROAR, DMPO and an adapter-free reference.
+    let e = err(MINIMAL, &["dmpo.rollout_elbo=false"]);
+    assert!(e.contains("dmpo.rollout_elbo") && e.contains("roar"), "{e}");
+    let e = err(
+        MINIMAL,
+        &[
+            "dmpo.rollout_elbo=false",
+            "rollout.method=\"roar\"",
+            "model.finetune=\"full\"",
+        ],
+    );
+    assert!(e.contains("dmpo.rollout_elbo") && e.contains("lora"), "{e}");
+    let e = err(MINIMAL, &["rollout.wino_threshold=0.5"]);
+    assert!(e.contains("wino_threshold") && e.contains("wino"), "{e}");
+    let e = err(MINIMAL, &["rollout.factor=1.0", "rollout.threshold=0.9"]);
+    assert!(e.contains("factor") && e.contains("threshold"), "{e}");
+    let e = err(MINIMAL, &["eval.method=\"wino\"", "eval.cache=\"prefix\""]);
+    assert!(e.contains("eval") && e.contains("cache"), "{e}");
     let e = err("[model\npath=", &[]);
     assert!(e.contains("bad.toml"), "{e}");
     let e = err("[task]\nname = \"sudoku\"\n", &[]);

@@ -340,6 +340,7 @@ fn update<AB: AutodiffBackend>(
         reward_components: Default::default(),
         reward_component_rows: Default::default(),
         sample_completion: String::new(),
+        sampler_log_likelihoods: None,
     };
 
     let mut s = UpdateState {

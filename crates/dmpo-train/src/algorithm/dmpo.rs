@@ -48,18 +48,34 @@ where
         .select::<AB::InnerBackend>(&own_rows, device)?;
 
     // ELBO of each rollout under the rollout policy and the reference, same masks (§3). The
-    // masks of every row are drawn (on every peer alike); a peer evaluates its own rows.
+    // masks of every row are drawn (on every peer alike); a peer evaluates its own rows. With
+    // `rollout_elbo = false`, the log-likelihoods ROAR recorded while sampling instead (§4.2).
     let clock = Instant::now();
-    let masks = ReplicateMasks::sample(rng, eos, gen_len, &MaskOptions::rollout(config))?;
-    let models: [&dyn LogitsModel<AB::InnerBackend>; 2] = [&inputs.policy, &inputs.reference];
-    let elbo = elbo_with_masks(
-        &models,
-        &batch,
-        &masks.select_samples(&own_rows)?,
-        config.elbo_memory_budget_bytes,
-    )?;
-    let ell_cur = peer.gather(&elbo[0], own.start, rows)?;
-    let ell_ref = peer.gather(&elbo[1], own.start, rows)?;
+    let (ell_cur, ell_ref) = match (&rollout.sampler_log_likelihoods, config.rollout_elbo) {
+        (Some(recorded), false) => (recorded.policy.clone(), recorded.reference.clone()),
+        (None, false) => {
+            return Err(crate::error::TrainError::Data(
+                "dmpo.rollout_elbo = false, but the rollout recorded no log-likelihoods (it \
+                 needs rollout.method = \"roar\")"
+                    .into(),
+            ))
+        }
+        (_, true) => {
+            let masks = ReplicateMasks::sample(rng, eos, gen_len, &MaskOptions::rollout(config))?;
+            let models: [&dyn LogitsModel<AB::InnerBackend>; 2] =
+                [&inputs.policy, &inputs.reference];
+            let elbo = elbo_with_masks(
+                &models,
+                &batch,
+                &masks.select_samples(&own_rows)?,
+                config.elbo_memory_budget_bytes,
+            )?;
+            (
+                peer.gather(&elbo[0], own.start, rows)?,
+                peer.gather(&elbo[1], own.start, rows)?,
+            )
+        }
+    };
     let elbo_seconds = clock.elapsed().as_secs_f64();
 
     // Importance weights per group (§4), over the whole rollout on every peer.
