@@ -74,7 +74,8 @@ pub struct Args {
     #[arg(long, default_value_t = 4)]
     pub replicates: usize,
     /// DMPO updates on the rollout: the first creates AdamW's moments, the second runs with
-    /// them resident (the peak of every later training step).
+    /// them resident (the peak of every later training step); 0 measures the generations only
+    /// (no adapter, rollout or update).
     #[arg(long, default_value_t = 2)]
     pub updates: usize,
     /// Print JSON instead of a table.
@@ -122,6 +123,30 @@ struct Recorder {
 }
 
 impl Recorder {
+    /// The report of the phases recorded.
+    fn report(
+        self,
+        a: &Args,
+        parameters: usize,
+        lora_parameters: usize,
+        baseline: u64,
+    ) -> Report {
+        let peak = self
+            .phases
+            .iter()
+            .map(|p| p.peak_rss_bytes)
+            .max()
+            .unwrap_or(0);
+        Report {
+            model: a.model.display().to_string(),
+            parameters,
+            lora_parameters,
+            baseline_rss_bytes: baseline,
+            phases: self.phases,
+            peak_rss_bytes: peak,
+        }
+    }
+
     /// Runs `f` as phase `name`; `tokens` generated tokens give it a rate.
     fn phase<T>(
         &mut self,
@@ -285,6 +310,10 @@ fn run_on<AB: AutodiffBackend>(a: &Args, device: &AB::Device) -> anyhow::Result<
         }
     }
 
+    if a.updates == 0 {
+        // Generations only: no adapter, rollout or update.
+        return Ok(rec.report(a, parameters, 0, baseline));
+    }
     AB::seed(device, recipe.run.seed);
     let policy = rec.phase("attach LoRA", None, || {
         Ok(base.with_lora(&recipe.lora.config(), device)?)
@@ -346,20 +375,7 @@ fn run_on<AB: AutodiffBackend>(a: &Args, device: &AB::Device) -> anyhow::Result<
         }
     }
     drop(policy);
-    let peak = rec
-        .phases
-        .iter()
-        .map(|p| p.peak_rss_bytes)
-        .max()
-        .unwrap_or(0);
-    Ok(Report {
-        model: a.model.display().to_string(),
-        parameters,
-        lora_parameters,
-        baseline_rss_bytes: baseline,
-        phases: rec.phases,
-        peak_rss_bytes: peak,
-    })
+    Ok(rec.report(a, parameters, lora_parameters, baseline))
 }
 
 fn dtype_name(d: WeightDType) -> &'static str {
