@@ -19,8 +19,9 @@ use serde::Serialize;
 /// Arguments of `cargo xtask bench`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// What to measure: all, forward, step (one DMPO optimisation step), sampler, or ddp
-    /// (data-parallel steps on 1, 2 and 4 CPU peers; not part of `all`).
+    /// What to measure: all, forward, step (one DMPO optimisation step), sampler, ddp
+    /// (data-parallel steps on 1, 2 and 4 CPU peers) or cache (where the cached samplers' time
+    /// goes); the last two are not part of `all`.
     #[arg(default_value = "all")]
     pub what: String,
     /// Backends to run (default: every one compiled in).
@@ -377,6 +378,9 @@ fn dmpo_step<B: Backend>(a: &Args, device: &B::Device) -> anyhow::Result<(f64, V
 pub fn run(a: Args) -> anyhow::Result<()> {
     if a.what == "ddp" {
         return crate::bench_ddp::run(&a);
+    }
+    if a.what == "cache" {
+        return crate::bench_cache::run(&a);
     }
     let reference_path = a
         .reference

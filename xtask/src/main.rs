@@ -1,6 +1,7 @@
 //! `cargo xtask`: the project's recipes runner (train, eval, pretrain, bench, compare, study, random-checkpoint, scale, gpu-check).
 
 mod bench;
+mod bench_cache;
 mod bench_ddp;
 mod compare;
 mod eval;

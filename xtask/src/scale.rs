@@ -124,13 +124,7 @@ struct Recorder {
 
 impl Recorder {
     /// The report of the phases recorded.
-    fn report(
-        self,
-        a: &Args,
-        parameters: usize,
-        lora_parameters: usize,
-        baseline: u64,
-    ) -> Report {
+    fn report(self, a: &Args, parameters: usize, lora_parameters: usize, baseline: u64) -> Report {
         let peak = self
             .phases
             .iter()

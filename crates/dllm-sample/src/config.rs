@@ -330,12 +330,12 @@ impl SamplerConfig {
             }
             Method::Wino => {
                 self.refuse_dream_settings()?;
-                self.validate_single_token_family("wino")
+                self.refuse_settings_of_other_samplers("wino")
             }
             Method::Roar => {
                 self.refuse_dream_settings()?;
                 self.refuse_wino_settings()?;
-                self.validate_single_token_family("roar")
+                self.refuse_settings_of_other_samplers("roar")
             }
         }
     }
@@ -356,7 +356,7 @@ impl SamplerConfig {
 
     /// The settings WINO's and ROAR's reference loops do not have, refused by name: they
     /// decode without a cache, rank by the untempered probability and have no step schedule.
-    fn validate_single_token_family(&self, method: &str) -> Result<(), crate::SampleError> {
+    fn refuse_settings_of_other_samplers(&self, method: &str) -> Result<(), crate::SampleError> {
         let d = Self::default();
         let set = [
             ("cache", self.cache != CacheKind::None),
@@ -370,7 +370,7 @@ impl SamplerConfig {
         ];
         match set.iter().find(|(_, on)| *on) {
             Some((field, _)) => Err(crate::SampleError::Config(format!(
-                "{field} is not a setting of the {method} sampler (docs/algorithm.md §2): leave it unset"
+                "{field} is not a setting of the {method} sampler (docs/algorithm.md §2.10): leave it unset"
             ))),
             None => Ok(()),
         }

@@ -1,4 +1,4 @@
-//! ROAR, random-order autoregression per block (docs/algorithm.md §2.10): the rollout sampler of
+//! ROAR, random-order autoregression per block (docs/algorithm.md §2.9): the rollout sampler of
 //! DMPO's trainer (`generate_and_compute_log_rnd` in the reference's `dmpo_trainer.py`).
 //!
 //! Each block draws a uniformly random order of its positions per row (the argsort of uniform

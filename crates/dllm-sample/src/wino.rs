@@ -1,4 +1,4 @@
-//! WINO, wide-in narrow-out decoding (docs/algorithm.md §2.9): the reference's `decoding_wino`
+//! WINO, wide-in narrow-out decoding (docs/algorithm.md §2.8): the reference's `decoding_wino`
 //! (DMPO's `fast_samplers/wino/generate.py`), one row at a time as there, the rows of a batch
 //! run side by side.
 //!

@@ -105,3 +105,26 @@ fn wino_and_roar_finish_when_the_mask_token_is_predicted() {
         assert!(row.iter().all(|&lp| (lp - uniform).abs() < 1e-4), "{row:?}");
     }
 }
+
+#[test]
+fn wino_and_roar_refuse_a_dream_model_and_factor_refuses_dreams_sampler() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/golden-dream");
+    let model = load_model::<B>(dir, LoadOptions::default(), &Default::default()).unwrap();
+    for method in [Method::Wino, Method::Roar] {
+        let config = SamplerConfig { method, ..config() };
+        let err = generate(&model, &prompts(), &config)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("LLaDA") && err.contains("Dream"), "{err}");
+    }
+    let config = SamplerConfig {
+        method: Method::Dream,
+        cache: CacheKind::Prefix,
+        factor: Some(1.0),
+        ..config()
+    };
+    let err = generate(&model, &prompts(), &config)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("factor"), "{err}");
+}
