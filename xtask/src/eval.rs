@@ -64,18 +64,9 @@ pub struct Args {
     /// The sampler: llada, dream, wino or roar (default: the model family's own).
     #[arg(long)]
     pub method: Option<dllm_sample::Method>,
-    /// Confidence-threshold parallel decoding (Fast-dLLM's `threshold`).
-    #[arg(long, conflicts_with = "factor")]
-    pub threshold: Option<f64>,
-    /// Factor-based parallel decoding (Fast-dLLM's `factor`).
-    #[arg(long)]
-    pub factor: Option<f64>,
-    /// WINO's acceptance threshold (default 0.6).
-    #[arg(long)]
-    pub wino_threshold: Option<f64>,
-    /// WINO's re-masking threshold (default 0.9).
-    #[arg(long)]
-    pub wino_threshold_back: Option<f64>,
+    /// Threshold, factor and WINO settings.
+    #[command(flatten)]
+    pub decoding: dmpo_train::cli::DecodingArgs,
     /// Directory for the d1-layout generation files.
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -131,10 +122,10 @@ impl BackendTask for Eval {
             method: a
                 .method
                 .unwrap_or(dllm_sample::Method::of_family(model.config.family)),
-            threshold: a.threshold,
-            factor: a.factor,
-            wino_threshold: a.wino_threshold,
-            wino_threshold_back: a.wino_threshold_back,
+            threshold: a.decoding.threshold,
+            factor: a.decoding.factor,
+            wino_threshold: a.decoding.wino_threshold,
+            wino_threshold_back: a.decoding.wino_threshold_back,
             ..EvalSection::default()
         };
         if let Some(d) = &a.out {

@@ -341,25 +341,8 @@ impl<B: Backend> Sampler<'_, B> {
         Ok((host_ids(x0), conf))
     }
 
-    /// Writes `token` at position `pos` of row `b`, recording the step (a mask id stays masked).
-    fn put(&mut self, b: usize, pos: usize, token: i64, step: usize) {
-        self.x[b * self.total + pos] = token;
-        if token != self.mask_id {
-            self.decode_step[b][pos - self.prompt_len] = Some(step);
-        }
-    }
-
     fn any_masked_in(&self, start: usize, end: usize) -> bool {
         (0..self.batch).any(|b| self.row(b)[start..end].contains(&self.mask_id))
-    }
-
-    fn observe(&self, observer: &mut dyn FnMut(&StepEvent<'_>), step: usize, block: usize) {
-        let completions = self.completions();
-        observer(&StepEvent {
-            step,
-            block,
-            completions: &completions,
-        });
     }
 }
 

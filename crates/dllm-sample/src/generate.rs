@@ -263,12 +263,7 @@ impl<'m, B: Backend> Sampler<'m, B> {
                     .map(|b| schedule[b].get(s).copied().unwrap_or(0))
                     .collect();
                 let progressed = self.commit(lo, end, &x0, &conf, &ks, step);
-                let completions = self.completions();
-                observer(&StepEvent {
-                    step,
-                    block,
-                    completions: &completions,
-                });
+                self.observe(observer, step, block);
                 step += 1;
                 let next_refresh = c.refresh_every.is_some_and(|r| (s + 1) % r == 0);
                 let same_pass_next = c.cache == CacheKind::None || !(refresh || next_refresh);
@@ -308,6 +303,29 @@ impl<'m, B: Backend> Sampler<'m, B> {
             steps,
             token_log_probs: self.token_log_probs,
             reference_token_log_probs: self.reference_token_log_probs,
+        }
+    }
+
+    /// Shows `observer` the completions after step `step` of block `block`.
+    pub(crate) fn observe(
+        &self,
+        observer: &mut dyn FnMut(&StepEvent<'_>),
+        step: usize,
+        block: usize,
+    ) {
+        let completions = self.completions();
+        observer(&StepEvent {
+            step,
+            block,
+            completions: &completions,
+        });
+    }
+
+    /// Writes `token` at position `pos` of row `b`, recording the step (a mask id stays masked).
+    pub(crate) fn put(&mut self, b: usize, pos: usize, token: i64, step: usize) {
+        self.x[b * self.total + pos] = token;
+        if token != self.mask_id {
+            self.decode_step[b][pos - self.prompt_len] = Some(step);
         }
     }
 
@@ -587,11 +605,8 @@ impl<'m, B: Backend> Sampler<'m, B> {
             .min(cands.len());
             for &(j, _) in &cands[..take] {
                 let tok = x0[b * n + j];
-                self.x[b * self.total + lo + j] = tok;
-                if tok != self.mask_id {
-                    self.decode_step[b][lo + j - self.prompt_len] = Some(step);
-                    progressed = true;
-                }
+                self.put(b, lo + j, tok, step);
+                progressed |= tok != self.mask_id;
             }
         }
         progressed

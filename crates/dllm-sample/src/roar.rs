@@ -54,22 +54,14 @@ impl<'m, B: Backend> Sampler<'m, B> {
                     None => None,
                 };
                 for (b, &p) in positions.iter().enumerate() {
+                    self.put(b, p, x0[b], step);
                     let offset = p - self.prompt_len;
-                    self.x[b * self.total + p] = x0[b];
-                    if x0[b] != self.mask_id {
-                        self.decode_step[b][offset] = Some(step);
-                    }
                     policy[b][offset] = drawn[b];
                     if let (Some(r), Some(lp)) = (reference.as_mut(), drawn_reference.as_ref()) {
                         r[b][offset] = lp[b];
                     }
                 }
-                let completions = self.completions();
-                observer(&StepEvent {
-                    step,
-                    block,
-                    completions: &completions,
-                });
+                self.observe(observer, step, block);
                 step += 1;
             }
         }

@@ -80,12 +80,7 @@ impl<'m, B: Backend> Sampler<'m, B> {
                     break;
                 }
                 self.wino_step(&active, &mut states, start, end, step)?;
-                let completions = self.completions();
-                observer(&StepEvent {
-                    step,
-                    block,
-                    completions: &completions,
-                });
+                self.observe(observer, step, block);
                 step += 1;
             }
             if states.iter().any(|s| s.masked.contains(&true)) {
@@ -196,20 +191,15 @@ impl<'m, B: Backend> Sampler<'m, B> {
                 Vec::new()
             };
 
-            let base = b * self.total;
             for &p in &accepted_now {
-                let tok = x0[a * n + p - lo];
-                self.x[base + p] = tok;
+                self.put(b, p, x0[a * n + p - lo], step);
                 state.masked[p] = false;
                 if p >= start {
                     state.accepted[p - start] = true;
                 }
-                if tok != self.mask_id {
-                    self.decode_step[b][p - self.prompt_len] = Some(step);
-                }
             }
             for &i in &remask {
-                self.x[base + start + i] = self.mask_id;
+                self.x[b * self.total + start + i] = self.mask_id;
                 self.decode_step[b][start + i - self.prompt_len] = None;
                 state.masked[start + i] = true;
                 state.accepted[i] = false;

@@ -8,7 +8,7 @@ use dllm_model::backend::{dispatch, BackendTask};
 use dllm_model::{ChatMessage, ChatTokenizer};
 use dllm_sample::{generate_with_observer, CacheKind, DreamAlg, Method, Remasking, SamplerConfig};
 
-use super::ModelArgs;
+use super::{DecodingArgs, ModelArgs};
 
 /// Arguments of `dmpo generate`.
 #[derive(Debug, clap::Args)]
@@ -48,19 +48,9 @@ pub struct Args {
     /// none, prefix or dual.
     #[arg(long, default_value = "none")]
     pub cache: CacheKind,
-    /// Confidence threshold for parallel decoding (Fast-dLLM's `threshold`).
-    #[arg(long, conflicts_with = "factor")]
-    pub threshold: Option<f64>,
-    /// Factor-based parallel decoding (Fast-dLLM's `factor`): the i-th most confident masked
-    /// position of the block is committed while its confidence reaches 1 - factor / (i + 2).
-    #[arg(long)]
-    pub factor: Option<f64>,
-    /// WINO: accept masked positions above this confidence (default 0.6).
-    #[arg(long)]
-    pub wino_threshold: Option<f64>,
-    /// WINO: re-mask accepted tokens whose shadow confidence is below this (default 0.9).
-    #[arg(long)]
-    pub wino_threshold_back: Option<f64>,
+    /// Threshold, factor and WINO settings.
+    #[command(flatten)]
+    pub decoding: DecodingArgs,
     /// Random seed.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -129,14 +119,11 @@ impl BackendTask for Task {
             remasking: a.remasking,
             cfg_scale: a.cfg,
             cache: a.cache,
-            threshold: a.threshold,
-            factor: a.factor,
-            wino_threshold: a.wino_threshold,
-            wino_threshold_back: a.wino_threshold_back,
             seed: a.seed,
             method,
             ..Default::default()
         };
+        let config = a.decoding.apply(config);
         // Dream's settings given to LLaDA's sampler are refused by `validate`, not ignored.
         let config = SamplerConfig {
             alg: a.alg.unwrap_or(config.alg),

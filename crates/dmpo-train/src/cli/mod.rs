@@ -102,6 +102,38 @@ impl ModelArgs {
     }
 }
 
+/// The sampler's parallel-decoding rules and WINO's thresholds (docs/algorithm.md §2.5, §2.8),
+/// shared by the commands that sample.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct DecodingArgs {
+    /// Confidence-threshold parallel decoding (Fast-dLLM's `threshold`).
+    #[arg(long, conflicts_with = "factor")]
+    pub threshold: Option<f64>,
+    /// Factor-based parallel decoding (Fast-dLLM's `factor`): the i-th most confident masked
+    /// position of the block is committed while its confidence reaches 1 - factor / (i + 2).
+    #[arg(long)]
+    pub factor: Option<f64>,
+    /// WINO (`--method wino`): accept masked positions above this confidence (default 0.6).
+    #[arg(long)]
+    pub wino_threshold: Option<f64>,
+    /// WINO: re-mask accepted tokens whose shadow confidence is below this (default 0.9).
+    #[arg(long)]
+    pub wino_threshold_back: Option<f64>,
+}
+
+impl DecodingArgs {
+    /// `config` with these settings.
+    pub fn apply(&self, config: dllm_sample::SamplerConfig) -> dllm_sample::SamplerConfig {
+        dllm_sample::SamplerConfig {
+            threshold: self.threshold,
+            factor: self.factor,
+            wino_threshold: self.wino_threshold,
+            wino_threshold_back: self.wino_threshold_back,
+            ..config
+        }
+    }
+}
+
 /// `overrides` plus `model.quantize` when `--quantize` was given (last, so it wins).
 fn with_quantize(overrides: &[String], quantize: Option<&str>) -> Vec<String> {
     let mut all = overrides.to_vec();
