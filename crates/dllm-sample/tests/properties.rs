@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use dllm_model::{load_model, DiffusionLm, LoadOptions};
 use dllm_sample::{
-    generate_with_observer, num_transfer_tokens, CacheKind, Remasking, SamplerConfig,
+    generate_with_observer, num_transfer_tokens, CacheKind, Method, Remasking, SamplerConfig,
 };
 use proptest::prelude::*;
 
@@ -243,4 +243,114 @@ fn logits_eos_inf_never_generates_eos() {
         .unwrap_err()
         .to_string()
         .contains("eot_token_id"));
+}
+
+/// The tiny Sudoku model: confident enough for threshold, factor and WINO to commit several
+/// tokens a step and for WINO to re-mask.
+fn sudoku_model() -> DiffusionLm<B> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models/tiny-sudoku");
+    load_model::<B>(dir, LoadOptions::default(), &Default::default()).unwrap()
+}
+
+/// Factor, threshold, WINO and ROAR settings with prompts of the Sudoku vocabulary (mask id 5).
+fn reference_sampler_settings() -> impl Strategy<Value = (SamplerConfig, Vec<Vec<u32>>)> {
+    (
+        0usize..5,
+        prop::sample::select(vec![(16usize, 8usize), (24, 8), (16, 16)]),
+        prop::sample::select(vec![0.0f64, 1.0]),
+        prop::sample::select(vec![CacheKind::None, CacheKind::Prefix, CacheKind::Dual]),
+        0.05f64..3.0,
+        0.0f64..1.0,
+        any::<u64>(),
+        prop::collection::vec(
+            prop::collection::vec(
+                prop::sample::select(vec![0u32, 2, 3, 7, 9, 10, 11, 12, 13, 14]),
+                1..12,
+            ),
+            1..4,
+        ),
+    )
+        .prop_map(
+            |(kind, (gen, block), temperature, cache, factor, t, seed, prompts)| {
+                let base = SamplerConfig {
+                    gen_length: gen,
+                    block_length: block,
+                    steps: gen,
+                    temperature,
+                    seed,
+                    padding_mask: seed % 2 == 0,
+                    ..Default::default()
+                };
+                let config = match kind {
+                    0 => SamplerConfig {
+                        factor: Some(factor),
+                        cache,
+                        ..base
+                    },
+                    1 => SamplerConfig {
+                        threshold: Some(t),
+                        cache,
+                        ..base
+                    },
+                    2 => SamplerConfig {
+                        method: Method::Wino,
+                        wino_threshold: Some(t),
+                        wino_threshold_back: Some((t + factor / 3.0).min(1.0)),
+                        ..base
+                    },
+                    _ => SamplerConfig {
+                        method: Method::Roar,
+                        ..base
+                    },
+                };
+                (config, prompts)
+            },
+        )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
+
+    #[test]
+    fn the_reference_samplers_finish_and_account_for_every_position(
+        (config, prompts) in reference_sampler_settings()
+    ) {
+        const SUDOKU_MASK: u32 = 5;
+        let model = sudoku_model();
+        let gen = config.gen_length;
+        let mut steps = 0usize;
+        let out = generate_with_observer(&model, &prompts, &config, &mut |e| {
+            steps = e.step + 1;
+            assert!(e.completions.iter().all(|c| c.len() == gen));
+        }).unwrap();
+        prop_assert_eq!(out.steps, steps);
+        for (b, c) in out.completions.iter().enumerate() {
+            prop_assert_eq!(c.len(), gen);
+            for (j, &t) in c.iter().enumerate() {
+                // A position holds a token exactly when its decode step is recorded.
+                prop_assert_eq!(out.decode_step[b][j].is_some(), t != SUDOKU_MASK, "row {} pos {}", b, j);
+                if let Some(s) = out.decode_step[b][j] {
+                    prop_assert!(s < out.steps);
+                }
+            }
+        }
+        match config.method {
+            Method::Roar => {
+                // One token per step in a block-wise random order: every position once.
+                prop_assert_eq!(out.nfe, gen);
+                for row in &out.decode_step {
+                    let mut seen: Vec<usize> = row.iter().flatten().copied().collect();
+                    seen.sort_unstable();
+                    seen.dedup();
+                    prop_assert_eq!(seen.len(), row.iter().flatten().count());
+                }
+                let lp = out.token_log_probs.as_ref().unwrap();
+                prop_assert!(lp.iter().flatten().all(|&v| v <= 0.0 && v.is_finite()));
+            }
+            _ => {
+                prop_assert!(out.token_log_probs.is_none());
+                prop_assert!(out.nfe >= gen / config.block_length);
+            }
+        }
+    }
 }
