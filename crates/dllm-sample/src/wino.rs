@@ -19,7 +19,9 @@
 //!
 //! The reference runs the sequence and its shadow as one input; here the shadow is a second
 //! pass over the first pass's keys and values ([`DiffusionLm::forward_shadow`]), equal in
-//! value, counted with it as one model evaluation. Neither caches across steps: a prefix cache
+//! value, counted with it as one model evaluation, and run only in the steps whose scores it
+//! decides (a row accepted more than one token and holds tokens accepted earlier), with the LM
+//! head only at those tokens. Neither caches across steps: a prefix cache
 //! would serve the sequence's prefix as in Fast-dLLM, but the shadow's scores of accepted tokens
 //! would then come from stale keys, which the reference never computes.
 //!
@@ -102,7 +104,6 @@ impl<'m, B: Backend> Sampler<'m, B> {
         step: usize,
     ) -> Result<(), SampleError> {
         let (threshold, threshold_back) = self.config.wino_thresholds();
-        let block_length = end - start;
         let lo = active
             .iter()
             .filter_map(|&b| states[b].masked.iter().position(|&m| m))
@@ -111,11 +112,13 @@ impl<'m, B: Backend> Sampler<'m, B> {
             .min(start);
         let n = end - lo;
 
-        // The sequence (its logits from `lo` to the block's end) and the block's shadow.
+        // The sequence, its logits from `lo` to the block's end, its keys and values kept for
+        // the shadow.
         let ids: Vec<i64> = active.iter().flat_map(|&b| self.row(b).to_vec()).collect();
-        let rows = active.len();
-        let ids =
-            Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [rows, self.total]), &self.device);
+        let ids = Tensor::<B, 2, Int>::from_data(
+            TensorData::new(ids, [active.len(), self.total]),
+            &self.device,
+        );
         let options = ForwardOptions {
             key_padding: self.key_padding_of(active),
             adapter: self.config.adapter,
@@ -127,78 +130,74 @@ impl<'m, B: Backend> Sampler<'m, B> {
             &LogitPositions::Range(lo..end),
             &mut cache,
         );
-        let shadow = Tensor::<B, 2, Int>::from_data(
-            TensorData::new(
-                vec![self.mask_id; rows * block_length],
-                [rows, block_length],
-            ),
-            &self.device,
-        );
-        let shadow_logits =
-            self.model
-                .forward_shadow(shadow, start, &options, &LogitPositions::All, &cache);
         self.nfe += 1;
         let (x0, conf) = self.candidates_of(logits, active)?;
-        // The shadow's probability of each accepted token (other offsets read token 0, unused).
-        let accepted_ids: Vec<i64> = active
+
+        // Wide in: each row's accepted positions, most confident first.
+        let accepted_now: Vec<Vec<usize>> = active
             .iter()
-            .flat_map(|&b| {
-                let row = self.row(b);
-                let accepted = &states[b].accepted;
-                (0..block_length).map(move |i| if accepted[i] { row[start + i] } else { 0 })
+            .enumerate()
+            .map(|(a, &b)| {
+                let state = &states[b];
+                let masked_count = state.masked.iter().filter(|&&m| m).count();
+                // `int(mask_index_block.sum() * 0.7)`: an integer times a float is f32 in torch.
+                let wide = ((masked_count as f32 * 0.7) as usize).clamp(5, 20);
+                let mut cands: Vec<(usize, f32)> = (lo..end)
+                    .filter(|&p| state.masked[p])
+                    .map(|p| (p, conf[a * n + p - lo]))
+                    .collect();
+                // Highest confidence first; ties go to the earlier position.
+                cands.sort_by(|x, y| y.1.total_cmp(&x.1).then(x.0.cmp(&y.0)));
+                let above = cands.iter().filter(|c| c.1 as f64 > threshold).count();
+                let take = above.clamp(1, wide).min(cands.len());
+                cands[..take].iter().map(|c| c.0).collect()
             })
             .collect();
-        let index = Tensor::<B, 3, Int>::from_data(
-            TensorData::new(accepted_ids, [rows, block_length, 1]),
-            &self.device,
-        );
-        let back = host_floats(log_softmax(shadow_logits, 2).gather(2, index).exp());
+
+        // Narrow out, where more than one was accepted: the shadow's probabilities of the
+        // tokens accepted before this step. The shadow pass runs only when some row needs them.
+        let scored: Vec<(usize, usize)> = active
+            .iter()
+            .enumerate()
+            .filter(|&(a, _)| accepted_now[a].len() > 1)
+            .flat_map(|(a, &b)| {
+                let accepted = &states[b].accepted;
+                (0..accepted.len())
+                    .filter(move |&i| accepted[i])
+                    .map(move |i| (a, i))
+            })
+            .collect();
+        let back = self.shadow_probabilities(active, &scored, start, end, &options, &cache);
 
         for (a, &b) in active.iter().enumerate() {
             let state = &mut states[b];
-            let masked_count = state.masked.iter().filter(|&&m| m).count();
-            // `int(mask_index_block.sum() * 0.7)`: an integer times a float is f32 in torch.
-            let wide = ((masked_count as f32 * 0.7) as usize).clamp(5, 20);
-            let mut cands: Vec<(usize, f32)> = (lo..end)
-                .filter(|&p| state.masked[p])
-                .map(|p| (p, conf[a * n + p - lo]))
+            let take = accepted_now[a].len();
+            let shadow_conf: Vec<(usize, f32)> = scored
+                .iter()
+                .zip(&back)
+                .filter(|((row, _), _)| *row == a)
+                .map(|(&(_, i), &p)| (i, p))
                 .collect();
-            // Highest confidence first; ties go to the earlier position.
-            cands.sort_by(|x, y| y.1.total_cmp(&x.1).then(x.0.cmp(&y.0)));
-            let above = cands.iter().filter(|c| c.1 as f64 > threshold).count();
-            let take = above.clamp(1, wide).min(cands.len());
-            let accepted_now: Vec<usize> = cands[..take].iter().map(|c| c.0).collect();
-
-            let shadow_conf: Vec<(usize, f32)> = (0..block_length)
-                .filter(|&i| state.accepted[i])
-                .map(|i| (i, back[a * block_length + i]))
+            let mut remask: Vec<(usize, f32)> = shadow_conf
+                .iter()
+                .copied()
+                .filter(|c| (c.1 as f64) < threshold_back)
                 .collect();
-            let remask: Vec<usize> = if take > 1 {
-                let mut low: Vec<(usize, f32)> = shadow_conf
-                    .iter()
-                    .copied()
-                    .filter(|c| (c.1 as f64) < threshold_back)
-                    .collect();
-                if low.len() >= state.last_accept {
-                    let mut all = shadow_conf.clone();
-                    // Least probable first; ties go to the earlier offset.
-                    all.sort_by(|x, y| x.1.total_cmp(&y.1).then(x.0.cmp(&y.0)));
-                    all.truncate(state.last_accept - 1);
-                    low = all;
-                }
-                low.into_iter().map(|c| c.0).collect()
-            } else {
-                Vec::new()
-            };
+            if remask.len() >= state.last_accept {
+                remask = shadow_conf;
+                // Least probable first; ties go to the earlier offset.
+                remask.sort_by(|x, y| x.1.total_cmp(&y.1).then(x.0.cmp(&y.0)));
+                remask.truncate(state.last_accept - 1);
+            }
 
-            for &p in &accepted_now {
+            for &p in &accepted_now[a] {
                 self.put(b, p, x0[a * n + p - lo], step);
                 state.masked[p] = false;
                 if p >= start {
                     state.accepted[p - start] = true;
                 }
             }
-            for &i in &remask {
+            for &(i, _) in &remask {
                 self.x[b * self.total + start + i] = self.mask_id;
                 self.decode_step[b][start + i - self.prompt_len] = None;
                 state.masked[start + i] = true;
@@ -207,6 +206,51 @@ impl<'m, B: Backend> Sampler<'m, B> {
             state.last_accept = take;
         }
         Ok(())
+    }
+
+    /// The shadow's probability of the token at block offset `i` of row `active[a]`, for each
+    /// `(a, i)` of `scored`: a shadow pass of the rows `active` against `cache` (their sequence's
+    /// keys and values), the LM head only at those offsets. Nothing when `scored` is empty.
+    fn shadow_probabilities(
+        &self,
+        active: &[usize],
+        scored: &[(usize, usize)],
+        start: usize,
+        end: usize,
+        options: &ForwardOptions<B>,
+        cache: &KvCache<B>,
+    ) -> Vec<f32> {
+        if scored.is_empty() {
+            return Vec::new();
+        }
+        let block_length = end - start;
+        let shadow = Tensor::<B, 2, Int>::from_data(
+            TensorData::new(
+                vec![self.mask_id; active.len() * block_length],
+                [active.len(), block_length],
+            ),
+            &self.device,
+        );
+        let at: Vec<i64> = scored
+            .iter()
+            .map(|&(a, i)| (a * block_length + i) as i64)
+            .collect();
+        let at = LogitPositions::Flat(Tensor::from_data(
+            TensorData::new(at, [scored.len()]),
+            &self.device,
+        ));
+        let logits = self
+            .model
+            .forward_shadow(shadow, start, options, &at, cache);
+        let tokens: Vec<i64> = scored
+            .iter()
+            .map(|&(a, i)| self.row(active[a])[start + i])
+            .collect();
+        let index = Tensor::<B, 3, Int>::from_data(
+            TensorData::new(tokens, [1, scored.len(), 1]),
+            &self.device,
+        );
+        host_floats(log_softmax(logits, 2).gather(2, index).exp())
     }
 
     /// Refuses a model whose logits are shifted (Dream): `method`'s reference runs LLaDA's model.
