@@ -346,12 +346,9 @@ impl SamplerConfig {
             ("wino_threshold", self.wino_threshold.is_some()),
             ("wino_threshold_back", self.wino_threshold_back.is_some()),
         ];
-        match set.iter().find(|(_, on)| *on) {
-            Some((field, _)) => Err(crate::SampleError::Config(format!(
-                "{field} is a setting of WINO's sampler: set method = \"wino\" to use it"
-            ))),
-            None => Ok(()),
-        }
+        refuse_any(&set, |field| {
+            format!("{field} is a setting of WINO's sampler: set method = \"wino\" to use it")
+        })
     }
 
     /// The settings WINO's and ROAR's reference loops do not have, refused by name: they
@@ -368,12 +365,12 @@ impl SamplerConfig {
             ("confidence_eos_eot_inf", self.confidence_eos_eot_inf),
             ("cfg_scale", method == "wino" && self.cfg_scale > 0.0),
         ];
-        match set.iter().find(|(_, on)| *on) {
-            Some((field, _)) => Err(crate::SampleError::Config(format!(
-                "{field} is not a setting of the {method} sampler (docs/algorithm.md §2.10): leave it unset"
-            ))),
-            None => Ok(()),
-        }
+        refuse_any(&set, |field| {
+            format!(
+                "{field} is not a setting of the {method} sampler (docs/algorithm.md §2.10): \
+                 leave it unset"
+            )
+        })
     }
 
     /// WINO's thresholds (`sampler_threshold_wino`, `sampler_threshold_wino_back`), defaults
@@ -396,12 +393,9 @@ impl SamplerConfig {
             ("top_p", self.top_p.is_some()),
             ("top_k", self.top_k.is_some()),
         ];
-        match set.iter().find(|(_, on)| *on) {
-            Some((field, _)) => Err(crate::SampleError::Config(format!(
-                "{field} is a setting of Dream's sampler: set method = \"dream\" to use it"
-            ))),
-            None => Ok(()),
-        }
+        refuse_any(&set, |field| {
+            format!("{field} is a setting of Dream's sampler: set method = \"dream\" to use it")
+        })
     }
 
     /// The combinations Dream's samplers (`diffusion_generate`, Fast-dLLM's block-wise one) define.
@@ -488,5 +482,16 @@ impl SamplerConfig {
     /// Steps per block (`steps / num_blocks`).
     pub fn steps_per_block(&self) -> usize {
         self.steps / (self.gen_length / self.block_length)
+    }
+}
+
+/// Refuses the first of `settings` (name, whether set) that is set, with `message(name)`.
+fn refuse_any(
+    settings: &[(&str, bool)],
+    message: impl Fn(&str) -> String,
+) -> Result<(), crate::SampleError> {
+    match settings.iter().find(|(_, on)| *on) {
+        Some((field, _)) => Err(crate::SampleError::Config(message(field))),
+        None => Ok(()),
     }
 }

@@ -132,9 +132,6 @@ pub(crate) struct Sampler<'m, B: Backend> {
     pub(crate) rngs: Vec<ChaCha8Rng>,
     pub(crate) cache: KvCache<B>,
     pub(crate) nfe: usize,
-    /// ROAR's per-token log-probabilities (policy, reference), `[batch][gen_length]`.
-    pub(crate) token_log_probs: Option<Vec<Vec<f32>>>,
-    pub(crate) reference_token_log_probs: Option<Vec<Vec<f32>>>,
 }
 
 impl<'m, B: Backend> Sampler<'m, B> {
@@ -219,8 +216,6 @@ impl<'m, B: Backend> Sampler<'m, B> {
                 .collect(),
             cache: KvCache::new(),
             nfe: 0,
-            token_log_probs: None,
-            reference_token_log_probs: None,
         })
     }
 
@@ -301,8 +296,8 @@ impl<'m, B: Backend> Sampler<'m, B> {
             decode_step: self.decode_step,
             nfe: self.nfe,
             steps,
-            token_log_probs: self.token_log_probs,
-            reference_token_log_probs: self.reference_token_log_probs,
+            token_log_probs: None,
+            reference_token_log_probs: None,
         }
     }
 

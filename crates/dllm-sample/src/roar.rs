@@ -65,9 +65,11 @@ impl<'m, B: Backend> Sampler<'m, B> {
                 step += 1;
             }
         }
-        self.token_log_probs = Some(policy);
-        self.reference_token_log_probs = reference;
-        Ok(self.finish(step))
+        Ok(Generation {
+            token_log_probs: Some(policy),
+            reference_token_log_probs: reference,
+            ..self.finish(step)
+        })
     }
 
     /// Logits `[batch, 1, vocab]` at one position per row (`positions[b]`), with or without the
