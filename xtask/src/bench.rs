@@ -83,7 +83,8 @@ pub fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-fn time<T>(reps: usize, mut f: impl FnMut() -> T) -> (f64, T) {
+/// The median seconds of `reps` runs of `f` after one warm-up run, and the last result.
+pub fn time<T>(reps: usize, mut f: impl FnMut() -> T) -> (f64, T) {
     let mut out = f();
     let mut times = Vec::with_capacity(reps);
     for _ in 0..reps {
@@ -283,16 +284,13 @@ impl BackendTask for Bench<'_> {
                     ..base.clone()
                 },
             ];
-            let labels: Vec<String> = others
-                .iter()
-                .map(|c| format!("generate {}", c.label()))
-                .collect();
-            let variants: Vec<(&str, SamplerConfig, Option<f64>)> = variants
+            let variants = variants
                 .into_iter()
-                .chain(labels.iter().zip(others).map(|(label, c)| {
-                    (label.as_str(), c, reff("c_generate_steps192_tokens_per_s"))
-                }))
-                .collect();
+                .map(|(name, c, reference)| (name.to_string(), c, reference))
+                .chain(others.into_iter().map(|c| {
+                    let name = format!("generate {}", c.label());
+                    (name, c, reff("c_generate_steps192_tokens_per_s"))
+                }));
             let reps = a.reps.clamp(1, 2);
             for (name, cfg, reference) in variants {
                 let (s, out) = time(reps, || generate(&model, &prompts, &cfg).expect("generate"));
@@ -304,7 +302,7 @@ impl BackendTask for Bench<'_> {
                     out.nfe,
                     out.nfe as f64 / cfg.gen_length as f64
                 );
-                row(name, s, "tokens/s", 4.0 * 192.0 / s, reference, note);
+                row(&name, s, "tokens/s", 4.0 * 192.0 / s, reference, note);
             }
         }
         Ok(rows)

@@ -21,7 +21,7 @@ use dllm_model::tensor_file::read_ints;
 use dllm_model::{DiffusionLm, ForwardOptions, KvCache, LogitPositions, ModelConfig};
 use dllm_sample::{generate, CacheKind, SamplerConfig};
 
-use crate::bench::{bench_model, median, Args};
+use crate::bench::{bench_model, time, Args};
 
 const GEN: usize = 192;
 const BLOCK: usize = 32;
@@ -84,14 +84,10 @@ impl BackendTask for CacheBench<'_> {
                 .chunks(prompt)
                 .map(|r| r.iter().map(|&t| t as u32).collect())
                 .collect();
-            let times: Vec<f64> = (0..reps.min(3))
-                .map(|_| {
-                    let clock = std::time::Instant::now();
-                    generate(&model, &prompts, &config).expect("generate");
-                    clock.elapsed().as_secs_f64()
-                })
-                .collect();
-            median(times)
+            time(reps.min(3), || {
+                generate(&model, &prompts, &config).expect("generate")
+            })
+            .0
         });
         let [sampler_exact, sampler_dual, sampler_prefix] = samplers;
         let (positions_dual, positions_prefix) = token_position_bounds(prompt);
@@ -146,14 +142,8 @@ impl<B: Backend> Passes<'_, B> {
     }
 
     fn time(&self, mut f: impl FnMut() -> Tensor<B, 3>) -> f64 {
-        // Reading one value back waits for the pass on asynchronous backends.
-        let mut run = || {
-            let clock = std::time::Instant::now();
-            let _ = f().into_data();
-            clock.elapsed().as_secs_f64()
-        };
-        run();
-        median((0..self.reps).map(|_| run()).collect())
+        // Reading the logits back waits for the pass on asynchronous backends.
+        time(self.reps, || f().into_data()).0
     }
 
     /// The exact sampler's pass: the whole sequence, logits at the first block.

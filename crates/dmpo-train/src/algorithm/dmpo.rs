@@ -43,9 +43,6 @@ where
     let (rows, own) = (rollout.len(), inputs.own_rows());
     let own_rows: Vec<usize> = own.clone().collect();
     let (eos, gen_len) = (rollout.sequences.eos_index(), rollout.sequences.gen_len());
-    let batch = rollout
-        .sequences
-        .select::<AB::InnerBackend>(&own_rows, device)?;
 
     // ELBO of each rollout under the rollout policy and the reference, same masks (§3). The
     // masks of every row are drawn (on every peer alike); a peer evaluates its own rows. With
@@ -61,6 +58,9 @@ where
             ))
         }
         (_, true) => {
+            let batch = rollout
+                .sequences
+                .select::<AB::InnerBackend>(&own_rows, device)?;
             let masks = ReplicateMasks::sample(rng, eos, gen_len, &MaskOptions::rollout(config))?;
             let models: [&dyn LogitsModel<AB::InnerBackend>; 2] =
                 [&inputs.policy, &inputs.reference];
