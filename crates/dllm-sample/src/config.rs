@@ -295,7 +295,7 @@ impl SamplerConfig {
         }
         if let Some(f) = self.factor {
             if !(f.is_finite() && f > 0.0) {
-                return bad(format!("factor {f} must be positive"));
+                return bad(format!("factor {f} must be a positive finite number"));
             }
             if self.threshold.is_some() {
                 return bad(

@@ -608,7 +608,8 @@ pub struct EvalSection {
     pub gen_lengths: Vec<usize>,
     /// Block length.
     pub block_length: usize,
-    /// Steps per token (`steps = gen_length * steps_per_token`; d1: 0.5, DMPO: 1.0).
+    /// Steps per token (`steps = gen_length * steps_per_token`; d1: 0.5, DMPO: 1.0). Not used
+    /// by `threshold`, `factor`, `wino` or `roar`, which set their own schedule.
     pub steps_per_token: f64,
     /// Rows per generation batch.
     pub batch_size: usize,
@@ -618,8 +619,9 @@ pub struct EvalSection {
     /// attend the pads, so their scores depend on the batch size and order); on gives every item
     /// the score it gets alone, at any batch size (the recommended mode, docs/reference-parity.md).
     pub padding_mask: bool,
-    /// The sampler: LLaDA's (`llada`, d1's protocol) or Dream's (`dream`: `diffusion_generate`,
-    /// one block of the whole length unless `cache` asks for Fast-dLLM's block-wise one).
+    /// The sampler: LLaDA's (`llada`, d1's protocol), Dream's (`dream`: `diffusion_generate`,
+    /// one block of the whole length unless `cache` asks for Fast-dLLM's block-wise one), WINO
+    /// (`wino`) or ROAR (`roar`), docs/algorithm.md §2.8–2.9.
     pub method: dllm_sample::Method,
     /// Dream's `alg` (with `method = "dream"`).
     pub alg: dllm_sample::DreamAlg,

@@ -95,6 +95,13 @@ fn generation_and_model_files() {
         ),
         &["steps", "exceeds gen_length"],
     );
+    for method in ["wino", "roar"] {
+        fails(
+            &format!("--steps with {method}"),
+            &generate(dir, &good, &["--steps", "4", "--method", method]),
+            &["--steps is not a setting"],
+        );
+    }
 
     // Configs every loader refuses; inspect refuses them too, naming the field.
     let cases: [(&str, serde_json::Value, &str); 4] = [

@@ -33,7 +33,8 @@ pub struct Args {
     /// without a cache, 32 with one).
     #[arg(long)]
     pub block_length: Option<usize>,
-    /// Denoising steps (default: gen_length / 2, the d1 evaluation setting).
+    /// Denoising steps (default: gen_length / 2, the d1 evaluation setting); refused with
+    /// `--method wino` or `roar`, which set their own.
     #[arg(long)]
     pub steps: Option<usize>,
     /// Temperature (0 = greedy).
@@ -107,6 +108,14 @@ impl BackendTask for Task {
             tok.check_model(&model.config)?;
         }
         let method = a.method.unwrap_or(Method::of_family(model.config.family));
+        let own_schedule = match method {
+            Method::Wino => Some("wino: each block is decoded until it is done"),
+            Method::Roar => Some("roar: one token per pass"),
+            Method::Llada | Method::Dream => None,
+        };
+        if let (Some(_), Some(schedule)) = (a.steps, own_schedule) {
+            anyhow::bail!("--steps is not a setting of --method {schedule}; leave it unset");
+        }
         let block_length = a.block_length.unwrap_or(match (method, a.cache) {
             (Method::Dream, CacheKind::None) => a.gen_length,
             _ => 32,
