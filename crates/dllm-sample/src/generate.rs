@@ -316,12 +316,11 @@ impl<'m, B: Backend> Sampler<'m, B> {
         });
     }
 
-    /// Writes `token` at position `pos` of row `b`, recording the step (a mask id stays masked).
+    /// Writes `token` at position `pos` of row `b` and records the step that decoded it; a mask
+    /// id leaves (or makes) the position masked, with no step.
     pub(crate) fn put(&mut self, b: usize, pos: usize, token: i64, step: usize) {
         self.x[b * self.total + pos] = token;
-        if token != self.mask_id {
-            self.decode_step[b][pos - self.prompt_len] = Some(step);
-        }
+        self.decode_step[b][pos - self.prompt_len] = (token != self.mask_id).then_some(step);
     }
 
     pub(crate) fn row(&self, b: usize) -> &[i64] {

@@ -198,8 +198,7 @@ impl<'m, B: Backend> Sampler<'m, B> {
                 }
             }
             for &(i, _) in &remask {
-                self.x[b * self.total + start + i] = self.mask_id;
-                self.decode_step[b][start + i - self.prompt_len] = None;
+                self.put(b, start + i, self.mask_id, step);
                 state.masked[start + i] = true;
                 state.accepted[i] = false;
             }
